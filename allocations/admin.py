@@ -1,0 +1,91 @@
+"""Admin of custodians, desks, accounts (audited) and the book."""
+
+from django.contrib import admin
+
+from allocations.models import (
+    Account,
+    AccountGroup,
+    Allocation,
+    CashBalance,
+    CommissionSchedule,
+    Custodian,
+    Desk,
+    Position,
+)
+from oms_site.admin_audit import AuditedModelAdmin, ReadOnlyAdmin
+
+
+@admin.register(Custodian)
+class CustodianAdmin(AuditedModelAdmin):
+    list_display = ("code", "name", "bic", "settlement_format", "active")
+    list_filter = ("settlement_format", "active")
+    search_fields = ("code", "name", "bic")
+
+
+@admin.register(Desk)
+class DeskAdmin(AuditedModelAdmin):
+    list_display = ("code", "name")
+    search_fields = ("code", "name")
+    filter_horizontal = ("traders",)
+
+
+@admin.register(AccountGroup)
+class AccountGroupAdmin(AuditedModelAdmin):
+    list_display = ("code", "name")
+    search_fields = ("code", "name")
+
+
+@admin.register(Account)
+class AccountAdmin(AuditedModelAdmin):
+    list_display = (
+        "code",
+        "name",
+        "client",
+        "custodian",
+        "desk",
+        "base_currency",
+        "short_selling_allowed",
+        "active",
+    )
+    list_filter = ("custodian", "desk", "base_currency", "short_selling_allowed", "active")
+    search_fields = ("code", "name", "client")
+    filter_horizontal = ("managers", "groups")
+    list_select_related = ("custodian", "desk")
+
+
+@admin.register(CashBalance)
+class CashBalanceAdmin(AuditedModelAdmin):
+    list_display = ("account", "currency", "settled", "pending", "updated_at")
+    list_filter = ("currency",)
+    search_fields = ("account__code",)
+    list_select_related = ("account",)
+
+
+@admin.register(Position)
+class PositionAdmin(AuditedModelAdmin):
+    list_display = ("account", "instrument", "quantity", "avg_cost", "realised_pnl", "updated_at")
+    search_fields = ("account__code", "instrument__symbol")
+    list_select_related = ("account", "instrument")
+    list_filter = ("instrument__asset_class",)
+
+
+@admin.register(CommissionSchedule)
+class CommissionScheduleAdmin(AuditedModelAdmin):
+    list_display = ("broker", "bps", "per_share", "min_per_ticket", "fees_bps")
+
+
+@admin.register(Allocation)
+class AllocationAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "trade_date",
+        "account",
+        "instrument",
+        "side",
+        "quantity",
+        "price",
+        "net",
+        "broker",
+    )
+    list_filter = ("trade_date", "side", "method")
+    search_fields = ("account__code", "instrument__symbol")

@@ -1,0 +1,198 @@
+"""Custodians, desks, accounts, the book (positions and cash), allocations and commissions."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+from oms_site.fields import MoneyField, PriceField, QtyField
+
+
+class SettlementFormat(models.TextChoices):
+    CSV = "csv", "CSV"
+    MT54X = "mt54x", "SWIFT MT541/MT543"
+
+
+class Custodian(models.Model):
+    """The bank that holds accounts' securities and cash, and receives settlement files."""
+
+    code = models.CharField(max_length=16, unique=True)
+    name = models.CharField(max_length=200)
+    bic = models.CharField(max_length=11)
+    settlement_format = models.CharField(
+        max_length=8, choices=SettlementFormat.choices, default=SettlementFormat.CSV
+    )
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Desk(models.Model):
+    """A trading desk: its traders see and work the orders of the desk's accounts."""
+
+    code = models.CharField(max_length=16, unique=True)
+    name = models.CharField(max_length=200)
+    traders = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="desks")
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class AccountGroup(models.Model):
+    """A named group of accounts, used as a compliance rule scope."""
+
+    code = models.CharField(max_length=32, unique=True)
+    name = models.CharField(max_length=200)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Account(models.Model):
+    """A client portfolio: where positions and cash live; settles at one custodian."""
+
+    code = models.CharField(max_length=32, unique=True)
+    name = models.CharField(max_length=200)
+    client = models.CharField(max_length=200)
+    managers = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="managed_accounts"
+    )
+    custodian = models.ForeignKey(Custodian, on_delete=models.PROTECT, related_name="accounts")
+    custodian_account = models.CharField(max_length=35)
+    desk = models.ForeignKey(Desk, on_delete=models.PROTECT, related_name="accounts")
+    groups = models.ManyToManyField(AccountGroup, blank=True, related_name="accounts")
+    base_currency = models.CharField(max_length=3, default="USD")
+    short_selling_allowed = models.BooleanField(default=False)
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class CashBalance(models.Model):
+    """An account's cash in one currency: settled, and pending until settlement date."""
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="cash_balances")
+    currency = models.CharField(max_length=3)
+    settled = MoneyField(default=0)
+    pending = MoneyField(default=0)
+    version = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "currency"], name="cash_account_currency_uniq"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.currency}"
+
+
+class Position(models.Model):
+    """An account's holding of one instrument: quantity, average cost and realised P&L."""
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="positions")
+    instrument = models.ForeignKey(
+        "orders.Instrument", on_delete=models.PROTECT, related_name="positions"
+    )
+    quantity = QtyField(default=0)
+    avg_cost = PriceField(default=0)
+    realised_pnl = MoneyField(default=0)
+    version = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "instrument"], name="position_account_instrument_uniq"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account_id}/{self.instrument_id} {self.quantity}"
+
+
+class CommissionSchedule(models.Model):
+    """A broker's commission and fees: basis points, per share, minimum per ticket."""
+
+    broker = models.OneToOneField(
+        "orders.Broker", on_delete=models.PROTECT, related_name="commission"
+    )
+    bps = models.DecimalField(max_digits=10, decimal_places=4, default=0)
+    per_share = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    min_per_ticket = MoneyField(default=0)
+    fees_bps = models.DecimalField(max_digits=10, decimal_places=4, default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(bps__gte=0)
+                & Q(per_share__gte=0)
+                & Q(min_per_ticket__gte=0)
+                & Q(fees_bps__gte=0),
+                name="commission_nonneg",
+            )
+        ]
+
+
+class AllocationMethod(models.TextChoices):
+    PRO_RATA = "pro_rata", "Pro-rata by requested quantity"
+    FIXED_RATIO = "fixed_ratio", "Fixed ratio"
+    MANUAL = "manual", "Manual"
+
+
+class Allocation(models.Model):
+    """Part of an execution assigned to one account's order, at the block's average price."""
+
+    execution = models.ForeignKey(
+        "orders.Execution", on_delete=models.PROTECT, related_name="allocations"
+    )
+    order = models.ForeignKey("orders.Order", on_delete=models.PROTECT, related_name="allocations")
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="allocations")
+    instrument = models.ForeignKey("orders.Instrument", on_delete=models.PROTECT, related_name="+")
+    broker = models.ForeignKey("orders.Broker", on_delete=models.PROTECT, related_name="+")
+    side = models.CharField(max_length=16)
+    quantity = QtyField()
+    price = PriceField()
+    gross = MoneyField()
+    commission = MoneyField(default=0)
+    fees = MoneyField(default=0)
+    net = MoneyField()
+    currency = models.CharField(max_length=3)
+    trade_date = models.DateField()
+    settlement_date = models.DateField()
+    method = models.CharField(
+        max_length=16, choices=AllocationMethod.choices, default=AllocationMethod.PRO_RATA
+    )
+    reversal_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversals"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=~Q(quantity=0), name="allocation_quantity_nonzero"),
+            models.CheckConstraint(
+                condition=Q(settlement_date__gte=F("trade_date")),
+                name="allocation_settles_after_trade",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["trade_date", "account"], name="allocation_date_account_idx"),
+        ]

@@ -1,0 +1,1160 @@
+"""Pure pre-trade compliance engine: plain data in, one result row per (order, rule) out.
+
+No Django, no database, no I/O. The caller (``compliance.services``) loads rules, reference data,
+positions and open orders, builds a :class:`ComplianceContext`, and calls :func:`evaluate`.
+
+Outcome of a rule for an order
+    ``pass`` when the check holds, otherwise the rule's ``severity`` (``warn`` or ``block``).
+    :func:`order_outcome` folds an order's rows: ``block`` if any row blocks, else ``warn`` if
+    any row warns, else ``pass`` (also for an order no rule applied to).
+
+Which rules apply
+    A rule produces a row for an order only if it is ``active``, ``as_of.date()`` lies within
+    ``[effective_from, effective_to]`` (both ends inclusive, ``None`` = open) and its scope covers
+    the order's account: ``firm`` = every account, ``account`` = account id in
+    ``scope_account_ids``, ``group`` = the account belongs to one of ``scope_group_ids``.
+    Restricted-list entries use the same inclusive date test against ``as_of.date()``.
+
+Limit semantics (one rule for every check)
+    A measured value exactly at its limit passes; any value beyond it, however small the
+    excess, fails. Comparisons are exact: percentages are compared by cross-multiplication
+    (``exposure * 100 <= max_pct * nav``), never after rounding. For ``duplicate_orders`` the
+    limit is a minimum gap: a gap of exactly ``window_seconds`` passes, a shorter gap fails.
+    ``measured`` and ``limit`` on a result are exact Decimals, except percentages, which are
+    rounded up (ceiling) to 6 decimal places, so with a limit of at most 6 decimals a failing
+    row always shows ``measured > limit`` and a passing one ``measured <= limit``.
+
+Notional and prices
+    An order's price is its limit price when it carries one and is not a market order (limit,
+    stop-limit), otherwise the instrument's reference price (market, stop). Notional is
+    ``quantity * price``. If that price is not positive (no reference price) every check that
+    needs the order's notional fails, naming the missing price. Positions are valued at the
+    reference price; ``OpenOrder.price`` is the price the caller wants open orders valued at.
+
+Baskets
+    Orders are evaluated in the given sequence. Every earlier order of the same call counts as
+    an open order for every later one, whatever its own outcome (the conservative reading: a
+    warned order may still be overridden and sent). Open orders with ``leaves_quantity <= 0``
+    are ignored.
+
+Rule types and parameters (``params`` values are decimal strings; unknown names are rejected)
+    ``restricted_list`` (no params): fails if the instrument is flagged not tradable, or a
+    restricted entry in effect names the instrument, or names its issuer (issuer look-through),
+    firm-wide (``account_id`` None) or for the order's account. Applies to every side.
+    ``concentration`` (``dimension``: instrument|issuer|sector, ``max_pct``): exposure in the
+    direction the order moves the account, as a % of NAV. Buys: position value + open buy
+    notional in the bucket + this order, floored at 0. Sells: the short exposure the sells would
+    leave, i.e. -(position value - open sell notional - this order), floored at 0. Open orders
+    on the other side are not netted (they may never fill), so a trade that reduces exposure
+    passes. An instrument without issuer/sector is its own bucket. NAV <= 0 fails.
+    ``ownership`` (``max_pct``): buys only. Firm holding of the issuer (``firm_issuer_holdings``)
+    + open buy quantity of all accounts in the issuer's instruments + this order, as a % of the
+    instrument's ``shares_outstanding``. Passes as not applicable without an issuer or a
+    positive shares outstanding. Sells pass.
+    ``fat_finger`` (any of ``max_quantity``, ``max_notional``, ``max_price_deviation_pct``):
+    per order, no basket effect. Deviation is ``|limit - reference| / reference * 100`` and is
+    checked only for orders priced at a limit. ``measured``/``limit`` are those of the first
+    failing sub-check (else the first configured one).
+    ``short_selling`` (no params): ``sell`` passes if quantity <= holdings - open sells (sell
+    and sell_short of the account in the instrument), or if the account may sell short;
+    ``sell_short`` passes only if the account may sell short; buys pass.
+    ``buying_power`` (``margin_pct``, default 0): buys pass if this notional + open buy notional
+    of the account <= ``available_cash * (1 + margin_pct / 100)``. Sale proceeds are not
+    credited (they are not cash until settled). Sells pass.
+    ``conflicting_orders`` (no params): fails if any open order of any account (including the
+    same one) is on the other side (buy/buy_to_cover vs sell/sell_short) of the same
+    instrument. ``measured`` is the number of such orders, ``limit`` 0.
+    ``duplicate_orders`` (``window_seconds``): fails if an open order of the same account,
+    instrument, side and original quantity was created less than ``window_seconds`` before or
+    after this order. ``measured`` is the smallest gap in seconds (None if no match).
+
+Errors (fail closed: nothing is evaluated rather than something evaluated on missing data)
+    :class:`RuleConfigError` for an active, in-date rule with an unknown type, severity, scope
+    or a bad parameter (:func:`validate_rule` runs the same check for admin forms).
+    :class:`ComplianceDataError` when an order's account or instrument, or the instrument of
+    an open order or of a holding that a concentration rule must value, is not in the context.
+    ``ValueError`` for two orders with the same key in one call.
+
+Speed
+    The context indexes open orders, holdings and restricted entries once when built; each
+    call compiles the rules once, resolves rule scope once per account and keeps the basket's
+    running totals in dictionaries, so a call is linear in orders x rules.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime
+from decimal import ROUND_CEILING, Decimal, InvalidOperation, localcontext
+from typing import Any
+
+SIDE_BUY = "buy"
+SIDE_SELL = "sell"
+SIDE_SELL_SHORT = "sell_short"
+SIDE_BUY_TO_COVER = "buy_to_cover"
+SIDES = frozenset({SIDE_BUY, SIDE_SELL, SIDE_SELL_SHORT, SIDE_BUY_TO_COVER})
+BUY_SIDES = frozenset({SIDE_BUY, SIDE_BUY_TO_COVER})
+SELL_SIDES = frozenset({SIDE_SELL, SIDE_SELL_SHORT})
+
+ORDER_TYPE_MARKET = "market"
+
+OUTCOME_PASS = "pass"
+OUTCOME_WARN = "warn"
+OUTCOME_BLOCK = "block"
+
+SEVERITY_WARN = OUTCOME_WARN
+SEVERITY_BLOCK = OUTCOME_BLOCK
+SEVERITIES = frozenset({SEVERITY_WARN, SEVERITY_BLOCK})
+
+SCOPE_FIRM = "firm"
+SCOPE_ACCOUNT = "account"
+SCOPE_GROUP = "group"
+SCOPES = frozenset({SCOPE_FIRM, SCOPE_ACCOUNT, SCOPE_GROUP})
+
+RULE_RESTRICTED_LIST = "restricted_list"
+RULE_CONCENTRATION = "concentration"
+RULE_OWNERSHIP = "ownership"
+RULE_FAT_FINGER = "fat_finger"
+RULE_SHORT_SELLING = "short_selling"
+RULE_BUYING_POWER = "buying_power"
+RULE_CONFLICTING_ORDERS = "conflicting_orders"
+RULE_DUPLICATE_ORDERS = "duplicate_orders"
+RULE_TYPES = frozenset(
+    {
+        RULE_RESTRICTED_LIST,
+        RULE_CONCENTRATION,
+        RULE_OWNERSHIP,
+        RULE_FAT_FINGER,
+        RULE_SHORT_SELLING,
+        RULE_BUYING_POWER,
+        RULE_CONFLICTING_ORDERS,
+        RULE_DUPLICATE_ORDERS,
+    }
+)
+
+DIMENSION_INSTRUMENT = "instrument"
+DIMENSION_ISSUER = "issuer"
+DIMENSION_SECTOR = "sector"
+DIMENSIONS = (DIMENSION_INSTRUMENT, DIMENSION_ISSUER, DIMENSION_SECTOR)
+
+# Parameter names per rule type: (required, optional).
+RULE_PARAMS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    RULE_RESTRICTED_LIST: (frozenset(), frozenset()),
+    RULE_CONCENTRATION: (frozenset({"dimension", "max_pct"}), frozenset()),
+    RULE_OWNERSHIP: (frozenset({"max_pct"}), frozenset()),
+    RULE_FAT_FINGER: (
+        frozenset(),
+        frozenset({"max_quantity", "max_notional", "max_price_deviation_pct"}),
+    ),
+    RULE_SHORT_SELLING: (frozenset(), frozenset()),
+    RULE_BUYING_POWER: (frozenset(), frozenset({"margin_pct"})),
+    RULE_CONFLICTING_ORDERS: (frozenset(), frozenset()),
+    RULE_DUPLICATE_ORDERS: (frozenset({"window_seconds"}), frozenset()),
+}
+
+_ZERO = Decimal(0)
+_HUNDRED = Decimal(100)
+_CENT = Decimal("0.01")
+_PCT_PLACES = Decimal("0.000001")
+_MICRO = Decimal("0.000001")
+# Wide enough that products of 20-digit amounts never round before a comparison.
+_PRECISION = 60
+
+
+class ComplianceDataError(ValueError):
+    """Reference data the engine needs (account, instrument) is missing from the context."""
+
+
+class RuleConfigError(ValueError):
+    """A rule's type, severity, scope or parameters are invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIntent:
+    """An order to be checked; ``key`` identifies it in the results."""
+
+    key: str | int
+    account_id: int
+    instrument_id: int
+    side: str
+    quantity: Decimal
+    order_type: str
+    limit_price: Decimal | None
+    created_at: datetime
+    created_by_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.side not in SIDES:
+            raise ValueError(f"Order {self.key}: unknown side {self.side!r}")
+        if self.quantity <= 0:
+            raise ValueError(f"Order {self.key}: quantity must be positive, got {self.quantity}")
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentInfo:
+    """Reference data of one instrument."""
+
+    id: int
+    symbol: str
+    issuer_id: int | None
+    sector: str | None
+    shares_outstanding: Decimal | None
+    reference_price: Decimal
+    tradable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    """What the rules need to know about an account."""
+
+    id: int
+    nav: Decimal
+    available_cash: Decimal
+    short_allowed: bool = False
+    group_ids: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrder:
+    """An order already in flight; ``price`` values its leaves, ``quantity`` is the original."""
+
+    account_id: int
+    instrument_id: int
+    side: str
+    leaves_quantity: Decimal
+    price: Decimal
+    created_at: datetime
+    quantity: Decimal
+
+    def __post_init__(self) -> None:
+        if self.side not in SIDES:
+            raise ValueError(f"Open order: unknown side {self.side!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RestrictedEntry:
+    """One restricted-list line: exactly one of instrument or issuer; account None = firm-wide."""
+
+    instrument_id: int | None = None
+    issuer_id: int | None = None
+    account_id: int | None = None
+    reason: str = ""
+    effective_from: date | None = None
+    effective_to: date | None = None
+
+    def __post_init__(self) -> None:
+        if (self.instrument_id is None) == (self.issuer_id is None):
+            raise ValueError("A restricted entry names exactly one of instrument_id or issuer_id")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """One version of a configured rule."""
+
+    id: int
+    version: int
+    name: str
+    rule_type: str
+    severity: str
+    scope: str = SCOPE_FIRM
+    scope_account_ids: frozenset[int] = frozenset()
+    scope_group_ids: frozenset[int] = frozenset()
+    params: Mapping[str, str] = field(default_factory=dict, hash=False)
+    active: bool = True
+    effective_from: date | None = None
+    effective_to: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    """The outcome of one rule for one order, with the numbers behind it."""
+
+    order_key: str | int
+    rule_id: int
+    rule_version: int
+    rule_name: str
+    rule_type: str
+    outcome: str
+    message: str
+    measured: Decimal | None
+    limit: Decimal | None
+
+
+# RuleResult's frozen __init__ sets each field through object.__setattr__, which dominated a
+# 10,000-row evaluation; writing the slots directly is about 2.5x faster and keeps the class a
+# normal frozen dataclass for everyone else.
+(
+    _set_order_key,
+    _set_rule_id,
+    _set_rule_version,
+    _set_rule_name,
+    _set_rule_type,
+    _set_outcome,
+    _set_message,
+    _set_measured,
+    _set_limit,
+) = (RuleResult.__dict__[f.name].__set__ for f in fields(RuleResult))
+_new_object = object.__new__
+
+
+def _row(
+    p: _Prepared,
+    rule: RuleSpec,
+    ok: bool,
+    message: str,
+    measured: Decimal | None,
+    limit: Decimal | None,
+) -> RuleResult:
+    r = _new_object(RuleResult)
+    _set_order_key(r, p.key)
+    _set_rule_id(r, rule.id)
+    _set_rule_version(r, rule.version)
+    _set_rule_name(r, rule.name)
+    _set_rule_type(r, rule.rule_type)
+    _set_outcome(r, OUTCOME_PASS if ok else rule.severity)
+    _set_message(r, message)
+    _set_measured(r, measured)
+    _set_limit(r, limit)
+    return r
+
+
+def _bucket_keys(inst: InstrumentInfo) -> tuple[Any, Any, Any]:
+    """Concentration bucket per dimension; an instrument without issuer/sector stands alone."""
+    own = ("instrument", inst.id)
+    return (
+        inst.id,
+        inst.issuer_id if inst.issuer_id is not None else own,
+        inst.sector if inst.sector else own,
+    )
+
+
+def _in_effect(start: date | None, end: date | None, day: date) -> bool:
+    return (start is None or start <= day) and (end is None or day <= end)
+
+
+def _add(d: dict[Any, Decimal], key: Any, amount: Decimal) -> None:
+    d[key] = d.get(key, _ZERO) + amount
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ComplianceContext:
+    """Everything the rules read, indexed once at construction; never mutated by evaluate."""
+
+    instruments: Mapping[int, InstrumentInfo]
+    accounts: Mapping[int, AccountInfo]
+    as_of: datetime
+    holdings: Mapping[tuple[int, int], Decimal] = field(default_factory=dict)
+    open_orders: Sequence[OpenOrder] = ()
+    restricted: Sequence[RestrictedEntry] = ()
+    firm_issuer_holdings: Mapping[int, Decimal] = field(default_factory=dict)
+
+    _holdings_by_account: dict[int, list[tuple[int, Decimal]]] = field(init=False, repr=False)
+    _open_buy_notional: dict[int, Decimal] = field(init=False, repr=False)
+    _open_sell_qty: dict[tuple[int, int], Decimal] = field(init=False, repr=False)
+    _open_bucket_notional: dict[tuple[int, int, Any, bool], Decimal] = field(init=False, repr=False)
+    _open_issuer_buy_qty: dict[int, Decimal] = field(init=False, repr=False)
+    _open_side_accounts: dict[tuple[int, bool], dict[int, int]] = field(init=False, repr=False)
+    _open_side_count: dict[tuple[int, bool], int] = field(init=False, repr=False)
+    _open_times: dict[tuple[int, int, str, Decimal], list[datetime]] = field(init=False, repr=False)
+    _restricted_by_instrument: dict[int, list[RestrictedEntry]] = field(init=False, repr=False)
+    _restricted_by_issuer: dict[int, list[RestrictedEntry]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        holdings_by_account: dict[int, list[tuple[int, Decimal]]] = {}
+        for (account_id, instrument_id), qty in self.holdings.items():
+            holdings_by_account.setdefault(account_id, []).append((instrument_id, qty))
+
+        buy_notional: dict[int, Decimal] = {}
+        sell_qty: dict[tuple[int, int], Decimal] = {}
+        bucket: dict[tuple[int, int, Any, bool], Decimal] = {}
+        issuer_buy: dict[int, Decimal] = {}
+        side_accounts: dict[tuple[int, bool], dict[int, int]] = {}
+        side_count: dict[tuple[int, bool], int] = {}
+        times: dict[tuple[int, int, str, Decimal], list[datetime]] = {}
+        missing: set[int] = set()
+        instruments = self.instruments
+        for oo in self.open_orders:
+            leaves = oo.leaves_quantity
+            if leaves <= 0:
+                continue
+            inst = instruments.get(oo.instrument_id)
+            if inst is None:
+                missing.add(oo.instrument_id)
+                continue
+            is_buy = oo.side in BUY_SIDES
+            notional = leaves * oo.price
+            acct = oo.account_id
+            if is_buy:
+                _add(buy_notional, acct, notional)
+                if inst.issuer_id is not None:
+                    _add(issuer_buy, inst.issuer_id, leaves)
+            else:
+                _add(sell_qty, (acct, oo.instrument_id), leaves)
+            for dim, key in enumerate(_bucket_keys(inst)):
+                _add(bucket, (acct, dim, key, is_buy), notional)
+            side_key = (oo.instrument_id, is_buy)
+            per_account = side_accounts.setdefault(side_key, {})
+            per_account[acct] = per_account.get(acct, 0) + 1
+            side_count[side_key] = side_count.get(side_key, 0) + 1
+            times.setdefault((acct, oo.instrument_id, oo.side, oo.quantity), []).append(
+                oo.created_at
+            )
+        if missing:
+            raise ComplianceDataError(
+                f"Open orders reference instruments missing from the context: {sorted(missing)}"
+            )
+        for lst in times.values():
+            lst.sort()
+
+        by_instrument: dict[int, list[RestrictedEntry]] = {}
+        by_issuer: dict[int, list[RestrictedEntry]] = {}
+        for entry in self.restricted:
+            if entry.instrument_id is not None:
+                by_instrument.setdefault(entry.instrument_id, []).append(entry)
+            elif entry.issuer_id is not None:
+                by_issuer.setdefault(entry.issuer_id, []).append(entry)
+
+        setter = object.__setattr__
+        setter(self, "_holdings_by_account", holdings_by_account)
+        setter(self, "_open_buy_notional", buy_notional)
+        setter(self, "_open_sell_qty", sell_qty)
+        setter(self, "_open_bucket_notional", bucket)
+        setter(self, "_open_issuer_buy_qty", issuer_buy)
+        setter(self, "_open_side_accounts", side_accounts)
+        setter(self, "_open_side_count", side_count)
+        setter(self, "_open_times", times)
+        setter(self, "_restricted_by_instrument", by_instrument)
+        setter(self, "_restricted_by_issuer", by_issuer)
+
+
+def _parse_decimal(rule: RuleSpec, name: str, raw: Any) -> Decimal:
+    if isinstance(raw, bool) or raw is None:
+        raise RuleConfigError(f"Rule {rule.id} ({rule.name}): {name} must be a number")
+    try:
+        value = raw if isinstance(raw, Decimal) else Decimal(str(raw).strip())
+    except (InvalidOperation, ValueError) as exc:
+        raise RuleConfigError(
+            f"Rule {rule.id} ({rule.name}): {name}={raw!r} is not a decimal number"
+        ) from exc
+    if not value.is_finite() or value < 0:
+        raise RuleConfigError(
+            f"Rule {rule.id} ({rule.name}): {name}={raw!r} must be a finite number >= 0"
+        )
+    return value
+
+
+def _parse_params(rule: RuleSpec) -> dict[str, Any]:
+    """Validate a rule's type, severity, scope and parameters; return them parsed."""
+    if rule.rule_type not in RULE_TYPES:
+        raise RuleConfigError(f"Rule {rule.id} ({rule.name}): unknown rule type {rule.rule_type!r}")
+    if rule.severity not in SEVERITIES:
+        raise RuleConfigError(f"Rule {rule.id} ({rule.name}): unknown severity {rule.severity!r}")
+    if rule.scope not in SCOPES:
+        raise RuleConfigError(f"Rule {rule.id} ({rule.name}): unknown scope {rule.scope!r}")
+    required, optional = RULE_PARAMS[rule.rule_type]
+    given = set(rule.params)
+    unknown = given - required - optional
+    if unknown:
+        raise RuleConfigError(
+            f"Rule {rule.id} ({rule.name}): unknown parameter(s) {sorted(unknown)} "
+            f"for {rule.rule_type}"
+        )
+    absent = required - given
+    if absent:
+        raise RuleConfigError(
+            f"Rule {rule.id} ({rule.name}): missing parameter(s) {sorted(absent)} "
+            f"for {rule.rule_type}"
+        )
+    parsed: dict[str, Any] = {}
+    for name, raw in rule.params.items():
+        if name == "dimension":
+            value = str(raw).strip()
+            if value not in DIMENSIONS:
+                raise RuleConfigError(
+                    f"Rule {rule.id} ({rule.name}): dimension must be one of "
+                    f"{', '.join(DIMENSIONS)}, got {raw!r}"
+                )
+            parsed[name] = DIMENSIONS.index(value)
+        else:
+            parsed[name] = _parse_decimal(rule, name, raw)
+    if rule.rule_type == RULE_FAT_FINGER and not parsed:
+        raise RuleConfigError(
+            f"Rule {rule.id} ({rule.name}): fat_finger needs at least one of "
+            "max_quantity, max_notional, max_price_deviation_pct"
+        )
+    # Limits as they appear in messages, formatted once per rule rather than once per order.
+    parsed["_text"] = {
+        name: _money(value) if name == "max_notional" else _num(value)
+        for name, value in parsed.items()
+        if isinstance(value, Decimal)
+    }
+    return parsed
+
+
+def validate_rule(rule: RuleSpec) -> None:
+    """Raise RuleConfigError if the rule's type, severity, scope or parameters are invalid."""
+    _parse_params(rule)
+
+
+def order_outcome(results: Iterable[RuleResult]) -> str:
+    """Fold an order's rows: block if any blocks, else warn if any warns, else pass."""
+    outcome = OUTCOME_PASS
+    for r in results:
+        if r.outcome == OUTCOME_BLOCK:
+            return OUTCOME_BLOCK
+        if r.outcome == OUTCOME_WARN:
+            outcome = OUTCOME_WARN
+    return outcome
+
+
+def evaluate(
+    orders: Sequence[OrderIntent], ctx: ComplianceContext, rules: Sequence[RuleSpec]
+) -> dict[str | int, list[RuleResult]]:
+    """Check a basket in sequence against the rules in force; rows per order key, in rule order."""
+    with localcontext() as dctx:
+        dctx.prec = _PRECISION
+        return _Run(ctx, rules).run(orders)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting: exact numbers, no exponent notation, money with at least two decimals.
+
+
+def _num(x: Decimal) -> str:
+    s = f"{x:f}"
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return "0" if s in ("-0", "") else s
+
+
+def _money(x: Decimal) -> str:
+    if not x:
+        return "0.00"
+    s = f"{x:f}"
+    if s[-3:-2] == ".":
+        return s
+    dot = s.find(".")
+    if dot < 0:
+        return s + ".00"
+    s = s.rstrip("0")
+    decimals = len(s) - dot - 1
+    return s if decimals >= 2 else s + "0" * (2 - decimals)
+
+
+def _pct(x: Decimal) -> Decimal:
+    return x.quantize(_PCT_PLACES, rounding=ROUND_CEILING)
+
+
+_SIDE_WORDS = {side: side.replace("_", " ").capitalize() for side in SIDES}
+
+
+def _side_word(side: str) -> str:
+    return _SIDE_WORDS[side]
+
+
+class _Prepared:
+    """Per-order values derived once and shared by every rule."""
+
+    __slots__ = (
+        "account",
+        "inst",
+        "is_buy",
+        "key",
+        "keys",
+        "memo",
+        "notional",
+        "order",
+        "price",
+        "priced_at",
+    )
+
+    def __init__(self, order: OrderIntent, inst: InstrumentInfo, account: AccountInfo) -> None:
+        self.order = order
+        self.key = order.key
+        self.inst = inst
+        self.account = account
+        self.is_buy = order.side in BUY_SIDES
+        self.keys = _bucket_keys(inst)
+        if order.limit_price is not None and order.order_type != ORDER_TYPE_MARKET:
+            self.price = order.limit_price
+            self.priced_at = "limit"
+        else:
+            self.price = inst.reference_price
+            self.priced_at = "reference"
+        self.notional: Decimal | None = order.quantity * self.price if self.price > 0 else None
+        # Measurements shared by several rules of one type on this order (typically a warn
+        # and a block threshold), so each is computed and formatted once.
+        self.memo: dict[Any, Any] | None = None
+
+
+_Check = Callable[[RuleSpec, dict[str, Any], _Prepared], RuleResult]
+
+
+class _Run:
+    """State of one evaluate() call: compiled rules plus what the basket has added so far."""
+
+    def __init__(self, ctx: ComplianceContext, rules: Sequence[RuleSpec]) -> None:
+        self.ctx = ctx
+        day = ctx.as_of.date()
+        checks: dict[str, _Check] = {
+            RULE_RESTRICTED_LIST: self._restricted_list,
+            RULE_CONCENTRATION: self._concentration,
+            RULE_OWNERSHIP: self._ownership,
+            RULE_FAT_FINGER: self._fat_finger,
+            RULE_SHORT_SELLING: self._short_selling,
+            RULE_BUYING_POWER: self._buying_power,
+            RULE_CONFLICTING_ORDERS: self._conflicting_orders,
+            RULE_DUPLICATE_ORDERS: self._duplicate_orders,
+        }
+        self.compiled: list[tuple[RuleSpec, dict[str, Any], _Check]] = []
+        for rule in rules:
+            if not rule.active or not _in_effect(rule.effective_from, rule.effective_to, day):
+                continue
+            self.compiled.append((rule, _parse_params(rule), checks[rule.rule_type]))
+        self.day = day
+        self.rules_by_account: dict[int, list[tuple[RuleSpec, dict[str, Any], _Check]]] = {}
+        self.position_values: dict[int, tuple[dict[Any, Decimal], ...]] = {}
+        # Basket deltas layered over the context's open-order indexes.
+        self.buy_notional: dict[int, Decimal] = {}
+        self.sell_qty: dict[tuple[int, int], Decimal] = {}
+        self.bucket_notional: dict[tuple[int, int, Any, bool], Decimal] = {}
+        self.issuer_buy_qty: dict[int, Decimal] = {}
+        self.side_accounts: dict[tuple[int, bool], dict[int, int]] = {}
+        self.side_count: dict[tuple[int, bool], int] = {}
+        self.times: dict[tuple[int, int, str, Decimal], list[datetime]] = {}
+        self.limit_texts: dict[tuple[int, int], str] = {}
+
+    def run(self, orders: Sequence[OrderIntent]) -> dict[str | int, list[RuleResult]]:
+        ctx = self.ctx
+        out: dict[str | int, list[RuleResult]] = {}
+        for order in orders:
+            if order.key in out:
+                raise ValueError(f"Duplicate order key {order.key!r} in one evaluation")
+            inst = ctx.instruments.get(order.instrument_id)
+            if inst is None:
+                raise ComplianceDataError(
+                    f"Order {order.key}: instrument {order.instrument_id} missing from the context"
+                )
+            account = ctx.accounts.get(order.account_id)
+            if account is None:
+                raise ComplianceDataError(
+                    f"Order {order.key}: account {order.account_id} missing from the context"
+                )
+            p = _Prepared(order, inst, account)
+            applicable = self.rules_by_account.get(account.id)
+            if applicable is None:
+                applicable = [c for c in self.compiled if self._covers(c[0], account)]
+                self.rules_by_account[account.id] = applicable
+            out[order.key] = [check(rule, params, p) for rule, params, check in applicable]
+            self._record(p)
+        return out
+
+    @staticmethod
+    def _covers(rule: RuleSpec, account: AccountInfo) -> bool:
+        if rule.scope == SCOPE_FIRM:
+            return True
+        if rule.scope == SCOPE_ACCOUNT:
+            return account.id in rule.scope_account_ids
+        return not account.group_ids.isdisjoint(rule.scope_group_ids)
+
+    def _record(self, p: _Prepared) -> None:
+        """Make this order visible as open to every later order of the basket."""
+        order = p.order
+        acct = order.account_id
+        notional = p.notional if p.notional is not None else _ZERO
+        if p.is_buy:
+            _add(self.buy_notional, acct, notional)
+            if p.inst.issuer_id is not None:
+                _add(self.issuer_buy_qty, p.inst.issuer_id, order.quantity)
+        else:
+            _add(self.sell_qty, (acct, order.instrument_id), order.quantity)
+        for dim, key in enumerate(p.keys):
+            _add(self.bucket_notional, (acct, dim, key, p.is_buy), notional)
+        side_key = (order.instrument_id, p.is_buy)
+        per_account = self.side_accounts.setdefault(side_key, {})
+        per_account[acct] = per_account.get(acct, 0) + 1
+        self.side_count[side_key] = self.side_count.get(side_key, 0) + 1
+        bisect.insort(
+            self.times.setdefault((acct, order.instrument_id, order.side, order.quantity), []),
+            order.created_at,
+        )
+
+    def _no_price(self, rule: RuleSpec, p: _Prepared, limit: Decimal | None) -> RuleResult:
+        return _row(
+            p,
+            rule,
+            False,
+            f"{p.inst.symbol} has no positive reference price "
+            f"({_money(p.inst.reference_price)}); the order's notional cannot be measured",
+            None,
+            limit,
+        )
+
+    # --- rules -------------------------------------------------------------------------------
+
+    def _restricted_list(self, rule: RuleSpec, params: dict[str, Any], p: _Prepared) -> RuleResult:
+        memo = p.memo
+        if memo is None:
+            memo = p.memo = {}
+        cached = memo.get(RULE_RESTRICTED_LIST)
+        if cached is None:
+            cached = memo[RULE_RESTRICTED_LIST] = self._restriction(p)
+        ok, message = cached
+        return _row(p, rule, ok, message, None, None)
+
+    def _restriction(self, p: _Prepared) -> tuple[bool, str]:
+        """Whether the order's instrument is free of restrictions in force, and why not."""
+        ctx = self.ctx
+        inst = p.inst
+        acct = p.account.id
+        day = self.day
+        hits: list[str] = []
+        if not inst.tradable:
+            hits.append(f"{inst.symbol} is flagged not tradable")
+        for e in ctx._restricted_by_instrument.get(inst.id, ()):
+            if (e.account_id is None or e.account_id == acct) and _in_effect(
+                e.effective_from, e.effective_to, day
+            ):
+                who = "firm-wide" if e.account_id is None else f"for account {acct}"
+                hits.append(f"instrument {inst.symbol} restricted {who}: {e.reason}")
+        if inst.issuer_id is not None:
+            for e in ctx._restricted_by_issuer.get(inst.issuer_id, ()):
+                if (e.account_id is None or e.account_id == acct) and _in_effect(
+                    e.effective_from, e.effective_to, day
+                ):
+                    who = "firm-wide" if e.account_id is None else f"for account {acct}"
+                    hits.append(
+                        f"issuer {inst.issuer_id} of {inst.symbol} restricted {who}: {e.reason}"
+                    )
+        if hits:
+            return False, f"{inst.symbol} is restricted: " + "; ".join(hits)
+        return True, f"{inst.symbol} is not on the restricted list"
+
+    def _concentration(self, rule: RuleSpec, params: dict[str, Any], p: _Prepared) -> RuleResult:
+        lim: dict[str, str] = params["_text"]
+        dim: int = params["dimension"]
+        max_pct: Decimal = params["max_pct"]
+        if p.notional is None:
+            return self._no_price(rule, p, max_pct)
+        nav = p.account.nav
+        if nav <= 0:
+            return _row(
+                p,
+                rule,
+                False,
+                f"Account {p.account.id} NAV {_money(nav)} is not positive; concentration in "
+                f"{self._bucket_label(dim, p.inst)} cannot be measured",
+                None,
+                max_pct,
+            )
+        memo = p.memo
+        if memo is None:
+            memo = p.memo = {}
+        cached = memo.get(dim)
+        if cached is None:
+            cached = memo[dim] = self._exposure(dim, p, p.notional, nav)
+        exposure, pct, head, tail = cached
+        ok = exposure * _HUNDRED <= max_pct * nav
+        message = f"{head}{'within' if ok else 'exceeds'} the {lim['max_pct']}% limit{tail}"
+        return _row(p, rule, ok, message, pct, max_pct)
+
+    def _exposure(
+        self, dim: int, p: _Prepared, notional: Decimal, nav: Decimal
+    ) -> tuple[Decimal, Decimal, str, str]:
+        """Projected exposure of the order's bucket in the direction the order moves it."""
+        acct = p.account.id
+        key = p.keys[dim]
+        position = self._position_values(acct)[dim].get(key, _ZERO)
+        bucket = (acct, dim, key, p.is_buy)
+        open_notional = self.ctx._open_bucket_notional.get(
+            bucket, _ZERO
+        ) + self.bucket_notional.get(bucket, _ZERO)
+        if p.is_buy:
+            projected = position + open_notional + notional
+            exposure = projected if projected > 0 else _ZERO
+            direction, open_word = "long", "open buys"
+        else:
+            projected = position - open_notional - notional
+            exposure = -projected if projected < 0 else _ZERO
+            direction, open_word = "short", "open sells"
+        pct = _pct(exposure * _HUNDRED / nav)
+        head = (
+            f"Projected {direction} exposure to {self._bucket_label(dim, p.inst)} "
+            f"{_money(exposure)} is {_num(pct)}% of NAV {_money(nav)}, "
+        )
+        tail = (
+            f" (position {_money(position)}, {open_word} {_money(open_notional)}, "
+            f"this order {_money(notional)})"
+        )
+        return exposure, pct, head, tail
+
+    @staticmethod
+    def _bucket_label(dim: int, inst: InstrumentInfo) -> str:
+        if dim == 1 and inst.issuer_id is not None:
+            return f"issuer {inst.issuer_id}"
+        if dim == 2 and inst.sector:
+            return f"sector {inst.sector}"
+        return f"instrument {inst.symbol}"
+
+    def _position_values(self, account_id: int) -> tuple[dict[Any, Decimal], ...]:
+        """Market value of the account's positions per bucket, for each dimension."""
+        cached = self.position_values.get(account_id)
+        if cached is not None:
+            return cached
+        per_dim: tuple[dict[Any, Decimal], ...] = ({}, {}, {})
+        instruments = self.ctx.instruments
+        missing = []
+        for instrument_id, qty in self.ctx._holdings_by_account.get(account_id, ()):
+            inst = instruments.get(instrument_id)
+            if inst is None:
+                missing.append(instrument_id)
+                continue
+            value = qty * inst.reference_price
+            for dim, key in enumerate(_bucket_keys(inst)):
+                _add(per_dim[dim], key, value)
+        if missing:
+            raise ComplianceDataError(
+                f"Holdings of account {account_id} reference instruments missing from the "
+                f"context: {sorted(missing)}"
+            )
+        self.position_values[account_id] = per_dim
+        return per_dim
+
+    def _ownership(self, rule: RuleSpec, params: dict[str, Any], p: _Prepared) -> RuleResult:
+        lim: dict[str, str] = params["_text"]
+        max_pct: Decimal = params["max_pct"]
+        inst = p.inst
+        if not p.is_buy:
+            return _row(
+                p,
+                rule,
+                True,
+                f"{_side_word(p.order.side)} does not increase the firm's ownership of "
+                f"{inst.symbol}",
+                None,
+                max_pct,
+            )
+        issuer = inst.issuer_id
+        outstanding = inst.shares_outstanding
+        if issuer is None or outstanding is None or outstanding <= 0:
+            reason = "has no issuer" if issuer is None else "has no shares outstanding"
+            return _row(
+                p,
+                rule,
+                True,
+                f"Ownership not applicable: {inst.symbol} {reason}",
+                None,
+                max_pct,
+            )
+        memo = p.memo
+        if memo is None:
+            memo = p.memo = {}
+        cached = memo.get(RULE_OWNERSHIP)
+        if cached is None:
+            held = self.ctx.firm_issuer_holdings.get(issuer, _ZERO)
+            open_qty = self.ctx._open_issuer_buy_qty.get(issuer, _ZERO) + self.issuer_buy_qty.get(
+                issuer, _ZERO
+            )
+            qty = p.order.quantity
+            total = held + open_qty + qty
+            pct = _pct(total * _HUNDRED / outstanding)
+            head = (
+                f"Firm holding of issuer {issuer} would be {_num(total)} shares (held "
+                f"{_num(held)}, open buys {_num(open_qty)}, this order {_num(qty)}), {_num(pct)}% "
+                f"of {_num(outstanding)} shares outstanding, "
+            )
+            cached = memo[RULE_OWNERSHIP] = (total, pct, head)
+        total, pct, head = cached
+        ok = total * _HUNDRED <= max_pct * outstanding
+        message = f"{head}{'within' if ok else 'exceeds'} the {lim['max_pct']}% limit"
+        return _row(p, rule, ok, message, pct, max_pct)
+
+    def _fat_finger(self, rule: RuleSpec, params: dict[str, Any], p: _Prepared) -> RuleResult:
+        lim: dict[str, str] = params["_text"]
+        memo = p.memo
+        if memo is None:
+            memo = p.memo = {}
+        pieces = memo.get(RULE_FAT_FINGER)
+        if pieces is None:
+            pieces = memo[RULE_FAT_FINGER] = self._fat_finger_pieces(p)
+        quantity_head, notional_head, deviation = pieces
+        parts: list[str] = []
+        fail_parts: list[str] = []
+        first: tuple[Decimal | None, Decimal] | None = None
+        failed: tuple[Decimal | None, Decimal] | None = None
+
+        max_quantity = params.get("max_quantity")
+        if max_quantity is not None:
+            qty = p.order.quantity
+            ok = qty <= max_quantity
+            text = f"{quantity_head}{'within' if ok else 'exceeds'} maximum {lim['max_quantity']}"
+            parts.append(text)
+            first = (qty, max_quantity)
+            if not ok:
+                fail_parts.append(text)
+                failed = first
+
+        max_notional = params.get("max_notional")
+        if max_notional is not None:
+            if p.notional is None:
+                ok = False
+                text = notional_head
+            else:
+                ok = p.notional <= max_notional
+                text = (
+                    f"{notional_head}{'within' if ok else 'exceeds'} maximum {lim['max_notional']}"
+                )
+            parts.append(text)
+            measured = (p.notional, max_notional)
+            first = first or measured
+            if not ok:
+                fail_parts.append(text)
+                failed = failed or measured
+
+        max_dev = params.get("max_price_deviation_pct")
+        if max_dev is not None and deviation is not None:
+            diff, ref, dev, head = deviation
+            if diff is None:
+                ok = False
+                text = head
+            else:
+                ok = diff * _HUNDRED <= max_dev * ref
+                text = (
+                    f"{head}{'within' if ok else 'exceeds'} the "
+                    f"{lim['max_price_deviation_pct']}% limit"
+                )
+            parts.append(text)
+            measured = (dev, max_dev)
+            first = first or measured
+            if not ok:
+                fail_parts.append(text)
+                failed = failed or measured
+
+        if failed is not None:
+            message = "Fat finger: " + "; ".join(fail_parts)
+            return _row(p, rule, False, message, failed[0], failed[1])
+        if first is None:
+            # Only a deviation limit is configured and the order has no limit price.
+            return _row(
+                p,
+                rule,
+                True,
+                f"Fat finger: {p.order.order_type} order has no limit price to compare",
+                None,
+                max_dev,
+            )
+        return _row(p, rule, True, "Fat finger: " + "; ".join(parts), first[0], first[1])
+
+    @staticmethod
+    def _fat_finger_pieces(
+        p: _Prepared,
+    ) -> tuple[str, str, tuple[Decimal | None, Decimal, Decimal | None, str] | None]:
+        """The order's side of each fat-finger sentence, shared by all fat-finger rules."""
+        quantity_head = f"quantity {_num(p.order.quantity)} "
+        if p.notional is None:
+            notional_head = (
+                f"notional cannot be measured: {p.inst.symbol} has no positive reference price"
+            )
+        else:
+            notional_head = (
+                f"notional {_money(p.notional)} at {p.priced_at} price {_money(p.price)} "
+            )
+        deviation: tuple[Decimal | None, Decimal, Decimal | None, str] | None = None
+        if p.priced_at == "limit":
+            ref = p.inst.reference_price
+            if ref <= 0:
+                deviation = (
+                    None,
+                    ref,
+                    None,
+                    f"price deviation cannot be measured: {p.inst.symbol} has no positive "
+                    "reference price",
+                )
+            else:
+                diff = abs(p.price - ref)
+                dev = _pct(diff * _HUNDRED / ref)
+                deviation = (
+                    diff,
+                    ref,
+                    dev,
+                    f"limit price {_money(p.price)} deviates {_num(dev)}% from reference price "
+                    f"{_money(ref)}, ",
+                )
+        return quantity_head, notional_head, deviation
+
+    def _short_selling(self, rule: RuleSpec, params: dict[str, Any], p: _Prepared) -> RuleResult:
+        side = p.order.side
+        acct = p.account
+        if side == SIDE_SELL_SHORT:
+            if acct.short_allowed:
+                return _row(p, rule, True, f"Account {acct.id} may sell short", None, None)
+            return _row(
+                p,
+                rule,
+                False,
+                f"Short sale of {p.inst.symbol} not permitted: account {acct.id} may not sell "
+                "short",
+                None,
+                None,
+            )
+        if side != SIDE_SELL:
+            return _row(p, rule, True, f"{_side_word(side)} does not reduce holdings", None, None)
+        pos_key = (acct.id, p.inst.id)
+        held = self.ctx.holdings.get(pos_key, _ZERO)
+        open_sells = self.ctx._open_sell_qty.get(pos_key, _ZERO) + self.sell_qty.get(pos_key, _ZERO)
+        available = held - open_sells
+        qty = p.order.quantity
+        detail = f"(held {_num(held)} less open sells {_num(open_sells)})"
+        if qty <= available:
+            message = (
+                f"Sell {_num(qty)} {p.inst.symbol} within holdings available to sell "
+                f"{_num(available)} {detail}"
+            )
+            return _row(p, rule, True, message, qty, available)
+        if acct.short_allowed:
+            message = (
+                f"Sell {_num(qty)} {p.inst.symbol} exceeds holdings available to sell "
+                f"{_num(available)} {detail}; allowed because account {acct.id} may sell short"
+            )
+            return _row(p, rule, True, message, qty, available)
+        message = (
+            f"Sell {_num(qty)} {p.inst.symbol} exceeds holdings available to sell "
+            f"{_num(available)} {detail} and account {acct.id} may not sell short"
+        )
+        return _row(p, rule, False, message, qty, available)
+
+    def _buying_power(self, rule: RuleSpec, params: dict[str, Any], p: _Prepared) -> RuleResult:
+        margin: Decimal = params.get("margin_pct", _ZERO)
+        acct = p.account
+        cash = acct.available_cash
+        limit = cash * (_HUNDRED + margin) / _HUNDRED
+        if not p.is_buy:
+            return _row(
+                p,
+                rule,
+                True,
+                f"{_side_word(p.order.side)} does not use buying power",
+                None,
+                limit,
+            )
+        if p.notional is None:
+            return self._no_price(rule, p, limit)
+        memo = p.memo
+        if memo is None:
+            memo = p.memo = {}
+        cached = memo.get(RULE_BUYING_POWER)
+        if cached is None:
+            open_buys = self.ctx._open_buy_notional.get(acct.id, _ZERO) + self.buy_notional.get(
+                acct.id, _ZERO
+            )
+            required = open_buys + p.notional
+            if open_buys:
+                head = (
+                    f"Buy notional {_money(p.notional)} plus open buys {_money(open_buys)} "
+                    f"(total {_money(required)}) "
+                )
+            else:
+                head = f"Buy notional {_money(p.notional)} "
+            cached = memo[RULE_BUYING_POWER] = (required, head)
+        required, head = cached
+        ok = required * _HUNDRED <= cash * (_HUNDRED + margin)
+        limit_key = (rule.id, acct.id)
+        limit_text = self.limit_texts.get(limit_key)
+        if limit_text is None:
+            if margin:
+                limit_text = (
+                    f"buying power {_money(limit)} (available cash {_money(cash)} plus "
+                    f"{_num(margin)}% margin)"
+                )
+            else:
+                limit_text = f"available cash {_money(cash)}"
+            self.limit_texts[limit_key] = limit_text
+        message = f"{head}{'within' if ok else 'exceeds'} {limit_text}"
+        return _row(p, rule, ok, message, required, limit)
+
+    def _conflicting_orders(
+        self, rule: RuleSpec, params: dict[str, Any], p: _Prepared
+    ) -> RuleResult:
+        memo = p.memo
+        if memo is None:
+            memo = p.memo = {}
+        cached = memo.get(RULE_CONFLICTING_ORDERS)
+        if cached is None:
+            cached = memo[RULE_CONFLICTING_ORDERS] = self._conflicts(p)
+        count, message = cached
+        return _row(p, rule, not count, message, count, _ZERO)
+
+    def _conflicts(self, p: _Prepared) -> tuple[Decimal, str]:
+        """Open orders on the other side of the order's instrument, and a sentence about them."""
+        opposite = (p.inst.id, not p.is_buy)
+        count = self.ctx._open_side_count.get(opposite, 0) + self.side_count.get(opposite, 0)
+        other_word = "sell" if p.is_buy else "buy"
+        if not count:
+            return _ZERO, f"No open {other_word} orders in {p.inst.symbol}"
+        accounts = sorted(
+            set(self.ctx._open_side_accounts.get(opposite, ()))
+            | set(self.side_accounts.get(opposite, ()))
+        )
+        shown = ", ".join(str(a) for a in accounts[:5])
+        if len(accounts) > 5:
+            shown += f" and {len(accounts) - 5} more"
+        plural = "s" if count != 1 else ""
+        message = (
+            f"{_side_word(p.order.side)} of {p.inst.symbol} conflicts with {count} open "
+            f"{other_word} order{plural} in the same instrument (account"
+            f"{'s' if len(accounts) != 1 else ''} {shown})"
+        )
+        return Decimal(count), message
+
+    def _duplicate_orders(self, rule: RuleSpec, params: dict[str, Any], p: _Prepared) -> RuleResult:
+        lim: dict[str, str] = params["_text"]
+        window: Decimal = params["window_seconds"]
+        memo = p.memo
+        if memo is None:
+            memo = p.memo = {}
+        cached = memo.get(RULE_DUPLICATE_ORDERS)
+        if cached is None:
+            cached = memo[RULE_DUPLICATE_ORDERS] = self._nearest_twin(p)
+        gap_seconds, what = cached
+        if gap_seconds is None:
+            return _row(p, rule, True, f"No other open order for {what}", None, window)
+        ok = gap_seconds >= window
+        if ok:
+            message = (
+                f"Nearest other order for {what} was entered {_num(gap_seconds)} s apart, "
+                f"outside the {lim['window_seconds']} s duplicate window"
+            )
+        else:
+            message = (
+                f"Possible duplicate: another order for {what} was entered "
+                f"{_num(gap_seconds)} s apart, within the {lim['window_seconds']} s window"
+            )
+        return _row(p, rule, ok, message, gap_seconds, window)
+
+    def _nearest_twin(self, p: _Prepared) -> tuple[Decimal | None, str]:
+        """Seconds to the nearest open order with the same account, instrument, side, quantity."""
+        order = p.order
+        key = (order.account_id, order.instrument_id, order.side, order.quantity)
+        at = order.created_at
+        nearest = None
+        for times in (self.ctx._open_times.get(key), self.times.get(key)):
+            if not times:
+                continue
+            i = bisect.bisect_left(times, at)
+            for j in (i - 1, i):
+                if 0 <= j < len(times):
+                    gap = abs(times[j] - at)
+                    if nearest is None or gap < nearest:
+                        nearest = gap
+        what = (
+            f"account {order.account_id} {order.side.replace('_', ' ')} {_num(order.quantity)} "
+            f"{p.inst.symbol}"
+        )
+        if nearest is None:
+            return None, what
+        seconds = Decimal(nearest.days * 86400 + nearest.seconds) + (
+            Decimal(nearest.microseconds) * _MICRO
+        )
+        return seconds, what

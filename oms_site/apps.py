@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class OmsSiteConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "oms_site"
+    verbose_name = "OMS kernel (audit)"

@@ -1,0 +1,36 @@
+"""Decimal precisions shared by every app (never float)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db import models
+
+QTY_DIGITS = {"max_digits": 24, "decimal_places": 8}
+PRICE_DIGITS = {"max_digits": 24, "decimal_places": 8}
+MONEY_DIGITS = {"max_digits": 24, "decimal_places": 2}
+PCT_DIGITS = {"max_digits": 12, "decimal_places": 6}
+
+ZERO = Decimal("0")
+CENT = Decimal("0.01")
+
+
+def QtyField(**kwargs: Any) -> models.DecimalField:
+    """A quantity: 24 digits, 8 decimals (crypto trades in fractions)."""
+    return models.DecimalField(**QTY_DIGITS, **kwargs)
+
+
+def PriceField(**kwargs: Any) -> models.DecimalField:
+    """A price: 24 digits, 8 decimals."""
+    return models.DecimalField(**PRICE_DIGITS, **kwargs)
+
+
+def MoneyField(**kwargs: Any) -> models.DecimalField:
+    """An amount of money: 24 digits, 2 decimals."""
+    return models.DecimalField(**MONEY_DIGITS, **kwargs)
+
+
+def PctField(**kwargs: Any) -> models.DecimalField:
+    """A percentage: 12 digits, 6 decimals."""
+    return models.DecimalField(**PCT_DIGITS, **kwargs)
