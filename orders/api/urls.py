@@ -1,5 +1,8 @@
-"""API routes of the orders app."""
+"""API routes of the orders app: entry/lifecycle (order_urls) and routing (routing_urls)."""
 
-from django.urls import path  # noqa: F401
+from django.urls import include, path
 
-urlpatterns: list = []
+urlpatterns = [
+    path("", include("orders.api.order_urls")),
+    path("", include("orders.api.routing_urls")),
+]

@@ -1,0 +1,3 @@
+"""API routes (order_urls)."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""API routes (routing_urls)."""
+
+urlpatterns: list = []
