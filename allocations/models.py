@@ -157,23 +157,41 @@ class AllocationMethod(models.TextChoices):
     MANUAL = "manual", "Manual"
 
 
+class AllocationKind(models.TextChoices):
+    FILL = "fill", "Fill"  # quantity > 0: more of the block's fills to the account
+    REVERSAL = "reversal", "Reversal"  # quantity < 0: quantity taken back from the account
+    REPRICE = "reprice", "Re-price"  # quantity 0: held quantity moved to the new average price
+
+
 class Allocation(models.Model):
-    """Part of an execution assigned to one account's order, at the block's average price."""
+    """A change of one order's share of a block's fills, at the block's average price.
+
+    The rows of one order add up to its cumulative allocation: quantity, gross, commission,
+    fees and net (see allocations.services for how re-pricing and reversals are booked).
+    """
 
     execution = models.ForeignKey(
         "orders.Execution", on_delete=models.PROTECT, related_name="allocations"
+    )
+    block = models.ForeignKey(
+        "orders.Block", null=True, blank=True, on_delete=models.PROTECT, related_name="allocations"
     )
     order = models.ForeignKey("orders.Order", on_delete=models.PROTECT, related_name="allocations")
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="allocations")
     instrument = models.ForeignKey("orders.Instrument", on_delete=models.PROTECT, related_name="+")
     broker = models.ForeignKey("orders.Broker", on_delete=models.PROTECT, related_name="+")
     side = models.CharField(max_length=16)
+    kind = models.CharField(
+        max_length=8, choices=AllocationKind.choices, default=AllocationKind.FILL
+    )
     quantity = QtyField()
     price = PriceField()
     gross = MoneyField()
     commission = MoneyField(default=0)
     fees = MoneyField(default=0)
     net = MoneyField()
+    # The order's cumulative allocated quantity after this row (sum of its rows so far).
+    cum_quantity = QtyField(default=0)
     currency = models.CharField(max_length=3)
     trade_date = models.DateField()
     settlement_date = models.DateField()
@@ -183,11 +201,24 @@ class Allocation(models.Model):
     reversal_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversals"
     )
+    cash_settled = models.BooleanField(default=False)
+    cash_settled_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
-            models.CheckConstraint(condition=~Q(quantity=0), name="allocation_quantity_nonzero"),
+            models.CheckConstraint(
+                condition=~Q(quantity=0) | Q(kind="reprice"), name="allocation_quantity_nonzero"
+            ),
+            models.CheckConstraint(
+                condition=(Q(kind="fill") & Q(quantity__gt=0))
+                | (Q(kind="reversal") & Q(quantity__lt=0))
+                | (Q(kind="reprice") & Q(quantity=0)),
+                name="allocation_kind_matches_quantity",
+            ),
             models.CheckConstraint(
                 condition=Q(settlement_date__gte=F("trade_date")),
                 name="allocation_settles_after_trade",
@@ -195,4 +226,35 @@ class Allocation(models.Model):
         ]
         indexes = [
             models.Index(fields=["trade_date", "account"], name="allocation_date_account_idx"),
+            models.Index(
+                fields=["settlement_date"],
+                condition=Q(cash_settled=False),
+                name="allocation_cash_due_idx",
+            ),
         ]
+
+
+class BlockAllocationPolicy(models.Model):
+    """How a block's fills are shared when not pro-rata: fixed ratios or manual quantities.
+
+    Manual quantities are kept for the filled quantity they were set at (``filled_at``); fills
+    after that are shared pro-rata to what each order still has room for.
+    """
+
+    block = models.OneToOneField(
+        "orders.Block", on_delete=models.PROTECT, related_name="allocation_policy"
+    )
+    method = models.CharField(max_length=16, choices=AllocationMethod.choices)
+    ratios = models.JSONField(default=dict, blank=True, help_text="order id → ratio (string)")
+    quantities = models.JSONField(
+        default=dict, blank=True, help_text="order id → quantity (string)"
+    )
+    filled_at = QtyField(default=0)
+    set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    version = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"B{self.block_id} {self.method}"

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from datetime import date
+from decimal import Decimal
 from typing import Any
 
-from django.db.models import Q, QuerySet
+import django_filters
+from django.db.models import (
+    DecimalField,
+    ExpressionWrapper,
+    F,
+    Max,
+    Min,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
+from django.db.models.functions import Coalesce
 
-from allocations.models import Account
+from allocations.models import Account, Allocation, AllocationKind, CashBalance, Position
 from oms_site.roles import role_keys, sees_everything
+from orders.models import Execution, Order
 
 
 def account_scope_q(user: Any, prefix: str = "") -> Q:
@@ -38,3 +56,230 @@ def accounts_visible_to(*, user: Any) -> QuerySet[Account]:
 def account_ids_visible_to(*, user: Any) -> set[int]:
     """The ids of the accounts the user may see."""
     return set(accounts_visible_to(user=user).values_list("pk", flat=True))
+
+
+# --------------------------------------------------------------------------------------------
+# The book: positions, cash, allocations, executions, NAV (issue 6)
+# --------------------------------------------------------------------------------------------
+
+_MONEY_OUT = DecimalField(max_digits=38, decimal_places=8)
+
+
+def _reference_price() -> Any:
+    return F("instrument__price__last")
+
+
+def positions_visible_to(*, user: Any) -> QuerySet[Position]:
+    """Positions of visible accounts, with market price, market value and unrealised P&L.
+
+    Market value is quantity × the instrument's reference (last) price, in the instrument's
+    currency; a position without a reference price has none.
+    """
+    qs = Position.objects.filter(account__in=accounts_visible_to(user=user))
+    return (
+        qs.select_related("account", "instrument", "instrument__price")
+        .annotate(
+            market_price=_reference_price(),
+            market_value=ExpressionWrapper(
+                F("quantity") * _reference_price(), output_field=_MONEY_OUT
+            ),
+            unrealised_pnl=ExpressionWrapper(
+                F("quantity") * (_reference_price() - F("avg_cost")), output_field=_MONEY_OUT
+            ),
+        )
+        .order_by("account__code", "instrument__symbol")
+    )
+
+
+def cash_visible_to(*, user: Any) -> QuerySet[CashBalance]:
+    """Cash balances (settled and pending, per currency) of visible accounts."""
+    return (
+        CashBalance.objects.filter(account__in=accounts_visible_to(user=user))
+        .select_related("account")
+        .annotate(total=ExpressionWrapper(F("settled") + F("pending"), output_field=_MONEY_OUT))
+        .order_by("account__code", "currency")
+    )
+
+
+def allocations_visible_to(*, user: Any) -> QuerySet[Allocation]:
+    """Allocation rows of visible accounts, newest first."""
+    return (
+        Allocation.objects.filter(account__in=accounts_visible_to(user=user))
+        .select_related("account", "instrument", "broker")
+        .order_by("-pk")
+    )
+
+
+def executions_visible_to(*, user: Any) -> QuerySet[Execution]:
+    """Executions of visible orders, or of blocks holding at least one visible order."""
+    qs = Execution.objects.select_related("broker", "instrument", "placement")
+    if sees_everything(user):
+        return qs.order_by("-pk")
+    if not role_keys(user) & {"pm", "trader"}:
+        return qs.none()
+    visible_orders = Order.objects.filter(account_scope_q(user, prefix="account__"))
+    order_ids = visible_orders.values("pk")
+    block_ids = visible_orders.filter(block__isnull=False).values("block_id")
+    return qs.filter(
+        Q(order_id__in=order_ids)
+        | Q(placement__order_id__in=order_ids)
+        | Q(block_id__in=block_ids)
+        | Q(placement__block_id__in=block_ids)
+    ).order_by("-pk")
+
+
+def _nav_expression() -> Any:
+    market_value = (
+        Position.objects.filter(account=OuterRef("pk"))
+        .values("account")
+        .annotate(total=Sum(F("quantity") * F("instrument__price__last"), output_field=_MONEY_OUT))
+        .values("total")
+    )
+    cash = (
+        CashBalance.objects.filter(account=OuterRef("pk"))
+        .values("account")
+        .annotate(total=Sum(F("settled") + F("pending"), output_field=_MONEY_OUT))
+        .values("total")
+    )
+    zero = Value(Decimal(0), output_field=_MONEY_OUT)
+    return ExpressionWrapper(
+        Coalesce(Subquery(market_value, output_field=_MONEY_OUT), zero)
+        + Coalesce(Subquery(cash, output_field=_MONEY_OUT), zero),
+        output_field=_MONEY_OUT,
+    )
+
+
+def accounts_with_book(*, user: Any) -> QuerySet[Account]:
+    """Visible accounts with their cash balances prefetched and `nav` annotated.
+
+    NAV = cash (settled + pending, every currency) + market value of positions at reference
+    prices. There are no FX rates in the model, so amounts in other currencies than the
+    account's base currency are added at face value (the demo book is single-currency).
+    """
+    return (
+        accounts_visible_to(user=user)
+        .select_related("custodian", "desk")
+        .prefetch_related(
+            Prefetch("cash_balances", queryset=CashBalance.objects.order_by("currency"))
+        )
+        .annotate(nav=_nav_expression())
+        .order_by("code")
+    )
+
+
+def account_nav(*, account_id: int) -> Decimal:
+    """One account's NAV (see accounts_with_book)."""
+    row = Account.objects.filter(pk=account_id).annotate(nav=_nav_expression()).values("nav")
+    found = row.first()
+    return found["nav"] if found else Decimal(0)
+
+
+def allocation_net_lines(*, trade_date: date, custodian_id: int | None = None) -> list[dict]:
+    """Allocation rows netted per (order, block, trade date): one settlement instruction each.
+
+    The sums of an order's rows are its allocation at the block's average price (see
+    allocations.services); the price is that of the latest row. Orders whose quantity nets to
+    zero (fully reversed) are left out.
+    """
+    qs = Allocation.objects.filter(trade_date=trade_date)
+    if custodian_id is not None:
+        qs = qs.filter(account__custodian_id=custodian_id)
+    latest = Allocation.objects.filter(
+        order=OuterRef("order"), trade_date=trade_date, block=OuterRef("block")
+    ).order_by("-pk")
+    rows = (
+        qs.values("order", "block", "account", "instrument", "broker", "side", "currency")
+        .annotate(
+            quantity=Sum("quantity"),
+            gross=Sum("gross"),
+            commission=Sum("commission"),
+            fees=Sum("fees"),
+            net=Sum("net"),
+            settlement_date=Max("settlement_date"),
+            first_id=Min("pk"),
+            price=Subquery(latest.values("price")[:1]),
+        )
+        .order_by("first_id")
+    )
+    return [dict(r, trade_date=trade_date) for r in rows if r["quantity"]]
+
+
+class _CodeInFilter(django_filters.BaseInFilter, django_filters.CharFilter):
+    pass
+
+
+class PositionFilter(django_filters.FilterSet):
+    """?account=<code> (comma-separated for several), ?instrument=<symbol>."""
+
+    account = _CodeInFilter(field_name="account__code")
+    instrument = django_filters.CharFilter(field_name="instrument__symbol")
+
+    class Meta:
+        model = Position
+        fields: list[str] = []
+
+
+class CashFilter(django_filters.FilterSet):
+    """?account=<code>, ?currency=."""
+
+    account = _CodeInFilter(field_name="account__code")
+    currency = django_filters.CharFilter(field_name="currency")
+
+    class Meta:
+        model = CashBalance
+        fields: list[str] = []
+
+
+class AllocationFilter(django_filters.FilterSet):
+    """?account=<code>&trade_date=&order=&block=&execution=&kind=&cash_settled=."""
+
+    account = _CodeInFilter(field_name="account__code")
+    trade_date = django_filters.DateFilter(field_name="trade_date")
+    trade_date_after = django_filters.DateFilter(field_name="trade_date", lookup_expr="gte")
+    trade_date_before = django_filters.DateFilter(field_name="trade_date", lookup_expr="lte")
+    order = django_filters.NumberFilter(field_name="order_id")
+    block = django_filters.NumberFilter(field_name="block_id")
+    execution = django_filters.NumberFilter(field_name="execution_id")
+    instrument = django_filters.CharFilter(field_name="instrument__symbol")
+    kind = django_filters.ChoiceFilter(choices=AllocationKind.choices)
+    cash_settled = django_filters.BooleanFilter(field_name="cash_settled")
+
+    class Meta:
+        model = Allocation
+        fields: list[str] = []
+
+
+class ExecutionFilter(django_filters.FilterSet):
+    """?order=<id> (its own fills, or its block's) and ?block=<id>, ?trade_date=."""
+
+    order = django_filters.NumberFilter(method="filter_order")
+    block = django_filters.NumberFilter(method="filter_block")
+    trade_date = django_filters.DateFilter(field_name="trade_date")
+
+    class Meta:
+        model = Execution
+        fields: list[str] = []
+
+    def filter_order(self, queryset: QuerySet, name: str, value: Any) -> QuerySet:
+        block_id = Order.objects.filter(pk=value).values("block_id")
+        return queryset.filter(
+            Q(order_id=value)
+            | Q(placement__order_id=value)
+            | Q(block_id__in=block_id)
+            | Q(placement__block_id__in=block_id)
+        )
+
+    def filter_block(self, queryset: QuerySet, name: str, value: Any) -> QuerySet:
+        return queryset.filter(Q(block_id=value) | Q(placement__block_id=value))
+
+
+class AccountFilter(django_filters.FilterSet):
+    """?code=, ?desk=<code>, ?custodian=<code>."""
+
+    code = _CodeInFilter(field_name="code")
+    desk = django_filters.CharFilter(field_name="desk__code")
+    custodian = django_filters.CharFilter(field_name="custodian__code")
+
+    class Meta:
+        model = Account
+        fields: list[str] = []

@@ -16,7 +16,13 @@ class AuditActorMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        token = current_actor.set(getattr(request, "user", None))
+        user = getattr(request, "user", None)
+        if user is not None:
+            # Resolve the lazy user now, in this sync thread: under ASGI, asgiref inspects context
+            # variables when it hands back to the event loop, and resolving it there would query
+            # the database from async code (SynchronousOnlyOperation on every session request).
+            getattr(user, "pk", None)
+        token = current_actor.set(user)
         try:
             return self.get_response(request)
         finally:

@@ -41,15 +41,9 @@ def groups_for_account(account_id: int, desk_id: int | None) -> list[str]:
 
 
 def _send(groups: Iterable[str], message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    send = async_to_sync(layer.group_send)
-    for group in groups:
-        try:
-            send(group, message)
-        except Exception:  # a full channel or Redis outage must not break the committed write
-            log.exception("blotter event to %s not delivered", group)
+    # One hop (one event loop, one Redis connection) for all the groups: from sync code every
+    # async_to_sync call costs a loop and a connection, ~2.5 ms each here.
+    _send_many([(group, message) for group in groups])
 
 
 def publish_on_commit(
@@ -72,3 +66,51 @@ def publish_on_commit(
     }
     targets = list(dict.fromkeys(groups))
     transaction.on_commit(lambda: _send(targets, message))
+
+
+# Added by the orders helper (additive): one hop to the channel layer for many events. Sending
+# 500 basket events one async_to_sync call at a time cost ~4 ms per group_send here.
+SEND_CONCURRENCY = 16
+
+
+async def _send_all(layer: Any, items: list[tuple[str, dict[str, Any]]]) -> None:
+    import asyncio
+
+    gate = asyncio.Semaphore(SEND_CONCURRENCY)
+
+    async def one(group: str, message: dict[str, Any]) -> None:
+        async with gate:
+            try:
+                await layer.group_send(group, message)
+            except Exception:  # a full channel or Redis outage must not break the committed write
+                log.exception("blotter event to %s not delivered", group)
+
+    await asyncio.gather(*(one(g, m) for g, m in items))
+
+
+def _send_many(items: list[tuple[str, dict[str, Any]]]) -> None:
+    layer = get_channel_layer()
+    if layer is None or not items:
+        return
+    try:
+        async_to_sync(_send_all)(layer, items)
+    except Exception:
+        log.exception("%d blotter events not delivered", len(items))
+
+
+def publish_many_on_commit(*, events: Iterable[dict[str, Any]]) -> None:
+    """Queue many blotter events (keys of publish_on_commit) to be sent in one hop after commit."""
+    items: list[tuple[str, dict[str, Any]]] = []
+    for e in events:
+        message = {
+            "type": "blotter.event",
+            "event": {
+                "type": e["event_type"],
+                "order_id": e["order_id"],
+                "version": e["version"],
+                "data": json_safe(e["data"]),
+            },
+        }
+        items.extend((g, message) for g in dict.fromkeys(e["groups"]))
+    if items:
+        transaction.on_commit(lambda: _send_many(items))

@@ -123,6 +123,7 @@ FIRM_TIME_ZONE = os.environ.get("FIRM_TIME_ZONE", "America/New_York")
 STATIC_URL = "/static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "var" / "static"))
 STATICFILES_DIRS = [BASE_DIR / "static"]
+SERVE_STATIC = env_bool("SERVE_STATIC", True)
 VAR_DIR = Path(os.environ.get("OMS_VAR_DIR", BASE_DIR / "var"))
 SETTLEMENT_DIR = Path(os.environ.get("SETTLEMENT_DIR", VAR_DIR / "settlement"))
 FIX_STORE_DIR = Path(os.environ.get("FIX_STORE_DIR", VAR_DIR / "fix"))
@@ -167,7 +168,16 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "max_connections": 1000}],
+            # redis-py 8 reads with a 5 s socket timeout by default, exactly channels_redis's 5 s
+            # BZPOPMIN: every idle websocket consumer died after 5 s. Reads must outlast it.
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "max_connections": 1000,
+                    "socket_timeout": 30,
+                    "socket_connect_timeout": 5,
+                }
+            ],
             # Blotters burst on busy days: the default of 100 queued messages drops events.
             "capacity": int(os.environ.get("CHANNEL_CAPACITY", "2000")),
             "expiry": 30,

@@ -1,5 +1,7 @@
 """Admin of reference data (audited edits) and read-only views of orders and FIX traffic."""
 
+from typing import Any
+
 from django.contrib import admin
 
 from oms_site.admin_audit import AuditedModelAdmin, ReadOnlyAdmin
@@ -68,20 +70,63 @@ class BrokerAdmin(AuditedModelAdmin):
 
 @admin.register(FixSession)
 class FixSessionAdmin(AuditedModelAdmin):
+    """FIX sessions: settings are edited here; the live columns are written by the gateway."""
+
     list_display = (
         "__str__",
         "broker",
         "host",
         "port",
+        "heartbeat_seconds",
         "enabled",
         "logged_on",
         "next_sender_seq",
         "next_target_seq",
         "status_at",
     )
-    list_filter = ("enabled", "logged_on", "fix_version")
-    search_fields = ("sender_comp_id", "target_comp_id", "broker__code")
+    list_filter = ("enabled", "logged_on", "fix_version", "broker")
+    search_fields = ("sender_comp_id", "target_comp_id", "broker__code", "host")
+    list_select_related = ("broker",)
     readonly_fields = ("logged_on", "next_sender_seq", "next_target_seq", "status_at")
+    fieldsets = (
+        (None, {"fields": ("broker", "fix_version", "sender_comp_id", "target_comp_id")}),
+        ("Connection", {"fields": ("host", "port", "heartbeat_seconds", "enabled")}),
+        (
+            "Live state (written by the gateway every few seconds)",
+            {"fields": ("logged_on", "next_sender_seq", "next_target_seq", "status_at")},
+        ),
+    )
+    actions = ("enable_sessions", "disable_sessions")
+
+    def _set_enabled(self, request: Any, queryset: Any, enabled: bool) -> None:
+        from django.db import transaction
+
+        from oms_site.audit import audit_record
+
+        with transaction.atomic():
+            for session in queryset.select_for_update():
+                if session.enabled == enabled:
+                    continue
+                session.enabled = enabled
+                session.save(update_fields=["enabled"])
+                audit_record(
+                    action="admin.change",
+                    object_type="orders.fixsession",
+                    object_id=session.pk,
+                    before={"enabled": not enabled},
+                    after={"enabled": enabled},
+                    meta={"admin_action": "enable" if enabled else "disable"},
+                    actor=request.user,
+                )
+        self.message_user(request, "Done; the gateway reads sessions when it starts.")
+
+    @admin.action(description="Enable selected sessions", permissions=["change"])
+    def enable_sessions(self, request: Any, queryset: Any) -> None:
+        self._set_enabled(request, queryset, True)
+
+    @admin.action(description="Disable selected sessions", permissions=["change"])
+    def disable_sessions(self, request: Any, queryset: Any) -> None:
+        self._set_enabled(request, queryset, False)
 
 
 @admin.register(Order)

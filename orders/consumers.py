@@ -1,7 +1,15 @@
-"""The blotter websocket: entitled events only, with a per-connection sequence number."""
+"""The blotter websocket: entitled events only, with a per-connection sequence number.
+
+Entitlement is decided once, at connect, by the Channels groups the connection joins:
+`acct-<id>` for each account a PM manages, `desk-<id>` for each desk a trader sits on, and `firm`
+for compliance, back office and administrators (see oms_site.realtime). Publishers only ever send
+to those groups, so a connection can receive nothing it was not entitled to when it connected;
+a change of entitlements takes effect on the next connect (the browser reconnects and refetches).
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -10,9 +18,16 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from oms_site.realtime import FIRM_GROUP, account_group, desk_group
 from oms_site.roles import role_keys, sees_everything
 
+# Close codes in the 4000 range are the application's own (RFC 6455 §7.4.2).
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NO_ROLE = 4403
+# How many (type, order, version) keys a connection remembers to drop duplicates.
+DEDUP_WINDOW = 5000
+
 
 @database_sync_to_async
-def _groups_for(user: Any) -> list[str]:
+def groups_for_user(user: Any) -> list[str]:
+    """The Channels groups a user's blotter connection joins (empty: entitled to nothing)."""
     from allocations.models import Account, Desk
 
     if sees_everything(user):
@@ -20,50 +35,67 @@ def _groups_for(user: Any) -> list[str]:
     keys = role_keys(user)
     groups: list[str] = []
     if "trader" in keys:
-        groups += [
-            desk_group(d) for d in Desk.objects.filter(traders=user).values_list("id", flat=True)
-        ]
+        desk_ids = Desk.objects.filter(traders=user).order_by("pk").values_list("pk", flat=True)
+        groups += [desk_group(d) for d in desk_ids]
     if "pm" in keys:
-        groups += [
-            account_group(a)
-            for a in Account.objects.filter(managers=user).values_list("id", flat=True)
-        ]
+        account_ids = (
+            Account.objects.filter(managers=user).order_by("pk").values_list("pk", flat=True)
+        )
+        groups += [account_group(a) for a in account_ids]
     return groups
+
+
+@database_sync_to_async
+def _role_keys(user: Any) -> list[str]:
+    return sorted(role_keys(user))
 
 
 class BlotterConsumer(AsyncJsonWebsocketConsumer):
     """Joins the user's narrow groups; forwards events with `seq` increasing per connection."""
 
     async def connect(self) -> None:
+        """Refuse anonymous and role-less users; otherwise join the entitled groups."""
+        self.joined: list[str] = []
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
-            await self.close(code=4401)
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        roles = await _role_keys(user)
+        if not roles:
+            await self.close(code=CLOSE_NO_ROLE)
             return
         self.seq = 0
-        self.joined = await _groups_for(user)
-        self.seen: set[tuple[Any, Any, Any]] = set()
+        self.seen: OrderedDict[tuple[Any, Any, Any], None] = OrderedDict()
+        self.joined = await groups_for_user(user)
         for group in self.joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
-        await self.send_json({"type": "hello", "seq": 0, "groups": len(self.joined)})
+        # The client treats "hello" as the moment to (re)fetch its snapshot through the API:
+        # events published from now on reach this connection, so nothing falls in between.
+        await self.send_json(
+            {"type": "hello", "seq": 0, "roles": roles, "groups": len(self.joined)}
+        )
 
     async def disconnect(self, code: int) -> None:
-        for group in getattr(self, "joined", []):
+        """Leave every joined group."""
+        for group in self.joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """Answer the client's keep-alive pings; everything else from the browser is ignored."""
         if isinstance(content, dict) and content.get("type") == "ping":
             await self.send_json({"type": "pong", "seq": self.seq})
 
     async def blotter_event(self, message: dict[str, Any]) -> None:
+        """Forward one group event, numbered by this connection's `seq`."""
         event = message["event"]
-        # A user in two groups (e.g. desk and account) would get the same event twice.
-        key = (event.get("type"), event.get("order_id"), event.get("version"))
         if event.get("version") is not None:
+            # A PM who also trades the desk sits in two groups and would get each event twice.
+            key = (event.get("type"), event.get("order_id"), event.get("version"))
             if key in self.seen:
                 return
-            self.seen.add(key)
-            if len(self.seen) > 20000:
-                self.seen.clear()
+            self.seen[key] = None
+            if len(self.seen) > DEDUP_WINDOW:
+                self.seen.popitem(last=False)
         self.seq += 1
         await self.send_json({**event, "seq": self.seq})

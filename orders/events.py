@@ -52,3 +52,21 @@ def publish_execution_created(order: Any, execution_data: dict[str, Any]) -> Non
         data={"execution": execution_data, "order": order_payload(order)},
         groups=groups_for_account(order.account_id, order.account.desk_id),
     )
+
+
+def publish_orders_updated(orders: Any, *, event_type: str = "order.updated") -> None:
+    """Like publish_order_updated for many orders, sent in one hop after commit (baskets)."""
+    from oms_site.realtime import publish_many_on_commit
+
+    publish_many_on_commit(
+        events=[
+            {
+                "event_type": event_type,
+                "order_id": o.pk,
+                "version": o.version,
+                "data": order_payload(o),
+                "groups": groups_for_account(o.account_id, o.account.desk_id),
+            }
+            for o in orders
+        ]
+    )

@@ -460,7 +460,10 @@ class IdempotencyRecord(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=100)
     endpoint = models.CharField(max_length=200)
-    status_code = models.PositiveSmallIntegerField()
+    request_hash = models.CharField(
+        max_length=64, blank=True, help_text="SHA-256 of the body: a key reused differently is refused"
+    )
+    status_code = models.PositiveSmallIntegerField(help_text="0 while the first request runs")
     body = models.JSONField()
     created_at = models.DateTimeField(auto_now_add=True)
 

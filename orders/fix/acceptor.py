@@ -37,6 +37,7 @@ from orders.fix.messages import (
     encode_message,
     format_utc_timestamp,
     now_utc,
+    parse_utc_timestamp,
     split_fields,
 )
 
@@ -60,10 +61,11 @@ class FixFramer:
         self._buf += data
         out: list[bytes] = []
         while self._buf:
-            if not self._buf.startswith(b"8="):
+            # A TCP read can end anywhere, even inside "8=" or "9=": wait for more bytes.
+            if not b"8=".startswith(self._buf[:2]):
                 raise FramingError("message does not start with 8=")
             first = self._buf.find(b"\x01")
-            if first < 0:
+            if first < 0 or len(self._buf) < first + 3:
                 break
             if not self._buf.startswith(b"9=", first + 1):
                 raise FramingError("BodyLength (9) must be the second field")
@@ -571,8 +573,6 @@ class FixAcceptor:
         fields = split_fields(stored)
         values = dict(fields)
         body = [(t, v) for t, v in fields if t not in _HEADER_TAGS]
-        from orders.fix.messages import parse_utc_timestamp
-
         raw = encode_message(
             begin_string=session.begin_string,
             msg_type=values[35],

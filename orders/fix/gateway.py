@@ -8,9 +8,9 @@ returns. `send()` may be called from any thread.
 
 Failure policy (an exception escaping a QuickFIX callback would end the process):
 - inbound application message, handler raises: retried a few times; if it still fails, the target
-  sequence number is rewound and the session logged out, so on the next logon QuickFIX asks the
-  broker to resend it (PossDup) instead of the fill being lost (`inbound_failure="rewind"`), or
-  logged and skipped (`inbound_failure="skip"`).
+  sequence number is rewound and the connection dropped, so after reconnecting (ReconnectInterval)
+  QuickFIX asks the broker to resend it (PossDup) instead of the fill being lost
+  (`inbound_failure="rewind"`, the default), or it is logged and skipped (`"skip"`).
 - outbound application message, handler's `on_outbound` raises: the message is not sent
   (QuickFIX DoNotSend), `send()` returns False; for a resend (PossDup) it is sent anyway,
   because the original was recorded.
@@ -41,6 +41,7 @@ from orders.fix.messages import (
     ParsedMessage,
     build_message,
     parse_message,
+    parse_utc_timestamp,
     split_fields,
 )
 
@@ -91,6 +92,8 @@ class SessionSpec:
     log_dir: str | None = None  # QuickFIX FileLog (exact wire messages + events); None = none
     reconnect_interval: int = 5  # seconds between connection attempts
     reset_on_logon: bool = False  # True resets sequence numbers at every logon (some venues)
+    start_time: str | None = None  # "HH:MM:SS" UTC daily session start; None = non-stop
+    end_time: str | None = None  # "HH:MM:SS" UTC daily session end
 
     @property
     def key(self) -> str:
@@ -106,9 +109,6 @@ def initiator_settings(specs: Iterable[SessionSpec]) -> Any:
     """QuickFIX SessionSettings for initiator sessions (written in code, not a file)."""
     defaults = {
         "ConnectionType": "initiator",
-        # A 24h session: the OMS decides when to trade, not the FIX engine.
-        "StartTime": "00:00:00",
-        "EndTime": "00:00:00",
         # Our own validation (messages.parse_message) is more lenient than a data dictionary:
         # a counterparty's extra or custom tags must never make us drop an execution.
         "UseDataDictionary": "N",
@@ -139,6 +139,13 @@ def initiator_settings(specs: Iterable[SessionSpec]) -> Any:
             "FileStorePath": spec.store_dir,
             "ResetOnLogon": "Y" if spec.reset_on_logon else "N",
         }
+        if spec.start_time and spec.end_time:
+            # A daily session: QuickFIX logs out at end_time and resets sequence numbers at
+            # the start of each new period (agree this with the broker).
+            values.update(NonStopSession="N", StartTime=spec.start_time, EndTime=spec.end_time)
+        else:
+            # Never reset sequence numbers behind the operator's back.
+            values["NonStopSession"] = "Y"
         if log_dir_needed:
             # FileLogFactory needs a path for every session once one session logs.
             values["FileLogPath"] = spec.log_dir or str(Path(spec.store_dir) / "log")
@@ -233,8 +240,6 @@ class GatewayApplication(fix.Application):
             values = dict(split_fields(raw))
             if values.get(35) not in ORDER_MSG_TYPES or not values.get(122):
                 return False
-            from orders.fix.messages import parse_utc_timestamp
-
             sent = parse_utc_timestamp(values[122])
             age = (dt.datetime.now(dt.UTC) - sent).total_seconds()
             return age > self.max_resend_age
@@ -292,10 +297,12 @@ class GatewayApplication(fix.Application):
             if seq is None or session is None:
                 logger.error("FIX %s: cannot rewind; message skipped", key)
                 return
-            # QuickFIX increments the expected number after fromApp returns: land on `seq`.
+            # QuickFIX increments the expected number after fromApp returns: land on `seq`, so
+            # the next logon finds a gap and asks the broker to resend from this message.
             session.setNextTargetMsgSeqNum(seq - 1)
-            session.logout("temporarily unable to process messages")
-            logger.error("FIX %s: handler failing; rewound to %d and logging out", key, seq)
+            # disconnect(), not logout(): logout() disables the session and it never reconnects.
+            session.disconnect()
+            logger.error("FIX %s: handler failing; rewound to %d and disconnected", key, seq)
         except Exception:
             logger.exception("FIX %s: rewind failed", key)
 

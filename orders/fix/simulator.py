@@ -25,6 +25,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -38,7 +39,7 @@ from orders.fix.messages import (
     OutboundMessage,
     ReplaceRequest,
     exec_report_fields,
-    format_decimal,
+    now_utc,
     parse_order_message,
 )
 
@@ -48,6 +49,7 @@ PriceSource = Callable[[str], Decimal | None]
 _BPS = Decimal(10_000)
 _AVG_PX_QUANTUM = Decimal("0.00000001")
 _TERMINAL = frozenset({"2", "4", "8", "C"})
+_REPLAY_LIMIT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +183,8 @@ class VenueSimulator:
         self._order_ids = (f"O-{run}-{n}" for n in itertools.count(1))
         self._by_cl_ord_id: dict[tuple[str, str], SimOrder] = {}
         self._open: dict[str, SimOrder] = {}  # order_id -> live order
-        self._sent: dict[str, list[tuple[OutboundMessage, Any]]] = {}
+        # Recent reports per session, for replay() in fault tests (bounded for long demo runs).
+        self._sent: dict[str, deque[tuple[OutboundMessage, Any]]] = {}
         self._rest_timer: Any = None
         self._logged_on: set[str] = set()
         self._logon_cv = threading.Condition()
@@ -247,7 +250,7 @@ class VenueSimulator:
         """Send again (PossDupFlag=Y, new sequence numbers) the last N execution messages."""
 
         def run() -> int:
-            sent = self._sent.get(session_key, [])
+            sent = list(self._sent.get(session_key, ()))
             chosen = sent if last is None else sent[-last:]
             for message, sent_at in list(chosen):
                 self.acceptor.send(session_key, message, poss_dup=True, orig_sending_time=sent_at)
@@ -551,9 +554,10 @@ class VenueSimulator:
 
     # outbound messages ----------------------------------------------------------------------
     def _send(self, session_key: str, message: OutboundMessage) -> bool:
-        from orders.fix.messages import now_utc
-
-        self._sent.setdefault(session_key, []).append((message, now_utc()))
+        sent = self._sent.get(session_key)
+        if sent is None:
+            sent = self._sent[session_key] = deque(maxlen=_REPLAY_LIMIT)
+        sent.append((message, now_utc()))
         return self.acceptor.send(session_key, message)
 
     def _report(
@@ -696,8 +700,6 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         simulator.stop()
 
-
-__all__ = ["format_decimal"]
 
 if __name__ == "__main__":
     main()

@@ -72,7 +72,7 @@ def test_send_is_refused_for_unknown_or_logged_out_session(make_gateway, tmp_pat
 
 
 def test_market_order_acknowledged_then_filled_in_slices(venue, prices):
-    simulator, gateway, handler = venue
+    _simulator, gateway, handler = venue
     # when a market buy of 250 is sent (slices of 100 every 150 ms)
     assert gateway.send(KEY44, NewOrder("C1", "AAPL", "buy", Decimal(250))) is True
     # and the price moves after the first slice
@@ -115,8 +115,15 @@ def test_fix42_fill_uses_exec_type_2(make_simulator, make_gateway):
 def test_limit_order_rests_then_cancel(venue):
     simulator, gateway, handler = venue
     # given a buy limit below the ask: it rests
-    order = NewOrder("C1", "AAPL", "buy", Decimal(100), order_type="limit",
-                     limit_price=Decimal("90"), time_in_force="gtc")
+    order = NewOrder(
+        "C1",
+        "AAPL",
+        "buy",
+        Decimal(100),
+        order_type="limit",
+        limit_price=Decimal("90"),
+        time_in_force="gtc",
+    )
     assert gateway.send(KEY44, order)
     assert handler.wait_for(lambda: len(handler.exec_reports("C1")) == 1)
     # when it is canceled with a new ClOrdID
@@ -137,9 +144,10 @@ def test_limit_order_rests_then_cancel(venue):
 
 
 def test_resting_limit_fills_when_the_price_moves(venue, prices):
-    simulator, gateway, handler = venue
-    order = NewOrder("C1", "AAPL", "buy", Decimal(50), order_type="limit",
-                     limit_price=Decimal("99"))
+    _simulator, gateway, handler = venue
+    order = NewOrder(
+        "C1", "AAPL", "buy", Decimal(50), order_type="limit", limit_price=Decimal("99")
+    )
     assert gateway.send(KEY44, order)
     assert handler.wait_for(lambda: len(handler.exec_reports("C1")) == 1)
     # when the reference drops to 98.90 (BRKA ask 98.94, below the limit)
@@ -152,12 +160,15 @@ def test_resting_limit_fills_when_the_price_moves(venue, prices):
 
 def test_replace_then_replace_to_marketable_price_fills(venue):
     simulator, gateway, handler = venue
-    assert gateway.send(KEY44, NewOrder("C1", "AAPL", "buy", Decimal(100), order_type="limit",
-                                        limit_price=Decimal("90")))
+    assert gateway.send(
+        KEY44,
+        NewOrder("C1", "AAPL", "buy", Decimal(100), order_type="limit", limit_price=Decimal("90")),
+    )
     assert handler.wait_for(lambda: len(handler.exec_reports("C1")) == 1)
     # when quantity and price are amended (still not marketable)
-    assert gateway.send(KEY44, ReplaceRequest("C2", "C1", "AAPL", "buy", Decimal(80),
-                                              limit_price=Decimal("95")))
+    assert gateway.send(
+        KEY44, ReplaceRequest("C2", "C1", "AAPL", "buy", Decimal(80), limit_price=Decimal("95"))
+    )
     assert handler.wait_for(lambda: len(handler.exec_reports("C2")) == 2)
     pending, replaced = handler.exec_reports("C2")
     assert (pending.exec_type_name, pending.cl_ord_id, pending.orig_cl_ord_id) == (
@@ -173,8 +184,9 @@ def test_replace_then_replace_to_marketable_price_fills(venue):
         Decimal(80),
     )
     # and amended again to a marketable limit: replaced, then filled at the ask
-    assert gateway.send(KEY44, ReplaceRequest("C3", "C2", "AAPL", "buy", Decimal(80),
-                                              limit_price=Decimal("101")))
+    assert gateway.send(
+        KEY44, ReplaceRequest("C3", "C2", "AAPL", "buy", Decimal(80), limit_price=Decimal("101"))
+    )
     assert handler.wait_for(lambda: len(handler.exec_reports("C3")) == 3)
     assert kinds(handler.exec_reports("C3")) == ["pending_replace", "replaced", "trade"]
     fill = handler.exec_reports("C3")[-1]
@@ -188,12 +200,22 @@ def test_replace_then_replace_to_marketable_price_fills(venue):
 
 
 def test_unknown_symbol_and_bad_price_are_rejected(venue):
-    simulator, gateway, handler = venue
+    _simulator, gateway, handler = venue
     # when an unknown symbol and a limit order priced at zero are sent
     assert gateway.send(KEY44, NewOrder("C1", "NOPE", "buy", Decimal(10)))
-    bad_price = OutboundMessage("D", ((11, "C2"), (21, "1"), (55, "AAPL"), (54, "1"),
-                                      (60, "20250101-00:00:00"), (38, "10"), (40, "2"),
-                                      (44, "0")))
+    bad_price = OutboundMessage(
+        "D",
+        (
+            (11, "C2"),
+            (21, "1"),
+            (55, "AAPL"),
+            (54, "1"),
+            (60, "20250101-00:00:00"),
+            (38, "10"),
+            (40, "2"),
+            (44, "0"),
+        ),
+    )
     assert gateway.send(KEY44, bad_price)
     assert handler.wait_for(lambda: len(handler.exec_reports()) == 2)
     # then both come back as rejected ExecutionReports with a reason
@@ -205,7 +227,7 @@ def test_unknown_symbol_and_bad_price_are_rejected(venue):
 
 
 def test_cancel_of_a_filled_order_gets_cancel_reject(venue):
-    simulator, gateway, handler = venue
+    _simulator, gateway, handler = venue
     assert gateway.send(KEY44, NewOrder("C1", "AAPL", "buy", Decimal(10)))
     assert handler.wait_for(lambda: any(r.ord_status == "2" for r in handler.exec_reports("C1")))
     # when the filled order is canceled, and an unknown order too
@@ -226,7 +248,7 @@ def test_cancel_of_a_filled_order_gets_cancel_reject(venue):
 
 
 def test_unsupported_message_gets_business_reject(venue):
-    simulator, gateway, handler = venue
+    _simulator, gateway, handler = venue
     # when a message type the venue does not support is sent
     assert gateway.send(KEY44, OutboundMessage("AF", ((584, "M1"), (585, "7"))))
     # then a BusinessMessageReject names it

@@ -1,0 +1,781 @@
+"""Allocation of fills to accounts, and the book (positions and cash) they move.
+
+How a block's fills are booked
+------------------------------
+After every fill the state of each order of the block is the *target* of the block's cumulative
+fills, whatever way they were split:
+
+* ``F`` = the sum of ``last_qty`` of the block's executions, ``N`` = the exact sum of
+  ``last_qty * last_px``; the block's average price is ``P = N / F`` rounded half-up to
+  8 decimals (``Block.avg_px``).
+* Each order's cumulative quantity ``Q`` is ``allocations.engine.allocate_cumulative`` of ``F``
+  (pro-rata by order quantity by default; fixed ratios or manual quantities when the block has
+  a ``BlockAllocationPolicy``). Lots, largest remainder, ties by ``(created_at, id)``, never
+  more than the order asked for: see the engine's docstring.
+* Its cumulative money is priced at ``P``: ``engine.commission_for(schedule, Q, P)`` gives
+  ``gross = round(Q * P)``, commission (the per-ticket minimum charged once per order and block,
+  not per fill), fees and net.
+
+The ``Allocation`` rows of an order are the *differences*: each fill writes, for every order
+whose target changed, one row with ``quantity = Q - booked quantity`` and ``gross``,
+``commission``, ``fees`` and ``net`` = target minus the sums of its earlier rows, at
+``price = P``. So the sum of an order's rows is always exactly ``Q`` at the block's current
+average price, and the final rows' sums depend only on the fills' total quantity and notional
+(split-independent). A row is of ``kind``:
+
+* ``fill`` (quantity > 0): more quantity; its money also re-prices the quantity held before.
+* ``reversal`` (quantity < 0): quantity taken back (the largest-remainder rule is not monotone,
+  see the engine; a manual re-allocation also takes back); ``reversal_of`` points to the
+  order's latest earlier row.
+* ``reprice`` (quantity 0): only the price moved (a fill at another price went to other orders).
+
+So yes, earlier allocations are re-priced: every account ends up at the block's average price,
+and a row's ``gross`` is generally not ``quantity * price``: it is the change of the order's
+cumulative gross. Settlement should net an order's rows per trade date (the sums are the
+settlement instruction: quantity, gross, commission, fees, net at the last row's price);
+``allocations.selectors.allocation_net_lines`` does that.
+
+Positions follow the same rows: a row re-prices the quantity held before from the previous
+average to ``P`` (``allocations.book.position_reprice``), then books the quantity change at ``P``
+(``engine.apply_trade`` for more, ``book.position_reverse`` for a reversal). Pending cash moves
+by the row's net (buys pay, sells receive) in the instrument's currency; ``cash_settle_due``
+moves it to settled on the settlement date.
+
+Commission of a block filled by several brokers: each row's commission difference uses the
+schedule of the broker whose fill triggered it (exact when one broker fills the whole block).
+
+Locks (fixed order, so parallel fills neither deadlock nor lose updates): the block (or the
+single order), its orders by pk, positions by (account_id, instrument_id), cash by account_id,
+then the audit stream of the block. A trade bust (a fill taken back by the broker) is not
+handled here: the executions service must not call ``fill_allocate`` for one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from types import SimpleNamespace
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import DecimalField, ExpressionWrapper, F, Max, Sum
+from django.utils import timezone
+
+from allocations import engine
+from allocations.book import position_reprice, position_reverse
+from allocations.models import (
+    Allocation,
+    AllocationKind,
+    AllocationMethod,
+    BlockAllocationPolicy,
+    CashBalance,
+    CommissionSchedule,
+    Position,
+)
+from allocations.selectors import account_ids_visible_to
+from oms_site.audit import AuditEntry, audit_record_many
+from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
+from oms_site.roles import has_role
+from orders.enums import BUY_SIDES, OrderStatus
+from orders.models import Block, Execution, Order
+from settlement.calendars import settlement_date as calendar_settlement_date
+
+__all__ = [
+    "allocation_reallocate",
+    "cash_settle_due",
+    "fill_allocate",
+]
+
+ZERO = Decimal(0)
+PRICE_QUANTUM = Decimal("0.00000001")
+# Orders that will never trade again hold nothing open, whatever they were allocated.
+_CLOSED_STATUSES = frozenset({OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED})
+# Postgres allows 65,535 bind parameters per statement; stay well below.
+_UPDATE_CHUNK = 4000
+
+
+def _plain(value: Decimal) -> str:
+    """A decimal without exponent or trailing zeros ("100", "0", "12.5") for audit payloads."""
+    return format(value.normalize(), "f") if value else "0"
+
+
+def _side_sign(side: str) -> int:
+    return 1 if side in BUY_SIDES else -1
+
+
+def _trade_date(execution: Execution) -> dt.date:
+    if execution.trade_date:
+        return execution.trade_date
+    moment = execution.transact_time or execution.received_at or timezone.now()
+    return timezone.localtime(moment, ZoneInfo(settings.FIRM_TIME_ZONE)).date()
+
+
+def _schedule(broker_id: int) -> engine.CommissionSchedule:
+    row = CommissionSchedule.objects.filter(broker_id=broker_id).first()
+    if row is None:
+        return engine.CommissionSchedule()
+    return engine.CommissionSchedule(
+        bps=row.bps,
+        per_share=row.per_share,
+        min_per_ticket=row.min_per_ticket,
+        fees_bps=row.fees_bps,
+    )
+
+
+def _update_rows(model: Any, fields: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    """One `UPDATE ... FROM unnest(arrays)`: a constant statement with one array per column.
+
+    Much cheaper than bulk_update's CASE per row, and the statement text does not grow with
+    the number of rows (psycopg binds client-side, so thousands of placeholders cost CPU).
+    """
+    if not rows:
+        return
+    meta = model._meta
+    columns = ["id", *(meta.get_field(f).column for f in fields)]
+    types = [meta.pk.db_type(connection)] + [meta.get_field(f).db_type(connection) for f in fields]
+    arrays = ", ".join(f"%s::{t.split('(')[0]}[]" for t in types)
+    names = ", ".join(f'"{c}"' for c in columns)
+    sets = ", ".join(f'"{c}" = v."{c}"' for c in columns[1:])
+    sql = (
+        f'UPDATE "{meta.db_table}" AS t SET {sets} '
+        f"FROM unnest({arrays}) AS v({names}) "
+        f'WHERE t."id" = v."id"'
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [list(col) for col in zip(*rows, strict=True)])
+
+
+def _fills_of(*, block_id: int | None, order_id: int | None) -> tuple[Decimal, Decimal]:
+    """Cumulative filled quantity and exact notional of a block's (or lone order's) fills."""
+    qs = Execution.objects.filter(last_qty__gt=0)
+    if block_id is not None:
+        qs = qs.filter(placement__block_id=block_id)
+    else:
+        qs = qs.filter(placement__order_id=order_id)
+    notional = ExpressionWrapper(
+        F("last_qty") * F("last_px"), output_field=DecimalField(max_digits=48, decimal_places=16)
+    )
+    agg = qs.aggregate(filled=Sum("last_qty"), notional=Sum(notional))
+    return agg["filled"] or ZERO, agg["notional"] or ZERO
+
+
+def _average(filled: Decimal, notional: Decimal) -> Decimal:
+    if not filled:
+        return ZERO
+    return (notional / filled).quantize(PRICE_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def _entry_target(order: Order, *, requested: Decimal, weight: Decimal | None = None) -> Any:
+    return engine.AllocationTarget(
+        key=order.pk, requested=requested, weight=weight, entry_seq=(order.created_at, order.pk)
+    )
+
+
+def _policy_targets(
+    orders: Sequence[Order],
+    filled: Decimal,
+    lot: Decimal,
+    policy: BlockAllocationPolicy | None,
+) -> dict[int, Decimal]:
+    """Each order's cumulative quantity for `filled` under the block's allocation policy."""
+    if policy is not None and policy.method == AllocationMethod.FIXED_RATIO:
+        targets = [
+            _entry_target(o, requested=o.quantity, weight=Decimal(policy.ratios[str(o.pk)]))
+            for o in orders
+        ]
+        return dict(engine.allocate_cumulative(targets, filled, lot))
+    if (
+        policy is not None
+        and policy.method == AllocationMethod.MANUAL
+        and filled >= policy.filled_at
+    ):
+        manual = {o.pk: Decimal(policy.quantities.get(str(o.pk), "0")) for o in orders}
+        # Fills after a manual allocation are shared pro-rata to what each order has room for.
+        room = [_entry_target(o, requested=o.quantity - manual[o.pk]) for o in orders]
+        extra = engine.allocate_cumulative(room, filled - policy.filled_at, lot)
+        return {o.pk: manual[o.pk] + extra[o.pk] for o in orders}
+    targets = [_entry_target(o, requested=o.quantity) for o in orders]
+    return dict(engine.allocate_cumulative(targets, filled, lot))
+
+
+@dataclass(slots=True)
+class _Booked:
+    quantity: Decimal = ZERO
+    gross: Decimal = ZERO
+    commission: Decimal = ZERO
+    fees: Decimal = ZERO
+    net: Decimal = ZERO
+    last_id: int | None = None
+
+
+def _booked(*, block_id: int | None, order_ids: Iterable[int]) -> dict[int, _Booked]:
+    qs = Allocation.objects.filter(order_id__in=list(order_ids))
+    qs = qs.filter(block_id=block_id) if block_id is not None else qs.filter(block__isnull=True)
+    rows = qs.values("order_id").annotate(
+        q=Sum("quantity"),
+        g=Sum("gross"),
+        c=Sum("commission"),
+        f=Sum("fees"),
+        n=Sum("net"),
+        last=Max("id"),
+    )
+    return {r["order_id"]: _Booked(r["q"], r["g"], r["c"], r["f"], r["n"], r["last"]) for r in rows}
+
+
+def _lock_positions(pairs: set[tuple[int, int]]) -> dict[tuple[int, int], SimpleNamespace]:
+    """Lock (creating when missing) the positions of (account_id, instrument_id) pairs."""
+    if not pairs:
+        return {}
+    account_ids = sorted({a for a, _ in pairs})
+    instrument_ids = sorted({i for _, i in pairs})
+
+    def select() -> dict[tuple[int, int], SimpleNamespace]:
+        # Plain rows, not model instances: 1,000 positions per fill must stay cheap.
+        qs = (
+            Position.objects.select_for_update()
+            .filter(account_id__in=account_ids, instrument_id__in=instrument_ids)
+            .order_by("account_id", "instrument_id")
+            .values("id", "account_id", "instrument_id", "quantity", "avg_cost", "realised_pnl")
+            .annotate(v=F("version"))
+        )
+        return {
+            (p["account_id"], p["instrument_id"]): SimpleNamespace(
+                pk=p.pop("id"), version=p.pop("v"), **p
+            )
+            for p in qs
+        }
+
+    found = select()
+    missing = sorted(pairs - found.keys())
+    if missing:
+        Position.objects.bulk_create(
+            [Position(account_id=a, instrument_id=i) for a, i in missing], ignore_conflicts=True
+        )
+        found = select()
+    return found
+
+
+def _lock_cash(pairs: set[tuple[int, str]]) -> dict[tuple[int, str], SimpleNamespace]:
+    """Lock (creating when missing) the cash balances of (account_id, currency) pairs."""
+    if not pairs:
+        return {}
+    account_ids = sorted({a for a, _ in pairs})
+    currencies = sorted({c for _, c in pairs})
+
+    def select() -> dict[tuple[int, str], SimpleNamespace]:
+        qs = (
+            CashBalance.objects.select_for_update()
+            .filter(account_id__in=account_ids, currency__in=currencies)
+            .order_by("account_id", "currency")
+            .values("id", "account_id", "currency", "settled", "pending")
+            .annotate(v=F("version"))
+        )
+        return {
+            (c["account_id"], c["currency"]): SimpleNamespace(
+                pk=c.pop("id"), version=c.pop("v"), **c
+            )
+            for c in qs
+        }
+
+    found = select()
+    missing = sorted(pairs - found.keys())
+    if missing:
+        CashBalance.objects.bulk_create(
+            [CashBalance(account_id=a, currency=c) for a, c in missing], ignore_conflicts=True
+        )
+        found = select()
+    return found
+
+
+def _rebook(
+    *,
+    block: Block | None,
+    orders: Sequence[Order],
+    execution: Execution,
+    filled: Decimal,
+    price: Decimal,
+    old_price: Decimal,
+    targets: Mapping[int, Decimal],
+    method: str,
+    user: Any = None,
+    action: str = "allocation.created",
+) -> list[Allocation]:
+    """Book the difference between each order's target and its rows so far; move the book."""
+    instrument = execution.instrument if execution.instrument_id else orders[0].instrument
+    side = block.side if block is not None else orders[0].side
+    sign = _side_sign(side)
+    broker_id = execution.broker_id or execution.placement.broker_id
+    schedule = _schedule(broker_id)
+    trade_date = _trade_date(execution)
+    settles = calendar_settlement_date(
+        trade_date, cycle_days=instrument.settlement_cycle, calendar_code=instrument.calendar_code
+    )
+    currency = instrument.currency
+    booked = _booked(block_id=block.pk if block else None, order_ids=[o.pk for o in orders])
+
+    rows: list[Allocation] = []
+    for order in orders:
+        quantity = targets.get(order.pk, ZERO)
+        money = engine.commission_for(schedule, quantity, price, sign)
+        before = booked.get(order.pk, _Booked())
+        delta = quantity - before.quantity
+        gross = money.gross - before.gross
+        commission = money.commission - before.commission
+        fees = money.fees - before.fees
+        net = money.net - before.net
+        if not (delta or gross or commission or fees or net):
+            continue
+        kind = (
+            AllocationKind.FILL
+            if delta > 0
+            else AllocationKind.REVERSAL
+            if delta < 0
+            else AllocationKind.REPRICE
+        )
+        rows.append(
+            Allocation(
+                execution_id=execution.pk,
+                block_id=block.pk if block else None,
+                order=order,
+                account_id=order.account_id,
+                instrument_id=instrument.pk,
+                broker_id=broker_id,
+                side=side,
+                kind=kind,
+                quantity=delta,
+                price=price,
+                gross=gross,
+                commission=commission,
+                fees=fees,
+                net=net,
+                cum_quantity=quantity,
+                currency=currency,
+                trade_date=trade_date,
+                settlement_date=settles,
+                method=method,
+                reversal_of_id=before.last_id if delta < 0 else None,
+                created_by=user,
+            )
+        )
+    if rows:
+        Allocation.objects.bulk_create(rows)
+
+    now = timezone.now()
+    # Positions, then cash, each locked in (account, ...) order.
+    # Every order holding quantity is re-priced when the average moves, even when rounding to
+    # the cent left it without a row, so position cost stays exactly at the block's average.
+    deltas = {r.order_id: r.quantity for r in rows}
+    moves = [
+        (order, booked.get(order.pk, _Booked()).quantity, deltas.get(order.pk, ZERO))
+        for order in orders
+        if order.pk in deltas or (price != old_price and booked.get(order.pk, _Booked()).quantity)
+    ]
+    positions = _lock_positions({(o.account_id, instrument.pk) for o, _, _ in moves})
+    short_breach: set[int] = set()
+    for order, held, delta in moves:
+        pos = positions[(order.account_id, instrument.pk)]
+        state = engine.PositionState(pos.quantity, pos.avg_cost, pos.realised_pnl)
+        state = position_reprice(state, sign, held, old_price, price)
+        if delta > 0:
+            state = engine.apply_trade(state, sign, delta, price)
+        elif delta < 0:
+            state = position_reverse(state, sign, -delta, price)
+        pos.quantity, pos.avg_cost, pos.realised_pnl = (
+            state.quantity,
+            state.avg_cost,
+            state.realised_pnl,
+        )
+        pos.version += 1
+        if state.quantity < 0 and not order.account_short_ok:
+            short_breach.add(order.account_id)
+    _update_rows(
+        Position,
+        ["quantity", "avg_cost", "realised_pnl", "version", "updated_at"],
+        [
+            (p.pk, p.quantity, p.avg_cost, p.realised_pnl, p.version, now)
+            for p in positions.values()
+        ],
+    )
+
+    cash_moves: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
+    for row in rows:
+        # A buy pays its net, a sell receives it; pending until the settlement date.
+        cash_moves[(row.account_id, row.currency)] += -sign * row.net
+    cash = _lock_cash({k for k, v in cash_moves.items() if v})
+    for key, balance in cash.items():
+        balance.pending += cash_moves[key]
+        balance.version += 1
+    _update_rows(
+        CashBalance,
+        ["pending", "version", "updated_at"],
+        [(c.pk, c.pending, c.version, now) for c in cash.values()],
+    )
+
+    # Orders: cumulative quantity and the block's average price (status is the caller's).
+    changed = []
+    for order in orders:
+        quantity = targets.get(order.pk, ZERO)
+        avg = price if quantity else ZERO
+        leaves = ZERO if order.status in _CLOSED_STATUSES else order.quantity - quantity
+        if (order.cum_qty, order.avg_px, order.leaves_qty) == (quantity, avg, leaves):
+            continue
+        order.cum_qty, order.avg_px, order.leaves_qty = quantity, avg, leaves
+        order.version += 1
+        order.updated_at = now
+        changed.append(order)
+    _update_rows(
+        Order,
+        ["cum_qty", "leaves_qty", "avg_px", "version", "updated_at"],
+        [(o.pk, o.cum_qty, o.leaves_qty, o.avg_px, o.version, now) for o in changed],
+    )
+
+    stream = f"block:{block.pk}:allocations" if block else f"order:{orders[0].pk}:allocations"
+    audit_record_many(
+        entries=[
+            AuditEntry(
+                action=action,
+                object_type="allocation",
+                object_id=str(row.pk),
+                after={
+                    "order": row.order_id,
+                    "account": row.account_id,
+                    "kind": row.kind,
+                    "quantity": row.quantity,
+                    "cum_quantity": row.cum_quantity,
+                    "price": row.price,
+                    "gross": row.gross,
+                    "commission": row.commission,
+                    "fees": row.fees,
+                    "net": row.net,
+                    "trade_date": row.trade_date,
+                    "settlement_date": row.settlement_date,
+                    "method": row.method,
+                },
+                meta={
+                    "execution": execution.pk,
+                    "block": row.block_id,
+                    "filled": filled,
+                    **({"short_not_allowed": True} if row.account_id in short_breach else {}),
+                },
+                actor=user,
+                stream=stream,
+            )
+            for row in rows
+        ]
+    )
+    return rows
+
+
+def _lock_block_orders(block_id: int) -> tuple[Block, list[Order]]:
+    block = (
+        Block.objects.select_for_update(of=("self",))
+        .select_related("instrument", "allocation_policy")
+        .get(pk=block_id)
+    )
+    orders = list(_orders_locked().filter(block_id=block_id).order_by("pk"))
+    return block, orders
+
+
+def _orders_locked() -> Any:
+    """Orders locked for update, with the few account fields allocation needs (no join lock)."""
+    return Order.objects.select_for_update(of=("self",)).annotate(
+        account_code=F("account__code"),
+        account_custodian_id=F("account__custodian_id"),
+        account_short_ok=F("account__short_selling_allowed"),
+    )
+
+
+def fill_allocate(*, execution: Execution) -> list[Allocation]:
+    """Allocate a block's (or order's) fills after `execution`; move positions and cash.
+
+    Runs inside the caller's transaction (execution_apply); rows as described in the module
+    docstring. Returns the Allocation rows written (each with ``.order`` loaded and locked).
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("fill_allocate must run inside the transaction that saved the fill")
+    placement = execution.placement
+    if placement is None:
+        raise ValidationError("execution has no placement", code="unknown_placement")
+    if placement.block_id is not None:
+        block, orders = _lock_block_orders(placement.block_id)
+        if not orders:
+            raise ConflictError(f"block {block.pk} holds no orders", code="empty_block")
+        instrument = block.instrument
+        try:
+            policy: BlockAllocationPolicy | None = block.allocation_policy
+        except BlockAllocationPolicy.DoesNotExist:
+            policy = None
+        old_price = block.avg_px
+    else:
+        block = None
+        order = _orders_locked().select_related("instrument").get(pk=placement.order_id)
+        orders = [order]
+        instrument = order.instrument
+        policy = None
+        old_price = order.avg_px
+    if execution.instrument_id in (None, instrument.pk):
+        execution.instrument = instrument
+
+    filled, notional = _fills_of(
+        block_id=block.pk if block else None, order_id=None if block else orders[0].pk
+    )
+    price = _average(filled, notional)
+    try:
+        targets = _policy_targets(orders, filled, instrument.lot_size, policy)
+    except ValueError as exc:
+        raise ConflictError(f"cannot allocate {filled}: {exc}", code="overfill") from exc
+    method = policy.method if policy is not None else AllocationMethod.PRO_RATA
+    rows = _rebook(
+        block=block,
+        orders=orders,
+        execution=execution,
+        filled=filled,
+        price=price,
+        old_price=old_price,
+        targets=targets,
+        method=method,
+    )
+    if block is not None:
+        block.cum_qty, block.avg_px = filled, price
+        block.version += 1
+        block.save(update_fields=["cum_qty", "avg_px", "version", "updated_at"])
+    return rows
+
+
+def _parse_by_order(
+    raw: Mapping[Any, Any] | None, name: str, orders: Sequence[Order]
+) -> dict[int, Decimal]:
+    """Map keys (order ids, or account codes of the block's orders) to order ids; parse values."""
+    by_id = {o.pk: o for o in orders}
+    by_code: dict[str, list[int]] = defaultdict(list)
+    for o in orders:
+        by_code[o.account_code].append(o.pk)
+    parsed: dict[int, Decimal] = {}
+    errors: list[str] = []
+    for key, value in (raw or {}).items():
+        text = str(key)
+        if text.isdigit() and int(text) in by_id:
+            order_id = int(text)
+        elif len(by_code.get(text, [])) == 1:
+            order_id = by_code[text][0]
+        else:
+            errors.append(f"{key}: not an order (or account with one order) of this block")
+            continue
+        try:
+            if isinstance(value, float | bool):
+                raise InvalidOperation
+            number = Decimal(str(value))
+            if not number.is_finite():
+                raise InvalidOperation
+        except (InvalidOperation, ValueError, TypeError):
+            errors.append(f"{key}: {value!r} is not a number")
+            continue
+        if order_id in parsed:
+            errors.append(f"{key}: order {order_id} given twice")
+        parsed[order_id] = number
+    if errors:
+        raise ValidationError(f"{name}: {errors[0]}", errors={name: errors})
+    return parsed
+
+
+def allocation_reallocate(
+    *,
+    user: Any,
+    method: str,
+    execution_id: int | None = None,
+    block_id: int | None = None,
+    quantities: Mapping[Any, Any] | None = None,
+    ratios: Mapping[Any, Any] | None = None,
+) -> list[Allocation]:
+    """Re-allocate a block's fills (manual quantities, fixed ratios or back to pro-rata).
+
+    Trader (of every account in the block) or back office; refused (409) once a settlement file
+    exists for one of the block's trade dates at one of its accounts' custodians. Reverses and
+    re-books through the same rows as fills (same invariants), audited, and remembered for the
+    block's later fills.
+    """
+    from settlement.models import SettlementFile
+
+    if not has_role(user, "trader", "backoffice"):
+        raise NotPermitted("only traders and back office may re-allocate")
+    if method not in AllocationMethod.values:
+        raise ValidationError(f"method: unknown method {method!r}", errors={"method": ["unknown"]})
+    if (execution_id is None) == (block_id is None):
+        raise ValidationError("give exactly one of execution and block", code="invalid")
+    with transaction.atomic(durable=True):
+        if execution_id is not None:
+            found = (
+                Execution.objects.filter(pk=execution_id)
+                .values_list("placement__block_id", flat=True)
+                .first()
+            )
+            if found is None:
+                raise NotFound("execution not found")
+            block_id = found
+        block_qs = Block.objects.filter(pk=block_id)
+        if not block_qs.exists():
+            raise NotFound("block not found")
+        block, orders = _lock_block_orders(block_id)  # type: ignore[arg-type]
+        visible = account_ids_visible_to(user=user)
+        seen = [o for o in orders if o.account_id in visible]
+        if not seen:
+            raise NotFound("block not found")
+        if len(seen) != len(orders):
+            raise NotPermitted("the block holds orders of accounts you may not see")
+
+        filled, notional = _fills_of(block_id=block.pk, order_id=None)
+        if not filled:
+            raise ConflictError("the block has no fills to allocate", code="nothing_filled")
+        dates = set(
+            Allocation.objects.filter(block_id=block.pk).values_list("trade_date", flat=True)
+        )
+        custodians = {o.account_custodian_id for o in orders}
+        if SettlementFile.objects.filter(
+            trade_date__in=dates, custodian_id__in=custodians
+        ).exists():
+            raise ConflictError(
+                "settlement files already exist for this block's trade date",
+                code="settlement_files_exist",
+            )
+
+        lot = block.instrument.lot_size
+        policy = BlockAllocationPolicy.objects.select_for_update().filter(block=block).first()
+        before_policy = (
+            {"method": policy.method, "ratios": policy.ratios, "quantities": policy.quantities}
+            if policy
+            else {"method": AllocationMethod.PRO_RATA}
+        )
+        order_ids = {o.pk for o in orders}
+        new_policy = policy or BlockAllocationPolicy(block=block)
+        new_policy.method = method
+        new_policy.ratios, new_policy.quantities = {}, {}
+        new_policy.filled_at = filled
+        new_policy.set_by = user
+        if method == AllocationMethod.MANUAL:
+            wanted = _parse_by_order(quantities, "quantities", orders)
+            full = {o.pk: wanted.get(o.pk, ZERO) for o in orders}
+            problems = engine.manual_allocation_validate(
+                [_entry_target(o, requested=o.quantity) for o in orders], full, filled, lot
+            )
+            if problems:
+                raise ValidationError(f"quantities: {problems[0]}", errors={"quantities": problems})
+            new_policy.quantities = {str(k): str(v) for k, v in full.items()}
+        elif method == AllocationMethod.FIXED_RATIO:
+            wanted = _parse_by_order(ratios, "ratios", orders)
+            bad = sorted(k for k in order_ids if wanted.get(k, ZERO) <= 0)
+            if bad:
+                raise ValidationError(
+                    "ratios: every order of the block needs a ratio > 0",
+                    errors={"ratios": [f"order {k}: ratio must be > 0" for k in bad]},
+                )
+            new_policy.ratios = {str(k): str(wanted[k]) for k in sorted(order_ids)}
+        try:
+            targets = _policy_targets(orders, filled, lot, new_policy)
+        except ValueError as exc:
+            raise ValidationError(f"cannot allocate {filled}: {exc}") from exc
+        if method == AllocationMethod.PRO_RATA:
+            if policy is not None:
+                policy.delete()
+        else:
+            if policy is not None:
+                new_policy.version += 1
+            new_policy.save()
+
+        execution = (
+            Execution.objects.select_related("placement", "instrument")
+            .filter(placement__block_id=block.pk, last_qty__gt=0)
+            .order_by("-received_at", "-pk")
+            .first()
+        )
+        assert execution is not None  # filled > 0
+        price = _average(filled, notional)
+        before = {o.pk: _plain(o.cum_qty) for o in orders}
+        rows = _rebook(
+            block=block,
+            orders=orders,
+            execution=execution,
+            filled=filled,
+            price=price,
+            old_price=block.avg_px,
+            targets=targets,
+            method=method,
+            user=user,
+            action="allocation.reallocated",
+        )
+        audit_record_many(
+            entries=[
+                AuditEntry(
+                    action="block.reallocated",
+                    object_type="block",
+                    object_id=str(block.pk),
+                    before={"policy": before_policy, "allocated": before},
+                    after={
+                        "policy": {
+                            "method": method,
+                            "ratios": new_policy.ratios,
+                            "quantities": new_policy.quantities,
+                        },
+                        "allocated": {k: _plain(v) for k, v in targets.items()},
+                    },
+                    meta={"filled": filled, "rows": [r.pk for r in rows]},
+                    actor=user,
+                )
+            ]
+        )
+        block.version += 1
+        block.save(update_fields=["version", "updated_at"])
+    return rows
+
+
+def cash_settle_due(*, as_of: dt.date) -> int:
+    """Move the pending cash of allocations settling on or before `as_of` to settled.
+
+    Idempotent: each allocation's cash moves once (``Allocation.cash_settled``). Returns the
+    number of allocation rows settled.
+    """
+    with transaction.atomic(durable=True):
+        due = list(
+            Allocation.objects.select_for_update()
+            .filter(cash_settled=False, settlement_date__lte=as_of)
+            .order_by("pk")
+            .values_list("pk", "account_id", "currency", "side", "net")
+        )
+        if not due:
+            return 0
+        moves: dict[tuple[int, str], Decimal] = defaultdict(Decimal)
+        for _pk, account_id, currency, side, net in due:
+            moves[(account_id, currency)] += -_side_sign(side) * net
+        now = timezone.now()
+        cash = _lock_cash(set(moves))
+        entries = []
+        for key, balance in cash.items():
+            amount = moves[key]
+            before = {"settled": balance.settled, "pending": balance.pending}
+            balance.settled += amount
+            balance.pending -= amount
+            balance.version += 1
+            entries.append(
+                AuditEntry(
+                    action="cash.settled",
+                    object_type="cashbalance",
+                    object_id=str(balance.pk),
+                    before=before,
+                    after={"settled": balance.settled, "pending": balance.pending},
+                    meta={"as_of": as_of, "amount": amount, "account": key[0], "currency": key[1]},
+                )
+            )
+        _update_rows(
+            CashBalance,
+            ["settled", "pending", "version", "updated_at"],
+            [(c.pk, c.settled, c.pending, c.version, now) for c in cash.values()],
+        )
+        Allocation.objects.filter(pk__in=[row[0] for row in due]).update(
+            cash_settled=True, cash_settled_at=now
+        )
+        audit_record_many(entries=entries)
+    return len(due)

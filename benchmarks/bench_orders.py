@@ -1,0 +1,362 @@
+"""Order entry through the real HTTP stack: throughput, basket latency, open-loop latency.
+
+Targets (issue 3): >= 300 orders/s with 16 concurrent clients sending single orders; a
+500-order basket end to end in <= 250 ms (median); p50 <= 20 ms and p99 <= 100 ms at a fixed
+200 orders/s open-loop arrival rate.
+
+What runs: a fresh database (`<DATABASE_URL db>_bench`, dropped afterwards) is migrated and
+seeded with the demo data set plus four pre-trade rules (restricted list, fat finger, buying
+power, concentration), so every order really goes through validation, compliance (with the
+account's cash row lock), audit and the after-commit blotter publish. `uvicorn
+oms_site.asgi:application` serves it on a free 127.0.0.1 port (BENCH_WORKERS processes,
+default 2 = the cores here; persistent DB connections). The clients are asyncio + httpx in this
+process, on the same machine, so they compete with the server for the CPU: the figures are a
+floor, not a ceiling. Open-loop latency is measured from each request's *scheduled* send time,
+so a stalled server cannot hide its queue (no coordinated omission).
+
+    .venv/bin/python benchmarks/bench_orders.py            # full run (~1 min)
+    .venv/bin/python benchmarks/bench_orders.py --quick    # shorter phases
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"orders_per_s": 300.0, "basket_500_ms": 250.0, "p50_ms": 20.0, "p99_ms": 100.0}
+CLIENTS = 16
+OPEN_LOOP_RATE = 200.0
+BASKET_SIZE = 500
+LOG_PATH = Path(os.environ.get("BENCH_ORDERS_LOG", "/tmp/bench_orders_server.log"))
+
+_SEED = r"""
+import json, django
+django.setup()
+from decimal import Decimal
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from oms_site.demo import seed_demo
+seed_demo()
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+from allocations.models import Account, CashBalance
+from compliance.models import Rule
+from orders.models import Instrument
+Rule.objects.get_or_create(name="Restricted list", defaults={"rule_type": "restricted_list", "severity": "block"})
+Rule.objects.get_or_create(name="Fat finger", defaults={"rule_type": "fat_finger", "severity": "warn", "params": {"max_quantity": "100000", "max_notional": "5000000"}})
+Rule.objects.get_or_create(name="Buying power", defaults={"rule_type": "buying_power", "severity": "block"})
+Rule.objects.get_or_create(name="Concentration", defaults={"rule_type": "concentration", "severity": "warn", "params": {"dimension": "instrument", "max_pct": "25"}})
+pm = get_user_model().objects.get(username="pm1")
+CashBalance.objects.filter(account__managers=pm).update(settled=Decimal("1000000000"))
+token, _ = Token.objects.get_or_create(user=pm)
+accounts = list(Account.objects.filter(managers=pm, active=True).values_list("code", flat=True))
+instruments = [
+    {"symbol": i.symbol, "price": str(i.price.last)}
+    for i in Instrument.objects.filter(asset_class="equity", tradable=True, lot_size=1).select_related("price")
+    if i.price is not None and i.price.last % i.tick_size == 0
+][:150]
+print("SEED" + json.dumps({"token": token.key, "accounts": accounts, "instruments": instruments}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bench_database_url() -> tuple[str, str, str]:
+    """(admin URL, bench URL, bench db name) derived from DATABASE_URL."""
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms")
+    parsed = urlparse(base)
+    name = os.environ.get("BENCH_ORDERS_DB", f"{parsed.path.lstrip('/') or 'oms'}_bench_orders")
+    return (
+        urlunparse(parsed._replace(path="/postgres")),
+        urlunparse(parsed._replace(path=f"/{name}")),
+        name,
+    )
+
+
+def _recreate_database(admin_url: str, name: str, *, drop_only: bool = False) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not drop_only:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _env(db_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DATABASE_URL": db_url,
+            "DJANGO_SETTINGS_MODULE": "oms_site.settings",
+            "DB_CONN_MAX_AGE": "60",
+            "ORDER_ENTRY_RATE": "1000000/min",
+            "LOG_LEVEL": "WARNING",
+            "DEBUG": "0",
+            "CACHE_PREFIX": "bench-orders",
+            "CHANNEL_PREFIX": "bench-orders-ws",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    return env
+
+
+def _seed(env: dict[str, str]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", _SEED],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"seeding failed: {out.stderr[-2000:]}")
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("SEED"))
+    return json.loads(line[4:])
+
+
+def _start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "oms_site.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stderr=open(LOG_PATH, "wb"),  # noqa: SIM115 - the server owns it until it exits
+    )
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("uvicorn exited during start-up")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz/", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.terminate()
+    raise RuntimeError("uvicorn did not become healthy in 60 s")
+
+
+class _Orders:
+    """Valid random single orders for pm1's accounts (limit at the seeded reference price)."""
+
+    def __init__(self, seed: dict[str, Any]) -> None:
+        self.accounts = seed["accounts"]
+        self.instruments = seed["instruments"]
+        self.rng = random.Random(42)
+
+    def one(self) -> dict[str, Any]:
+        inst = self.rng.choice(self.instruments)
+        return {
+            "account": self.rng.choice(self.accounts),
+            "instrument": inst["symbol"],
+            "side": self.rng.choice(("buy", "sell")),
+            "quantity": str(self.rng.randint(1, 20) * 10),
+            "order_type": "limit",
+            "limit_price": inst["price"],
+            "time_in_force": "day",
+        }
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def _closed_loop(
+    base: str, headers: dict[str, str], gen: _Orders, seconds: float
+) -> dict[str, Any]:
+    import httpx
+
+    statuses: dict[int, int] = {}
+    latencies: list[float] = []
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            r = await http.post(f"{base}/api/v1/orders/", json=gen.one(), headers=headers)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            if r.status_code == 201:
+                done += 1
+
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(CLIENTS)))
+        elapsed = time.perf_counter() - started
+    return {
+        "orders_per_s": round(done / elapsed, 1),
+        "created": done,
+        "seconds": round(elapsed, 2),
+        "latency_p50_ms": round(_pct(latencies, 50), 2),
+        "latency_p99_ms": round(_pct(latencies, 99), 2),
+        "statuses": statuses,
+    }
+
+
+async def _open_loop(
+    base: str, headers: dict[str, str], gen: _Orders, seconds: float
+) -> dict[str, Any]:
+    import httpx
+
+    n = int(OPEN_LOOP_RATE * seconds)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=64)
+    timeout = httpx.Timeout(30, pool=None)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+        start = time.perf_counter() + 0.2
+
+        async def one(i: int) -> None:
+            scheduled = start + i / OPEN_LOOP_RATE
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                r = await http.post(f"{base}/api/v1/orders/", json=gen.one(), headers=headers)
+                code = r.status_code
+            except httpx.HTTPError:
+                code = 0  # timed out or refused: counted, with its latency so far
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+            statuses[code] = statuses.get(code, 0) + 1
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return {
+        "rate_per_s": OPEN_LOOP_RATE,
+        "requests": n,
+        "p50_ms": round(_pct(latencies, 50), 2),
+        "p90_ms": round(_pct(latencies, 90), 2),
+        "p99_ms": round(_pct(latencies, 99), 2),
+        "max_ms": round(max(latencies), 2),
+        "statuses": statuses,
+    }
+
+
+def _baskets(base: str, headers: dict[str, str], gen: _Orders, runs: int) -> dict[str, Any]:
+    import httpx
+
+    times: list[float] = []
+    statuses: dict[int, int] = {}
+    with httpx.Client(timeout=60) as http:
+        for _ in range(runs):
+            body = {"orders": [gen.one() for _ in range(BASKET_SIZE)]}
+            t0 = time.perf_counter()
+            r = http.post(f"{base}/api/v1/baskets/", json=body, headers=headers)
+            times.append((time.perf_counter() - t0) * 1000)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            if r.status_code != 201:
+                raise RuntimeError(f"basket failed: {r.status_code} {r.text[:500]}")
+    return {
+        "size": BASKET_SIZE,
+        "runs": runs,
+        "median_ms": round(statistics.median(times), 1),
+        "min_ms": round(min(times), 1),
+        "max_ms": round(max(times), 1),
+        "statuses": statuses,
+    }
+
+
+def _progress(phase: str, figures: dict[str, Any]) -> None:
+    print(f"[bench_orders] {phase}: {json.dumps(figures)}", file=sys.stderr, flush=True)
+
+
+def run(*, quick: bool = False) -> dict[str, Any]:
+    """Seed a fresh database, start uvicorn, measure; returns the figures and the targets."""
+    admin_url, db_url, db_name = _bench_database_url()
+    workers = int(os.environ.get("BENCH_WORKERS", "2"))
+    _recreate_database(admin_url, db_name)
+    env = _env(db_url)
+    server = None
+    try:
+        seed = _seed(env)
+        port = _free_port()
+        server = _start_server(env, port, workers)
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Token {seed['token']}"}
+        gen = _Orders(seed)
+        asyncio.run(_closed_loop(base, headers, gen, 2.0))  # warm-up: connections, caches
+        throughput = asyncio.run(_closed_loop(base, headers, gen, 5.0 if quick else 10.0))
+        _progress("closed loop", throughput)
+        baskets = _baskets(base, headers, gen, 3 if quick else 7)
+        _progress("baskets", baskets)
+        open_loop = asyncio.run(_open_loop(base, headers, gen, 5.0 if quick else 10.0))
+        _progress("open loop", open_loop)
+        try:
+            load = os.getloadavg()
+        except OSError:
+            load = (float("nan"),) * 3
+        return {
+            "orders_per_s_16_clients": throughput["orders_per_s"],
+            "basket_500_median_ms": baskets["median_ms"],
+            "open_loop_200_per_s_p50_ms": open_loop["p50_ms"],
+            "open_loop_200_per_s_p99_ms": open_loop["p99_ms"],
+            "targets": TARGETS,
+            "met": {
+                "orders_per_s": throughput["orders_per_s"] >= TARGETS["orders_per_s"],
+                "basket_500_ms": baskets["median_ms"] <= TARGETS["basket_500_ms"],
+                "p50_ms": open_loop["p50_ms"] <= TARGETS["p50_ms"],
+                "p99_ms": open_loop["p99_ms"] <= TARGETS["p99_ms"],
+            },
+            "detail": {"closed_loop": throughput, "baskets": baskets, "open_loop": open_loop},
+            "setup": {
+                "uvicorn_workers": workers,
+                "cpus": os.cpu_count(),
+                "load_avg_at_end": [round(x, 2) for x in load],
+                "accounts": len(seed["accounts"]),
+                "instruments": len(seed["instruments"]),
+            },
+        }
+    finally:
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        _recreate_database(admin_url, db_name, drop_only=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(run(quick=args.quick), indent=2))

@@ -1,0 +1,150 @@
+"""Views of the routing API: thin, one per operation; services do the work and the checks.
+
+Routing is synchronous by default: the service writes the placement and the outbox row in one
+transaction and the gateway sends it (woken by NOTIFY), so the trader gets the placement, the
+broker chosen and any refusal (kill switch, state) in the response. `{"asynchronous": true}`
+queues the same service on a Celery routing worker after commit (202); the outbox makes both
+paths lose nothing and send nothing twice, and a redelivered task is refused by the state check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from oms_site.errors import NotFound
+from orders.api.permissions import IsTrader, roles_required
+from orders.api.routing_serializers import (
+    FixSessionSerializer,
+    KillSwitchInputSerializer,
+    KillSwitchResultSerializer,
+    KillSwitchSerializer,
+    RouteInputSerializer,
+    RouteQueuedSerializer,
+    RouteResultSerializer,
+)
+from orders.api.serializers import ErrorSerializer
+from orders.models import Block, FixSession, KillSwitch, Order
+from orders.selectors import orders_visible_to
+from orders.services.routing import block_route, kill_switch_engage, kill_switch_lift, order_route
+
+IsTraderOrAdmin = roles_required("trader", "admin")
+CanSeeKillSwitches = roles_required("trader", "admin", "compliance")
+
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="invalid input"),
+    403: OpenApiResponse(ErrorSerializer, description="not allowed"),
+    404: OpenApiResponse(ErrorSerializer, description="not found"),
+    409: OpenApiResponse(ErrorSerializer, description="not allowed in the current state"),
+}
+
+
+def _route_result(placement: Any) -> dict[str, Any]:
+    if placement.block_id:
+        orders = list(Order.objects.filter(block_id=placement.block_id).order_by("pk"))
+    else:
+        orders = [placement.order]
+    return RouteResultSerializer({"placement": placement, "orders": orders}).data
+
+
+class OrderRouteView(APIView):
+    permission_classes = [IsTrader]
+
+    @extend_schema(
+        request=RouteInputSerializer,
+        responses={201: RouteResultSerializer, 202: RouteQueuedSerializer, **ERRORS},
+        summary="Route an approved order to a broker (or by best execution)",
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        data = RouteInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        broker = data.validated_data["broker"] or None
+        if data.validated_data["asynchronous"]:
+            if not orders_visible_to(user=request.user).filter(pk=pk).exists():
+                raise NotFound("No such order.")
+            from orders.tasks import route_order
+
+            transaction.on_commit(lambda: route_order.delay(pk, request.user.pk, broker))
+            return Response({"queued": True, "order": pk}, status=status.HTTP_202_ACCEPTED)
+        placement = order_route(user=request.user, order_id=pk, broker_code=broker)
+        return Response(_route_result(placement), status=status.HTTP_201_CREATED)
+
+
+class BlockRouteView(APIView):
+    permission_classes = [IsTrader]
+
+    @extend_schema(
+        request=RouteInputSerializer,
+        responses={201: RouteResultSerializer, 202: RouteQueuedSerializer, **ERRORS},
+        summary="Route an open block to a broker (or by best execution)",
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        data = RouteInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        broker = data.validated_data["broker"] or None
+        if data.validated_data["asynchronous"]:
+            if not Block.objects.filter(pk=pk).exists():
+                raise NotFound("No such block.")
+            from orders.tasks import route_block
+
+            transaction.on_commit(lambda: route_block.delay(pk, request.user.pk, broker))
+            return Response({"queued": True, "block": pk}, status=status.HTTP_202_ACCEPTED)
+        placement = block_route(user=request.user, block_id=pk, broker_code=broker)
+        return Response(_route_result(placement), status=status.HTTP_201_CREATED)
+
+
+class KillSwitchListCreateView(generics.ListAPIView):
+    serializer_class = KillSwitchSerializer
+    filterset_fields = ["active", "scope"]
+
+    def get_permissions(self) -> list[Any]:
+        return [IsTraderOrAdmin() if self.request.method == "POST" else CanSeeKillSwitches()]
+
+    def get_queryset(self) -> Any:
+        return KillSwitch.objects.select_related("engaged_by", "lifted_by").order_by("-pk")
+
+    @extend_schema(
+        request=KillSwitchInputSerializer,
+        responses={201: KillSwitchResultSerializer, **ERRORS},
+        summary="Engage a kill switch: stop routing and cancel open orders in scope",
+    )
+    def post(self, request: Request) -> Response:
+        data = KillSwitchInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        result = kill_switch_engage(
+            user=request.user,
+            scope=data.validated_data["scope"],
+            target=data.validated_data["target"],
+            reason=data.validated_data["reason"],
+        )
+        body = dict(KillSwitchSerializer(result.switch).data)
+        body.update(canceled=result.canceled, cancel_requests=result.cancel_requests)
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class KillSwitchLiftView(APIView):
+    permission_classes = [IsTraderOrAdmin]
+
+    @extend_schema(
+        request=None,
+        responses={200: KillSwitchSerializer, **ERRORS},
+        summary="Lift a kill switch (a second user, not the one who engaged it)",
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        switch = kill_switch_lift(user=request.user, switch_id=pk)
+        return Response(KillSwitchSerializer(switch).data)
+
+
+class FixSessionListView(generics.ListAPIView):
+    permission_classes = [IsTraderOrAdmin]
+    serializer_class = FixSessionSerializer
+    filterset_fields = ["enabled", "logged_on"]
+
+    def get_queryset(self) -> Any:
+        return FixSession.objects.select_related("broker").order_by("pk")

@@ -1,0 +1,61 @@
+"""`manage.py run_fix_gateway`: the FIX initiator process (enabled FixSession rows)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from orders.fix.django_handler import GatewayRunner, session_rows
+
+
+class Command(BaseCommand):
+    help = "Run the FIX gateway: sessions to brokers, the outbox sender and execution reports."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--session", action="append", default=None, help="only this key")
+        parser.add_argument("--store-dir", default=None, help="default: FIX_STORE_DIR/gateway")
+        parser.add_argument("--log-dir", default=None, help="QuickFIX FileLog directory")
+        parser.add_argument("--sweep-interval", type=float, default=1.0)
+        parser.add_argument("--status-interval", type=float, default=2.0)
+        parser.add_argument("--reconnect-interval", type=int, default=5)
+        parser.add_argument(
+            "--max-resend-age",
+            type=float,
+            default=None,
+            help="seconds; older order messages are not resent after a gap (default: always)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        rows = session_rows(
+            store_dir=options["store_dir"],
+            log_dir=options["log_dir"],
+            reconnect_interval=options["reconnect_interval"],
+            keys=options["session"],
+        )
+        if not rows:
+            raise CommandError("no enabled FIX sessions (manage.py fix_session add ...)")
+        runner = GatewayRunner(
+            rows,
+            sweep_interval=options["sweep_interval"],
+            status_interval=options["status_interval"],
+            max_resend_age=options["max_resend_age"],
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        runner.start()
+        keys = ", ".join(r.key for r in rows)
+        self.stdout.write(f"FIX gateway started: {keys}")
+        self.stdout.flush()
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.stdout.write("FIX gateway stopping")
+            runner.stop()
+            self.stdout.write("FIX gateway stopped")

@@ -1,0 +1,626 @@
+"""Execution reports (35=8), cancel rejects (35=9) and business rejects (35=j) applied to the book.
+
+`execution_apply` runs in one durable transaction and is idempotent on (session_key, ExecID):
+the Execution row is inserted in a savepoint first and the unique constraint refuses a second
+copy (a PossDup resend, a replayed message, a gateway retry), which then changes nothing.
+
+Which placement: every ClOrdID the firm ever sent has an OutboxMessage row (the new order and each
+cancel/replace in its chain), so tag 11 or 41 of a report finds the placement even after a
+replace; a report naming no known ClOrdID is stored with unknown_order=True and audited, never
+dropped.
+
+Locks: the placement, then its block, then the block's orders (or the single order) by pk, then
+fill_allocate's positions and cash, then audit streams: the same order as the routing services.
+
+Only real executions move quantities: a report with `is_fill` (ExecType 1/2/F, ExecTransType
+new) stores LastQty/LastPx; other reports (acks, cancels, trade corrections/busts, restatements)
+are stored with LastQty 0 and their text, so fill_allocate's sums never count them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import DecimalField, ExpressionWrapper, F, Sum
+from django.utils import timezone
+
+from oms_site.audit import AuditEntry, audit_record_many
+from orders.enums import (
+    TERMINAL_STATUSES,
+    BlockStatus,
+    OrderStatus,
+    PlacementStatus,
+    Side,
+)
+from orders.events import publish_execution_created, publish_order_updated
+from orders.fix.messages import (
+    MSG_ORDER_CANCEL_REPLACE_REQUEST,
+    SIDE_FROM_FIX,
+    BusinessReject,
+    CancelReject,
+    ExecReport,
+)
+from orders.models import Block, Execution, FixSession, Order, OutboxMessage, Placement
+from orders.state import can_transition
+
+S = OrderStatus
+P = PlacementStatus
+PRICE_QUANTUM = Decimal("0.00000001")
+CENT = Decimal("0.01")
+ZERO = Decimal(0)
+PENDING_REQUEST = frozenset({S.PENDING_CANCEL, S.PENDING_REPLACE})
+PLACEMENT_DONE = frozenset({P.FILLED, P.CANCELED, P.REJECTED, P.EXPIRED})
+
+
+def _plain(value: Decimal | None) -> str | None:
+    return None if value is None else format(value.normalize(), "f")
+
+
+def _fill_allocate() -> Any:
+    from allocations.services import fill_allocate
+
+    return fill_allocate
+
+
+class _Context:
+    """The locked rows of one report and what changed, for audit and publishing."""
+
+    def __init__(self, placement: Placement, block: Block | None, orders: list[Order]) -> None:
+        self.placement = placement
+        self.block = block
+        self.orders = orders
+        self.entries: list[AuditEntry] = []
+        self.changed: dict[int, Order] = {}
+        self.order_fields: set[str] = set()
+
+    def transition(self, order: Order, target: str, *, action: str, meta: dict) -> bool:
+        """Move an order if the state table allows it; False (and nothing done) otherwise."""
+        if order.status == target or not can_transition(order.status, target):
+            return False
+        before = {"status": order.status, "version": order.version}
+        order.status = target
+        order.version += 1
+        order.updated_at = timezone.now()
+        self.entries.append(
+            AuditEntry(
+                action=action,
+                object_type="order",
+                object_id=str(order.pk),
+                before=before,
+                after={
+                    "status": order.status,
+                    "version": order.version,
+                    "cum_qty": _plain(order.cum_qty),
+                    "avg_px": _plain(order.avg_px),
+                },
+                meta=meta,
+            )
+        )
+        self.changed[order.pk] = order
+        self.order_fields.update({"status", "version", "updated_at"})
+        return True
+
+    def block_status(self, status: str, *, meta: dict) -> None:
+        block = self.block
+        if block is None or block.status == status:
+            return
+        self.entries.append(
+            AuditEntry(
+                action="block.status_changed",
+                object_type="block",
+                object_id=str(block.pk),
+                before={"status": block.status, "version": block.version},
+                after={"status": status, "version": block.version + 1},
+                meta=meta,
+            )
+        )
+        block.status = status
+        block.version += 1
+        block.save(update_fields=["status", "version", "updated_at"])
+
+    def save_orders(self) -> None:
+        if self.changed and self.order_fields:
+            Order.objects.bulk_update(list(self.changed.values()), sorted(self.order_fields))
+
+
+def _placement_id(cl_ord_ids: list[str]) -> int | None:
+    if not cl_ord_ids:
+        return None
+    found = (
+        OutboxMessage.objects.filter(cl_ord_id__in=cl_ord_ids)
+        .values_list("placement_id", flat=True)
+        .first()
+    )
+    if found is None:
+        found = (
+            Placement.objects.filter(cl_ord_id__in=cl_ord_ids).values_list("pk", flat=True).first()
+        )
+    return found
+
+
+def _lock(placement_id: int) -> _Context:
+    placement = (
+        Placement.objects.select_for_update(of=("self",))
+        .select_related("broker")
+        .get(pk=placement_id)
+    )
+    block = None
+    if placement.block_id is not None:
+        block = Block.objects.select_for_update(of=("self",)).get(pk=placement.block_id)
+        qs = Order.objects.filter(block_id=placement.block_id)
+    else:
+        qs = Order.objects.filter(pk=placement.order_id)
+    orders = list(
+        qs.select_for_update(of=("self",))
+        .select_related("account__desk", "instrument", "created_by")
+        .order_by("pk")
+    )
+    return _Context(placement, block, orders)
+
+
+def _trade_date(moment: dt.datetime | None) -> dt.date:
+    moment = moment or timezone.now()
+    return timezone.localtime(moment, ZoneInfo(settings.FIRM_TIME_ZONE)).date()
+
+
+def _fix_session_id(session_key: str) -> int | None:
+    try:
+        version, comp_ids = session_key.split(":", 1)
+        sender, target = comp_ids.split("->", 1)
+    except ValueError:
+        return None
+    return (
+        FixSession.objects.filter(fix_version=version, sender_comp_id=sender, target_comp_id=target)
+        .values_list("pk", flat=True)
+        .first()
+    )
+
+
+def _report_text(report: ExecReport, applied: bool) -> str:
+    parts = [report.text or ""]
+    if not applied and report.last_qty:
+        parts.append(f"[not applied: LastQty {_plain(report.last_qty)} @ {_plain(report.last_px)}]")
+    if report.exec_trans_type not in (None, "0"):
+        parts.append(f"[ExecTransType {report.exec_trans_type} ref {report.exec_ref_id or ''}]")
+    if report.poss_dup:
+        parts.append("[PossDup]")
+    return " ".join(p for p in parts if p)[:2000]
+
+
+def execution_apply(
+    *, session_key: str, report: ExecReport, raw_message_id: int | None = None
+) -> Execution | None:
+    """Apply one ExecutionReport exactly once; None when (session, ExecID) was already applied."""
+    with transaction.atomic(durable=True):
+        ids = [i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i]
+        placement_id = _placement_id(ids)
+        ctx = _lock(placement_id) if placement_id is not None else None
+        placement = ctx.placement if ctx else None
+        fill = report.is_fill and placement is not None
+        if fill and placement.cum_qty + report.last_qty > placement.quantity:  # type: ignore[union-attr,operator]
+            fill = False  # an overfill is a broker error: stored and flagged, not booked
+        side = SIDE_FROM_FIX.get(report.side or "", "")
+        if ctx is not None:
+            side = ctx.block.side if ctx.block else ctx.orders[0].side
+        last_qty = report.last_qty if (fill or (placement is None and report.is_fill)) else ZERO
+        last_px = report.last_px if last_qty else ZERO
+        execution = Execution(
+            fix_session_id=placement.fix_session_id if placement else _fix_session_id(session_key),
+            session_key=session_key,
+            exec_id=report.exec_id,
+            placement=placement,
+            order_id=placement.order_id if placement else None,
+            block_id=placement.block_id if placement else None,
+            broker_id=placement.broker_id if placement else None,
+            instrument_id=(
+                (ctx.block.instrument_id if ctx.block else ctx.orders[0].instrument_id)
+                if ctx and (ctx.block or ctx.orders)
+                else None
+            ),
+            side=side if side in Side.values else "",
+            exec_type=report.exec_type_name,
+            ord_status=report.ord_status_name,
+            last_qty=last_qty or ZERO,
+            last_px=last_px or ZERO,
+            cum_qty=report.cum_qty,
+            avg_px=report.avg_px.quantize(PRICE_QUANTUM, rounding=ROUND_HALF_UP),
+            gross=((last_qty or ZERO) * (last_px or ZERO)).quantize(CENT, rounding=ROUND_HALF_UP),
+            trade_date=_trade_date(report.transact_time),
+            transact_time=report.transact_time,
+            unknown_order=placement is None,
+            cl_ord_id=report.cl_ord_id or report.orig_cl_ord_id or "",
+            text=_report_text(report, fill or not report.is_fill),
+            raw_message_id=raw_message_id,
+        )
+        try:
+            with transaction.atomic():
+                execution.save(force_insert=True)
+        except IntegrityError:
+            return None  # this (session, ExecID) is already in the book
+        if ctx is None:
+            audit_record_many(
+                entries=[
+                    AuditEntry(
+                        action="execution.unknown_order",
+                        object_type="execution",
+                        object_id=str(execution.pk),
+                        after={
+                            "session": session_key,
+                            "exec_id": report.exec_id,
+                            "cl_ord_id": report.cl_ord_id,
+                            "orig_cl_ord_id": report.orig_cl_ord_id,
+                            "exec_type": report.exec_type_name,
+                            "last_qty": _plain(report.last_qty),
+                            "last_px": _plain(report.last_px),
+                        },
+                        stream=f"fix:{session_key}",
+                    )
+                ]
+            )
+            return execution
+        _apply(ctx, execution, report, fill=fill)
+    return execution
+
+
+def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: bool) -> None:
+    placement = ctx.placement
+    meta = {
+        "execution": execution.pk,
+        "exec_id": report.exec_id,
+        "exec_type": report.exec_type_name,
+        "placement": placement.pk,
+        "cl_ord_id": report.cl_ord_id,
+    }
+    before = {"status": placement.status, "cum_qty": _plain(placement.cum_qty)}
+    if report.order_id and report.order_id != "NONE" and not placement.broker_order_id:
+        placement.broker_order_id = report.order_id[:64]
+    kind = report.exec_type
+    fills: list[Order] = []
+    if fill:
+        fills = _apply_fill(ctx, execution, meta)
+    elif report.is_fill:
+        ctx.entries.append(
+            AuditEntry(
+                action="execution.overfill",
+                object_type="placement",
+                object_id=str(placement.pk),
+                after={"last_qty": _plain(report.last_qty), "quantity": _plain(placement.quantity)},
+                meta=meta,
+            )
+        )
+    elif kind == "0":  # New: the broker acknowledged the order
+        if placement.status == P.PENDING_NEW:
+            placement.status = P.WORKING
+        for order in ctx.orders:
+            if order.status in (S.PENDING_NEW, S.DONE_FOR_DAY, S.SUSPENDED):
+                ctx.transition(order, S.WORKING, action="order.acknowledged", meta=meta)
+    elif kind == "4":  # Canceled
+        _rename(placement, report)
+        placement.status = P.CANCELED
+        for order in ctx.orders:
+            if ctx.transition(order, S.CANCELED, action="order.canceled", meta=meta):
+                order.leaves_qty = ZERO
+                ctx.order_fields.add("leaves_qty")
+        ctx.block_status(BlockStatus.CANCELED, meta=meta)
+    elif kind == "5":  # Replaced: the new terms are in force under the new ClOrdID
+        _apply_replaced(ctx, report, meta)
+    elif kind == "8":  # Rejected
+        if _is_request(report.cl_ord_id, placement):
+            _revert_request(ctx, meta, action="order.request_rejected", text=report.text)
+        else:
+            placement.status = P.REJECTED
+            for order in ctx.orders:
+                if ctx.transition(
+                    order, S.REJECTED, action="order.rejected", meta={**meta, "text": report.text}
+                ):
+                    order.leaves_qty = ZERO
+                    ctx.order_fields.add("leaves_qty")
+            ctx.block_status(BlockStatus.CANCELED, meta=meta)
+    elif kind == "C":  # Expired
+        placement.status = P.EXPIRED
+        for order in ctx.orders:
+            if ctx.transition(order, S.EXPIRED, action="order.expired", meta=meta):
+                order.leaves_qty = ZERO
+                ctx.order_fields.add("leaves_qty")
+        ctx.block_status(BlockStatus.CANCELED, meta=meta)
+    elif kind == "6":  # PendingCancel
+        if placement.status not in PLACEMENT_DONE:
+            placement.status = P.PENDING_CANCEL
+        for order in ctx.orders:
+            if order.status not in PENDING_REQUEST:
+                ctx.transition(order, S.PENDING_CANCEL, action="order.pending_cancel", meta=meta)
+    elif kind == "E":  # PendingReplace
+        if placement.status not in PLACEMENT_DONE:
+            placement.status = P.PENDING_REPLACE
+        for order in ctx.orders:
+            if order.status not in PENDING_REQUEST:
+                ctx.transition(order, S.PENDING_REPLACE, action="order.pending_replace", meta=meta)
+    elif kind == "3":  # DoneForDay
+        if placement.status not in PLACEMENT_DONE:
+            placement.status = P.DONE_FOR_DAY
+        for order in ctx.orders:
+            ctx.transition(order, S.DONE_FOR_DAY, action="order.done_for_day", meta=meta)
+    elif kind == "9":  # Suspended
+        for order in ctx.orders:
+            ctx.transition(order, S.SUSPENDED, action="order.suspended", meta=meta)
+    else:  # Restated, PendingNew, Stopped, Calculated, OrderStatus, trade correct/bust: recorded
+        ctx.entries.append(
+            AuditEntry(
+                action=f"execution.{report.exec_type_name}",
+                object_type="placement",
+                object_id=str(placement.pk),
+                after={"text": report.text, "ord_status": report.ord_status_name},
+                meta=meta,
+            )
+        )
+    placement.version += 1
+    placement.save()
+    ctx.entries.append(
+        AuditEntry(
+            action="placement.execution_report",
+            object_type="placement",
+            object_id=str(placement.pk),
+            before=before,
+            after={
+                "status": placement.status,
+                "cum_qty": _plain(placement.cum_qty),
+                "avg_px": _plain(placement.avg_px),
+            },
+            meta=meta,
+        )
+    )
+    ctx.save_orders()
+    audit_record_many(entries=ctx.entries)
+    if fill:
+        data = {
+            "id": execution.pk,
+            "exec_id": execution.exec_id,
+            "broker": placement.broker.code,
+            "last_qty": execution.last_qty,
+            "last_px": execution.last_px,
+            "exec_type": execution.exec_type,
+            "transact_time": execution.transact_time,
+        }
+        for order in fills:
+            publish_execution_created(order, data)
+    published = {o.pk for o in fills}
+    for order in ctx.changed.values():
+        if order.pk not in published:
+            publish_order_updated(order)
+
+
+def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
+    placement = ctx.placement
+    notional = ExpressionWrapper(
+        F("last_qty") * F("last_px"), output_field=DecimalField(max_digits=48, decimal_places=16)
+    )
+    agg = Execution.objects.filter(placement_id=placement.pk, last_qty__gt=0).aggregate(
+        qty=Sum("last_qty"), notional=Sum(notional)
+    )
+    placement.cum_qty = agg["qty"] or ZERO
+    if placement.cum_qty:
+        placement.avg_px = (agg["notional"] / placement.cum_qty).quantize(
+            PRICE_QUANTUM, rounding=ROUND_HALF_UP
+        )
+    if placement.cum_qty >= placement.quantity:
+        placement.status = P.FILLED
+    elif placement.status not in (P.PENDING_CANCEL, P.PENDING_REPLACE, *PLACEMENT_DONE):
+        placement.status = P.PARTIALLY_FILLED
+    _fill_allocate()(execution=execution)
+    # fill_allocate moved cum_qty/avg_px/leaves_qty/version with SQL; read them back (locked).
+    fresh = {
+        row["pk"]: row
+        for row in Order.objects.filter(pk__in=[o.pk for o in ctx.orders]).values(
+            "pk", "cum_qty", "avg_px", "leaves_qty", "version", "updated_at"
+        )
+    }
+    touched: list[Order] = []
+    for order in ctx.orders:
+        row = fresh[order.pk]
+        moved = row["version"] != order.version
+        order.cum_qty, order.avg_px, order.leaves_qty = (
+            row["cum_qty"],
+            row["avg_px"],
+            row["leaves_qty"],
+        )
+        order.version, order.updated_at = row["version"], row["updated_at"]
+        if order.status not in TERMINAL_STATUSES:
+            if order.cum_qty >= order.quantity:
+                ctx.transition(order, S.FILLED, action="order.filled", meta=meta)
+            elif order.cum_qty > 0 and order.status not in PENDING_REQUEST:
+                ctx.transition(
+                    order, S.PARTIALLY_FILLED, action="order.partially_filled", meta=meta
+                )
+        if moved or order.pk in ctx.changed:
+            touched.append(order)
+    if ctx.block is not None:
+        ctx.block.refresh_from_db(fields=["cum_qty", "avg_px", "version"])
+        if ctx.block.status not in (BlockStatus.CANCELED,):
+            if ctx.block.cum_qty >= ctx.block.quantity:
+                ctx.block_status(BlockStatus.FILLED, meta=meta)
+            elif ctx.block.cum_qty > 0:
+                ctx.block_status(BlockStatus.PARTIALLY_FILLED, meta=meta)
+    return touched
+
+
+def _rename(placement: Placement, report: ExecReport) -> None:
+    """The placement is now known by the report's ClOrdID (after a cancel or replace)."""
+    new = report.cl_ord_id
+    if new and new != placement.cl_ord_id and report.orig_cl_ord_id:
+        placement.orig_cl_ord_id = placement.cl_ord_id
+        placement.cl_ord_id = new
+
+
+def _is_request(cl_ord_id: str | None, placement: Placement) -> bool:
+    if not cl_ord_id or cl_ord_id == placement.cl_ord_id:
+        return False
+    return OutboxMessage.objects.filter(
+        cl_ord_id=cl_ord_id, placement_id=placement.pk, msg_type__in=["F", "G"]
+    ).exists()
+
+
+def _latest_request(placement: Placement) -> OutboxMessage | None:
+    return (
+        OutboxMessage.objects.filter(placement_id=placement.pk, msg_type__in=["F", "G"])
+        .order_by("-pk")
+        .first()
+    )
+
+
+def _resume_status(order: Order) -> str:
+    if order.cum_qty >= order.quantity:
+        return S.FILLED
+    return S.PARTIALLY_FILLED if order.cum_qty > 0 else S.WORKING
+
+
+def _revert_request(ctx: _Context, meta: dict, *, action: str, text: str | None) -> None:
+    placement = ctx.placement
+    if placement.status in (P.PENDING_CANCEL, P.PENDING_REPLACE):
+        placement.status = (
+            P.FILLED
+            if placement.cum_qty >= placement.quantity
+            else P.PARTIALLY_FILLED
+            if placement.cum_qty > 0
+            else P.WORKING
+        )
+    for order in ctx.orders:
+        if order.status in PENDING_REQUEST:
+            ctx.transition(order, _resume_status(order), action=action, meta={**meta, "text": text})
+
+
+def _apply_replaced(ctx: _Context, report: ExecReport, meta: dict) -> None:
+    placement = ctx.placement
+    request = (
+        OutboxMessage.objects.filter(
+            cl_ord_id=report.cl_ord_id, msg_type=MSG_ORDER_CANCEL_REPLACE_REQUEST
+        ).first()
+        if report.cl_ord_id
+        else None
+    )
+    _rename(placement, report)
+    terms = request.payload if request is not None else {}
+    qty = Decimal(terms["quantity"]) if terms.get("quantity") else report.order_qty
+    limit = Decimal(terms["limit_price"]) if terms.get("limit_price") else report.price
+    stop = Decimal(terms["stop_price"]) if terms.get("stop_price") else None
+    if qty is not None and qty >= placement.cum_qty:
+        placement.quantity = qty
+    if limit is not None:
+        placement.limit_price = limit
+    placement.status = (
+        P.FILLED
+        if placement.cum_qty >= placement.quantity
+        else P.PARTIALLY_FILLED
+        if placement.cum_qty > 0
+        else P.WORKING
+    )
+    for order in ctx.orders:
+        before = {
+            "quantity": _plain(order.quantity),
+            "limit_price": _plain(order.limit_price),
+            "stop_price": _plain(order.stop_price),
+        }
+        if qty is not None and qty >= order.cum_qty:
+            order.quantity = qty
+            order.leaves_qty = qty - order.cum_qty
+        if limit is not None and order.limit_price is not None:
+            order.limit_price = limit
+        if stop is not None and order.stop_price is not None:
+            order.stop_price = stop
+        ctx.order_fields.update({"quantity", "leaves_qty", "limit_price", "stop_price"})
+        after = {
+            "quantity": _plain(order.quantity),
+            "limit_price": _plain(order.limit_price),
+            "stop_price": _plain(order.stop_price),
+        }
+        if not ctx.transition(
+            order,
+            _resume_status(order),
+            action="order.replaced",
+            meta={**meta, "before": before, "after": after},
+        ):
+            order.version += 1
+            ctx.changed[order.pk] = order
+            ctx.order_fields.update({"version", "updated_at"})
+            ctx.entries.append(
+                AuditEntry(
+                    action="order.replaced",
+                    object_type="order",
+                    object_id=str(order.pk),
+                    before=before,
+                    after=after,
+                    meta=meta,
+                )
+            )
+
+
+def cancel_reject_apply(
+    *, session_key: str, reject: CancelReject, raw_message_id: int | None = None
+) -> Order | None:
+    """OrderCancelReject (35=9): the order goes back to where it was before the request."""
+    with transaction.atomic(durable=True):
+        placement_id = _placement_id([i for i in (reject.cl_ord_id, reject.orig_cl_ord_id) if i])
+        if placement_id is None:
+            audit_record_many(
+                entries=[
+                    AuditEntry(
+                        action="fix.cancel_reject_unknown",
+                        object_type="fix_message",
+                        object_id=str(raw_message_id or ""),
+                        after={"cl_ord_id": reject.cl_ord_id, "text": reject.text},
+                        stream=f"fix:{session_key}",
+                    )
+                ]
+            )
+            return None
+        ctx = _lock(placement_id)
+        latest = _latest_request(ctx.placement)
+        # Only the answer to the request in flight counts; a resent old reject changes nothing.
+        if latest is None or latest.cl_ord_id != reject.cl_ord_id:
+            return None
+        meta = {
+            "placement": ctx.placement.pk,
+            "cl_ord_id": reject.cl_ord_id,
+            "orig_cl_ord_id": reject.orig_cl_ord_id,
+            "reason": reject.reason,
+            "response_to": reject.response_to,
+            "fix_message": raw_message_id,
+        }
+        action = "order.cancel_rejected" if reject.response_to == "1" else "order.replace_rejected"
+        _revert_request(ctx, meta, action=action, text=reject.text)
+        ctx.placement.version += 1
+        ctx.placement.save(update_fields=["status", "version", "updated_at"])
+        ctx.save_orders()
+        audit_record_many(entries=ctx.entries)
+        for order in ctx.changed.values():
+            publish_order_updated(order)
+        return ctx.orders[0] if ctx.orders else None
+
+
+def business_reject_apply(
+    *, session_key: str, reject: BusinessReject, raw_message_id: int | None = None
+) -> None:
+    """BusinessMessageReject (35=j): stored (FixMessage) and flagged in the audit trail."""
+    with transaction.atomic(durable=True):
+        audit_record_many(
+            entries=[
+                AuditEntry(
+                    action="fix.business_reject",
+                    object_type="fix_message",
+                    object_id=str(raw_message_id or ""),
+                    after={
+                        "ref_msg_type": reject.ref_msg_type,
+                        "reason": reject.reason,
+                        "ref_seq_num": reject.ref_seq_num,
+                        "ref_id": reject.ref_id,
+                        "text": reject.text,
+                    },
+                    meta={"session": session_key},
+                    stream=f"fix:{session_key}",
+                )
+            ]
+        )

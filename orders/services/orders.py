@@ -1,0 +1,1314 @@
+"""Order entry and lifecycle: create (single and basket), amend, cancel, expire, blocks.
+
+Every command opens its own durable transaction, locks rows in a fixed order (block before
+order, orders by primary key), writes audit events in that transaction and publishes blotter
+events only after it commits. Validation of business rules lives here, not in serializers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import importlib.util
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.utils import timezone
+
+from allocations.models import Account
+from allocations.selectors import accounts_visible_to
+from oms_site.audit import AuditEntry, audit_record_many, json_safe
+from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
+from oms_site.roles import has_role
+from orders.enums import (
+    BUY_SIDES,
+    BlockStatus,
+    ComplianceOutcome,
+    KillScope,
+    OrderStatus,
+    OrderType,
+    Side,
+    TimeInForce,
+)
+from orders.events import publish_orders_updated
+from orders.models import Basket, Block, Instrument, KillSwitch, Order
+from orders.selectors import orders_visible_to
+from orders.state import (
+    AMENDABLE_BEFORE_ROUTING,
+    AT_BROKER,
+    CANCELABLE_BEFORE_ROUTING,
+    ensure_transition,
+)
+
+ORDER_FIELDS = (
+    "account",
+    "instrument",
+    "side",
+    "quantity",
+    "order_type",
+    "limit_price",
+    "stop_price",
+    "time_in_force",
+    "expire_date",
+    "client_order_id",
+)
+REQUIRED_FIELDS = ("account", "instrument", "side", "quantity", "order_type")
+MAX_DECIMALS = 8
+MAX_DIGITS = 24
+CLIENT_ORDER_ID_MAX = 64
+
+LIMIT_TYPES = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})
+STOP_TYPES = frozenset({OrderType.STOP, OrderType.STOP_LIMIT})
+OUTCOME_STATUS = {
+    ComplianceOutcome.PASS: OrderStatus.APPROVED,
+    ComplianceOutcome.WARN: OrderStatus.AWAITING_OVERRIDE,
+    ComplianceOutcome.BLOCK: OrderStatus.BLOCKED,
+}
+# Orders the firm itself expires at the close; orders at a broker are expired by the broker's
+# ExecutionReport, except "done for day" ones, where the broker has already stopped working them.
+EXPIRABLE_BY_FIRM = frozenset(
+    {
+        OrderStatus.BLOCKED,
+        OrderStatus.AWAITING_OVERRIDE,
+        OrderStatus.APPROVED,
+        OrderStatus.DONE_FOR_DAY,
+    }
+)
+ORDER_TYPE = "order"
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BasketSummary:
+    """What a basket upload did: its id and how many orders passed, warned or were blocked."""
+
+    basket_id: int | None
+    created: int
+    passed: int
+    warned: int
+    blocked: int
+
+    def as_dict(self) -> dict[str, int]:
+        """The API's summary object."""
+        return {
+            "created": self.created,
+            "passed": self.passed,
+            "warned": self.warned,
+            "blocked": self.blocked,
+        }
+
+
+@dataclass(slots=True)
+class _Clean:
+    """One order row after type coercion (business rules not yet applied)."""
+
+    account: str
+    instrument: str
+    side: str
+    quantity: Decimal
+    order_type: str
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    time_in_force: str
+    expire_date: dt.date | None
+    client_order_id: str | None
+
+
+class _RowErrors:
+    """Collected (row, field, message) errors of one call."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, str, str]] = []
+
+    def add(self, row: int, field: str, message: str) -> None:
+        self.items.append((row, field, message))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def for_single(self) -> ValidationError:
+        errors: dict[str, list[str]] = {}
+        for _, field, message in self.items:
+            errors.setdefault(field, []).append(message)
+        _, field, message = self.items[0]
+        return ValidationError(f"{field}: {message}", code="invalid", errors=errors)
+
+    def for_basket(self) -> ValidationError:
+        errors = [
+            {"row": row, "field": field, "detail": message} for row, field, message in self.items
+        ]
+        row, field, message = self.items[0]
+        return ValidationError(
+            f"Row {row}, {field}: {message} ({len(self.items)} error(s); nothing was created).",
+            code="invalid",
+            errors=errors,  # type: ignore[arg-type]
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Coercion and validation
+# --------------------------------------------------------------------------------------------
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+def _to_decimal(value: Any) -> Decimal:
+    if isinstance(value, float):
+        # Floats cannot carry exact prices; go through their shortest repr, never binary value.
+        value = repr(value)
+    if isinstance(value, bool):
+        raise InvalidOperation
+    d = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+    if not d.is_finite():
+        raise InvalidOperation
+    return d
+
+
+def _decimal_field(
+    raw: Mapping[str, Any], field: str, row: int, errors: _RowErrors
+) -> Decimal | None:
+    value = raw.get(field)
+    if _blank(value):
+        return None
+    try:
+        d = _to_decimal(value)
+    except (InvalidOperation, ValueError, TypeError):
+        errors.add(row, field, "must be a number")
+        return None
+    exponent = d.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > MAX_DECIMALS:
+        errors.add(row, field, f"must have at most {MAX_DECIMALS} decimal places")
+        return None
+    if d.adjusted() >= MAX_DIGITS - MAX_DECIMALS:
+        errors.add(row, field, "is too large")
+        return None
+    return d
+
+
+def _choice_field(
+    raw: Mapping[str, Any], field: str, choices: Any, row: int, errors: _RowErrors
+) -> str | None:
+    value = raw.get(field)
+    if _blank(value):
+        return None
+    text = str(value).strip().lower()
+    if text not in choices.values:
+        errors.add(row, field, f"must be one of {', '.join(choices.values)}")
+        return None
+    return text
+
+
+def _coerce_row(raw: Mapping[str, Any], row: int, errors: _RowErrors) -> _Clean | None:
+    """Types only: the business rules run later, once reference data is loaded."""
+    if not isinstance(raw, Mapping):
+        errors.add(row, "non_field_errors", "must be an object of order fields")
+        return None
+    before = len(errors.items)
+    for field in REQUIRED_FIELDS:
+        if _blank(raw.get(field)):
+            errors.add(row, field, "is required")
+    unknown = sorted(set(raw) - set(ORDER_FIELDS))
+    for field in unknown:
+        errors.add(row, str(field), "is not an order field")
+    side = _choice_field(raw, "side", Side, row, errors)
+    order_type = _choice_field(raw, "order_type", OrderType, row, errors)
+    tif = _choice_field(raw, "time_in_force", TimeInForce, row, errors) or TimeInForce.DAY
+    quantity = _decimal_field(raw, "quantity", row, errors)
+    limit_price = _decimal_field(raw, "limit_price", row, errors)
+    stop_price = _decimal_field(raw, "stop_price", row, errors)
+    expire_date: dt.date | None = None
+    raw_date = raw.get("expire_date")
+    if not _blank(raw_date):
+        if isinstance(raw_date, dt.datetime):
+            errors.add(row, "expire_date", "must be a date (YYYY-MM-DD)")
+        elif isinstance(raw_date, dt.date):
+            expire_date = raw_date
+        else:
+            try:
+                expire_date = dt.date.fromisoformat(str(raw_date).strip())
+            except ValueError:
+                errors.add(row, "expire_date", "must be a date (YYYY-MM-DD)")
+    client_order_id = raw.get("client_order_id")
+    if _blank(client_order_id):
+        client_order_id = None
+    else:
+        client_order_id = str(client_order_id).strip()
+        if len(client_order_id) > CLIENT_ORDER_ID_MAX:
+            errors.add(row, "client_order_id", f"must be at most {CLIENT_ORDER_ID_MAX} characters")
+    if len(errors.items) > before:
+        return None
+    assert side is not None and order_type is not None and quantity is not None
+    return _Clean(
+        account=str(raw["account"]).strip(),
+        instrument=str(raw["instrument"]).strip(),
+        side=side,
+        quantity=quantity,
+        order_type=order_type,
+        limit_price=limit_price,
+        stop_price=stop_price,
+        time_in_force=tif,
+        expire_date=expire_date,
+        client_order_id=client_order_id,
+    )
+
+
+def _is_multiple(value: Decimal, step: Decimal) -> bool:
+    return step > 0 and value % step == 0
+
+
+def firm_today(now: dt.datetime | None = None) -> dt.date:
+    """Today's date on the firm's clock (FIRM_TIME_ZONE)."""
+    now = now or timezone.now()
+    return now.astimezone(ZoneInfo(settings.FIRM_TIME_ZONE)).date()
+
+
+def _check_terms(
+    *,
+    row: int,
+    errors: _RowErrors,
+    instrument: Instrument,
+    side: str,
+    quantity: Decimal | None,
+    order_type: str,
+    limit_price: Decimal | None,
+    stop_price: Decimal | None,
+) -> None:
+    """Quantity and price rules shared by entry and amend."""
+    if quantity is not None:
+        if quantity <= 0:
+            errors.add(row, "quantity", "must be greater than zero")
+        elif not _is_multiple(quantity, instrument.lot_size):
+            errors.add(
+                row,
+                "quantity",
+                f"must be a multiple of the lot size {instrument.lot_size.normalize():f}",
+            )
+    tick = instrument.tick_size.normalize()
+    for field, price in (("limit_price", limit_price), ("stop_price", stop_price)):
+        if price is None:
+            continue
+        if price <= 0:
+            errors.add(row, field, "must be greater than zero")
+        elif not _is_multiple(price, instrument.tick_size):
+            errors.add(row, field, f"must be a multiple of the tick size {tick:f}")
+    if order_type in LIMIT_TYPES and limit_price is None:
+        errors.add(row, "limit_price", f"is required for a {order_type} order")
+    if order_type not in LIMIT_TYPES and limit_price is not None:
+        errors.add(row, "limit_price", f"must not be set for a {order_type} order")
+    if order_type in STOP_TYPES and stop_price is None:
+        errors.add(row, "stop_price", f"is required for a {order_type} order")
+    if order_type not in STOP_TYPES and stop_price is not None:
+        errors.add(row, "stop_price", f"must not be set for a {order_type} order")
+    if order_type in STOP_TYPES and stop_price is not None and stop_price > 0:
+        price = getattr(instrument, "price", None)
+        if price is None:
+            errors.add(
+                row, "stop_price", "cannot be checked: the instrument has no reference price"
+            )
+        elif side in BUY_SIDES:
+            market = max(price.ask, price.last)
+            if stop_price <= market:
+                errors.add(
+                    row,
+                    "stop_price",
+                    f"a buy stop must be above the market ({market.normalize():f})",
+                )
+        else:
+            market = min(price.bid, price.last)
+            if stop_price >= market:
+                errors.add(
+                    row,
+                    "stop_price",
+                    f"a sell stop must be below the market ({market.normalize():f})",
+                )
+    if (
+        order_type == OrderType.STOP_LIMIT
+        and limit_price is not None
+        and stop_price is not None
+        and limit_price > 0
+        and stop_price > 0
+    ):
+        # A stop-limit whose limit is on the wrong side of its own stop can never fill.
+        if side in BUY_SIDES and limit_price < stop_price:
+            errors.add(row, "limit_price", "a buy stop-limit needs a limit at or above its stop")
+        if side not in BUY_SIDES and limit_price > stop_price:
+            errors.add(row, "limit_price", "a sell stop-limit needs a limit at or below its stop")
+
+
+@dataclass(slots=True)
+class _Reference:
+    """Reference data loaded once per call, with a constant number of queries."""
+
+    instruments: dict[str, Instrument]
+    accounts: dict[str, Account]
+    managed_ids: set[int]
+
+
+def _load_reference(*, user: Any, rows: Sequence[_Clean]) -> _Reference:
+    symbols = {r.instrument for r in rows}
+    codes = {r.account for r in rows}
+    instruments = {
+        i.symbol: i
+        for i in Instrument.objects.filter(symbol__in=symbols).select_related("price", "issuer")
+    }
+    managed = Account.managers.through.objects.filter(account_id=OuterRef("pk"), user_id=user.pk)
+    accounts = {
+        a.code: a
+        for a in accounts_visible_to(user=user)
+        .filter(code__in=codes)
+        .annotate(managed=Exists(managed))
+        .select_related("desk")
+    }
+    managed_ids = {a.pk for a in accounts.values() if a.managed}  # type: ignore[attr-defined]
+    return _Reference(instruments=instruments, accounts=accounts, managed_ids=managed_ids)
+
+
+def _validate_rows(
+    *, user: Any, rows: Sequence[_Clean], row_numbers: Sequence[int], errors: _RowErrors
+) -> _Reference:
+    ref = _load_reference(user=user, rows=rows)
+    today = firm_today()
+    for row, r in zip(row_numbers, rows, strict=True):
+        account = ref.accounts.get(r.account)
+        if account is None:
+            errors.add(row, "account", f"unknown account {r.account}")
+        elif account.pk not in ref.managed_ids:
+            errors.add(row, "account", f"you do not manage account {r.account}")
+        elif not account.active:
+            errors.add(row, "account", f"account {r.account} is not active")
+        instrument = ref.instruments.get(r.instrument)
+        if instrument is None:
+            errors.add(row, "instrument", f"unknown instrument {r.instrument}")
+        elif not instrument.tradable:
+            errors.add(row, "instrument", f"{r.instrument} is not tradable")
+        else:
+            _check_terms(
+                row=row,
+                errors=errors,
+                instrument=instrument,
+                side=r.side,
+                quantity=r.quantity,
+                order_type=r.order_type,
+                limit_price=r.limit_price,
+                stop_price=r.stop_price,
+            )
+        if r.time_in_force == TimeInForce.GTD:
+            if r.expire_date is None:
+                errors.add(row, "expire_date", "is required for a gtd order")
+            elif r.expire_date <= today:
+                errors.add(row, "expire_date", f"must be after today ({today.isoformat()})")
+        elif r.expire_date is not None:
+            errors.add(row, "expire_date", "may only be set when time_in_force is gtd")
+    return ref
+
+
+def _ensure_no_kill_switch(accounts: Iterable[Account]) -> None:
+    accounts = list(accounts)
+    codes = {a.code for a in accounts}
+    desk_codes = {a.desk.code for a in accounts}
+    hit = (
+        KillSwitch.objects.filter(active=True)
+        .filter(
+            Q(scope=KillScope.FIRM)
+            | Q(scope=KillScope.DESK, target__in=desk_codes)
+            | Q(scope=KillScope.ACCOUNT, target__in=codes)
+        )
+        .order_by("pk")
+        .first()
+    )
+    if hit is not None:
+        where = "the firm" if hit.scope == KillScope.FIRM else f"{hit.scope} {hit.target}"
+        raise ConflictError(
+            f"A kill switch is active for {where}: no new orders.",
+            code="kill_switch_active",
+            errors={"kill_switch": [f"{hit.scope}:{hit.target}".rstrip(":")]},
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Hooks into services other helpers write
+# --------------------------------------------------------------------------------------------
+
+
+def _optional_function(module: str, name: str) -> Callable[..., Any] | None:
+    """A function from a module that may not exist yet; real import errors still propagate."""
+    if importlib.util.find_spec(module) is None:
+        return None
+    return getattr(importlib.import_module(module), name, None)
+
+
+def _run_compliance(orders: Sequence[Order]) -> dict[int, str]:
+    check = _optional_function("compliance.services", "compliance_check")
+    if check is None:
+        # Only until compliance.services.compliance_check lands; the coordinator checks wiring.
+        return {o.pk: ComplianceOutcome.PASS for o in orders}
+    return check(orders=orders)
+
+
+# --------------------------------------------------------------------------------------------
+# Transitions
+# --------------------------------------------------------------------------------------------
+
+
+def _transition(
+    order: Order,
+    target: str,
+    *,
+    action: str,
+    entries: list[AuditEntry],
+    actor: Any,
+    meta: dict[str, Any] | None = None,
+    extra_before: dict[str, Any] | None = None,
+    extra_after: dict[str, Any] | None = None,
+) -> None:
+    ensure_transition(order.status, target)
+    before = {"status": order.status, "version": order.version, **(extra_before or {})}
+    order.status = target
+    order.version += 1
+    order.updated_at = timezone.now()
+    entries.append(
+        AuditEntry(
+            action=action,
+            object_type=ORDER_TYPE,
+            object_id=str(order.pk),
+            before=before,
+            after={"status": order.status, "version": order.version, **(extra_after or {})},
+            meta=meta or {},
+            actor=actor,
+        )
+    )
+
+
+def _apply_outcomes(
+    orders: Sequence[Order], outcomes: Mapping[int, str], *, entries: list[AuditEntry], actor: Any
+) -> None:
+    for order in orders:
+        outcome = ComplianceOutcome(outcomes.get(order.pk, ComplianceOutcome.BLOCK))
+        order.compliance_outcome = outcome
+        _transition(
+            order,
+            OUTCOME_STATUS[outcome],
+            action="order.compliance_checked",
+            entries=entries,
+            actor=actor,
+            extra_after={"compliance_outcome": outcome.value},
+        )
+
+
+def _plain(value: Decimal | None) -> str | None:
+    """A decimal as its shortest exact string, so audit records read "100", not "100.00000000"."""
+    return None if value is None else format(value.normalize(), "f")
+
+
+def _order_snapshot(order: Order) -> dict[str, Any]:
+    return {
+        "account": order.account.code,
+        "instrument": order.instrument.symbol,
+        "side": order.side,
+        "quantity": _plain(order.quantity),
+        "order_type": order.order_type,
+        "limit_price": _plain(order.limit_price),
+        "stop_price": _plain(order.stop_price),
+        "time_in_force": order.time_in_force,
+        "expire_date": order.expire_date,
+        "client_order_id": order.client_order_id,
+        "basket": order.basket_id,
+        "status": order.status,
+        "version": order.version,
+    }
+
+
+def _lock_order(order_id: int) -> Order:
+    return (
+        Order.objects.select_for_update(of=("self",))
+        .select_related("account__desk", "instrument__price", "created_by", "block")
+        .get(pk=order_id)
+    )
+
+
+def _visible_order(*, user: Any, order_id: Any) -> Order:
+    try:
+        pk = int(order_id)
+    except (TypeError, ValueError):
+        raise NotFound("No such order.") from None
+    order = (
+        orders_visible_to(user=user)
+        .select_related("account__desk", "instrument__price", "block")
+        .filter(pk=pk)
+        .first()
+    )
+    if order is None:
+        raise NotFound("No such order.")
+    return order
+
+
+def _require_role(user: Any, *roles: str, what: str) -> None:
+    if not has_role(user, *roles):
+        raise NotPermitted(f"Only {' or '.join(roles)} users may {what}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Entry
+# --------------------------------------------------------------------------------------------
+
+
+def order_create(*, user: Any, data: Mapping[str, Any]) -> Order:
+    """Validate and enter one order, run pre-trade compliance and release it (or hold it)."""
+    _require_role(user, "pm", what="enter orders")
+    errors = _RowErrors()
+    clean = _coerce_row(data, 1, errors)
+    if errors:
+        raise errors.for_single()
+    assert clean is not None
+    if clean.client_order_id:
+        existing = _existing_by_client_id(user=user, client_ids=[clean.client_order_id])
+        if existing:
+            return _replayed(existing[clean.client_order_id])
+    try:
+        orders = _create_many(user=user, rows=[clean], basket=None, single=True)
+    except IntegrityError:
+        # A concurrent retry with the same client_order_id won the unique constraint.
+        if clean.client_order_id:
+            existing = _existing_by_client_id(user=user, client_ids=[clean.client_order_id])
+            if existing:
+                return _replayed(existing[clean.client_order_id])
+        raise
+    return orders[0]
+
+
+def _replayed(order: Order) -> Order:
+    # Lets the API answer 200 (not 201) to a retry that created nothing.
+    order.replayed = True  # type: ignore[attr-defined]
+    return order
+
+
+def orders_create_bulk(
+    *, user: Any, rows: Sequence[Mapping[str, Any]], source: str = "json"
+) -> tuple[list[Order], BasketSummary]:
+    """Enter a basket all-or-nothing, with a constant number of queries whatever its size."""
+    _require_role(user, "pm", what="upload baskets")
+    errors = _RowErrors()
+    if not rows:
+        raise ValidationError(
+            "orders: a basket needs at least one order",
+            code="invalid",
+            errors=[{"row": 0, "field": "orders", "detail": "a basket needs at least one order"}],  # type: ignore[arg-type]
+        )
+    cleaned: list[_Clean] = []
+    for i, raw in enumerate(rows, start=1):
+        c = _coerce_row(raw, i, errors)
+        if c is not None:
+            cleaned.append(c)
+    if errors:
+        raise errors.for_basket()
+    seen: dict[str, int] = {}
+    for i, c in enumerate(cleaned, start=1):
+        if c.client_order_id:
+            if c.client_order_id in seen:
+                errors.add(i, "client_order_id", f"duplicates row {seen[c.client_order_id]}")
+            seen.setdefault(c.client_order_id, i)
+    if errors:
+        raise errors.for_basket()
+    existing = _existing_by_client_id(user=user, client_ids=list(seen))
+    todo = [(i, c) for i, c in enumerate(cleaned, start=1) if c.client_order_id not in existing]
+    if not todo:
+        # A retried basket: every row exists already; return them and create nothing.
+        previous = [existing[c.client_order_id] for c in cleaned if c.client_order_id]
+        basket_ids = {o.basket_id for o in previous}
+        return previous, _summary(
+            basket_ids.pop() if len(basket_ids) == 1 else None, previous, created=0
+        )
+    basket = Basket(created_by=user, source=source[:16], order_count=len(todo))
+    created = _create_many(
+        user=user,
+        rows=[c for _, c in todo],
+        basket=basket,
+        single=False,
+        row_numbers=[i for i, _ in todo],
+    )
+    by_client = {o.client_order_id: o for o in created if o.client_order_id}
+    result: list[Order] = []
+    it = iter(created)
+    for c in cleaned:
+        if c.client_order_id and c.client_order_id in existing:
+            result.append(existing[c.client_order_id])
+        elif c.client_order_id:
+            result.append(by_client[c.client_order_id])
+            next(it)
+        else:
+            result.append(next(it))
+    return result, _summary(basket.pk, created, created=len(created))
+
+
+def _summary(basket_id: int | None, orders: Sequence[Order], *, created: int) -> BasketSummary:
+    outcomes = [o.compliance_outcome for o in orders]
+    return BasketSummary(
+        basket_id=basket_id,
+        created=created,
+        passed=outcomes.count(ComplianceOutcome.PASS),
+        warned=outcomes.count(ComplianceOutcome.WARN),
+        blocked=outcomes.count(ComplianceOutcome.BLOCK),
+    )
+
+
+def _existing_by_client_id(*, user: Any, client_ids: Sequence[str]) -> dict[str, Order]:
+    if not client_ids:
+        return {}
+    return {
+        o.client_order_id: o
+        for o in Order.objects.filter(
+            created_by_id=user.pk, client_order_id__in=client_ids
+        ).select_related("account__desk", "instrument", "created_by")
+        if o.client_order_id
+    }
+
+
+def _create_many(
+    *,
+    user: Any,
+    rows: Sequence[_Clean],
+    basket: Basket | None,
+    single: bool,
+    row_numbers: Sequence[int] | None = None,
+) -> list[Order]:
+    errors = _RowErrors()
+    numbers = list(row_numbers or range(1, len(rows) + 1))
+    ref = _validate_rows(user=user, rows=rows, row_numbers=numbers, errors=errors)
+    if errors:
+        raise errors.for_single() if single else errors.for_basket()
+    _ensure_no_kill_switch(
+        {ref.accounts[r.account].pk: ref.accounts[r.account] for r in rows}.values()
+    )
+    with transaction.atomic(durable=True):
+        if basket is not None:
+            basket.save()
+        now = timezone.now()
+        orders = [
+            Order(
+                account=ref.accounts[r.account],
+                instrument=ref.instruments[r.instrument],
+                side=r.side,
+                quantity=r.quantity,
+                order_type=r.order_type,
+                limit_price=r.limit_price,
+                stop_price=r.stop_price,
+                time_in_force=r.time_in_force,
+                expire_date=r.expire_date,
+                status=OrderStatus.PENDING_COMPLIANCE,
+                leaves_qty=r.quantity,
+                created_by=user,
+                client_order_id=r.client_order_id,
+                basket=basket,
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+            for r in rows
+        ]
+        Order.objects.bulk_create(orders)
+        entries = [
+            AuditEntry(
+                action="order.created",
+                object_type=ORDER_TYPE,
+                object_id=str(o.pk),
+                before={"status": OrderStatus.NEW.value},
+                after=_order_snapshot(o),
+                meta={"basket": basket.pk} if basket is not None else {},
+                actor=user,
+            )
+            for o in orders
+        ]
+        outcomes = _run_compliance(orders)
+        _apply_outcomes(orders, outcomes, entries=entries, actor=user)
+        # One UPDATE per outcome (at most three): bulk_update's CASE per row costs ~8 ms/order.
+        by_outcome: dict[str, list[int]] = {}
+        for o in orders:
+            o.updated_at = now
+            by_outcome.setdefault(o.compliance_outcome or "", []).append(o.pk)
+        for outcome, pks in sorted(by_outcome.items()):
+            Order.objects.filter(pk__in=pks).update(
+                status=OUTCOME_STATUS[ComplianceOutcome(outcome)],
+                compliance_outcome=outcome,
+                version=2,
+                updated_at=now,
+            )
+        if basket is not None:
+            entries.append(
+                AuditEntry(
+                    action="basket.created",
+                    object_type="basket",
+                    object_id=str(basket.pk),
+                    after={"orders": [o.pk for o in orders], "source": basket.source},
+                    actor=user,
+                )
+            )
+        audit_record_many(entries=entries)
+        publish_orders_updated(orders, event_type="order.created")
+    return orders
+
+
+# --------------------------------------------------------------------------------------------
+# Amend and cancel
+# --------------------------------------------------------------------------------------------
+
+
+def order_amend(
+    *,
+    user: Any,
+    order_id: int,
+    version: int,
+    quantity: Any = None,
+    limit_price: Any = None,
+    stop_price: Any = None,
+) -> Order:
+    """Change quantity or prices: directly (and re-checked) before routing, by cancel/replace after."""
+    _require_role(user, "pm", "trader", what="amend orders")
+    errors = _RowErrors()
+    raw = {"quantity": quantity, "limit_price": limit_price, "stop_price": stop_price}
+    new_qty = _decimal_field(raw, "quantity", 1, errors)
+    new_limit = _decimal_field(raw, "limit_price", 1, errors)
+    new_stop = _decimal_field(raw, "stop_price", 1, errors)
+    if version is None or version == "":
+        errors.add(1, "version", "is required")
+    if errors:
+        raise errors.for_single()
+    if new_qty is None and new_limit is None and new_stop is None:
+        raise ValidationError(
+            "non_field_errors: give at least one of quantity, limit_price, stop_price",
+            errors={"non_field_errors": ["give at least one of quantity, limit_price, stop_price"]},
+        )
+    visible = _visible_order(user=user, order_id=order_id)
+    _check_amend_terms(visible, new_qty, new_limit, new_stop)
+    if visible.status in AT_BROKER or visible.status == OrderStatus.PENDING_NEW:
+        return _delegate_replace(
+            user=user,
+            order=visible,
+            version=version,
+            quantity=new_qty,
+            limit_price=new_limit,
+            stop_price=new_stop,
+        )
+    with transaction.atomic(durable=True):
+        order = _lock_order(visible.pk)
+        _ensure_version(order, version)
+        if order.status in AT_BROKER or order.status == OrderStatus.PENDING_NEW:
+            raise ConflictError(
+                "The order reached a broker meanwhile; retry the amend.", code="stale_version"
+            )
+        if order.status not in AMENDABLE_BEFORE_ROUTING:
+            raise ConflictError(
+                f"An order in status {order.status} cannot be amended.",
+                code="invalid_transition",
+                errors={"status": [f"cannot amend an order in status {order.status}"]},
+            )
+        if order.block_id is not None and order.block.status == BlockStatus.OPEN:
+            raise ConflictError(
+                f"The order is in block B{order.block_id}; dissolve the block first.",
+                code="in_block",
+                errors={"block": [f"order is in open block {order.block_id}"]},
+            )
+        before = {
+            "quantity": _plain(order.quantity),
+            "limit_price": _plain(order.limit_price),
+            "stop_price": _plain(order.stop_price),
+        }
+        if new_qty is not None:
+            order.quantity = new_qty
+            order.leaves_qty = new_qty - order.cum_qty
+        if new_limit is not None:
+            order.limit_price = new_limit
+        if new_stop is not None:
+            order.stop_price = new_stop
+        after = {
+            "quantity": _plain(order.quantity),
+            "limit_price": _plain(order.limit_price),
+            "stop_price": _plain(order.stop_price),
+        }
+        entries: list[AuditEntry] = []
+        _transition(
+            order,
+            OrderStatus.PENDING_COMPLIANCE,
+            action="order.amended",
+            entries=entries,
+            actor=user,
+            extra_before=before,
+            extra_after=after,
+        )
+        # New terms are new risk: the amended order goes through pre-trade compliance again.
+        outcomes = _run_compliance([order])
+        _apply_outcomes([order], outcomes, entries=entries, actor=user)
+        order.save(
+            update_fields=[
+                "quantity",
+                "leaves_qty",
+                "limit_price",
+                "stop_price",
+                "status",
+                "compliance_outcome",
+                "version",
+                "updated_at",
+            ]
+        )
+        audit_record_many(entries=entries)
+        publish_orders_updated([order])
+    return order
+
+
+def _check_amend_terms(
+    order: Order, qty: Decimal | None, limit: Decimal | None, stop: Decimal | None
+) -> None:
+    errors = _RowErrors()
+    if limit is not None and order.order_type not in LIMIT_TYPES:
+        errors.add(1, "limit_price", f"must not be set for a {order.order_type} order")
+        limit = None
+    if stop is not None and order.order_type not in STOP_TYPES:
+        errors.add(1, "stop_price", f"must not be set for a {order.order_type} order")
+        stop = None
+    _check_terms(
+        row=1,
+        errors=errors,
+        instrument=order.instrument,
+        side=order.side,
+        quantity=qty,
+        order_type=order.order_type,
+        limit_price=limit if limit is not None else order.limit_price,
+        stop_price=stop if stop is not None else order.stop_price,
+    )
+    if qty is not None and qty > 0 and qty <= order.cum_qty:
+        errors.add(
+            1, "quantity", f"must be above the filled quantity {order.cum_qty.normalize():f}"
+        )
+    if errors:
+        raise errors.for_single()
+
+
+def _ensure_version(order: Order, version: Any) -> None:
+    if version is None or version == "":
+        raise ValidationError("version: is required", errors={"version": ["is required"]})
+    try:
+        expected = int(version)
+    except (TypeError, ValueError):
+        raise ValidationError(
+            "version: must be an integer", errors={"version": ["must be an integer"]}
+        ) from None
+    if order.version != expected:
+        raise ConflictError(
+            f"The order changed meanwhile (version {order.version}, you sent {expected}).",
+            code="stale_version",
+            errors={"version": [f"current version is {order.version}"]},
+        )
+
+
+def _delegate_replace(
+    *,
+    user: Any,
+    order: Order,
+    version: int,
+    quantity: Decimal | None,
+    limit_price: Decimal | None,
+    stop_price: Decimal | None,
+) -> Order:
+    replace = _optional_function("orders.services.routing", "order_replace_request")
+    if replace is None:
+        raise ConflictError(
+            "The order is at a broker and cancel/replace is not available.",
+            code="replace_unavailable",
+        )
+    _ensure_version(order, version)
+    return replace(
+        user=user,
+        order_id=order.pk,
+        quantity=quantity,
+        limit_price=limit_price,
+        stop_price=stop_price,
+        version=version,
+    )
+
+
+def order_cancel(*, user: Any, order_id: int, version: int | None = None) -> Order:
+    """Cancel an order: directly before routing, as a FIX cancel request once at a broker."""
+    _require_role(user, "pm", "trader", what="cancel orders")
+    visible = _visible_order(user=user, order_id=order_id)
+    if version is not None:
+        _ensure_version(visible, version)
+    if visible.status not in CANCELABLE_BEFORE_ROUTING:
+        return _cancel_at_broker(user=user, order=visible, version=version)
+    with transaction.atomic(durable=True):
+        # Lock order: the block (parent) before the order (child), as everywhere else.
+        block = None
+        if visible.block_id is not None:
+            block = Block.objects.select_for_update().filter(pk=visible.block_id).first()
+        order = _lock_order(visible.pk)
+        if order.block_id != (block.pk if block else None):
+            raise ConflictError("The order changed meanwhile; retry.", code="stale_version")
+        if version is not None:
+            _ensure_version(order, version)
+        if order.status not in CANCELABLE_BEFORE_ROUTING:
+            _refuse_direct_cancel(order)
+        entries: list[AuditEntry] = []
+        if block is not None:
+            if block.status != BlockStatus.OPEN:
+                raise ConflictError(
+                    f"The order's block B{block.pk} is at a broker; cancel the block.",
+                    code="in_block",
+                    errors={"block": [f"block {block.pk} is {block.status}"]},
+                )
+            _leave_blocks([order], {block.pk: block}, entries=entries, actor=user)
+        _transition(
+            order, OrderStatus.CANCELED, action="order.canceled", entries=entries, actor=user
+        )
+        order.leaves_qty = Decimal(0)
+        order.save(update_fields=["status", "version", "leaves_qty", "block", "updated_at"])
+        audit_record_many(entries=entries)
+        publish_orders_updated([order])
+    return order
+
+
+def _refuse_direct_cancel(order: Order) -> None:
+    """Raise the right 409 for an order that changed state before we locked it."""
+    if order.status in AT_BROKER or order.status == OrderStatus.PENDING_NEW:
+        raise ConflictError(
+            "The order reached a broker meanwhile; retry the cancel.", code="stale_version"
+        )
+    if order.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
+        raise ConflictError(
+            f"A {order.status.replace('_', ' ')} request is already in flight.",
+            code="request_pending",
+            errors={"status": [f"order is {order.status}"]},
+        )
+    ensure_transition(order.status, OrderStatus.CANCELED)
+    raise ConflictError(f"An order in status {order.status} cannot be canceled.")
+
+
+def _cancel_at_broker(*, user: Any, order: Order, version: int | None) -> Order:
+    if order.status in AT_BROKER or order.status == OrderStatus.PENDING_NEW:
+        cancel = _optional_function("orders.services.routing", "order_cancel_request")
+        if cancel is None:
+            raise ConflictError(
+                "The order is at a broker and cancel requests are not available.",
+                code="cancel_unavailable",
+            )
+        return cancel(user=user, order_id=order.pk)
+    # Pending requests and terminal states (a filled order cannot be canceled).
+    _refuse_direct_cancel(order)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _leave_blocks(
+    orders: Sequence[Order],
+    blocks: Mapping[int, Block],
+    *,
+    entries: list[AuditEntry],
+    actor: Any,
+) -> None:
+    """Take orders out of their open blocks (locked by the caller); an emptied block dissolves."""
+    leaving: dict[int, list[Order]] = {}
+    for o in orders:
+        if o.block_id is not None and o.block_id in blocks:
+            leaving.setdefault(o.block_id, []).append(o)
+    if not leaving:
+        return
+    counts: dict[int, int] = {}
+    for block_id in (
+        Order.objects.filter(block_id__in=list(leaving))
+        .exclude(pk__in=[o.pk for o in orders])
+        .values_list("block_id", flat=True)
+    ):
+        counts[block_id] = counts.get(block_id, 0) + 1
+    changed: list[Block] = []
+    now = timezone.now()
+    for block_id, members in leaving.items():
+        block = blocks[block_id]
+        block.updated_at = now
+        before = {
+            "quantity": _plain(block.quantity),
+            "status": block.status,
+            "version": block.version,
+        }
+        if counts.get(block_id, 0) == 0:
+            block.status = BlockStatus.DISSOLVED
+        else:
+            block.quantity -= sum((o.quantity for o in members), Decimal(0))
+        block.version += 1
+        changed.append(block)
+        entries.append(
+            AuditEntry(
+                action="block.order_removed",
+                object_type="block",
+                object_id=str(block.pk),
+                before=before,
+                after={
+                    "quantity": _plain(block.quantity),
+                    "status": block.status,
+                    "version": block.version,
+                    "removed": [o.pk for o in members],
+                },
+                actor=actor,
+            )
+        )
+        for o in members:
+            o.block = None
+    Block.objects.bulk_update(changed, ["quantity", "status", "version", "updated_at"])
+
+
+# --------------------------------------------------------------------------------------------
+# Expiry
+# --------------------------------------------------------------------------------------------
+
+
+def market_close_time() -> dt.time:
+    """The firm's market close (settings.MARKET_CLOSE, "HH:MM" in FIRM_TIME_ZONE; 16:00)."""
+    return dt.time.fromisoformat(getattr(settings, "MARKET_CLOSE", "16:00"))
+
+
+def orders_expire(*, now: dt.datetime | None = None) -> int:
+    """Expire DAY orders after the close of their trading day and GTD orders after their date."""
+    now = now or timezone.now()
+    tz = ZoneInfo(settings.FIRM_TIME_ZONE)
+    local = now.astimezone(tz)
+    today = local.date()
+    after_close = local.time() >= market_close_time()
+    # The last date whose orders are over: today once the close has passed, else yesterday.
+    last_over = today if after_close else today - dt.timedelta(days=1)
+    day_cutoff = dt.datetime.combine(last_over + dt.timedelta(days=1), dt.time(0), tz)
+    due = Q(time_in_force=TimeInForce.DAY, created_at__lt=day_cutoff) | Q(
+        time_in_force=TimeInForce.GTD, expire_date__lte=last_over
+    )
+    with transaction.atomic(durable=True):
+        candidates = list(
+            Order.objects.filter(due, status__in=EXPIRABLE_BY_FIRM).values_list("pk", "block_id")
+        )
+        if not candidates:
+            return 0
+        block_ids = sorted({b for _, b in candidates if b is not None})
+        blocks = {
+            b.pk: b
+            for b in Block.objects.select_for_update()
+            .filter(pk__in=block_ids, status=BlockStatus.OPEN)
+            .order_by("pk")
+        }
+        orders = list(
+            Order.objects.select_for_update(of=("self",))
+            .filter(due, status__in=EXPIRABLE_BY_FIRM, pk__in=[pk for pk, _ in candidates])
+            .select_related("account__desk", "instrument", "created_by")
+            .order_by("pk")
+        )
+        entries: list[AuditEntry] = []
+        _leave_blocks(orders, blocks, entries=entries, actor=None)
+        for o in orders:
+            _transition(
+                o,
+                OrderStatus.EXPIRED,
+                action="order.expired",
+                entries=entries,
+                actor=None,
+                meta={"time_in_force": o.time_in_force, "as_of": json_safe(now)},
+            )
+            o.leaves_qty = Decimal(0)
+        Order.objects.filter(pk__in=[o.pk for o in orders]).update(
+            status=OrderStatus.EXPIRED,
+            version=F("version") + 1,
+            leaves_qty=0,
+            block=None,
+            updated_at=timezone.now(),
+        )
+        audit_record_many(entries=entries)
+        publish_orders_updated(orders)
+    return len(orders)
+
+
+# --------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------
+
+BLOCK_SHARED_TERMS = (
+    "instrument_id",
+    "side",
+    "order_type",
+    "limit_price",
+    "stop_price",
+    "time_in_force",
+    "expire_date",
+)
+
+
+def blocks_visible_to(*, user: Any) -> Any:
+    """Blocks the user may see: oversight all; traders their own and those of visible orders."""
+    from oms_site.roles import sees_everything
+
+    qs = Block.objects.all()
+    if sees_everything(user):
+        return qs
+    if not has_role(user, "trader", "pm"):
+        return qs.none()
+    order_blocks = orders_visible_to(user=user).filter(block__isnull=False).values("block_id")
+    return qs.filter(Q(created_by_id=user.pk) | Q(pk__in=order_blocks))
+
+
+def block_create(*, user: Any, order_ids: Sequence[Any]) -> Block:
+    """Aggregate approved orders of one instrument, side and terms into one block."""
+    _require_role(user, "trader", what="create blocks")
+    try:
+        ids = sorted({int(i) for i in order_ids})
+    except (TypeError, ValueError):
+        raise ValidationError(
+            "orders: must be a list of order ids",
+            errors={"orders": ["must be a list of order ids"]},
+        ) from None
+    if len(ids) < 2:
+        raise ValidationError(
+            "orders: a block needs at least two orders",
+            errors={"orders": ["a block needs at least two orders"]},
+        )
+    with transaction.atomic(durable=True):
+        visible_ids = set(
+            orders_visible_to(user=user).filter(pk__in=ids).values_list("pk", flat=True)
+        )
+        missing = [i for i in ids if i not in visible_ids]
+        if missing:
+            raise ValidationError(
+                f"orders: unknown order(s) {', '.join(map(str, missing))}",
+                errors={"orders": [f"unknown order(s) {', '.join(map(str, missing))}"]},
+            )
+        orders = list(
+            Order.objects.select_for_update(of=("self",))
+            .filter(pk__in=ids)
+            .select_related("account__desk", "instrument", "created_by", "block")
+            .order_by("pk")
+        )
+        problems: list[str] = []
+        for o in orders:
+            if o.status != OrderStatus.APPROVED:
+                problems.append(f"order {o.pk} is {o.status}, not approved")
+            elif o.block_id is not None and o.block.status != BlockStatus.DISSOLVED:
+                problems.append(f"order {o.pk} is already in block {o.block_id}")
+        if problems:
+            raise ConflictError(
+                f"orders: {problems[0]}", code="invalid_transition", errors={"orders": problems}
+            )
+        first = orders[0]
+        for term in BLOCK_SHARED_TERMS:
+            values = {getattr(o, term) for o in orders}
+            if len(values) > 1:
+                name = term.removesuffix("_id")
+                raise ValidationError(
+                    f"orders: the orders differ in {name}",
+                    errors={"orders": [f"the orders differ in {name}"]},
+                )
+        block = Block.objects.create(
+            instrument=first.instrument,
+            side=first.side,
+            order_type=first.order_type,
+            limit_price=first.limit_price,
+            stop_price=first.stop_price,
+            time_in_force=first.time_in_force,
+            quantity=sum((o.quantity for o in orders), Decimal(0)),
+            created_by=user,
+        )
+        now = timezone.now()
+        entries = [
+            AuditEntry(
+                action="block.created",
+                object_type="block",
+                object_id=str(block.pk),
+                after={
+                    "instrument": first.instrument.symbol,
+                    "side": block.side,
+                    "quantity": _plain(block.quantity),
+                    "orders": [o.pk for o in orders],
+                    "status": block.status,
+                },
+                actor=user,
+            )
+        ]
+        for o in orders:
+            entries.append(
+                AuditEntry(
+                    action="order.block_joined",
+                    object_type=ORDER_TYPE,
+                    object_id=str(o.pk),
+                    before={"block": o.block_id, "version": o.version},
+                    after={"block": block.pk, "version": o.version + 1},
+                    actor=user,
+                )
+            )
+            o.block = block
+            o.version += 1
+            o.updated_at = now
+        Order.objects.bulk_update(orders, ["block", "version", "updated_at"])
+        audit_record_many(entries=entries)
+        publish_orders_updated(orders)
+    return block
+
+
+def block_dissolve(*, user: Any, block_id: Any) -> Block:
+    """Return an open block's orders to the desk, one by one."""
+    _require_role(user, "trader", what="dissolve blocks")
+    try:
+        pk = int(block_id)
+    except (TypeError, ValueError):
+        raise NotFound("No such block.") from None
+    if not blocks_visible_to(user=user).filter(pk=pk).exists():
+        raise NotFound("No such block.")
+    with transaction.atomic(durable=True):
+        block = Block.objects.select_for_update().get(pk=pk)
+        if block.status != BlockStatus.OPEN:
+            raise ConflictError(
+                f"Block B{block.pk} is {block.status}; only an open block can be dissolved.",
+                code="invalid_transition",
+                errors={"status": [f"block is {block.status}"]},
+            )
+        orders = list(
+            Order.objects.select_for_update(of=("self",))
+            .filter(block_id=block.pk)
+            .select_related("account__desk", "instrument", "created_by")
+            .order_by("pk")
+        )
+        now = timezone.now()
+        entries = [
+            AuditEntry(
+                action="block.dissolved",
+                object_type="block",
+                object_id=str(block.pk),
+                before={"status": block.status, "version": block.version},
+                after={
+                    "status": BlockStatus.DISSOLVED.value,
+                    "version": block.version + 1,
+                    "orders": [o.pk for o in orders],
+                },
+                actor=user,
+            )
+        ]
+        block.status = BlockStatus.DISSOLVED
+        block.version += 1
+        block.save(update_fields=["status", "version", "updated_at"])
+        for o in orders:
+            entries.append(
+                AuditEntry(
+                    action="order.block_left",
+                    object_type=ORDER_TYPE,
+                    object_id=str(o.pk),
+                    before={"block": block.pk, "version": o.version},
+                    after={"block": None, "version": o.version + 1},
+                    actor=user,
+                )
+            )
+            o.block = None
+            o.version += 1
+            o.updated_at = now
+        Order.objects.bulk_update(orders, ["block", "version", "updated_at"])
+        audit_record_many(entries=entries)
+        publish_orders_updated(orders)
+    return block

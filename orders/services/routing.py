@@ -1,0 +1,1032 @@
+"""Routing: orders and blocks to brokers through the outbox, cancel/replace requests, kill switch.
+
+How an order leaves the firm (and why nothing is lost or sent twice): the service changes the
+order (→ pending_new), creates the Placement and writes the outbound FIX message as an
+`OutboxMessage` row in ONE transaction, and issues `NOTIFY oms_outbox` inside it (PostgreSQL
+delivers a notification only when the transaction commits). The FIX gateway process LISTENs on
+that channel and also sweeps pending rows every second, so a missed notification only delays a
+message. The gateway records the outbound message (with its MsgSeqNum) before QuickFIX sends it
+and marks the row sent afterwards; on restart a pending row whose message was already recorded
+and numbered below the session's next sequence number is not sent again (QuickFIX's resend
+covers it). See orders.fix.django_handler.
+
+Lock order everywhere (so cancels, fills and the kill switch never deadlock): placements by pk,
+then blocks by pk, then orders by pk, then audit streams (sorted, by the audit kernel).
+
+Best execution (`broker=None`): every active broker with an enabled FIX session is quoted from the
+instrument's reference price through that broker's quote model (the simulator's BrokerProfile:
+spread and skew; a broker without a model quotes the reference bid/ask); a buy goes to the lowest
+ask, a sell to the highest bid, ties to the lower Broker.rank, then the code. The choice and the
+quotes behind it are stored in Placement.route_reason and in the audit event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from allocations.models import Account, Desk
+from oms_site.audit import AuditEntry, audit_record_many
+from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError, field_error
+from oms_site.roles import has_role
+from orders.enums import (
+    BUY_SIDES,
+    BlockStatus,
+    KillScope,
+    OrderStatus,
+    OrderType,
+    OutboxStatus,
+    PlacementStatus,
+)
+from orders.events import publish_order_updated
+from orders.fix.messages import MSG_NEW_ORDER_SINGLE as MSG_NEW
+from orders.fix.messages import MSG_ORDER_CANCEL_REPLACE_REQUEST as MSG_REPLACE
+from orders.fix.messages import MSG_ORDER_CANCEL_REQUEST as MSG_CANCEL
+from orders.fix.messages import CancelRequest, NewOrder, OutboundRequest, ReplaceRequest
+from orders.fix.simulator import DEFAULT_BROKERS, BrokerProfile, make_quote
+from orders.models import Block, Broker, FixSession, KillSwitch, Order, OutboxMessage, Placement
+from orders.selectors import orders_visible_to
+from orders.state import AT_BROKER, CANCELABLE_BEFORE_ROUTING, ensure_transition
+
+OUTBOX_CHANNEL = "oms_outbox"
+S = OrderStatus
+LIMIT_TYPES = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})
+STOP_TYPES = frozenset({OrderType.STOP, OrderType.STOP_LIMIT})
+# Quote models of the brokers the venue simulator plays (demo and tests); a firm with real
+# brokers would load theirs from market data instead.
+QUOTE_MODELS: dict[str, BrokerProfile] = {p.comp_id: p for p in DEFAULT_BROKERS}
+# Orders a cancel request can be sent for (pending_replace waits for the broker's answer).
+CANCELABLE_AT_BROKER = frozenset(AT_BROKER | {S.PENDING_NEW})
+KILL_CHUNK = 500
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def new_cl_ord_id(kind: str = "N") -> str:
+    """A fresh ClOrdID of 20 characters: a kind letter (N/C/R) and 19 random hex digits."""
+    return kind + uuid.uuid4().hex[:19]
+
+
+def _plain(value: Decimal | None) -> str | None:
+    return None if value is None else format(value.normalize(), "f")
+
+
+def _require_role(user: Any, *roles: str, what: str) -> None:
+    if not has_role(user, *roles):
+        raise NotPermitted(f"Only {' or '.join(roles)} users may {what}.")
+
+
+def _as_pk(value: Any, what: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise NotFound(f"No such {what}.") from None
+
+
+def outbox_notify() -> None:
+    """Wake the gateway when the current transaction commits (NOTIFY is transactional)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+
+
+def _ensure_version(obj: Any, version: Any) -> None:
+    if version is None or version == "":
+        return
+    try:
+        expected = int(version)
+    except (TypeError, ValueError):
+        raise field_error("version", "must be an integer") from None
+    if obj.version != expected:
+        raise ConflictError(
+            f"The order changed meanwhile (version {obj.version}, you sent {expected}).",
+            code="stale_version",
+            errors={"version": [f"current version is {obj.version}"]},
+        )
+
+
+def kill_switch_hit(accounts: Iterable[Account]) -> KillSwitch | None:
+    """The active kill switch covering any of these accounts (firm, their desk or them), if any."""
+    accounts = list(accounts)
+    codes = {a.code for a in accounts}
+    desks = {a.desk.code for a in accounts}
+    return (
+        KillSwitch.objects.filter(active=True)
+        .filter(
+            Q(scope=KillScope.FIRM)
+            | Q(scope=KillScope.DESK, target__in=desks)
+            | Q(scope=KillScope.ACCOUNT, target__in=codes)
+        )
+        .order_by("pk")
+        .first()
+    )
+
+
+def _ensure_no_kill_switch(accounts: Iterable[Account]) -> None:
+    hit = kill_switch_hit(accounts)
+    if hit is not None:
+        where = "the firm" if hit.scope == KillScope.FIRM else f"{hit.scope} {hit.target}"
+        raise ConflictError(
+            f"A kill switch is active for {where}: routing is stopped.",
+            code="kill_switch_active",
+            errors={"kill_switch": [f"{hit.scope}:{hit.target}".rstrip(":")]},
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Outbox payloads (JSON-safe) and back
+# ----------------------------------------------------------------------------------------------
+
+
+def _payload(request: OutboundRequest) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for name in request.__slots__:  # type: ignore[attr-defined]
+        value = getattr(request, name)
+        if name == "transact_time":
+            continue  # stamped when the gateway actually sends it
+        if isinstance(value, Decimal):
+            value = _plain(value)
+        elif hasattr(value, "isoformat"):
+            value = value.isoformat()
+        data[name] = value
+    return data
+
+
+def outbox_request(msg_type: str, payload: dict[str, Any]) -> OutboundRequest:
+    """Rebuild the NewOrder / CancelRequest / ReplaceRequest stored in an outbox row."""
+    import datetime as dt
+
+    data = dict(payload)
+    for name in ("quantity", "limit_price", "stop_price"):
+        if data.get(name) is not None:
+            data[name] = Decimal(data[name])
+    if data.get("expire_date"):
+        data["expire_date"] = dt.date.fromisoformat(data["expire_date"])
+    cls = {MSG_NEW: NewOrder, MSG_CANCEL: CancelRequest, MSG_REPLACE: ReplaceRequest}[msg_type]
+    fields = set(cls.__slots__)  # type: ignore[attr-defined]
+    return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def _outbox_row(
+    placement: Placement, session: FixSession, request: OutboundRequest, msg_type: str
+) -> OutboxMessage:
+    return OutboxMessage(
+        fix_session=session,
+        placement=placement,
+        msg_type=msg_type,
+        cl_ord_id=request.cl_ord_id,
+        payload=_payload(request),
+        status=OutboxStatus.PENDING,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Best execution
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RouteChoice:
+    """The broker chosen for a route, its FIX session and the reason recorded."""
+
+    broker: Broker
+    session: FixSession
+    reason: str
+    quotes: dict[str, dict[str, str]]
+
+
+def _sessions_by_broker(broker_code: str | None) -> dict[int, FixSession]:
+    qs = FixSession.objects.filter(enabled=True, broker__active=True).select_related("broker")
+    if broker_code:
+        qs = qs.filter(broker__code=broker_code)
+    sessions: dict[int, FixSession] = {}
+    for session in qs.order_by("pk"):
+        sessions.setdefault(session.broker_id, session)
+    return sessions
+
+
+def broker_quote(broker: Broker, instrument: Any) -> tuple[Decimal, Decimal] | None:
+    """(bid, ask) of a broker for an instrument from its quote model, or None without a price."""
+    ref = getattr(instrument, "price", None)
+    if ref is None:
+        return None
+    model = QUOTE_MODELS.get(broker.code)
+    if model is None:
+        return ref.bid, ref.ask
+    quote = make_quote(model, ref.last, instrument.tick_size)
+    return quote.bid, quote.ask
+
+
+def route_choose(*, instrument: Any, side: str, broker_code: str | None) -> RouteChoice:
+    """The broker (given, or by best quoted price, ties by rank) and its enabled FIX session."""
+    if broker_code:
+        broker = Broker.objects.filter(code=broker_code).first()
+        if broker is None:
+            raise field_error("broker", f"unknown broker {broker_code!r}", code="unknown_broker")
+        if not broker.active:
+            raise ConflictError(f"Broker {broker_code} is not active.", code="broker_inactive")
+        session = _sessions_by_broker(broker_code).get(broker.pk)
+        if session is None:
+            raise ConflictError(
+                f"Broker {broker_code} has no enabled FIX session.", code="no_fix_session"
+            )
+        return RouteChoice(broker, session, f"chosen by trader: {broker.code}", {})
+    sessions = _sessions_by_broker(None)
+    if not sessions:
+        raise ConflictError("No broker has an enabled FIX session.", code="no_fix_session")
+    buy = side in BUY_SIDES
+    ranked: list[tuple[tuple[Any, ...], Broker]] = []
+    quotes: dict[str, dict[str, str]] = {}
+    for session in sessions.values():
+        broker = session.broker
+        quote = broker_quote(broker, instrument)
+        if quote is None:
+            ranked.append(((1, Decimal(0), broker.rank, broker.code), broker))
+            continue
+        bid, ask = quote
+        quotes[broker.code] = {"bid": _plain(bid) or "0", "ask": _plain(ask) or "0"}
+        key_price = ask if buy else -bid
+        ranked.append(((0, key_price, broker.rank, broker.code), broker))
+    ranked.sort(key=lambda item: item[0])
+    best = ranked[0][1]
+    if best.code in quotes:
+        what = "ask" if buy else "bid"
+        others = ", ".join(
+            f"{code} {q[what]}" for code, q in sorted(quotes.items()) if code != best.code
+        )
+        reason = (
+            f"best execution: {'buy' if buy else 'sell'} at {best.code} {what} "
+            f"{quotes[best.code][what]}"
+            + (f" (vs {others})" if others else "")
+            + "; ties by broker rank"
+        )
+    else:
+        reason = f"best execution: no quotes, lowest broker rank {best.code}"
+    return RouteChoice(best, sessions[best.pk], reason, quotes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Routing
+# ----------------------------------------------------------------------------------------------
+
+
+def _transition(
+    order: Order, target: str, *, action: str, entries: list[AuditEntry], actor: Any, meta: dict
+) -> None:
+    ensure_transition(order.status, target)
+    before = {"status": order.status, "version": order.version}
+    order.status = target
+    order.version += 1
+    order.updated_at = timezone.now()
+    entries.append(
+        AuditEntry(
+            action=action,
+            object_type="order",
+            object_id=str(order.pk),
+            before=before,
+            after={"status": order.status, "version": order.version},
+            meta=meta,
+            actor=actor,
+        )
+    )
+
+
+def _placement_audit(placement: Placement, *, action: str, actor: Any, meta: dict) -> AuditEntry:
+    return AuditEntry(
+        action=action,
+        object_type="placement",
+        object_id=str(placement.pk),
+        after={
+            "cl_ord_id": placement.cl_ord_id,
+            "broker": placement.broker.code,
+            "quantity": _plain(placement.quantity),
+            "limit_price": _plain(placement.limit_price),
+            "status": placement.status,
+            "route_reason": placement.route_reason,
+        },
+        meta=meta,
+        actor=actor,
+    )
+
+
+def _lock_order(pk: int) -> Order:
+    return (
+        Order.objects.select_for_update(of=("self",))
+        .select_related("account__desk", "instrument__price", "created_by")
+        .get(pk=pk)
+    )
+
+
+def order_route(*, user: Any, order_id: Any, broker_code: str | None = None) -> Placement:
+    """Send an approved order to a broker (given or best execution) through the outbox."""
+    _require_role(user, "trader", what="route orders")
+    pk = _as_pk(order_id, "order")
+    if not orders_visible_to(user=user).filter(pk=pk).exists():
+        raise NotFound("No such order.")
+    with transaction.atomic(durable=True):
+        order = _lock_order(pk)
+        if order.block_id is not None:
+            raise ConflictError(
+                f"The order is in block B{order.block_id}; route the block.",
+                code="in_block",
+                errors={"block": [f"order is in block {order.block_id}"]},
+            )
+        if order.status != S.APPROVED:
+            raise ConflictError(
+                f"Only approved orders can be routed (this one is {order.status}).",
+                code="not_routable",
+                errors={"status": [f"order is {order.status}"]},
+            )
+        _ensure_no_kill_switch([order.account])
+        choice = route_choose(instrument=order.instrument, side=order.side, broker_code=broker_code)
+        quantity = order.quantity - order.cum_qty
+        placement = Placement.objects.create(
+            order=order,
+            broker=choice.broker,
+            fix_session=choice.session,
+            cl_ord_id=new_cl_ord_id("N"),
+            quantity=quantity,
+            limit_price=order.limit_price,
+            status=PlacementStatus.PENDING_NEW,
+            route_reason=choice.reason,
+            routed_by=user,
+        )
+        request = NewOrder(
+            cl_ord_id=placement.cl_ord_id,
+            symbol=order.instrument.symbol,
+            side=order.side,
+            quantity=quantity,
+            order_type=order.order_type,
+            limit_price=order.limit_price,
+            stop_price=order.stop_price,
+            time_in_force=order.time_in_force,
+            expire_date=order.expire_date,
+            account=order.account.code,
+        )
+        _outbox_row(placement, choice.session, request, MSG_NEW).save()
+        entries: list[AuditEntry] = []
+        meta = {
+            "placement": placement.pk,
+            "cl_ord_id": placement.cl_ord_id,
+            "broker": choice.broker.code,
+            "reason": choice.reason,
+            "quotes": choice.quotes,
+        }
+        _transition(
+            order, S.PENDING_NEW, action="order.routed", entries=entries, actor=user, meta=meta
+        )
+        order.leaves_qty = quantity
+        order.save(update_fields=["status", "version", "leaves_qty", "updated_at"])
+        entries.append(
+            _placement_audit(placement, action="placement.created", actor=user, meta=meta)
+        )
+        audit_record_many(entries=entries)
+        publish_order_updated(order)
+        outbox_notify()
+    return placement
+
+
+def block_route(*, user: Any, block_id: Any, broker_code: str | None = None) -> Placement:
+    """Send an open block (all its orders approved) to a broker as one order, via the outbox."""
+    _require_role(user, "trader", what="route blocks")
+    pk = _as_pk(block_id, "block")
+    with transaction.atomic(durable=True):
+        block = (
+            Block.objects.select_for_update(of=("self",))
+            .select_related("instrument__price")
+            .filter(pk=pk)
+            .first()
+        )
+        if block is None:
+            raise NotFound("No such block.")
+        orders = list(
+            Order.objects.select_for_update(of=("self",))
+            .select_related("account__desk", "instrument", "created_by")
+            .filter(block_id=block.pk)
+            .order_by("pk")
+        )
+        visible = set(
+            orders_visible_to(user=user).filter(block_id=block.pk).values_list("pk", flat=True)
+        )
+        if not orders or any(o.pk not in visible for o in orders):
+            raise NotFound("No such block.")
+        if block.status != BlockStatus.OPEN:
+            raise ConflictError(
+                f"Only open blocks can be routed (this one is {block.status}).",
+                code="not_routable",
+                errors={"status": [f"block is {block.status}"]},
+            )
+        not_ready = [o.pk for o in orders if o.status != S.APPROVED]
+        if not_ready:
+            raise ConflictError(
+                "Every order of the block must be approved.",
+                code="not_routable",
+                errors={"orders": [f"not approved: {not_ready}"]},
+            )
+        _ensure_no_kill_switch(o.account for o in orders)
+        choice = route_choose(instrument=block.instrument, side=block.side, broker_code=broker_code)
+        quantity = block.quantity - block.cum_qty
+        placement = Placement.objects.create(
+            block=block,
+            broker=choice.broker,
+            fix_session=choice.session,
+            cl_ord_id=new_cl_ord_id("N"),
+            quantity=quantity,
+            limit_price=block.limit_price,
+            status=PlacementStatus.PENDING_NEW,
+            route_reason=choice.reason,
+            routed_by=user,
+        )
+        request = NewOrder(
+            cl_ord_id=placement.cl_ord_id,
+            symbol=block.instrument.symbol,
+            side=block.side,
+            quantity=quantity,
+            order_type=block.order_type,
+            limit_price=block.limit_price,
+            stop_price=block.stop_price,
+            time_in_force=block.time_in_force,
+        )
+        _outbox_row(placement, choice.session, request, MSG_NEW).save()
+        meta = {
+            "placement": placement.pk,
+            "cl_ord_id": placement.cl_ord_id,
+            "broker": choice.broker.code,
+            "reason": choice.reason,
+            "quotes": choice.quotes,
+            "block": block.pk,
+        }
+        entries: list[AuditEntry] = []
+        for order in orders:
+            _transition(
+                order, S.PENDING_NEW, action="order.routed", entries=entries, actor=user, meta=meta
+            )
+        Order.objects.bulk_update(orders, ["status", "version", "updated_at"])
+        entries.append(
+            AuditEntry(
+                action="block.routed",
+                object_type="block",
+                object_id=str(block.pk),
+                before={"status": block.status, "version": block.version},
+                after={"status": BlockStatus.ROUTED, "version": block.version + 1},
+                meta=meta,
+                actor=user,
+            )
+        )
+        block.status = BlockStatus.ROUTED
+        block.version += 1
+        block.save(update_fields=["status", "version", "updated_at"])
+        entries.append(
+            _placement_audit(placement, action="placement.created", actor=user, meta=meta)
+        )
+        audit_record_many(entries=entries)
+        for order in orders:
+            publish_order_updated(order)
+        outbox_notify()
+    return placement
+
+
+# ----------------------------------------------------------------------------------------------
+# Cancel and cancel/replace requests
+# ----------------------------------------------------------------------------------------------
+
+
+def _active_placement_id(order: Order) -> int | None:
+    qs = Placement.objects.filter(order_id=order.pk) if order.block_id is None else None
+    if qs is None:
+        qs = Placement.objects.filter(block_id=order.block_id)
+    return qs.order_by("-pk").values_list("pk", flat=True).first()
+
+
+def _visible(user: Any, order: Any, order_id: Any) -> Order:
+    pk = order.pk if order is not None else _as_pk(order_id, "order")
+    found = orders_visible_to(user=user).filter(pk=pk).select_related("block").first()
+    if found is None:
+        raise NotFound("No such order.")
+    return found
+
+
+def _cancel_request_rows(
+    placement: Placement, session: FixSession, symbol: str, side: str, account: str | None
+) -> OutboxMessage:
+    request = CancelRequest(
+        cl_ord_id=new_cl_ord_id("C"),
+        orig_cl_ord_id=placement.cl_ord_id,
+        symbol=symbol,
+        side=side,
+        quantity=placement.quantity,
+        order_id=placement.broker_order_id or None,
+        account=account,
+    )
+    return _outbox_row(placement, session, request, MSG_CANCEL)
+
+
+def _request_pending(order: Order) -> None:
+    if order.status in (S.PENDING_CANCEL, S.PENDING_REPLACE):
+        raise ConflictError(
+            f"A {order.status.replace('_', ' ')} request is already in flight.",
+            code="request_pending",
+            errors={"status": [f"order is {order.status}"]},
+        )
+
+
+def order_cancel_request(
+    *, user: Any, order: Any = None, order_id: Any = None, version: Any = None
+) -> Order:
+    """Ask the broker to cancel an order that is at a broker (35=F); order → pending_cancel."""
+    _require_role(user, "pm", "trader", what="cancel orders")
+    visible = _visible(user, order, order_id)
+    if visible.block_id is not None and visible.block.status != BlockStatus.OPEN:
+        raise ConflictError(
+            f"The order is part of block B{visible.block_id} at a broker; cancel the block.",
+            code="in_block",
+            errors={"block": [f"order is in routed block {visible.block_id}"]},
+        )
+    placement_id = _active_placement_id(visible)
+    if placement_id is None:
+        raise ConflictError("The order is not at a broker.", code="not_at_broker")
+    with transaction.atomic(durable=True):
+        placement = (
+            Placement.objects.select_for_update(of=("self",))
+            .select_related("broker", "fix_session")
+            .get(pk=placement_id)
+        )
+        locked = _lock_order(visible.pk)
+        _ensure_version(locked, version)
+        _request_pending(locked)
+        if locked.status not in CANCELABLE_AT_BROKER:
+            ensure_transition(locked.status, S.PENDING_CANCEL)
+            raise ConflictError(f"An order in status {locked.status} cannot be canceled.")
+        if placement.fix_session is None:
+            raise ConflictError("The placement has no FIX session.", code="no_fix_session")
+        row = _cancel_request_rows(
+            placement,
+            placement.fix_session,
+            locked.instrument.symbol,
+            locked.side,
+            locked.account.code,
+        )
+        row.save()
+        entries: list[AuditEntry] = []
+        meta = {
+            "placement": placement.pk,
+            "cl_ord_id": row.cl_ord_id,
+            "orig_cl_ord_id": placement.cl_ord_id,
+        }
+        _transition(
+            locked,
+            S.PENDING_CANCEL,
+            action="order.cancel_requested",
+            entries=entries,
+            actor=user,
+            meta=meta,
+        )
+        locked.save(update_fields=["status", "version", "updated_at"])
+        audit_record_many(entries=entries)
+        publish_order_updated(locked)
+        outbox_notify()
+    return locked
+
+
+def order_replace_request(
+    *,
+    user: Any,
+    order: Any = None,
+    order_id: Any = None,
+    quantity: Decimal | None = None,
+    limit_price: Decimal | None = None,
+    stop_price: Decimal | None = None,
+    version: Any = None,
+) -> Order:
+    """Ask the broker to change quantity/prices (35=G, new ClOrdID); order → pending_replace."""
+    _require_role(user, "pm", "trader", what="amend orders")
+    visible = _visible(user, order, order_id)
+    if visible.block_id is not None:
+        raise ConflictError(
+            f"The order is part of block B{visible.block_id}; blocks cannot be amended at a broker.",
+            code="in_block",
+        )
+    if quantity is None and limit_price is None and stop_price is None:
+        raise ValidationError(
+            "non_field_errors: give at least one of quantity, limit_price, stop_price",
+            errors={"non_field_errors": ["give at least one of quantity, limit_price, stop_price"]},
+        )
+    placement_id = _active_placement_id(visible)
+    if placement_id is None:
+        raise ConflictError("The order is not at a broker.", code="not_at_broker")
+    with transaction.atomic(durable=True):
+        placement = (
+            Placement.objects.select_for_update(of=("self",))
+            .select_related("broker", "fix_session")
+            .get(pk=placement_id)
+        )
+        locked = _lock_order(visible.pk)
+        _ensure_version(locked, version)
+        _request_pending(locked)
+        if locked.status not in AT_BROKER:
+            ensure_transition(locked.status, S.PENDING_REPLACE)
+        new_qty = quantity if quantity is not None else locked.quantity
+        new_limit = limit_price if limit_price is not None else locked.limit_price
+        new_stop = stop_price if stop_price is not None else locked.stop_price
+        if new_qty <= locked.cum_qty:
+            raise field_error(
+                "quantity", f"must be above the filled quantity {_plain(locked.cum_qty)}"
+            )
+        if limit_price is not None and locked.order_type not in LIMIT_TYPES:
+            raise field_error("limit_price", f"must not be set for a {locked.order_type} order")
+        if stop_price is not None and locked.order_type not in STOP_TYPES:
+            raise field_error("stop_price", f"must not be set for a {locked.order_type} order")
+        for name, value in (
+            ("quantity", new_qty),
+            ("limit_price", limit_price),
+            ("stop_price", stop_price),
+        ):
+            if value is not None and value <= 0:
+                raise field_error(name, "must be positive")
+        if placement.fix_session is None:
+            raise ConflictError("The placement has no FIX session.", code="no_fix_session")
+        # FIX: OrderQty of a replace is the new total, including what is already filled.
+        request = ReplaceRequest(
+            cl_ord_id=new_cl_ord_id("R"),
+            orig_cl_ord_id=placement.cl_ord_id,
+            symbol=locked.instrument.symbol,
+            side=locked.side,
+            quantity=new_qty,
+            order_type=locked.order_type,
+            limit_price=new_limit,
+            stop_price=new_stop,
+            time_in_force=locked.time_in_force,
+            expire_date=locked.expire_date,
+            order_id=placement.broker_order_id or None,
+            account=locked.account.code,
+        )
+        row = _outbox_row(placement, placement.fix_session, request, MSG_REPLACE)
+        row.save()
+        entries: list[AuditEntry] = []
+        meta = {
+            "placement": placement.pk,
+            "cl_ord_id": row.cl_ord_id,
+            "orig_cl_ord_id": placement.cl_ord_id,
+            "quantity": _plain(new_qty),
+            "limit_price": _plain(new_limit),
+            "stop_price": _plain(new_stop),
+        }
+        _transition(
+            locked,
+            S.PENDING_REPLACE,
+            action="order.replace_requested",
+            entries=entries,
+            actor=user,
+            meta=meta,
+        )
+        locked.save(update_fields=["status", "version", "updated_at"])
+        audit_record_many(entries=entries)
+        publish_order_updated(locked)
+        outbox_notify()
+    return locked
+
+
+# ----------------------------------------------------------------------------------------------
+# Kill switch
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KillResult:
+    """What engaging a kill switch did."""
+
+    switch: KillSwitch
+    canceled: int  # staged orders canceled directly
+    cancel_requests: int  # cancel requests written to the outbox (orders and blocks at brokers)
+
+
+def _scope_q(scope: str, target: str) -> Q:
+    if scope == KillScope.FIRM:
+        return Q()
+    if scope == KillScope.DESK:
+        return Q(account__desk__code=target)
+    return Q(account__code=target)
+
+
+def kill_switch_engage(
+    *, user: Any, scope: str, target: str | None, reason: str = ""
+) -> KillResult:
+    """Stop routing in a scope and cancel its open orders (staged: at once; at brokers: 35=F)."""
+    _require_role(user, "trader", "admin", what="engage the kill switch")
+    if scope not in KillScope.values:
+        raise field_error("scope", f"must be one of {', '.join(KillScope.values)}")
+    target = (target or "").strip()
+    if scope == KillScope.FIRM:
+        target = ""
+    elif not target:
+        raise field_error("target", f"is required for scope {scope}")
+    elif scope == KillScope.DESK and not Desk.objects.filter(code=target).exists():
+        raise field_error("target", f"unknown desk {target!r}")
+    elif scope == KillScope.ACCOUNT and not Account.objects.filter(code=target).exists():
+        raise field_error("target", f"unknown account {target!r}")
+    with transaction.atomic(durable=True):
+        if KillSwitch.objects.filter(scope=scope, target=target, active=True).exists():
+            raise ConflictError(
+                "A kill switch is already engaged for this scope.", code="kill_switch_active"
+            )
+        switch = KillSwitch.objects.create(
+            scope=scope, target=target, reason=reason or "", engaged_by=user, active=True
+        )
+        audit_record_many(
+            entries=[
+                AuditEntry(
+                    action="kill_switch.engaged",
+                    object_type="kill_switch",
+                    object_id=str(switch.pk),
+                    after={"scope": scope, "target": target, "reason": reason or ""},
+                    actor=user,
+                )
+            ]
+        )
+    # The switch is committed first: from the next request on, new orders and routes in scope
+    # are refused, so the sweep below cannot miss an order routed meanwhile.
+    canceled = _kill_cancel_staged(scope=scope, target=target, user=user, switch=switch)
+    requests = _kill_cancel_at_brokers(scope=scope, target=target, user=user, switch=switch)
+    return KillResult(switch=switch, canceled=canceled, cancel_requests=requests)
+
+
+def _kill_cancel_staged(*, scope: str, target: str, user: Any, switch: KillSwitch) -> int:
+    total = 0
+    while True:
+        ids = list(
+            Order.objects.filter(_scope_q(scope, target), status__in=CANCELABLE_BEFORE_ROUTING)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:KILL_CHUNK]
+        )
+        if not ids:
+            return total
+        with transaction.atomic(durable=True):
+            block_ids = sorted(
+                set(
+                    Order.objects.filter(pk__in=ids, block__isnull=False).values_list(
+                        "block_id", flat=True
+                    )
+                )
+            )
+            blocks = {
+                b.pk: b
+                for b in Block.objects.select_for_update().filter(pk__in=block_ids).order_by("pk")
+            }
+            orders = list(
+                Order.objects.select_for_update(of=("self",))
+                .select_related("account__desk", "instrument", "created_by")
+                .filter(pk__in=ids, status__in=CANCELABLE_BEFORE_ROUTING)
+                .order_by("pk")
+            )
+            entries: list[AuditEntry] = []
+            meta = {"kill_switch": switch.pk}
+            leaving: dict[int, list[Order]] = {}
+            for order in orders:
+                if order.block_id is not None and order.block_id in blocks:
+                    if blocks[order.block_id].status != BlockStatus.OPEN:
+                        continue  # routed block: canceled at the broker below
+                    leaving.setdefault(order.block_id, []).append(order)
+                    order.block = None
+                _transition(
+                    order,
+                    S.CANCELED,
+                    action="order.canceled",
+                    entries=entries,
+                    actor=user,
+                    meta=meta,
+                )
+                order.leaves_qty = Decimal(0)
+            changed = [o for o in orders if o.status == S.CANCELED]
+            Order.objects.bulk_update(
+                changed, ["status", "version", "leaves_qty", "block", "updated_at"]
+            )
+            for block_id, members in leaving.items():
+                block = blocks[block_id]
+                remaining = Order.objects.filter(block_id=block_id).count()
+                before = {"status": block.status, "quantity": _plain(block.quantity)}
+                if remaining == 0:
+                    block.status = BlockStatus.DISSOLVED
+                else:
+                    block.quantity -= sum((o.quantity for o in members), Decimal(0))
+                block.version += 1
+                block.save(update_fields=["status", "quantity", "version", "updated_at"])
+                entries.append(
+                    AuditEntry(
+                        action="block.order_removed",
+                        object_type="block",
+                        object_id=str(block_id),
+                        before=before,
+                        after={
+                            "status": block.status,
+                            "quantity": _plain(block.quantity),
+                            "removed": [o.pk for o in members],
+                        },
+                        meta=meta,
+                        actor=user,
+                    )
+                )
+            audit_record_many(entries=entries)
+            for order in changed:
+                publish_order_updated(order)
+        total += len(changed)
+        if len(changed) == 0:
+            return total
+
+
+def _kill_cancel_at_brokers(*, scope: str, target: str, user: Any, switch: KillSwitch) -> int:
+    """Cancel requests for every open placement with an order in scope, in chunks."""
+    total = 0
+    done: set[int] = set()
+    while True:
+        order_q = Order.objects.filter(_scope_q(scope, target), status__in=CANCELABLE_AT_BROKER)
+        placement_ids = list(
+            Placement.objects.filter(
+                Q(order__in=order_q.values("pk")) | Q(block__orders__in=order_q.values("pk")),
+                status__in=[
+                    PlacementStatus.PENDING_NEW,
+                    PlacementStatus.WORKING,
+                    PlacementStatus.PARTIALLY_FILLED,
+                    PlacementStatus.DONE_FOR_DAY,
+                ],
+            )
+            .exclude(pk__in=done)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+            .distinct()[:KILL_CHUNK]
+        )
+        if not placement_ids:
+            return total
+        done.update(placement_ids)
+        total += _cancel_placements(placement_ids, user=user, meta={"kill_switch": switch.pk})
+
+
+def _cancel_placements(placement_ids: Sequence[int], *, user: Any, meta: dict) -> int:
+    """One transaction: 35=F outbox rows for these placements, their orders → pending_cancel."""
+    with transaction.atomic(durable=True):
+        placements = list(
+            Placement.objects.select_for_update(of=("self",))
+            .select_related("fix_session", "broker", "block__instrument", "order__instrument")
+            .filter(pk__in=placement_ids)
+            .order_by("pk")
+        )
+        block_ids = sorted({p.block_id for p in placements if p.block_id})
+        list(Block.objects.select_for_update().filter(pk__in=block_ids).order_by("pk"))
+        order_ids = {p.order_id for p in placements if p.order_id}
+        order_ids.update(Order.objects.filter(block_id__in=block_ids).values_list("pk", flat=True))
+        orders = list(
+            Order.objects.select_for_update(of=("self",))
+            .select_related("account__desk", "instrument", "created_by")
+            .filter(pk__in=order_ids)
+            .order_by("pk")
+        )
+        by_placement: dict[int, list[Order]] = {}
+        by_order = {o.pk: o for o in orders}
+        for p in placements:
+            if p.order_id:
+                by_placement[p.pk] = [by_order[p.order_id]] if p.order_id in by_order else []
+            else:
+                by_placement[p.pk] = [o for o in orders if o.block_id == p.block_id]
+        rows: list[OutboxMessage] = []
+        entries: list[AuditEntry] = []
+        changed: list[Order] = []
+        for p in placements:
+            members = [o for o in by_placement[p.pk] if o.status in CANCELABLE_AT_BROKER]
+            if not members or p.fix_session is None:
+                continue
+            instrument = p.block.instrument if p.block_id else p.order.instrument
+            side = p.block.side if p.block_id else p.order.side
+            account = None if p.block_id else members[0].account.code
+            row = _cancel_request_rows(p, p.fix_session, instrument.symbol, side, account)
+            rows.append(row)
+            for order in members:
+                _transition(
+                    order,
+                    S.PENDING_CANCEL,
+                    action="order.cancel_requested",
+                    entries=entries,
+                    actor=user,
+                    meta={**meta, "placement": p.pk, "cl_ord_id": row.cl_ord_id},
+                )
+                changed.append(order)
+        OutboxMessage.objects.bulk_create(rows)
+        Order.objects.bulk_update(changed, ["status", "version", "updated_at"])
+        audit_record_many(entries=entries)
+        for order in changed:
+            publish_order_updated(order)
+        if rows:
+            outbox_notify()
+    return len(rows)
+
+
+def kill_switch_lift(*, user: Any, switch_id: Any) -> KillSwitch:
+    """Lift an engaged kill switch; needs a second authorised user (four eyes)."""
+    _require_role(user, "trader", "admin", what="lift the kill switch")
+    pk = _as_pk(switch_id, "kill switch")
+    with transaction.atomic(durable=True):
+        switch = KillSwitch.objects.select_for_update().filter(pk=pk).first()
+        if switch is None:
+            raise NotFound("No such kill switch.")
+        if not switch.active:
+            raise ConflictError("The kill switch is already lifted.", code="already_lifted")
+        if switch.engaged_by_id == user.pk:
+            raise NotPermitted(
+                "A kill switch must be lifted by another user than the one who engaged it.",
+                code="four_eyes",
+            )
+        switch.active = False
+        switch.lifted_by = user
+        switch.lifted_at = timezone.now()
+        switch.save(update_fields=["active", "lifted_by", "lifted_at"])
+        audit_record_many(
+            entries=[
+                AuditEntry(
+                    action="kill_switch.lifted",
+                    object_type="kill_switch",
+                    object_id=str(switch.pk),
+                    before={"active": True},
+                    after={"active": False},
+                    meta={"scope": switch.scope, "target": switch.target},
+                    actor=user,
+                )
+            ]
+        )
+    return switch
+
+
+def outbox_mark_failed(*, outbox_id: int, error: str) -> None:
+    """An outbox row that can never be sent: mark it failed; a new order goes back to the desk."""
+    with transaction.atomic(durable=True):
+        row = (
+            OutboxMessage.objects.select_for_update(of=("self",))
+            .select_related("placement")
+            .filter(pk=outbox_id, status=OutboxStatus.PENDING)
+            .first()
+        )
+        if row is None:
+            return
+        placement = Placement.objects.select_for_update(of=("self",)).get(pk=row.placement_id)
+        row.status = OutboxStatus.FAILED
+        row.error = error[:2000]
+        row.save(update_fields=["status", "error"])
+        entries = [
+            AuditEntry(
+                action="outbox.failed",
+                object_type="placement",
+                object_id=str(placement.pk),
+                after={"cl_ord_id": row.cl_ord_id, "msg_type": row.msg_type, "error": row.error},
+            )
+        ]
+        orders: list[Order] = []
+        if placement.block_id:
+            Block.objects.select_for_update(of=("self",)).filter(pk=placement.block_id).first()
+            qs = Order.objects.filter(block_id=placement.block_id)
+        else:
+            qs = Order.objects.filter(pk=placement.order_id)
+        orders = list(
+            qs.select_for_update(of=("self",))
+            .select_related("account__desk", "instrument", "created_by")
+            .order_by("pk")
+        )
+        meta = {"placement": placement.pk, "cl_ord_id": row.cl_ord_id, "error": row.error}
+        changed = []
+        for order in orders:
+            if row.msg_type == MSG_NEW and order.status == S.PENDING_NEW:
+                # The state table's "session refused it": the order returns to the desk.
+                _transition(
+                    order,
+                    S.APPROVED,
+                    action="order.route_failed",
+                    entries=entries,
+                    actor=None,
+                    meta=meta,
+                )
+                changed.append(order)
+            elif row.msg_type != MSG_NEW and order.status in (S.PENDING_CANCEL, S.PENDING_REPLACE):
+                target = S.PARTIALLY_FILLED if order.cum_qty > 0 else S.WORKING
+                _transition(
+                    order,
+                    target,
+                    action="order.request_failed",
+                    entries=entries,
+                    actor=None,
+                    meta=meta,
+                )
+                changed.append(order)
+        if row.msg_type == MSG_NEW:
+            placement.status = PlacementStatus.REJECTED
+            placement.save(update_fields=["status", "updated_at"])
+            if placement.block_id:
+                Block.objects.filter(pk=placement.block_id).update(status=BlockStatus.OPEN)
+        Order.objects.bulk_update(changed, ["status", "version", "updated_at"])
+        audit_record_many(entries=entries)
+        for order in changed:
+            publish_order_updated(order)

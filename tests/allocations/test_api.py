@@ -1,0 +1,121 @@
+"""The book's API × roles: PMs see their accounts, traders their desk's, back office all."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from allocations.models import Allocation
+from tests import factories as f
+from tests.allocations.support import fill, make_block
+from tests.conftest import client_for
+
+D = Decimal
+
+
+@pytest.fixture
+def book(account, other_account, instrument, broker, trader, pm_other):
+    """ACC-A (pm_a, trader_a's desk) and ACC-B (pm_b, other desk) each bought 100 ACME at 10."""
+    block_a, orders_a, placement_a = make_block(
+        instrument=instrument, accounts=[account], quantities=[100], user=trader, broker=broker
+    )
+    fill(placement_a, 100, "10.00")
+    block_b, orders_b, placement_b = make_block(
+        instrument=instrument, accounts=[other_account], quantities=[100], user=trader, broker=broker
+    )
+    fill(placement_b, 100, "10.00")
+    return {"a": (block_a, orders_a[0]), "b": (block_b, orders_b[0])}
+
+
+def _codes(response, key="account"):
+    assert response.status_code == 200, response.content
+    return sorted({row[key] for row in response.json()["results"]})
+
+
+def test_accounts_with_cash_and_nav(book, pm):
+    # when pm_a lists accounts
+    body = client_for(pm).get("/api/v1/accounts/").json()
+    # then only ACC-A, with cash (1,000,000 − 1,005.05 pending) and NAV = cash + 100 × 100.00
+    assert body["count"] == 1
+    row = body["results"][0]
+    assert row["code"] == "ACC-A"
+    assert row["cash"] == [{"currency": "USD", "settled": "1000000.00", "pending": "-1005.05"}]
+    assert D(row["nav"]) == D("1000000.00") - D("1005.05") + D("10000")
+
+
+@pytest.mark.parametrize(
+    "who, expected",
+    [("pm", ["ACC-A"]), ("pm_other", ["ACC-B"]), ("trader", ["ACC-A"]), ("backoffice", ["ACC-A", "ACC-B"]), ("compliance_officer", ["ACC-A", "ACC-B"])],
+)
+def test_lists_are_entitlement_scoped(book, request, who, expected):
+    client = client_for(request.getfixturevalue(who))
+    assert _codes(client.get("/api/v1/positions/")) == expected
+    assert _codes(client.get("/api/v1/cash/")) == expected
+    assert _codes(client.get("/api/v1/allocations/")) == expected
+    assert _codes(client.get("/api/v1/accounts/"), key="code") == expected
+    executions = client.get("/api/v1/executions/").json()["results"]
+    blocks = {"ACC-A": book["a"][0].pk, "ACC-B": book["b"][0].pk}
+    assert sorted(e["block"] for e in executions) == sorted(blocks[c] for c in expected)
+
+
+def test_invisible_rows_are_404(book, pm):
+    client = client_for(pm)
+    theirs = Allocation.objects.get(account__code="ACC-B")
+    mine = Allocation.objects.get(account__code="ACC-A")
+    assert client.get(f"/api/v1/allocations/{theirs.pk}/").status_code == 404
+    assert client.get(f"/api/v1/allocations/{mine.pk}/").status_code == 200
+    assert client.get("/api/v1/accounts/ACC-B/").status_code == 404
+    assert client.get("/api/v1/accounts/ACC-A/").status_code == 200
+    assert client.get(f"/api/v1/executions/{theirs.execution_id}/").status_code == 404
+    assert client.get(f"/api/v1/executions/{mine.execution_id}/").status_code == 200
+
+
+def test_filters(book, backoffice):
+    client = client_for(backoffice)
+    assert _codes(client.get("/api/v1/positions/?account=ACC-B")) == ["ACC-B"]
+    assert _codes(client.get("/api/v1/cash/?account=ACC-A")) == ["ACC-A"]
+    assert client.get("/api/v1/allocations/?account=ACC-A&trade_date=2026-11-20").json()["count"] == 1
+    assert client.get("/api/v1/allocations/?trade_date=2026-11-19").json()["count"] == 0
+    block_a, order_a = book["a"]
+    assert client.get(f"/api/v1/executions/?block={block_a.pk}").json()["count"] == 1
+    assert client.get(f"/api/v1/executions/?order={order_a.pk}").json()["count"] == 1
+    position = client.get("/api/v1/positions/?account=ACC-A").json()["results"][0]
+    assert (position["quantity"], position["avg_cost"], position["market_value"]) == (
+        "100.00000000", "10.00000000", "10000.00000000"
+    )
+    assert D(position["unrealised_pnl"]) == D("9000")
+
+
+def test_reallocate_api_roles_and_errors(book, account, instrument, broker, trader, pm, backoffice):
+    # given a block of two ACC-A orders (on trader_a's desk) filled 100
+    acc2 = f.AccountFactory(code="ACC-A2", desk=account.desk)
+    block, (o1, o2), placement = make_block(instrument=instrument, accounts=[account, acc2], quantities=[100, 100], user=trader, broker=broker)
+    fill(placement, 100, "10.00")
+    url = "/api/v1/allocations/reallocate/"
+    body = {"block": block.pk, "method": "manual", "quantities": {"ACC-A": "0", "ACC-A2": "100"}}
+    # a PM may not
+    assert client_for(pm).post(url, body, format="json").status_code == 403
+    # a bad body is 400 in the envelope
+    bad = client_for(trader).post(url, {"block": block.pk, "method": "manual"}, format="json")
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid"
+    wrong = client_for(trader).post(url, {**body, "quantities": {"ACC-A": "100", "ACC-A2": "100"}}, format="json")
+    assert wrong.status_code == 400 and "does not equal" in wrong.json()["detail"]
+    # the trader may
+    ok = client_for(trader).post(url, body, format="json")
+    assert ok.status_code == 200, ok.content
+    assert [(r["account"], r["kind"], r["quantity"]) for r in ok.json()["allocations"]] == [
+        ("ACC-A", "reversal", "-50.00000000"), ("ACC-A2", "fill", "50.00000000")
+    ]
+    # back office too (by execution), and an invisible block is 404 for a trader of another desk
+    execution = placement.executions.get()
+    back = client_for(backoffice).post(url, {"execution": execution.pk, "method": "pro_rata"}, format="json")
+    assert back.status_code == 200 and back.json()["block"] == block.pk
+
+
+def test_schema_builds(backoffice):
+    response = client_for(backoffice).get("/api/schema/")
+    assert response.status_code == 200
+    text = response.content.decode()
+    for path in ("/api/v1/accounts/", "/api/v1/allocations/reallocate/", "/api/v1/positions/", "/api/v1/cash/", "/api/v1/executions/"):
+        assert path in text

@@ -1,0 +1,241 @@
+"""execution_apply and friends, fed with reports encoded and parsed as on the wire (no sockets)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from allocations.models import Allocation, Position
+from oms_site.models import AuditEvent
+from orders.enums import OrderStatus
+from orders.fix.messages import CancelReject, encode_message, parse_message
+from orders.models import Block, Execution, Order, OutboxMessage, Placement
+from orders.services.executions import cancel_reject_apply, execution_apply
+from orders.services.routing import (
+    block_route,
+    order_cancel_request,
+    order_replace_request,
+    order_route,
+)
+from tests.routing.conftest import report
+
+pytestmark = pytest.mark.django_db
+KEY = "FIX.4.4:OMS->BRKA"
+
+
+def apply(r):
+    return execution_apply(session_key=KEY, report=r)
+
+
+@pytest.fixture
+def routed(trader, brokers, make_order):
+    order = make_order(quantity=Decimal("100"))
+    placement = order_route(user=trader, order_id=order.pk, broker_code="BRKA")
+    return order, placement
+
+
+def state(order):
+    order.refresh_from_db()
+    return order.status, order.cum_qty, order.avg_px, order.leaves_qty
+
+
+def test_ack_partial_fills_and_fill(routed):
+    order, p = routed
+    c = p.cl_ord_id
+    apply(report(c, "0", "0"))
+    assert state(order)[0] == OrderStatus.WORKING
+    apply(report(c, "F", "1", cum="40", avg="100", last_qty="40", last_px="100"))
+    assert state(order) == (
+        OrderStatus.PARTIALLY_FILLED,
+        Decimal("40"),
+        Decimal("100"),
+        Decimal("60"),
+    )
+    apply(report(c, "F", "2", cum="100", avg="100.6", last_qty="60", last_px="101"))
+    assert state(order) == (OrderStatus.FILLED, Decimal("100"), Decimal("100.6"), Decimal("0"))
+    p.refresh_from_db()
+    assert (p.status, p.cum_qty, p.avg_px, p.broker_order_id) == (
+        "filled",
+        Decimal("100"),
+        Decimal("100.6"),
+        "BRK-ORD-1",
+    )
+    # and the fills were allocated to the account and its position
+    assert sorted(Allocation.objects.values_list("quantity", flat=True)) == [
+        Decimal("40"),
+        Decimal("60"),
+    ]
+    assert Position.objects.get(account=order.account).quantity == Decimal("100")
+    assert list(
+        AuditEvent.objects.filter(object_type="order", object_id=str(order.pk))
+        .order_by("seq")
+        .values_list("action", flat=True)
+    ) == ["order.routed", "order.acknowledged", "order.partially_filled", "order.filled"]
+
+
+def test_duplicate_and_possdup_reports_count_once(routed):
+    order, p = routed
+    fill = report(
+        p.cl_ord_id, "F", "1", exec_id="E1", cum="30", avg="100", last_qty="30", last_px="100"
+    )
+    first = apply(fill)
+    # when the same ExecID arrives again, and again as a PossDup resend
+    again = apply(fill)
+    resent = apply(
+        report(
+            p.cl_ord_id,
+            "F",
+            "1",
+            exec_id="E1",
+            cum="30",
+            avg="100",
+            last_qty="30",
+            last_px="100",
+            poss_dup=True,
+        )
+    )
+    # then it is booked once
+    assert first is not None and (again, resent) == (None, None)
+    assert Execution.objects.filter(exec_id="E1").count() == 1
+    assert state(order)[1] == Decimal("30")
+    assert Allocation.objects.count() == 1
+
+
+def test_fill_before_ack_and_late_ack_does_not_regress(routed):
+    order, p = routed
+    # a fill arrives before the acknowledgement
+    apply(report(p.cl_ord_id, "F", "1", cum="50", avg="99", last_qty="50", last_px="99"))
+    assert state(order)[:2] == (OrderStatus.PARTIALLY_FILLED, Decimal("50"))
+    # then the late ack changes nothing but is stored
+    assert apply(report(p.cl_ord_id, "0", "0")) is not None
+    assert state(order)[:2] == (OrderStatus.PARTIALLY_FILLED, Decimal("50"))
+    p.refresh_from_db()
+    assert p.status == "partially_filled"
+
+
+def test_unknown_cl_ord_id_is_stored_flagged_and_audited(routed):
+    order, _ = routed
+    e = apply(report("NOSUCHID", "F", "1", cum="10", avg="5", last_qty="10", last_px="5"))
+    assert (e.unknown_order, e.placement_id, e.last_qty) == (True, None, Decimal("10"))
+    assert AuditEvent.objects.filter(action="execution.unknown_order").count() == 1
+    assert state(order)[1] == Decimal("0")
+
+
+def test_cancel_with_a_fill_while_pending_cancel(trader, routed):
+    order, p = routed
+    apply(report(p.cl_ord_id, "0", "0"))
+    order_cancel_request(user=trader, order_id=order.pk)
+    cancel_id = OutboxMessage.objects.get(msg_type="F").cl_ord_id
+    # a fill arrives while the cancel is pending: it counts, the order stays pending cancel
+    apply(report(p.cl_ord_id, "F", "1", cum="20", avg="100", last_qty="20", last_px="100"))
+    assert state(order)[:2] == (OrderStatus.PENDING_CANCEL, Decimal("20"))
+    apply(report(cancel_id, "6", "6", orig=p.cl_ord_id, cum="20", avg="100"))
+    apply(report(cancel_id, "4", "4", orig=p.cl_ord_id, cum="20", avg="100"))
+    assert state(order) == (OrderStatus.CANCELED, Decimal("20"), Decimal("100"), Decimal("0"))
+    p.refresh_from_db()
+    assert (p.status, p.cl_ord_id, p.orig_cl_ord_id) == ("canceled", cancel_id, p.orig_cl_ord_id)
+
+
+def test_cancel_reject_returns_to_prior_status(trader, routed):
+    order, p = routed
+    apply(report(p.cl_ord_id, "0", "0"))
+    apply(report(p.cl_ord_id, "F", "1", cum="10", avg="100", last_qty="10", last_px="100"))
+    order_cancel_request(user=trader, order_id=order.pk)
+    cancel_id = OutboxMessage.objects.get(msg_type="F").cl_ord_id
+    raw = encode_message(
+        begin_string="FIX.4.4",
+        msg_type="9",
+        sender_comp_id="BRKA",
+        target_comp_id="OMS",
+        msg_seq_num=7,
+        fields=[
+            (37, "B1"),
+            (11, cancel_id),
+            (41, p.cl_ord_id),
+            (39, "1"),
+            (434, "1"),
+            (102, "0"),
+            (58, "too late"),
+        ],
+    )
+    reject = parse_message(raw)
+    assert isinstance(reject, CancelReject)
+    cancel_reject_apply(session_key=KEY, reject=reject)
+    assert state(order)[0] == OrderStatus.PARTIALLY_FILLED
+    # a resent copy changes nothing
+    cancel_reject_apply(session_key=KEY, reject=reject)
+    assert AuditEvent.objects.filter(action="order.cancel_rejected").count() == 1
+
+
+def test_replace_confirmed_updates_terms_and_cl_ord_id(trader, brokers, make_order):
+    order = make_order(order_type="limit", limit_price=Decimal("99"))
+    p = order_route(user=trader, order_id=order.pk, broker_code="BRKA")
+    apply(report(p.cl_ord_id, "0", "0"))
+    order_replace_request(
+        user=trader, order_id=order.pk, quantity=Decimal("150"), limit_price=Decimal("99.5")
+    )
+    new_id = OutboxMessage.objects.get(msg_type="G").cl_ord_id
+    apply(report(new_id, "E", "E", orig=p.cl_ord_id))
+    assert state(order)[0] == OrderStatus.PENDING_REPLACE
+    apply(report(new_id, "5", "0", orig=p.cl_ord_id, qty="150"))
+    order.refresh_from_db()
+    assert (order.status, order.quantity, order.limit_price, order.leaves_qty) == (
+        OrderStatus.WORKING,
+        Decimal("150"),
+        Decimal("99.5"),
+        Decimal("150"),
+    )
+    p.refresh_from_db()
+    assert (p.cl_ord_id, p.orig_cl_ord_id, p.quantity) == (new_id, p.orig_cl_ord_id, Decimal("150"))
+    # fills under the new ClOrdID find the placement
+    apply(
+        report(new_id, "F", "2", qty="150", cum="150", avg="99.5", last_qty="150", last_px="99.5")
+    )
+    assert state(order)[:2] == (OrderStatus.FILLED, Decimal("150"))
+
+
+def test_venue_reject_rejects_the_order(routed):
+    order, p = routed
+    apply(report(p.cl_ord_id, "8", "8", text="unknown symbol"))
+    assert state(order) == (OrderStatus.REJECTED, Decimal("0"), Decimal("0"), Decimal("0"))
+    assert Placement.objects.get(pk=p.pk).status == "rejected"
+
+
+def test_expired_and_restated(routed):
+    order, p = routed
+    apply(report(p.cl_ord_id, "0", "0"))
+    apply(report(p.cl_ord_id, "D", "0", text="restated"))
+    assert state(order)[0] == OrderStatus.WORKING
+    apply(report(p.cl_ord_id, "C", "C"))
+    assert state(order)[0] == OrderStatus.EXPIRED
+
+
+def test_block_fills_are_allocated_to_its_orders(trader, brokers, make_order, pm):
+    a = make_order(quantity=Decimal("60"))
+    b = make_order(quantity=Decimal("40"))
+    block = Block.objects.create(
+        instrument=a.instrument,
+        side="buy",
+        order_type="market",
+        quantity=Decimal("100"),
+        created_by=trader,
+    )
+    Order.objects.filter(pk__in=[a.pk, b.pk]).update(block=block)
+    p = block_route(user=trader, block_id=block.pk, broker_code="BRKA")
+    assert set(Order.objects.filter(block=block).values_list("status", flat=True)) == {
+        "pending_new"
+    }
+    apply(report(p.cl_ord_id, "0", "0"))
+    apply(report(p.cl_ord_id, "F", "1", cum="50", avg="100", last_qty="50", last_px="100"))
+    assert (state(a)[:2], state(b)[:2]) == (
+        (OrderStatus.PARTIALLY_FILLED, Decimal("30")),
+        (OrderStatus.PARTIALLY_FILLED, Decimal("20")),
+    )
+    apply(report(p.cl_ord_id, "F", "2", cum="100", avg="101", last_qty="50", last_px="102"))
+    assert (state(a), state(b)) == (
+        (OrderStatus.FILLED, Decimal("60"), Decimal("101"), Decimal("0")),
+        (OrderStatus.FILLED, Decimal("40"), Decimal("101"), Decimal("0")),
+    )
+    block.refresh_from_db()
+    assert (block.status, block.cum_qty, block.avg_px) == ("filled", Decimal("100"), Decimal("101"))
