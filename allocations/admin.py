@@ -6,13 +6,25 @@ from allocations.models import (
     Account,
     AccountGroup,
     Allocation,
+    BlockAllocationPolicy,
     CashBalance,
     CommissionSchedule,
     Custodian,
     Desk,
     Position,
 )
+from allocations.selectors import accounts_visible_to
 from oms_site.admin_audit import AuditedModelAdmin, ReadOnlyAdmin
+
+
+class _EntitledMixin:
+    """Rows of the accounts the user may see (PM: own, trader: desk, oversight: all)."""
+
+    account_path = "account"
+
+    def get_queryset(self, request):  # type: ignore[no-untyped-def]
+        qs = super().get_queryset(request)  # type: ignore[misc]
+        return qs.filter(**{f"{self.account_path}__in": accounts_visible_to(user=request.user)})
 
 
 @admin.register(Custodian)
@@ -54,7 +66,7 @@ class AccountAdmin(AuditedModelAdmin):
 
 
 @admin.register(CashBalance)
-class CashBalanceAdmin(AuditedModelAdmin):
+class CashBalanceAdmin(_EntitledMixin, AuditedModelAdmin):
     list_display = ("account", "currency", "settled", "pending", "updated_at")
     list_filter = ("currency",)
     search_fields = ("account__code",)
@@ -62,7 +74,7 @@ class CashBalanceAdmin(AuditedModelAdmin):
 
 
 @admin.register(Position)
-class PositionAdmin(AuditedModelAdmin):
+class PositionAdmin(_EntitledMixin, AuditedModelAdmin):
     list_display = ("account", "instrument", "quantity", "avg_cost", "realised_pnl", "updated_at")
     search_fields = ("account__code", "instrument__symbol")
     list_select_related = ("account", "instrument")
@@ -75,17 +87,35 @@ class CommissionScheduleAdmin(AuditedModelAdmin):
 
 
 @admin.register(Allocation)
-class AllocationAdmin(ReadOnlyAdmin):
+class AllocationAdmin(_EntitledMixin, ReadOnlyAdmin):
     list_display = (
         "id",
         "trade_date",
+        "settlement_date",
         "account",
         "instrument",
         "side",
+        "kind",
         "quantity",
+        "cum_quantity",
         "price",
+        "gross",
+        "commission",
+        "fees",
         "net",
         "broker",
+        "method",
+        "cash_settled",
     )
-    list_filter = ("trade_date", "side", "method")
-    search_fields = ("account__code", "instrument__symbol")
+    list_filter = ("trade_date", "side", "kind", "method", "cash_settled")
+    search_fields = ("account__code", "instrument__symbol", "=block__id", "=order__id")
+    list_select_related = ("account", "instrument", "broker")
+    date_hierarchy = "trade_date"
+
+
+@admin.register(BlockAllocationPolicy)
+class BlockAllocationPolicyAdmin(ReadOnlyAdmin):
+    """Changed only through allocation_reallocate (audited, with its invariants)."""
+
+    list_display = ("block", "method", "filled_at", "set_by", "version", "updated_at")
+    list_filter = ("method",)

@@ -190,8 +190,13 @@ class Allocation(models.Model):
     commission = MoneyField(default=0)
     fees = MoneyField(default=0)
     net = MoneyField()
-    # The order's cumulative allocated quantity after this row (sum of its rows so far).
+    # The order's cumulative allocation after this row (the sums of its rows so far): the
+    # latest row of an order says where it stands without summing its history.
     cum_quantity = QtyField(default=0)
+    cum_gross = MoneyField(default=0)
+    cum_commission = MoneyField(default=0)
+    cum_fees = MoneyField(default=0)
+    cum_net = MoneyField(default=0)
     currency = models.CharField(max_length=3)
     trade_date = models.DateField()
     settlement_date = models.DateField()
@@ -226,6 +231,7 @@ class Allocation(models.Model):
         ]
         indexes = [
             models.Index(fields=["trade_date", "account"], name="allocation_date_account_idx"),
+            models.Index(fields=["order", "id"], name="allocation_order_id_idx"),
             models.Index(
                 fields=["settlement_date"],
                 condition=Q(cash_settled=False),

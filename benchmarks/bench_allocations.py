@@ -291,10 +291,15 @@ def run() -> dict[str, Any]:
 
     settlement_date(dt.date(2026, 11, 20), cycle_days=1, calendar_code="XNYS")  # build once
     world = _world("1")
-    return {
+    load_before = os.getloadavg()[0]
+    results = {
         "one_fill_1000_accounts": bench_one_fill_1000_accounts(world),
         "end_to_end": bench_fills_per_second(world),
     }
+    # Figures from a shared, busy machine are not comparable with a quiet one: say how busy.
+    results["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
+    results["cpus"] = os.cpu_count()
+    return results
 
 
 if __name__ == "__main__":
@@ -310,4 +315,9 @@ if __name__ == "__main__":
         f"fills/s ({flow['fills']} fills, {flow['threads']} threads, blocks of "
         f"{flow['orders_per_block']}) (target >= {TARGET_RATE}); one hot block: "
         f"{flow['hot_block_fills_per_s']} fills/s"
+    )
+    load = results["load_average_1min"]
+    print(
+        f"machine: {results['cpus']} CPUs, 1-min load average {load['before']:.1f} before, "
+        f"{load['after']:.1f} after (figures scale with it)"
     )

@@ -9,7 +9,7 @@ seeded with the demo data set plus four pre-trade rules (restricted list, fat fi
 power, concentration), so every order really goes through validation, compliance (with the
 account's cash row lock), audit and the after-commit blotter publish. `uvicorn
 oms_site.asgi:application` serves it on a free 127.0.0.1 port (BENCH_WORKERS processes,
-default 2 = the cores here; persistent DB connections). The clients are asyncio + httpx in this
+default 2 = the cores here; Django's psycopg pool, DB_POOL_MAX_SIZE=8 per worker). The clients are asyncio + httpx in this
 process, on the same machine, so they compete with the server for the CPU: the figures are a
 floor, not a ceiling. Open-loop latency is measured from each request's *scheduled* send time,
 so a stalled server cannot hide its queue (no coordinated omission).
@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"orders_per_s": 300.0, "basket_500_ms": 250.0, "p50_ms": 20.0, "p99_ms": 100.0}
 CLIENTS = 16
 OPEN_LOOP_RATE = 200.0
+OPEN_LOOP_TIMEOUT = 15.0  # a request not answered by then counts as failed (status 0)
 BASKET_SIZE = 500
 LOG_PATH = Path(os.environ.get("BENCH_ORDERS_LOG", "/tmp/bench_orders_server.log"))
 
@@ -104,7 +105,10 @@ def _env(db_url: str) -> dict[str, str]:
         {
             "DATABASE_URL": db_url,
             "DJANGO_SETTINGS_MODULE": "oms_site.settings",
-            "DB_CONN_MAX_AGE": "60",
+            # Under ASGI each request runs in its own thread: without a pool every request opens a
+            # connection and bursts exhaust max_connections. A bounded pool per worker instead.
+            "DB_CONN_MAX_AGE": "0",
+            "DB_POOL_MAX_SIZE": os.environ.get("BENCH_DB_POOL", "8"),
             "ORDER_ENTRY_RATE": "1000000/min",
             "LOG_LEVEL": "WARNING",
             "DEBUG": "0",
@@ -252,9 +256,12 @@ async def _open_loop(
             if delay > 0:
                 await asyncio.sleep(delay)
             try:
-                r = await http.post(f"{base}/api/v1/orders/", json=gen.one(), headers=headers)
+                r = await asyncio.wait_for(
+                    http.post(f"{base}/api/v1/orders/", json=gen.one(), headers=headers),
+                    timeout=OPEN_LOOP_TIMEOUT,
+                )
                 code = r.status_code
-            except httpx.HTTPError:
+            except (httpx.HTTPError, TimeoutError):
                 code = 0  # timed out or refused: counted, with its latency so far
             latencies.append((time.perf_counter() - scheduled) * 1000)
             statuses[code] = statuses.get(code, 0) + 1

@@ -5,9 +5,9 @@ query (``values_list`` tuples through ``.iterator(chunk_size=...)``, a server-si
 model instances), netting per order, settlement dates on the real XNYS calendar, the writer,
 the checksum, the atomic publish and the records.
 
-It builds its own database (default ``oms_settle_bench``, dropped and re-created), migrates it,
-and loads N orders and N allocations (one custodian, 500 accounts, 2,000 instruments, one
-execution per 100 allocations) with PostgreSQL COPY. Each measurement then runs in a fresh
+It builds its own database (default ``oms_settle_bench``, re-created, dropped at the end unless
+``--keep``), migrates it, and loads N orders and N allocations (one custodian, 500 accounts,
+2,000 instruments, one execution per 100 allocations) with PostgreSQL COPY. Each measurement then runs in a fresh
 interpreter so that its peak RSS (getrusage ru_maxrss) is its own:
 
 1. first run, CSV custodian -> v1 written;
@@ -72,6 +72,15 @@ def _recreate_database(database_url: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _drop_database(database_url: str) -> None:
+    import psycopg
+
+    name = database_url.rsplit("/", 1)[1]
+    admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 def _copy(cursor: Any, model: Any, rows: Any) -> int:
@@ -275,8 +284,14 @@ def _in_fresh_process(fn: Any, *args: Any) -> Any:
         return pool.submit(fn, *args).result()
 
 
-def run(sizes: Sequence[int], database_url: str) -> dict[str, dict[str, Any]]:
-    """Load and measure each size; print and return the figures."""
+def run(
+    sizes: Sequence[int] = (100_000,),
+    database_url: str | None = None,
+    quick: bool = False,
+    keep: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Load and measure each size (100,000 by default; quick is the same); print and return."""
+    database_url = database_url or os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)
     results: dict[str, dict[str, Any]] = {}
     print("load average at start: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     for size in sizes:
@@ -312,6 +327,8 @@ def run(sizes: Sequence[int], database_url: str) -> dict[str, dict[str, Any]]:
             f"{'OK' if ok else 'OVER TARGET'}"
         )
         results[str(size)] = {"load": loaded, **steps, "within_target": ok}
+    if not keep:
+        _drop_database(database_url)
     return results
 
 
@@ -325,9 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL),
         help="a database this benchmark may drop and re-create",
     )
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args(argv)
     sizes = args.size or ([100_000, 1_000_000] if args.full else [100_000])
-    results = run(sizes, args.database_url)
+    results = run(sizes, args.database_url, keep=args.keep)
     return 0 if all(r["within_target"] for r in results.values()) else 1
 
 

@@ -6,80 +6,147 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('allocations', '0002_initial'),
-        ('orders', '0001_initial'),
+        ("allocations", "0002_initial"),
+        ("orders", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='BlockAllocationPolicy',
+            name="BlockAllocationPolicy",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('method', models.CharField(choices=[('pro_rata', 'Pro-rata by requested quantity'), ('fixed_ratio', 'Fixed ratio'), ('manual', 'Manual')], max_length=16)),
-                ('ratios', models.JSONField(blank=True, default=dict, help_text='order id → ratio (string)')),
-                ('quantities', models.JSONField(blank=True, default=dict, help_text='order id → quantity (string)')),
-                ('filled_at', models.DecimalField(decimal_places=8, default=0, max_digits=24)),
-                ('version', models.PositiveIntegerField(default=1)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "method",
+                    models.CharField(
+                        choices=[
+                            ("pro_rata", "Pro-rata by requested quantity"),
+                            ("fixed_ratio", "Fixed ratio"),
+                            ("manual", "Manual"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "ratios",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="order id → ratio (string)"
+                    ),
+                ),
+                (
+                    "quantities",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="order id → quantity (string)"
+                    ),
+                ),
+                ("filled_at", models.DecimalField(decimal_places=8, default=0, max_digits=24)),
+                ("version", models.PositiveIntegerField(default=1)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
         ),
         migrations.RemoveConstraint(
-            model_name='allocation',
-            name='allocation_quantity_nonzero',
+            model_name="allocation",
+            name="allocation_quantity_nonzero",
         ),
         migrations.AddField(
-            model_name='allocation',
-            name='block',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='allocations', to='orders.block'),
+            model_name="allocation",
+            name="block",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="allocations",
+                to="orders.block",
+            ),
         ),
         migrations.AddField(
-            model_name='allocation',
-            name='cash_settled',
+            model_name="allocation",
+            name="cash_settled",
             field=models.BooleanField(default=False),
         ),
         migrations.AddField(
-            model_name='allocation',
-            name='cash_settled_at',
+            model_name="allocation",
+            name="cash_settled_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='allocation',
-            name='created_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="allocation",
+            name="created_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='allocation',
-            name='cum_quantity',
+            model_name="allocation",
+            name="cum_quantity",
             field=models.DecimalField(decimal_places=8, default=0, max_digits=24),
         ),
         migrations.AddField(
-            model_name='allocation',
-            name='kind',
-            field=models.CharField(choices=[('fill', 'Fill'), ('reversal', 'Reversal'), ('reprice', 'Re-price')], default='fill', max_length=8),
+            model_name="allocation",
+            name="kind",
+            field=models.CharField(
+                choices=[("fill", "Fill"), ("reversal", "Reversal"), ("reprice", "Re-price")],
+                default="fill",
+                max_length=8,
+            ),
         ),
         migrations.AddIndex(
-            model_name='allocation',
-            index=models.Index(condition=models.Q(('cash_settled', False)), fields=['settlement_date'], name='allocation_cash_due_idx'),
+            model_name="allocation",
+            index=models.Index(
+                condition=models.Q(("cash_settled", False)),
+                fields=["settlement_date"],
+                name="allocation_cash_due_idx",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='allocation',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('quantity', 0), _negated=True), ('kind', 'reprice'), _connector='OR'), name='allocation_quantity_nonzero'),
+            model_name="allocation",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("quantity", 0), _negated=True), ("kind", "reprice"), _connector="OR"
+                ),
+                name="allocation_quantity_nonzero",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='allocation',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('kind', 'fill'), ('quantity__gt', 0)), models.Q(('kind', 'reversal'), ('quantity__lt', 0)), models.Q(('kind', 'reprice'), ('quantity', 0)), _connector='OR'), name='allocation_kind_matches_quantity'),
+            model_name="allocation",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("kind", "fill"), ("quantity__gt", 0)),
+                    models.Q(("kind", "reversal"), ("quantity__lt", 0)),
+                    models.Q(("kind", "reprice"), ("quantity", 0)),
+                    _connector="OR",
+                ),
+                name="allocation_kind_matches_quantity",
+            ),
         ),
         migrations.AddField(
-            model_name='blockallocationpolicy',
-            name='block',
-            field=models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='allocation_policy', to='orders.block'),
+            model_name="blockallocationpolicy",
+            name="block",
+            field=models.OneToOneField(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="allocation_policy",
+                to="orders.block",
+            ),
         ),
         migrations.AddField(
-            model_name='blockallocationpolicy',
-            name='set_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="blockallocationpolicy",
+            name="set_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
     ]

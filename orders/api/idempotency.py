@@ -123,12 +123,12 @@ def idempotent(handler: Callable[..., Response]) -> Callable[..., Response]:
         try:
             response = handler(view, request, *args, **kwargs)
         except Exception as exc:
-            response = None
             try:
+                # DRF renders domain errors here; anything it re-raises frees the key first.
                 response = view.handle_exception(exc)
-            finally:
-                if response is None:
-                    reserved.delete()
+            except BaseException:
+                reserved.delete()
+                raise
         if 200 <= response.status_code < 300:
             reserved.status_code = response.status_code
             reserved.body = json_safe(response.data)

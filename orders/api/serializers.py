@@ -24,7 +24,7 @@ class PlainDecimalField(serializers.DecimalField):
         kwargs.setdefault("decimal_places", 8)
         super().__init__(**kwargs)
 
-    def to_representation(self, value: Any) -> str | None:
+    def to_representation(self, value: Any) -> Any:
         if value is None:
             return None
         d = value if isinstance(value, Decimal) else Decimal(str(value))
@@ -40,7 +40,7 @@ class ErrorSerializer(serializers.Serializer):
 
     code = serializers.CharField()
     detail = serializers.CharField()
-    errors = serializers.JSONField()
+    errors = serializers.JSONField()  # type: ignore[assignment]
 
 
 class BasketRowErrorSerializer(serializers.Serializer):
@@ -54,7 +54,7 @@ class BasketErrorSerializer(serializers.Serializer):
 
     code = serializers.CharField()
     detail = serializers.CharField()
-    errors = BasketRowErrorSerializer(many=True)
+    errors = BasketRowErrorSerializer(many=True)  # type: ignore[assignment]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -218,7 +218,7 @@ class OrderDetailSerializer(OrderSerializer):
     history = serializers.SerializerMethodField()
 
     @extend_schema_field(AuditEventSerializer(many=True))
-    def get_history(self, obj: Any) -> list[dict[str, Any]]:
+    def get_history(self, obj: Any) -> Any:
         events = self.context.get("history", [])
         return AuditEventSerializer(events, many=True).data
 

@@ -18,7 +18,8 @@ class OrderEntryThrottle(ScopedRateThrottle):
     """
 
     def get_rate(self) -> str | None:
-        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+        rates: dict[str, Any] = api_settings.DEFAULT_THROTTLE_RATES
+        return rates.get(str(self.scope))
 
 
 class OrderEntryThrottleMixin:
@@ -31,7 +32,7 @@ class OrderEntryThrottleMixin:
             return [OrderEntryThrottle()]
         return []
 
-    def throttled(self, request: Any, wait: float | None) -> None:
+    def throttled(self, request: Any, wait: Any) -> Any:
         with transaction.atomic():
             audit_record(
                 action="order_entry.throttled",

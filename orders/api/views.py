@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db.models import Prefetch, QuerySet, prefetch_related_objects
@@ -113,7 +113,7 @@ class OrderListCreateView(OrderEntryThrottleMixin, generics.ListAPIView):
     ordering_fields = ["id", "created_at", "updated_at", "status", "quantity"]
     ordering = ["-id"]
 
-    def get_permissions(self) -> list[Any]:
+    def get_permissions(self) -> Any:
         if self.request.method == "POST":
             return [IsPM()]
         return super().get_permissions()
@@ -192,7 +192,7 @@ class OrderAmendView(APIView):
         order = order_amend(
             user=request.user,
             order_id=pk,
-            version=data.get("version"),
+            version=cast(int, data.get("version")),
             quantity=data.get("quantity"),
             limit_price=data.get("limit_price"),
             stop_price=data.get("stop_price"),
@@ -329,7 +329,7 @@ class BlockListCreateView(generics.ListAPIView):
     ordering_fields = ["id", "created_at"]
     ordering = ["-id"]
 
-    def get_permissions(self) -> list[Any]:
+    def get_permissions(self) -> Any:
         if self.request.method == "POST":
             return [IsTrader()]
         return super().get_permissions()

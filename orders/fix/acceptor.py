@@ -256,6 +256,13 @@ class FixAcceptor:
             return
         started.set_result(None)
         self.loop.run_forever()
+        # Let connection handlers see their cancellation before the loop closes (otherwise
+        # they are garbage-collected pending: "Event loop is closed" noise at exit).
+        pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self.loop.close()
 
     def stop(self, logout_wait: float = 2.0) -> None:

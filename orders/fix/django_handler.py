@@ -25,6 +25,7 @@ One gateway process owns a set of sessions: two processes must not serve the sam
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -35,12 +36,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import (
-    DEFAULT_DB_ALIAS,
     DatabaseError,
     InterfaceError,
     OperationalError,
     connection,
-    connections,
 )
 from django.db.models import F
 from django.utils import timezone
@@ -97,6 +96,31 @@ def _drop_broken_connection() -> None:
         logger.exception("closing a broken database connection failed")
 
 
+class _DbThread:
+    """One Python thread that owns a database connection and runs calls for other threads.
+
+    Why: QuickFIX calls Python from native threads that get a fresh Python thread state per
+    callback, so Django's per-thread connection would be a new connection every message (slow,
+    and leaked). The callback hands the work to this thread and waits for the result, so a
+    message is still committed before QuickFIX counts it as received.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        """Run fn(*args) on the thread; re-raise its exception here."""
+        return self._executor.submit(fn, *args).result()
+
+    def close(self) -> None:
+        """Close the thread's connection and stop the thread."""
+        try:
+            self._executor.submit(connection.close).result(timeout=10)
+        except Exception:
+            logger.exception("closing a gateway database connection failed")
+        self._executor.shutdown(wait=True)
+
+
 class DjangoGatewayHandler:
     """GatewayHandler storing messages in FixMessage and applying reports through services."""
 
@@ -104,27 +128,15 @@ class DjangoGatewayHandler:
         self.state_changed = threading.Event()
         self.fill_latencies: collections.deque[float] = collections.deque(maxlen=latency_samples)
         self.fills_applied = 0
-        self._connections: list[Any] = []
-        self._lock = threading.Lock()
-
-    def _track_connection(self) -> None:
-        # Connections are per thread; remember QuickFIX threads' ones to close them at stop.
-        wrapper = connections[DEFAULT_DB_ALIAS]
-        with self._lock:
-            if all(w is not wrapper for w in self._connections):
-                self._connections.append(wrapper)
+        # Inbound (records and applies, in arrival order) and outbound records run on two
+        # threads, so a burst of reports never delays an order on its way out.
+        self._inbound = _DbThread("fix-in-db")
+        self._outbound = _DbThread("fix-out-db")
 
     def close_connections(self) -> None:
-        """Close the database connections opened on QuickFIX threads (after the gateway stopped)."""
-        with self._lock:
-            wrappers, self._connections = self._connections, []
-        for wrapper in wrappers:
-            raw = getattr(wrapper, "connection", None)
-            if raw is not None:
-                try:
-                    raw.close()
-                except Exception:
-                    logger.exception("closing a gateway database connection failed")
+        """Close the database threads (after the gateway stopped)."""
+        self._inbound.close()
+        self._outbound.close()
 
     def on_logon(self, session_key: str) -> None:
         self.state_changed.set()
@@ -133,16 +145,19 @@ class DjangoGatewayHandler:
         self.state_changed.set()
 
     def on_outbound(self, session_key: str, raw: str) -> None:
-        self._track_connection()
+        self._outbound.run(self._record_outbound, session_key, raw)
+
+    def on_inbound(self, session_key: str, raw: str, parsed: ParsedMessage) -> None:
+        self._inbound.run(self._receive, session_key, raw, parsed, time.perf_counter())
+
+    def _record_outbound(self, session_key: str, raw: str) -> None:
         try:
             record_message(session_key, Direction.OUT, raw)
         except _DB_ERRORS:
             _drop_broken_connection()
             raise
 
-    def on_inbound(self, session_key: str, raw: str, parsed: ParsedMessage) -> None:
-        received = time.perf_counter()
-        self._track_connection()
+    def _receive(self, session_key: str, raw: str, parsed: ParsedMessage, received: float) -> None:
         try:
             stored = record_message(session_key, Direction.IN, raw)
             if parsed.header.msg_type in ADMIN_MSG_TYPES:

@@ -351,8 +351,8 @@ def _check_terms(
 class _Reference:
     """Reference data loaded once per call, with a constant number of queries."""
 
-    instruments: dict[str, Instrument]
-    accounts: dict[str, Account]
+    instruments: Mapping[str, Instrument]
+    accounts: Mapping[str, Account]
     managed_ids: set[int]
 
 
@@ -595,7 +595,11 @@ def _replayed(order: Order) -> Order:
 
 
 def orders_create_bulk(
-    *, user: Any, rows: Sequence[Mapping[str, Any]], source: str = "json"
+    *,
+    user: Any,
+    rows: Sequence[Mapping[str, Any]],
+    source: str = "json",
+    _retried: bool = False,
 ) -> tuple[list[Order], BasketSummary]:
     """Enter a basket all-or-nothing, with a constant number of queries whatever its size."""
     _require_role(user, "pm", what="upload baskets")
@@ -631,13 +635,20 @@ def orders_create_bulk(
             basket_ids.pop() if len(basket_ids) == 1 else None, previous, created=0
         )
     basket = Basket(created_by=user, source=source[:16], order_count=len(todo))
-    created = _create_many(
-        user=user,
-        rows=[c for _, c in todo],
-        basket=basket,
-        single=False,
-        row_numbers=[i for i, _ in todo],
-    )
+    try:
+        created = _create_many(
+            user=user,
+            rows=[c for _, c in todo],
+            basket=basket,
+            single=False,
+            row_numbers=[i for i, _ in todo],
+        )
+    except IntegrityError:
+        # A concurrent retry of the same basket inserted some client_order_ids first: answer
+        # from what now exists (one retry only, so another integrity problem still surfaces).
+        if not seen or _retried:
+            raise
+        return orders_create_bulk(user=user, rows=rows, source=source, _retried=True)
     by_client = {o.client_order_id: o for o in created if o.client_order_id}
     result: list[Order] = []
     it = iter(created)
@@ -813,7 +824,7 @@ def order_amend(
                 code="invalid_transition",
                 errors={"status": [f"cannot amend an order in status {order.status}"]},
             )
-        if order.block_id is not None and order.block.status == BlockStatus.OPEN:
+        if order.block is not None and order.block.status == BlockStatus.OPEN:
             raise ConflictError(
                 f"The order is in block B{order.block_id}; dissolve the block first.",
                 code="in_block",
@@ -1000,7 +1011,7 @@ def _cancel_at_broker(*, user: Any, order: Order, version: int | None) -> Order:
                 "The order is at a broker and cancel requests are not available.",
                 code="cancel_unavailable",
             )
-        return cancel(user=user, order_id=order.pk)
+        return cancel(user=user, order_id=order.pk, version=version)
     # Pending requests and terminal states (a filled order cannot be canceled).
     _refuse_direct_cancel(order)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -1192,7 +1203,7 @@ def block_create(*, user: Any, order_ids: Sequence[Any]) -> Block:
         for o in orders:
             if o.status != OrderStatus.APPROVED:
                 problems.append(f"order {o.pk} is {o.status}, not approved")
-            elif o.block_id is not None and o.block.status != BlockStatus.DISSOLVED:
+            elif o.block is not None and o.block.status != BlockStatus.DISSOLVED:
                 problems.append(f"order {o.pk} is already in block {o.block_id}")
         if problems:
             raise ConflictError(

@@ -88,7 +88,6 @@
       layout: "fitColumns",
       reactiveData: false,
       selectableRows: true,
-      selectableRowsRangeMode: "click",
       placeholder: "No orders",
       columnHeaderVertAlign: "bottom",
       initialSort: [{ column: "updated_at", dir: "desc" }],
@@ -151,6 +150,7 @@
           rows.forEach((o) => apply(row(o)));
           schedule();
           document.body.dataset.snapshot = String(Date.now());
+          if (cfg.onSnapshot) cfg.onSnapshot();
           if (selectedId !== null) loadFills(selectedId);
         } catch (err) {
           flashError(err, "Could not load orders");
@@ -207,7 +207,7 @@
         el("td", { text: x.exec_id || "" }),
         el("td", { text: x.broker || "" }),
         el("td", { text: (x.exec_type || "fill").replace(/_/g, " ") }),
-        el("td", { class: "num", text: fmtQty(x.last_qty) }),
+        el("td", { class: "num", text: Number(x.last_qty) ? fmtQty(x.last_qty) : "" }),
         el("td", { class: "num", text: fmtPx(x.last_px) }),
         el("td", { class: "num", text: fmtQty(x.cum_qty) }),
         el("td", { class: "num", text: fmtPx(x.avg_px) }));
@@ -347,11 +347,14 @@
       async override(reason) {
         await each(selected(), (o) => api("orders/" + o.id + "/override/", { method: "POST", body: { reason } }), "Override");
       },
-      async kill(scope, target) {
+      async kill(scope, target, reason) {
         try {
-          const res = await api("kill-switch/", { method: "POST", body: { scope, target: scope === "firm" ? null : target } });
-          const n = res && (res.canceled !== undefined ? res.canceled : (res.cancelled !== undefined ? res.cancelled : null));
-          flash("Kill switch engaged (" + scope + (target && scope !== "firm" ? " " + target : "") + ")" + (n !== null ? ": " + n + " orders cancelled" : ""), "warn");
+          const res = await api("kill-switch/", { method: "POST", body: { scope, target: scope === "firm" ? "" : target, reason: reason || "" } });
+          const parts = [];
+          if (res && res.canceled !== undefined) parts.push(res.canceled + " staged orders canceled");
+          if (res && res.cancel_requests !== undefined) parts.push(res.cancel_requests + " cancel requests sent to brokers");
+          flash("Kill switch engaged (" + scope + (target && scope !== "firm" ? " " + target : "") + ")" + (parts.length ? ": " + parts.join(", ") : ""), "warn");
+          if (cfg.onKill) cfg.onKill();
           return true;
         } catch (err) { flashError(err, "Kill switch refused"); return false; }
       },
@@ -411,7 +414,7 @@
       e.preventDefault();
       const scope = $("#kill-scope").value;
       const sel = document.querySelector('[data-kill-target="' + scope + '"] select');
-      const ok = await grid.actions.kill(scope, sel ? sel.value : null);
+      const ok = await grid.actions.kill(scope, sel ? sel.value : null, $("#kill-reason").value.trim());
       if (ok) $("#dlg-kill").close();
     });
     on("#columns-toggle", "click", () => { const m = $("#column-menu"); m.hidden = !m.hidden; });
@@ -421,5 +424,26 @@
     });
   }
 
-  window.OMSBlotter = { mount, wireToolbar, row };
+  /** The banner of active kill switches, with a Lift button (a second person must lift it). */
+  function killBanner(canLift) {
+    const box = document.getElementById("kill-banner");
+    if (!box) return () => {};
+    async function refresh() {
+      let rows = [];
+      try { rows = await apiAll("kill-switch/", { active: "true" }); } catch (err) { return; }
+      box.hidden = !rows.length;
+      box.replaceChildren(...rows.map((k) => el("span", { class: "kill-item" },
+        el("strong", { text: "KILL SWITCH " + k.scope.toUpperCase() + (k.target ? " " + k.target : "") }),
+        " engaged by " + k.engaged_by + " at " + fmtTime(k.engaged_at) + (k.reason ? " · " + k.reason : "") + " ",
+        canLift ? el("button", { type: "button", class: "btn-quiet", onclick: async () => {
+          try { await api("kill-switch/" + k.id + "/lift/", { method: "POST" }); flash("Kill switch lifted", "ok"); }
+          catch (err) { flashError(err, "Lift refused"); }
+          refresh();
+        } }, "Lift") : "")));
+    }
+    refresh();
+    return refresh;
+  }
+
+  window.OMSBlotter = { mount, wireToolbar, row, killBanner };
 })();

@@ -112,7 +112,8 @@
       basketResult.dataset.kind = "error";
       const rows = err instanceof ApiError && Array.isArray(err.errors) ? err.errors
         : err instanceof ApiError && err.body && Array.isArray(err.body.errors) ? err.body.errors : [];
-      basketResult.replaceChildren(el("strong", { text: (err.detail || "Basket refused") + " · nothing was created" }));
+      const head = err.detail || "Basket refused";
+      basketResult.replaceChildren(el("strong", { text: /nothing/i.test(head) ? head : head + " · nothing was created" }));
       if (rows.length) {
         basketResult.append(el("table", { class: "dense basket-errors", "data-testid": "basket-errors" },
           el("thead", {}, el("tr", {}, el("th", { text: "Row" }), el("th", { text: "Field" }), el("th", { text: "Problem" }))),

@@ -22,7 +22,11 @@ def book(account, other_account, instrument, broker, trader, pm_other):
     )
     fill(placement_a, 100, "10.00")
     block_b, orders_b, placement_b = make_block(
-        instrument=instrument, accounts=[other_account], quantities=[100], user=trader, broker=broker
+        instrument=instrument,
+        accounts=[other_account],
+        quantities=[100],
+        user=trader,
+        broker=broker,
     )
     fill(placement_b, 100, "10.00")
     return {"a": (block_a, orders_a[0]), "b": (block_b, orders_b[0])}
@@ -46,7 +50,13 @@ def test_accounts_with_cash_and_nav(book, pm):
 
 @pytest.mark.parametrize(
     "who, expected",
-    [("pm", ["ACC-A"]), ("pm_other", ["ACC-B"]), ("trader", ["ACC-A"]), ("backoffice", ["ACC-A", "ACC-B"]), ("compliance_officer", ["ACC-A", "ACC-B"])],
+    [
+        ("pm", ["ACC-A"]),
+        ("pm_other", ["ACC-B"]),
+        ("trader", ["ACC-A"]),
+        ("backoffice", ["ACC-A", "ACC-B"]),
+        ("compliance_officer", ["ACC-A", "ACC-B"]),
+    ],
 )
 def test_lists_are_entitlement_scoped(book, request, who, expected):
     client = client_for(request.getfixturevalue(who))
@@ -75,14 +85,18 @@ def test_filters(book, backoffice):
     client = client_for(backoffice)
     assert _codes(client.get("/api/v1/positions/?account=ACC-B")) == ["ACC-B"]
     assert _codes(client.get("/api/v1/cash/?account=ACC-A")) == ["ACC-A"]
-    assert client.get("/api/v1/allocations/?account=ACC-A&trade_date=2026-11-20").json()["count"] == 1
+    assert (
+        client.get("/api/v1/allocations/?account=ACC-A&trade_date=2026-11-20").json()["count"] == 1
+    )
     assert client.get("/api/v1/allocations/?trade_date=2026-11-19").json()["count"] == 0
     block_a, order_a = book["a"]
     assert client.get(f"/api/v1/executions/?block={block_a.pk}").json()["count"] == 1
     assert client.get(f"/api/v1/executions/?order={order_a.pk}").json()["count"] == 1
     position = client.get("/api/v1/positions/?account=ACC-A").json()["results"][0]
     assert (position["quantity"], position["avg_cost"], position["market_value"]) == (
-        "100.00000000", "10.00000000", "10000.00000000"
+        "100.00000000",
+        "10.00000000",
+        "10000.00000000",
     )
     assert D(position["unrealised_pnl"]) == D("9000")
 
@@ -90,7 +104,13 @@ def test_filters(book, backoffice):
 def test_reallocate_api_roles_and_errors(book, account, instrument, broker, trader, pm, backoffice):
     # given a block of two ACC-A orders (on trader_a's desk) filled 100
     acc2 = f.AccountFactory(code="ACC-A2", desk=account.desk)
-    block, (o1, o2), placement = make_block(instrument=instrument, accounts=[account, acc2], quantities=[100, 100], user=trader, broker=broker)
+    block, (_o1, _o2), placement = make_block(
+        instrument=instrument,
+        accounts=[account, acc2],
+        quantities=[100, 100],
+        user=trader,
+        broker=broker,
+    )
     fill(placement, 100, "10.00")
     url = "/api/v1/allocations/reallocate/"
     body = {"block": block.pk, "method": "manual", "quantities": {"ACC-A": "0", "ACC-A2": "100"}}
@@ -99,17 +119,22 @@ def test_reallocate_api_roles_and_errors(book, account, instrument, broker, trad
     # a bad body is 400 in the envelope
     bad = client_for(trader).post(url, {"block": block.pk, "method": "manual"}, format="json")
     assert bad.status_code == 400 and bad.json()["code"] == "invalid"
-    wrong = client_for(trader).post(url, {**body, "quantities": {"ACC-A": "100", "ACC-A2": "100"}}, format="json")
+    wrong = client_for(trader).post(
+        url, {**body, "quantities": {"ACC-A": "100", "ACC-A2": "100"}}, format="json"
+    )
     assert wrong.status_code == 400 and "does not equal" in wrong.json()["detail"]
     # the trader may
     ok = client_for(trader).post(url, body, format="json")
     assert ok.status_code == 200, ok.content
     assert [(r["account"], r["kind"], r["quantity"]) for r in ok.json()["allocations"]] == [
-        ("ACC-A", "reversal", "-50.00000000"), ("ACC-A2", "fill", "50.00000000")
+        ("ACC-A", "reversal", "-50.00000000"),
+        ("ACC-A2", "fill", "50.00000000"),
     ]
     # back office too (by execution), and an invisible block is 404 for a trader of another desk
     execution = placement.executions.get()
-    back = client_for(backoffice).post(url, {"execution": execution.pk, "method": "pro_rata"}, format="json")
+    back = client_for(backoffice).post(
+        url, {"execution": execution.pk, "method": "pro_rata"}, format="json"
+    )
     assert back.status_code == 200 and back.json()["block"] == block.pk
 
 
@@ -117,5 +142,42 @@ def test_schema_builds(backoffice):
     response = client_for(backoffice).get("/api/schema/")
     assert response.status_code == 200
     text = response.content.decode()
-    for path in ("/api/v1/accounts/", "/api/v1/allocations/reallocate/", "/api/v1/positions/", "/api/v1/cash/", "/api/v1/executions/"):
+    for path in (
+        "/api/v1/accounts/",
+        "/api/v1/allocations/reallocate/",
+        "/api/v1/positions/",
+        "/api/v1/cash/",
+        "/api/v1/executions/",
+    ):
         assert path in text
+
+
+def test_list_query_counts_do_not_grow_with_rows(
+    book, backoffice, desk, instrument, broker, trader
+):
+    # given more accounts with positions, cash and allocations
+    client = client_for(backoffice)
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def count(url: str) -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            assert client.get(url).status_code == 200
+        return len(ctx.captured_queries)
+
+    urls = [
+        "/api/v1/accounts/",
+        "/api/v1/positions/",
+        "/api/v1/cash/",
+        "/api/v1/allocations/",
+        "/api/v1/executions/",
+    ]
+    count(urls[0])  # the user's roles are read once, then cached on the user
+    before = [count(u) for u in urls]
+    more = [f.AccountFactory(code=f"MORE{i}", desk=desk) for i in range(6)]
+    _, _, placement = make_block(
+        instrument=instrument, accounts=more, quantities=[10] * 6, user=trader, broker=broker
+    )
+    fill(placement, 60, "10.00")
+    # then each list costs the same number of queries
+    assert [count(u) for u in urls] == before

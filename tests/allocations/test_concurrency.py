@@ -32,7 +32,9 @@ def test_parallel_fills_of_one_block_exact_totals(role_groups):
     broker = f.BrokerFactory(code="CB")
     accounts = [f.AccountFactory(code=f"C{i:02d}", desk=desk) for i in range(ACCOUNTS)]
     quantities = [D(100) * (i + 1) for i in range(ACCOUNTS)]
-    block, orders, placement = make_block(instrument=instrument, accounts=accounts, quantities=quantities, user=trader, broker=broker)
+    block, orders, placement = make_block(
+        instrument=instrument, accounts=accounts, quantities=quantities, user=trader, broker=broker
+    )
     fills = [(D(100) * (1 + i % 3), D("10.00") + D(i % 7) / 100) for i in range(FILLS)]
     start = threading.Barrier(THREADS)
     errors: list[BaseException] = []
@@ -43,7 +45,7 @@ def test_parallel_fills_of_one_block_exact_totals(role_groups):
             for qty, px in chunk:
                 with transaction.atomic():
                     fill_allocate(execution=new_execution(placement, qty, px))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connection.close()
@@ -61,7 +63,12 @@ def test_parallel_fills_of_one_block_exact_totals(role_groups):
     assert (block.cum_qty, block.avg_px, block.version) == (filled, avg, 1 + FILLS)
     # and each order holds exactly its target for the total, at the block's average price
     targets = engine.allocate_cumulative(
-        [engine.AllocationTarget(key=o.pk, requested=o.quantity, entry_seq=(o.created_at, o.pk)) for o in orders], filled, D(100)
+        [
+            engine.AllocationTarget(key=o.pk, requested=o.quantity, entry_seq=(o.created_at, o.pk))
+            for o in orders
+        ],
+        filled,
+        D(100),
     )
     for order, account in zip(orders, accounts, strict=True):
         sums = allocated(order)

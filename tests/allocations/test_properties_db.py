@@ -26,7 +26,11 @@ def scenarios(draw):
     quantities = [lot * n for n in lots]
     total = sum(quantities)
     filled = draw(st.integers(1, int(total // lot))) * lot
-    cuts = sorted(draw(st.lists(st.integers(1, int(filled) - 1), max_size=5, unique=True)) if filled > 1 else [])
+    cuts = sorted(
+        draw(st.lists(st.integers(1, int(filled) - 1), max_size=5, unique=True))
+        if filled > 1
+        else []
+    )
     bounds = [0, *cuts, int(filled)]
     sizes = [D(b - a) for a, b in itertools.pairwise(bounds) if b > a]
     prices = [D(draw(st.integers(900, 1100))) / 100 for _ in sizes]
@@ -34,30 +38,58 @@ def scenarios(draw):
     return lot, quantities, list(zip(sizes, prices, strict=True)), side
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(case=scenarios())
 # Found by hypothesis: a price move too small to change any cent must still re-price positions.
 @example(
     case=(
         D(1),
         [D(1), D(1), D(8)],
-        [(D(1), D(9)), (D(1), D("9.85")), (D(1), D("9.4")), (D(1), D("10.88")), (D(2), D("9.96")), (D(1), D(9))],
+        [
+            (D(1), D(9)),
+            (D(1), D("9.85")),
+            (D(1), D("9.4")),
+            (D(1), D("10.88")),
+            (D(2), D("9.96")),
+            (D(1), D(9)),
+        ],
         "buy",
     )
 )
 def test_db_allocation_matches_engine_and_book_reconciles(case, desk, trader, broker):
     lot, quantities, fills, side = case
     with transaction.atomic():
-        accounts = [f.AccountFactory(code=f"P{next(_symbols)}", desk=desk, short_selling_allowed=True) for _ in quantities]
+        accounts = [
+            f.AccountFactory(code=f"P{next(_symbols)}", desk=desk, short_selling_allowed=True)
+            for _ in quantities
+        ]
         results = []
         for path in (fills, list(reversed(fills))):
             instrument = f.InstrumentFactory(symbol=f"PX{next(_symbols)}", lot_size=lot)
-            block, orders, placement = make_block(instrument=instrument, accounts=accounts, quantities=quantities, user=trader, side=side, broker=broker)
+            block, orders, placement = make_block(
+                instrument=instrument,
+                accounts=accounts,
+                quantities=quantities,
+                user=trader,
+                side=side,
+                broker=broker,
+            )
             for qty, px in path:
                 fill(placement, qty, px)
             filled = sum(q for q, _ in fills)
             targets = engine.allocate_cumulative(
-                [engine.AllocationTarget(key=o.pk, requested=o.quantity, entry_seq=(o.created_at, o.pk)) for o in orders], filled, lot
+                [
+                    engine.AllocationTarget(
+                        key=o.pk, requested=o.quantity, entry_seq=(o.created_at, o.pk)
+                    )
+                    for o in orders
+                ],
+                filled,
+                lot,
             )
             sums = [allocated(o) for o in orders]
             # allocated sums are the engine's target; nobody gets more than asked; total is exact
@@ -76,12 +108,22 @@ def test_db_allocation_matches_engine_and_book_reconciles(case, desk, trader, br
             rows = Allocation.objects.filter(instrument=instrument)
             for account, s in zip(accounts, sums, strict=True):
                 assert sum((r.net for r in rows if r.account_id == account.pk), D(0)) == s["net"]
-            results.append(([(s["quantity"], s["gross"], s["commission"], s["fees"], s["net"]) for s in sums], block.avg_px))
+            results.append(
+                (
+                    [
+                        (s["quantity"], s["gross"], s["commission"], s["fees"], s["net"])
+                        for s in sums
+                    ],
+                    block.avg_px,
+                )
+            )
         # split-independent: the same fills in another order end in the same state
         assert results[0] == results[1]
         # cash of each account is minus (buys) / plus (sells) the nets of both blocks
         for account in accounts:
-            nets = sum(Allocation.objects.filter(account=account).values_list("net", flat=True), D(0))
+            nets = sum(
+                Allocation.objects.filter(account=account).values_list("net", flat=True), D(0)
+            )
             pending = CashBalance.objects.get(account=account).pending if nets else D(0)
             assert pending == -sign * nets
         assert Block.objects.filter(pk=block.pk).exists()

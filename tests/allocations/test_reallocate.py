@@ -32,7 +32,7 @@ def filled_block(three_accounts, instrument, broker, trader):
 
 
 def test_manual_reallocation_reverses_and_rebooks(filled_block, three_accounts, instrument, trader):
-    block, (a, b, c), placement = filled_block
+    block, (a, b, c), _placement = filled_block
     # when the trader gives the 300 to A (100) and B (200), by order id and by account code
     rows = allocation_reallocate(
         user=trader, block_id=block.pk, method="manual", quantities={str(a.pk): "100", "A2": "200"}
@@ -45,8 +45,20 @@ def test_manual_reallocation_reverses_and_rebooks(filled_block, three_accounts, 
     ]
     assert all(r.created_by_id == trader.pk for r in rows)
     # and the sums are the new allocation, with commission recomputed on it
-    assert allocated(a) == {"quantity": D(100), "gross": D("1000.00"), "commission": D("5.00"), "fees": D("0.05"), "net": D("1005.05")}
-    assert allocated(c) == {"quantity": D(0), "gross": D("0.00"), "commission": D("0.00"), "fees": D("0.00"), "net": D("0.00")}
+    assert allocated(a) == {
+        "quantity": D(100),
+        "gross": D("1000.00"),
+        "commission": D("5.00"),
+        "fees": D("0.05"),
+        "net": D("1005.05"),
+    }
+    assert allocated(c) == {
+        "quantity": D(0),
+        "gross": D("0.00"),
+        "commission": D("0.00"),
+        "fees": D("0.00"),
+        "net": D("0.00"),
+    }
     # and positions and cash follow
     assert Position.objects.get(account=three_accounts[2]).quantity == D(0)
     assert CashBalance.objects.get(account=three_accounts[2]).pending == D("0.00")
@@ -66,7 +78,9 @@ def test_manual_reallocation_reverses_and_rebooks(filled_block, three_accounts, 
 
 def test_fills_after_manual_share_the_remaining_room(filled_block, trader):
     block, (a, b, c), placement = filled_block
-    allocation_reallocate(user=trader, block_id=block.pk, method="manual", quantities={a.pk: "100", b.pk: "200"})
+    allocation_reallocate(
+        user=trader, block_id=block.pk, method="manual", quantities={a.pk: "100", b.pk: "200"}
+    )
     # when the rest (300) fills, only C has room
     fill(placement, 300, "10.00")
     # then everyone is complete
@@ -77,7 +91,9 @@ def test_fills_after_manual_share_the_remaining_room(filled_block, trader):
 def test_fixed_ratio_and_back_to_pro_rata(filled_block, backoffice):
     block, (a, b, c), _ = filled_block
     # when back office sets ratios 1:1:1 (by account code)
-    allocation_reallocate(user=backoffice, block_id=block.pk, method="fixed_ratio", ratios={"A1": 1, "A2": 1, "A3": 1})
+    allocation_reallocate(
+        user=backoffice, block_id=block.pk, method="fixed_ratio", ratios={"A1": 1, "A2": 1, "A3": 1}
+    )
     assert [allocated(o)["quantity"] for o in (a, b, c)] == [D(100), D(100), D(100)]
     # when reset to pro-rata
     allocation_reallocate(user=backoffice, block_id=block.pk, method="pro_rata")
@@ -86,9 +102,14 @@ def test_fixed_ratio_and_back_to_pro_rata(filled_block, backoffice):
 
 
 def test_reallocation_by_execution_id(filled_block, trader):
-    block, (a, b, c), placement = filled_block
+    _block, (a, b, c), placement = filled_block
     execution = placement.executions.get()
-    allocation_reallocate(user=trader, execution_id=execution.pk, method="manual", quantities={a.pk: 0, b.pk: 0, c.pk: 300})
+    allocation_reallocate(
+        user=trader,
+        execution_id=execution.pk,
+        method="manual",
+        quantities={a.pk: 0, b.pk: 0, c.pk: 300},
+    )
     assert [allocated(o)["quantity"] for o in (a, b, c)] == [D(0), D(0), D(300)]
 
 
@@ -103,10 +124,12 @@ def test_reallocation_by_execution_id(filled_block, trader):
     ],
 )
 def test_manual_invariants_are_enforced(filled_block, trader, quantities, message):
-    block, orders, _ = filled_block
+    block, _orders, _ = filled_block
     before = list(Allocation.objects.values_list("pk", flat=True))
     with pytest.raises(ValidationError) as err:
-        allocation_reallocate(user=trader, block_id=block.pk, method="manual", quantities=quantities)
+        allocation_reallocate(
+            user=trader, block_id=block.pk, method="manual", quantities=quantities
+        )
     assert message in str(err.value.errors)
     # and nothing changed
     assert list(Allocation.objects.values_list("pk", flat=True)) == before
@@ -115,29 +138,49 @@ def test_manual_invariants_are_enforced(filled_block, trader, quantities, messag
 def test_fixed_ratio_needs_every_order(filled_block, trader):
     block, _, _ = filled_block
     with pytest.raises(ValidationError):
-        allocation_reallocate(user=trader, block_id=block.pk, method="fixed_ratio", ratios={"A1": 1})
+        allocation_reallocate(
+            user=trader, block_id=block.pk, method="fixed_ratio", ratios={"A1": 1}
+        )
 
 
 def test_refused_once_settlement_files_exist(filled_block, three_accounts, trader, backoffice):
     block, _, _ = filled_block
     run = SettlementRun.objects.create(trade_date=TRADE_DATE, status="done")
     SettlementFile.objects.create(
-        run=run, custodian=three_accounts[0].custodian, trade_date=TRADE_DATE, version=1,
-        file_format="csv", path="x.csv", sha256="0" * 64, size_bytes=1, line_count=1,
+        run=run,
+        custodian=three_accounts[0].custodian,
+        trade_date=TRADE_DATE,
+        version=1,
+        file_format="csv",
+        path="x.csv",
+        sha256="0" * 64,
+        size_bytes=1,
+        line_count=1,
     )
     with pytest.raises(ConflictError) as err:
-        allocation_reallocate(user=backoffice, block_id=block.pk, method="manual", quantities={"A1": 100, "A2": 200})
+        allocation_reallocate(
+            user=backoffice, block_id=block.pk, method="manual", quantities={"A1": 100, "A2": 200}
+        )
     assert err.value.code == "settlement_files_exist"
 
 
 def test_file_of_another_custodian_does_not_block(filled_block, trader):
-    block, (a, b, c), _ = filled_block
+    block, (a, _b, _c), _ = filled_block
     run = SettlementRun.objects.create(trade_date=TRADE_DATE, status="done")
     SettlementFile.objects.create(
-        run=run, custodian=f.CustodianFactory(code="ELSEWHERE"), trade_date=TRADE_DATE, version=1,
-        file_format="csv", path="y.csv", sha256="0" * 64, size_bytes=1, line_count=1,
+        run=run,
+        custodian=f.CustodianFactory(code="ELSEWHERE"),
+        trade_date=TRADE_DATE,
+        version=1,
+        file_format="csv",
+        path="y.csv",
+        sha256="0" * 64,
+        size_bytes=1,
+        line_count=1,
     )
-    allocation_reallocate(user=trader, block_id=block.pk, method="manual", quantities={"A1": 100, "A2": 200})
+    allocation_reallocate(
+        user=trader, block_id=block.pk, method="manual", quantities={"A1": 100, "A2": 200}
+    )
     assert allocated(a)["quantity"] == D(100)
 
 

@@ -46,32 +46,83 @@ def _cash(account: Any) -> tuple[Decimal, Decimal]:
 def test_block_of_three_two_fills_exact(three_accounts, instrument, broker, trader):
     # given a block of 100/200/300 (lot 1) at a broker charging 10 bps + 0.01/sh, min 5, fees 0.5
     block, orders, placement = make_block(
-        instrument=instrument, accounts=three_accounts, quantities=[100, 200, 300], user=trader,
+        instrument=instrument,
+        accounts=three_accounts,
+        quantities=[100, 200, 300],
+        user=trader,
         broker=broker,
     )
     a, b, c = orders
     # when 150 fill at 10.00
     first = fill(placement, 150, "10.00")
     # then each order gets its exact share at 10.00, with a minimum ticket each
-    assert [(r.order_id, r.quantity) for r in first] == [(a.pk, D(25)), (b.pk, D(50)), (c.pk, D(75))]
+    assert [(r.order_id, r.quantity) for r in first] == [
+        (a.pk, D(25)),
+        (b.pk, D(50)),
+        (c.pk, D(75)),
+    ]
     assert _rows(a) == [("fill", D(25), D(10), D("250.00"), D("5.00"), D("0.01"), D("255.01"))]
     assert _rows(b) == [("fill", D(50), D(10), D("500.00"), D("5.00"), D("0.03"), D("505.03"))]
     assert _rows(c) == [("fill", D(75), D(10), D("750.00"), D("5.00"), D("0.04"), D("755.04"))]
     # when 450 more fill at 10.10 (block average (1500 + 4545) / 600 = 10.075)
     fill(placement, 450, "10.10")
     # then the second rows re-price the first ones and add the new quantity at 10.075
-    assert _rows(a)[1] == ("fill", D(75), D("10.075"), D("757.50"), D("0.00"), D("0.04"), D("757.54"))
-    assert _rows(b)[1] == ("fill", D(150), D("10.075"), D("1515.00"), D("0.00"), D("0.07"), D("1515.07"))
-    assert _rows(c)[1] == ("fill", D(225), D("10.075"), D("2272.50"), D("1.02"), D("0.11"), D("2273.63"))
+    assert _rows(a)[1] == (
+        "fill",
+        D(75),
+        D("10.075"),
+        D("757.50"),
+        D("0.00"),
+        D("0.04"),
+        D("757.54"),
+    )
+    assert _rows(b)[1] == (
+        "fill",
+        D(150),
+        D("10.075"),
+        D("1515.00"),
+        D("0.00"),
+        D("0.07"),
+        D("1515.07"),
+    )
+    assert _rows(c)[1] == (
+        "fill",
+        D(225),
+        D("10.075"),
+        D("2272.50"),
+        D("1.02"),
+        D("0.11"),
+        D("2273.63"),
+    )
     # and the sums are each order's whole quantity at the block's average price
-    assert allocated(a) == {"quantity": D(100), "gross": D("1007.50"), "commission": D("5.00"), "fees": D("0.05"), "net": D("1012.55")}
-    assert allocated(b) == {"quantity": D(200), "gross": D("2015.00"), "commission": D("5.00"), "fees": D("0.10"), "net": D("2020.10")}
-    assert allocated(c) == {"quantity": D(300), "gross": D("3022.50"), "commission": D("6.02"), "fees": D("0.15"), "net": D("3028.67")}
+    assert allocated(a) == {
+        "quantity": D(100),
+        "gross": D("1007.50"),
+        "commission": D("5.00"),
+        "fees": D("0.05"),
+        "net": D("1012.55"),
+    }
+    assert allocated(b) == {
+        "quantity": D(200),
+        "gross": D("2015.00"),
+        "commission": D("5.00"),
+        "fees": D("0.10"),
+        "net": D("2020.10"),
+    }
+    assert allocated(c) == {
+        "quantity": D(300),
+        "gross": D("3022.50"),
+        "commission": D("6.02"),
+        "fees": D("0.15"),
+        "net": D("3028.67"),
+    }
     # and positions are at the average price, pending cash is minus the net
     for account, qty in zip(three_accounts, (100, 200, 300), strict=True):
         assert _position(account, instrument) == (D(qty), D("10.075"), D(0))
     assert [_cash(acct) for acct in three_accounts] == [
-        (D(0), D("-1012.55")), (D(0), D("-2020.10")), (D(0), D("-3028.67"))
+        (D(0), D("-1012.55")),
+        (D(0), D("-2020.10")),
+        (D(0), D("-3028.67")),
     ]
     # and orders and the block carry the cumulative quantity and average price
     block.refresh_from_db()
@@ -79,13 +130,20 @@ def test_block_of_three_two_fills_exact(three_accounts, instrument, broker, trad
     for order, qty in zip(orders, (100, 200, 300), strict=True):
         order.refresh_from_db()
         assert (order.cum_qty, order.leaves_qty, order.avg_px, order.version, order.status) == (
-            D(qty), D(0), D("10.075"), 3, "working"
+            D(qty),
+            D(0),
+            D("10.075"),
+            3,
+            "working",
         )
     # and every row has its settlement date and an audit event in the block's stream
-    assert set(Allocation.objects.values_list("trade_date", "settlement_date")) == {(TRADE_DATE, SETTLE_DATE)}
+    assert set(Allocation.objects.values_list("trade_date", "settlement_date")) == {
+        (TRADE_DATE, SETTLE_DATE)
+    }
     events = AuditEvent.objects.filter(stream=f"block:{block.pk}:allocations").order_by("seq")
     assert [(e.action, e.object_id) for e in events] == [
-        ("allocation.created", str(pk)) for pk in Allocation.objects.order_by("pk").values_list("pk", flat=True)
+        ("allocation.created", str(pk))
+        for pk in Allocation.objects.order_by("pk").values_list("pk", flat=True)
     ]
     assert D(events[0].after["quantity"]) == D(25) and events[0].after["net"] == "255.01"
 
@@ -94,11 +152,23 @@ def test_split_fills_end_in_the_same_state_as_one_fill(three_accounts, instrumen
     # given two identical blocks (lot 100), one filled 150 + 450, the other 600 at once
     instrument.lot_size = D(100)
     instrument.save()
-    _, split_orders, p1 = make_block(instrument=instrument, accounts=three_accounts, quantities=[100, 200, 300], user=trader, broker=broker)
+    _, split_orders, p1 = make_block(
+        instrument=instrument,
+        accounts=three_accounts,
+        quantities=[100, 200, 300],
+        user=trader,
+        broker=broker,
+    )
     fill(p1, 150, "10.00")
     fill(p1, 450, "10.10")
     other = f.InstrumentFactory(symbol="OTHER", lot_size=D(100))
-    _, whole_orders, p2 = make_block(instrument=other, accounts=three_accounts, quantities=[100, 200, 300], user=trader, broker=broker)
+    _, whole_orders, p2 = make_block(
+        instrument=other,
+        accounts=three_accounts,
+        quantities=[100, 200, 300],
+        user=trader,
+        broker=broker,
+    )
     fill(p2, 600, "10.075")
     # then the sums of rows per order are identical
     assert [allocated(o) for o in split_orders] == [allocated(o) for o in whole_orders]
@@ -108,20 +178,34 @@ def test_lot_rounding_and_entry_time_tiebreak(three_accounts, instrument, free_b
     # given orders of 100/200/300 (lot 100) entered in that order
     instrument.lot_size = D(100)
     instrument.save()
-    _, orders, placement = make_block(instrument=instrument, accounts=three_accounts, quantities=[100, 200, 300], user=trader, broker=free_broker)
+    _, orders, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts,
+        quantities=[100, 200, 300],
+        user=trader,
+        broker=free_broker,
+    )
     # when 300 fill: shares 50/100/150, floors 0/100/100, the leftover lot ties 50/50
     fill(placement, 300, "20.00")
     # then the earlier-entered first order wins the tie
     assert [allocated(o)["quantity"] for o in orders] == [D(100), D(100), D(100)]
 
 
-def test_reversal_takes_back_and_unwinds_position_and_cash(three_accounts, instrument, free_broker, trader):
+def test_reversal_takes_back_and_unwinds_position_and_cash(
+    three_accounts, instrument, free_broker, trader
+):
     # given orders 100/300/300 (lot 100), free broker, filled 300 at 10.00 → 100/100/100
     instrument.lot_size = D(100)
     instrument.save()
-    _, orders, placement = make_block(instrument=instrument, accounts=three_accounts, quantities=[100, 300, 300], user=trader, broker=free_broker)
+    _, orders, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts,
+        quantities=[100, 300, 300],
+        user=trader,
+        broker=free_broker,
+    )
     fill(placement, 300, "10.00")
-    a, b, c = orders
+    a, b, _c = orders
     assert [allocated(o)["quantity"] for o in orders] == [D(100), D(100), D(100)]
     # when 100 more fill at 11.00 (400 allocates 0/200/200: the Alabama paradox)
     rows = fill(placement, 100, "11.00")
@@ -129,10 +213,16 @@ def test_reversal_takes_back_and_unwinds_position_and_cash(three_accounts, instr
     reversal = next(r for r in rows if r.order_id == a.pk)
     first = Allocation.objects.filter(order=a).order_by("pk").first()
     assert (reversal.kind, reversal.quantity, reversal.price, reversal.gross, reversal.net) == (
-        "reversal", D(-100), D("10.25"), D("-1000.00"), D("-1000.00")
+        "reversal",
+        D(-100),
+        D("10.25"),
+        D("-1000.00"),
+        D("-1000.00"),
     )
     assert reversal.reversal_of_id == first.pk
-    assert [(r.kind, r.quantity, r.gross) for r in rows if r.order_id == b.pk] == [("fill", D(100), D("1050.00"))]
+    assert [(r.kind, r.quantity, r.gross) for r in rows if r.order_id == b.pk] == [
+        ("fill", D(100), D("1050.00"))
+    ]
     # and the first account is flat again with no P&L and no cash moved
     assert _position(three_accounts[0], instrument) == (D(0), D(0), D(0))
     assert _cash(three_accounts[0]) == (D(0), D("0.00"))
@@ -145,13 +235,20 @@ def test_reprice_row_when_only_the_price_moves(three_accounts, instrument, free_
     # given orders 100/100 (lot 100) of which 100 filled at 10 → the first order has it
     instrument.lot_size = D(100)
     instrument.save()
-    _, orders, placement = make_block(instrument=instrument, accounts=three_accounts[:2], quantities=[100, 100], user=trader, broker=free_broker)
+    _, _orders, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts[:2],
+        quantities=[100, 100],
+        user=trader,
+        broker=free_broker,
+    )
     fill(placement, 100, "10.00")
     # when the other 100 fill at 12 (average 11)
     rows = fill(placement, 100, "12.00")
     # then the first order gets a re-price row (quantity 0, +100 gross), the second a fill
     assert [(r.kind, r.quantity, r.price, r.gross) for r in rows] == [
-        ("reprice", D(0), D(11), D("100.00")), ("fill", D(100), D(11), D("1100.00"))
+        ("reprice", D(0), D(11), D("100.00")),
+        ("fill", D(100), D(11), D("1100.00")),
     ]
     assert _position(three_accounts[0], instrument) == (D(100), D(11), D(0))
 
@@ -159,22 +256,45 @@ def test_reprice_row_when_only_the_price_moves(three_accounts, instrument, free_
 def test_sell_short_when_the_account_allows(pm, desk, instrument, free_broker, trader):
     # given an account allowed to sell short, with no position
     account = f.AccountFactory(code="SHORTY", desk=desk, short_selling_allowed=True)
-    _, orders, placement = make_block(instrument=instrument, accounts=[account], quantities=[100], user=trader, side="sell_short", broker=free_broker)
+    _, _orders, placement = make_block(
+        instrument=instrument,
+        accounts=[account],
+        quantities=[100],
+        user=trader,
+        side="sell_short",
+        broker=free_broker,
+    )
     # when 100 are sold short at 20 then bought back by another block at 18
     fill(placement, 100, "20.00")
     assert _position(account, instrument) == (D(-100), D(20), D(0))
     assert _cash(account) == (D(0), D("2000.00"))
-    _, _, cover = make_block(instrument=instrument, accounts=[account], quantities=[100], user=trader, side="buy_to_cover", broker=free_broker)
+    _, _, cover = make_block(
+        instrument=instrument,
+        accounts=[account],
+        quantities=[100],
+        user=trader,
+        side="buy_to_cover",
+        broker=free_broker,
+    )
     fill(cover, 100, "18.00")
     # then the position is flat with 200 realised
     assert _position(account, instrument) == (D(0), D(0), D(200))
     assert _cash(account) == (D(0), D("200.00"))
 
 
-def test_short_beyond_holdings_is_flagged_when_not_allowed(pm, desk, instrument, free_broker, trader):
+def test_short_beyond_holdings_is_flagged_when_not_allowed(
+    pm, desk, instrument, free_broker, trader
+):
     # given an account that may not sell short and holds nothing
     account = f.AccountFactory(code="LONGONLY", desk=desk)
-    block, _, placement = make_block(instrument=instrument, accounts=[account], quantities=[50], user=trader, side="sell", broker=free_broker)
+    block, _, placement = make_block(
+        instrument=instrument,
+        accounts=[account],
+        quantities=[50],
+        user=trader,
+        side="sell",
+        broker=free_broker,
+    )
     # when a sell fills (a fill happened at the market: it is booked, not refused)
     fill(placement, 50, "10.00")
     # then the position is short and the audit event flags it for compliance
@@ -186,7 +306,14 @@ def test_short_beyond_holdings_is_flagged_when_not_allowed(pm, desk, instrument,
 def test_sell_realises_pnl_against_the_held_position(account, instrument, free_broker, trader):
     # given 1,000 held at 100 (the account fixture has 1,000,000 settled cash)
     f.PositionFactory(account=account, instrument=instrument, quantity=D(1000), avg_cost=D(100))
-    _, _, placement = make_block(instrument=instrument, accounts=[account], quantities=[400], user=trader, side="sell", broker=free_broker)
+    _, _, placement = make_block(
+        instrument=instrument,
+        accounts=[account],
+        quantities=[400],
+        user=trader,
+        side="sell",
+        broker=free_broker,
+    )
     # when 400 are sold at 110 in two fills of 200 at 105 and 115
     fill(placement, 200, "105")
     fill(placement, 200, "115")
@@ -197,7 +324,16 @@ def test_sell_realises_pnl_against_the_held_position(account, instrument, free_b
 
 def test_single_order_placement(account, instrument, broker, trader):
     # given a lone order (no block) for 100
-    order = Order.objects.create(account=account, instrument=instrument, side="buy", quantity=D(100), leaves_qty=D(100), order_type="market", status="working", created_by=trader)
+    order = Order.objects.create(
+        account=account,
+        instrument=instrument,
+        side="buy",
+        quantity=D(100),
+        leaves_qty=D(100),
+        order_type="market",
+        status="working",
+        created_by=trader,
+    )
     placement = make_order_placement(order=order, broker=broker)
     # when it fills 40 at 50 and 60 at 51
     fill(placement, 40, "50")
@@ -205,12 +341,24 @@ def test_single_order_placement(account, instrument, broker, trader):
     # then it holds 100 at 50.60 with one minimum ticket
     order.refresh_from_db()
     assert (order.cum_qty, order.leaves_qty, order.avg_px) == (D(100), D(0), D("50.6"))
-    assert allocated(order) == {"quantity": D(100), "gross": D("5060.00"), "commission": D("6.06"), "fees": D("0.25"), "net": D("5066.31")}
+    assert allocated(order) == {
+        "quantity": D(100),
+        "gross": D("5060.00"),
+        "commission": D("6.06"),
+        "fees": D("0.25"),
+        "net": D("5066.31"),
+    }
     assert Allocation.objects.filter(order=order, block__isnull=True).count() == 2
 
 
 def test_fill_allocate_needs_the_callers_transaction(three_accounts, instrument, broker, trader):
-    _, _, placement = make_block(instrument=instrument, accounts=three_accounts, quantities=[1, 1, 1], user=trader, broker=broker)
+    _, _, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts,
+        quantities=[1, 1, 1],
+        user=trader,
+        broker=broker,
+    )
     execution = new_execution(placement, 1, "1")
     # pytest-django's transaction is open here; a bare call outside any is refused
     with transaction.atomic():
@@ -220,19 +368,33 @@ def test_fill_allocate_needs_the_callers_transaction(three_accounts, instrument,
 def test_overfill_is_a_conflict(three_accounts, instrument, broker, trader):
     from oms_site.errors import ConflictError
 
-    _, _, placement = make_block(instrument=instrument, accounts=three_accounts, quantities=[1, 1, 1], user=trader, broker=broker)
+    _, _, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts,
+        quantities=[1, 1, 1],
+        user=trader,
+        broker=broker,
+    )
     new_execution(placement, 3, "1")
     with pytest.raises(ConflictError):
         fill(placement, 1, "1")
 
 
-def test_constant_query_count_regardless_of_accounts(pm, desk, instrument, free_broker, trader, django_assert_max_num_queries):
+def test_constant_query_count_regardless_of_accounts(
+    pm, desk, instrument, free_broker, trader, django_assert_max_num_queries
+):
     # given blocks of 5 and of 60 accounts
     counts = []
     for n, symbol in ((5, "Q5"), (60, "Q60")):
         inst = f.InstrumentFactory(symbol=symbol)
         accounts = [f.AccountFactory(code=f"{symbol}-{i}", desk=desk) for i in range(n)]
-        _, _, placement = make_block(instrument=inst, accounts=accounts, quantities=[100] * n, user=trader, broker=free_broker)
+        _, _, placement = make_block(
+            instrument=inst,
+            accounts=accounts,
+            quantities=[100] * n,
+            user=trader,
+            broker=free_broker,
+        )
         fill(placement, 10 * n, "10")
         from django.db import connection
         from django.test.utils import CaptureQueriesContext
@@ -247,7 +409,13 @@ def test_constant_query_count_regardless_of_accounts(pm, desk, instrument, free_
 
 def test_cash_settles_on_settlement_date_once(three_accounts, instrument, broker, trader):
     # given the exact block above, filled on Friday 2026-11-20 (settles Monday 2026-11-23)
-    _, _, placement = make_block(instrument=instrument, accounts=three_accounts, quantities=[100, 200, 300], user=trader, broker=broker)
+    _, _, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts,
+        quantities=[100, 200, 300],
+        user=trader,
+        broker=broker,
+    )
     fill(placement, 150, "10.00")
     fill(placement, 450, "10.10")
     # when settlement runs on Sunday nothing moves
@@ -257,14 +425,22 @@ def test_cash_settles_on_settlement_date_once(three_accounts, instrument, broker
     assert cash_settle_due(as_of=SETTLE_DATE) == 0
     # then pending moved to settled exactly once
     assert [_cash(a) for a in three_accounts] == [
-        (D("-1012.55"), D("0.00")), (D("-2020.10"), D("0.00")), (D("-3028.67"), D("0.00"))
+        (D("-1012.55"), D("0.00")),
+        (D("-2020.10"), D("0.00")),
+        (D("-3028.67"), D("0.00")),
     ]
     assert Allocation.objects.filter(cash_settled=False).count() == 0
     assert AuditEvent.objects.filter(action="cash.settled").count() == 3
 
 
 def test_block_version_only_is_touched_by_fill(three_accounts, instrument, broker, trader):
-    block, _, placement = make_block(instrument=instrument, accounts=three_accounts, quantities=[100, 200, 300], user=trader, broker=broker)
+    block, _, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts,
+        quantities=[100, 200, 300],
+        user=trader,
+        broker=broker,
+    )
     fill(placement, 60, "10")
     block.refresh_from_db()
     assert (Block.objects.get(pk=block.pk).status, block.cum_qty) == ("routed", D(60))

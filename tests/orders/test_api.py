@@ -24,9 +24,15 @@ CSV_HEADER = "account,instrument,side,quantity,order_type,limit_price,stop_price
 
 @pytest.fixture
 def clients(
-    pm: Any, pm_other: Any, trader: Any, compliance_officer: Any, backoffice: Any
+    pm: Any,
+    pm_other: Any,
+    trader: Any,
+    compliance_officer: Any,
+    backoffice: Any,
+    administrator: Any,
 ) -> dict[str, APIClient]:
     return {
+        "admin": client_for(administrator),
         "pm": client_for(pm),
         "pm_other": client_for(pm_other),
         "trader": client_for(trader),
@@ -69,7 +75,7 @@ def test_pm_creates_order_201_with_compliance(book: Any, clients: dict[str, APIC
     assert body["account"] == "ACC-A" and body["instrument"] == "ACME"
 
 
-@pytest.mark.parametrize("role", ["trader", "compliance", "backoffice"])
+@pytest.mark.parametrize("role", ["trader", "compliance", "backoffice", "admin"])
 def test_other_roles_cannot_create_orders(
     book: Any, clients: dict[str, APIClient], role: str
 ) -> None:
@@ -240,6 +246,7 @@ def two_orders(book: Any, make_order: Any, pm_other: Any) -> tuple[Order, Order]
         ("trader", {"ACC-A"}),
         ("compliance", {"ACC-A", "ACC-B"}),
         ("backoffice", {"ACC-A", "ACC-B"}),
+        ("admin", {"ACC-A", "ACC-B"}),
     ],
 )
 def test_list_shows_only_entitled_orders(
@@ -289,6 +296,36 @@ def test_detail_has_compliance_executions_and_history(
     assert body["compliance"]["outcome"] == "pass"
 
 
+def test_detail_lists_executions(two_orders: Any, clients: dict[str, APIClient]) -> None:
+    from django.utils import timezone
+
+    from orders.models import Execution
+
+    mine, _ = two_orders
+    broker = f.BrokerFactory(code="BRKX")
+    Execution.objects.create(
+        session_key="FIX.4.4:OMS->BRKX",
+        exec_id="E1",
+        order=mine,
+        broker=broker,
+        exec_type="F",
+        ord_status="1",
+        last_qty=Decimal("40"),
+        last_px=Decimal("100.01"),
+        cum_qty=Decimal("40"),
+        avg_px=Decimal("100.01"),
+        transact_time=timezone.now(),
+    )
+    body = clients["pm"].get(f"/api/v1/orders/{mine.pk}/").json()
+    (e,) = body["executions"]
+    assert (e["exec_id"], e["broker"], e["last_qty"], e["last_px"]) == (
+        "E1",
+        "BRKX",
+        "40",
+        "100.01",
+    )
+
+
 @pytest.mark.parametrize("role", ["pm_other"])
 def test_detail_of_invisible_order_is_404(
     two_orders: Any, clients: dict[str, APIClient], role: str
@@ -318,7 +355,7 @@ def test_pm_and_trader_amend(two_orders: Any, clients: dict[str, APIClient], rol
     )
 
 
-@pytest.mark.parametrize("role", ["compliance", "backoffice"])
+@pytest.mark.parametrize("role", ["compliance", "backoffice", "admin"])
 def test_other_roles_cannot_amend_or_cancel(
     two_orders: Any, clients: dict[str, APIClient], role: str
 ) -> None:
@@ -447,7 +484,7 @@ def test_basket_without_orders_is_400(book: Any, clients: dict[str, APIClient]) 
     ]
 
 
-@pytest.mark.parametrize("role", ["trader", "compliance", "backoffice"])
+@pytest.mark.parametrize("role", ["trader", "compliance", "backoffice", "admin"])
 def test_only_pms_upload_baskets(book: Any, clients: dict[str, APIClient], role: str) -> None:
     r = clients[role].post("/api/v1/baskets/", {"orders": [order_data()]}, format="json")
     assert r.status_code == 403
@@ -488,7 +525,7 @@ def test_trader_creates_and_dissolves_block(
     assert again.status_code == 409
 
 
-@pytest.mark.parametrize("role", ["pm", "compliance", "backoffice"])
+@pytest.mark.parametrize("role", ["pm", "compliance", "backoffice", "admin"])
 def test_only_traders_create_or_dissolve_blocks(
     blockable: list[Order], clients: dict[str, APIClient], role: str, trader: Any
 ) -> None:

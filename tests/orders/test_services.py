@@ -502,7 +502,7 @@ def test_cancel_at_broker_hands_over_to_routing(
         ),
     )
     assert order_cancel(user=trader, order_id=order.pk) is order
-    assert calls == [{"user": trader, "order_id": order.pk}]
+    assert calls == [{"user": trader, "order_id": order.pk, "version": None}]
 
 
 def test_cancel_with_stale_version_is_409(book: Any, make_order: Any, pm: Any) -> None:

@@ -433,3 +433,29 @@ def test_staging_files_never_survive_a_failure(settlement_dir):
     # then the run failed and neither a temporary nor a staging file is left behind
     assert run.status == "failed"
     assert os.listdir(settlement_dir / "2026-11-25") == []
+
+
+def test_mt54x_regeneration_records_changes_by_allocation_id():
+    # given the golden day at a SWIFT custodian, run once
+    ref = golden_reference(settlement_format="mt54x")
+    allocations = golden_day(ref)
+    v1 = _only_file(settlement_run(trade_date=TRADE_DATE))
+    # when MSFT's order gets a late fill, and the custodian is then switched to CSV
+    make_allocation(
+        ref,
+        order=allocations[1].order,
+        broker="MS",
+        quantity="10",
+        price="412.3456",
+        gross="4123.46",
+    )
+    v2 = _only_file(settlement_run(trade_date=TRADE_DATE))
+    ref["custodian"].settlement_format = "csv"
+    ref["custodian"].save()
+    v3 = _only_file(settlement_run(trade_date=TRADE_DATE))
+    # then v2 changed one message; v3, in another format, changed every line
+    assert (v2.version, v2.changes["previous_sha256"]) == (2, v1.sha256)
+    assert (v2.changes["added"], v2.changes["removed"], v2.changes["changed"]) == ([], [], [1002])
+    assert v2.changes["counts"] == {"added": 0, "removed": 0, "changed": 1, "unchanged": 4}
+    assert (v3.version, v3.file_format, v3.filename) == (3, "csv", "BNY_20261125_v3.csv")
+    assert v3.changes["changed"] == [1001, 1002, 1003, 1004, 1005]

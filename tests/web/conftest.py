@@ -131,11 +131,6 @@ def asgi_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        import psycopg
-        with psycopg.connect("postgres://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
-            rows = c.execute("select pid, client_port, state, left(query, 120) from pg_stat_activity where datname=%s", [db_name]).fetchall()
-        print("DEBUG-PG", rows, file=sys.stderr)
-        print("DEBUG-SS", subprocess.run(["ss", "-tnp"], capture_output=True, text=True).stdout[-3000:], file=sys.stderr)
 
 
 @pytest.fixture

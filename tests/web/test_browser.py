@@ -189,6 +189,16 @@ def test_trader_sees_a_pm_order_arrive_routes_it_and_watches_it_fill_live(
     )
     assert stale_applied is False
     assert page.get_attribute(_row(order_id), "data-status") == "filled"
+
+    # when: a frame arrives with a seq gap (frames were lost) / then: the client refetches
+    before = page.get_attribute("body", "data-snapshot")
+    page.evaluate(
+        "(id) => { const f = window.blotter.feed;"
+        " f._message({type: 'order.updated', seq: f.seq + 3, order_id: id, version: 1, data: null}); }",
+        order_id,
+    )
+    page.wait_for_function("(b) => document.body.dataset.snapshot !== b", arg=before)
+    assert page.get_attribute(_row(order_id), "data-status") == "filled"
     assert page.evaluate("window.__sameDocument") is True
     assert page.js_errors == []
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
