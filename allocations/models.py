@@ -231,7 +231,7 @@ class Allocation(models.Model):
         ]
         indexes = [
             models.Index(fields=["trade_date", "account"], name="allocation_date_account_idx"),
-            models.Index(fields=["order", "id"], name="allocation_order_id_idx"),
+            models.Index(fields=["order", "block", "id"], name="allocation_order_block_id_idx"),
             models.Index(
                 fields=["settlement_date"],
                 condition=Q(cash_settled=False),

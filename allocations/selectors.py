@@ -62,7 +62,7 @@ def account_ids_visible_to(*, user: Any) -> set[int]:
 # The book: positions, cash, allocations, executions, NAV (issue 6)
 # --------------------------------------------------------------------------------------------
 
-_MONEY_OUT = DecimalField(max_digits=38, decimal_places=8)
+_MONEY_OUT: Any = DecimalField(max_digits=38, decimal_places=8)
 
 
 def _reference_price() -> Any:

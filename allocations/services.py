@@ -54,11 +54,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -83,7 +83,7 @@ from oms_site.audit import AuditEntry, audit_record_many
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
 from oms_site.roles import has_role
 from orders.enums import BUY_SIDES, OrderStatus
-from orders.models import Block, Execution, Order
+from orders.models import Block, Execution, Instrument, Order
 from settlement.calendars import settlement_date as calendar_settlement_date
 
 __all__ = [
@@ -152,7 +152,7 @@ def _update_rows(model: Any, fields: Sequence[str], rows: Sequence[tuple[Any, ..
     if not rows:
         return
     meta = model._meta
-    columns = ["id", *(meta.get_field(f).column for f in fields)]
+    columns = ["id", *(meta.get_field(f).column for f in fields)]  # type: ignore[union-attr]
     arrays = ", ".join(f"%b::{t}[]" for t in _column_types(model, ["id", *fields]))
     names = ", ".join(f'"{c}"' for c in columns)
     sets = ", ".join(f'"{c}" = v."{c}"' for c in columns[1:])
@@ -201,7 +201,7 @@ def _insert_allocations(rows: Sequence[Allocation], now: dt.datetime) -> None:
     if not rows:
         return
     meta = Allocation._meta
-    fields = [meta.get_field(name) for name in _ALLOCATION_FIELDS]
+    fields: list[Any] = [meta.get_field(name) for name in _ALLOCATION_FIELDS]
     for row in rows:
         row.created_at = now
     columns = ", ".join(f'"{f.column}"' for f in fields)
@@ -229,6 +229,7 @@ def _fills_of(*, block_id: int | None, order_id: int | None) -> tuple[Decimal, D
     if block_id is not None:
         qs = qs.filter(placement__block_id=block_id)
     else:
+        assert order_id is not None
         qs = qs.filter(placement__order_id=order_id)
     notional = ExpressionWrapper(
         F("last_qty") * F("last_px"), output_field=DecimalField(max_digits=48, decimal_places=16)
@@ -261,7 +262,7 @@ def _policy_targets(
             _entry_target(o, requested=o.quantity, weight=Decimal(policy.ratios[str(o.pk)]))
             for o in orders
         ]
-        return dict(engine.allocate_cumulative(targets, filled, lot))
+        return cast(dict[int, Decimal], engine.allocate_cumulative(targets, filled, lot))
     if (
         policy is not None
         and policy.method == AllocationMethod.MANUAL
@@ -273,7 +274,7 @@ def _policy_targets(
         extra = engine.allocate_cumulative(room, filled - policy.filled_at, lot)
         return {o.pk: manual[o.pk] + extra[o.pk] for o in orders}
     targets = [_entry_target(o, requested=o.quantity) for o in orders]
-    return dict(engine.allocate_cumulative(targets, filled, lot))
+    return cast(dict[int, Decimal], engine.allocate_cumulative(targets, filled, lot))
 
 
 @dataclass(slots=True)
@@ -289,7 +290,7 @@ class _Booked:
 def _booked(*, block_id: int | None, order_ids: Sequence[int]) -> dict[int, _Booked]:
     """Each order's cumulative allocation so far: the cum_* fields of its latest row.
 
-    One index probe per order (allocation_order_id_idx), so the cost does not grow with the
+    One index probe per order (allocation_order_block_id_idx), so the cost does not grow with the
     number of fills already allocated.
     """
     if not order_ids:
@@ -374,10 +375,36 @@ def _lock_cash(pairs: set[tuple[int, str]]) -> dict[tuple[int, str], SimpleNames
     return found
 
 
+def _cash_add_pending(moves: Mapping[tuple[int, str], Decimal], now: dt.datetime) -> None:
+    """Add to pending cash in one upsert, rows taken in (account, currency) order.
+
+    The upsert needs no read first (pending only moves by a delta) and creates a missing
+    balance; feeding it sorted rows keeps the row-lock order fixed across transactions.
+    """
+    if not moves:
+        return
+    keys = sorted(moves)
+    table = CashBalance._meta.db_table
+    sql = (
+        f'INSERT INTO "{table}" AS c ("account_id", "currency", "settled", "pending", '
+        '"version", "updated_at") '
+        "SELECT v.account_id, v.currency, 0, v.delta, 1, %b FROM unnest("
+        "%b::bigint[], %b::varchar[], %b::numeric[]) WITH ORDINALITY AS v(account_id, "
+        "currency, delta, n) ORDER BY v.n "
+        'ON CONFLICT ("account_id", "currency") DO UPDATE SET '
+        '"pending" = c."pending" + EXCLUDED."pending", "version" = c."version" + 1, '
+        '"updated_at" = EXCLUDED."updated_at"'
+    )
+    params = [now, [k[0] for k in keys], [k[1] for k in keys], [moves[k] for k in keys]]
+    with _raw_cursor() as cursor:
+        cursor.execute(sql, params)
+
+
 def _rebook(
     *,
     block: Block | None,
     orders: Sequence[Order],
+    instrument: Instrument,
     execution: Execution,
     filled: Decimal,
     price: Decimal,
@@ -388,10 +415,13 @@ def _rebook(
     action: str = "allocation.created",
 ) -> list[Allocation]:
     """Book the difference between each order's target and its rows so far; move the book."""
-    instrument = execution.instrument if execution.instrument_id else orders[0].instrument
     side = block.side if block is not None else orders[0].side
     sign = _side_sign(side)
-    broker_id = execution.broker_id or execution.placement.broker_id
+    broker_id = execution.broker_id or (
+        execution.placement.broker_id if execution.placement is not None else None
+    )
+    if broker_id is None:
+        raise ValidationError("execution has no broker", code="unknown_broker")
     schedule = _schedule(broker_id)
     trade_date = _trade_date(execution)
     settles = calendar_settlement_date(
@@ -475,7 +505,7 @@ def _rebook(
             state.realised_pnl,
         )
         pos.version += 1
-        if state.quantity < 0 and not order.account_short_ok:
+        if state.quantity < 0 and not getattr(order, "account_short_ok", False):
             short_breach.add(order.account_id)
     _update_rows(
         Position,
@@ -490,15 +520,7 @@ def _rebook(
     for row in rows:
         # A buy pays its net, a sell receives it; pending until the settlement date.
         cash_moves[(row.account_id, row.currency)] += -sign * row.net
-    cash = _lock_cash({k for k, v in cash_moves.items() if v})
-    for key, balance in cash.items():
-        balance.pending += cash_moves[key]
-        balance.version += 1
-    _update_rows(
-        CashBalance,
-        ["pending", "version", "updated_at"],
-        [(c.pk, c.pending, c.version, now) for c in cash.values()],
-    )
+    _cash_add_pending({k: v for k, v in cash_moves.items() if v}, now)
 
     # Orders: cumulative quantity and the block's average price (status is the caller's).
     changed = []
@@ -602,8 +624,6 @@ def fill_allocate(*, execution: Execution) -> list[Allocation]:
         instrument = order.instrument
         policy = None
         old_price = order.avg_px
-    if execution.instrument_id in (None, instrument.pk):
-        execution.instrument = instrument
 
     filled, notional = _fills_of(
         block_id=block.pk if block else None, order_id=None if block else orders[0].pk
@@ -617,6 +637,7 @@ def fill_allocate(*, execution: Execution) -> list[Allocation]:
     rows = _rebook(
         block=block,
         orders=orders,
+        instrument=instrument,
         execution=execution,
         filled=filled,
         price=price,
@@ -638,7 +659,7 @@ def _parse_by_order(
     by_id = {o.pk: o for o in orders}
     by_code: dict[str, list[int]] = defaultdict(list)
     for o in orders:
-        by_code[o.account_code].append(o.pk)
+        by_code[getattr(o, "account_code", "")].append(o.pk)
     parsed: dict[int, Decimal] = {}
     errors: list[str] = []
     for key, value in (raw or {}).items():
@@ -699,12 +720,12 @@ def allocation_reallocate(
                 .first()
             )
             if found is None:
-                raise NotFound("execution not found")
+                raise NotFound("execution not found, or not of a block")
             block_id = found
-        block_qs = Block.objects.filter(pk=block_id)
-        if not block_qs.exists():
+        assert block_id is not None
+        if not Block.objects.filter(pk=block_id).exists():
             raise NotFound("block not found")
-        block, orders = _lock_block_orders(block_id)  # type: ignore[arg-type]
+        block, orders = _lock_block_orders(block_id)
         visible = account_ids_visible_to(user=user)
         seen = [o for o in orders if o.account_id in visible]
         if not seen:
@@ -718,7 +739,7 @@ def allocation_reallocate(
         dates = set(
             Allocation.objects.filter(block_id=block.pk).values_list("trade_date", flat=True)
         )
-        custodians = {o.account_custodian_id for o in orders}
+        custodians = {getattr(o, "account_custodian_id", None) for o in orders}
         if SettlementFile.objects.filter(
             trade_date__in=dates, custodian_id__in=custodians
         ).exists():
@@ -744,7 +765,10 @@ def allocation_reallocate(
             wanted = _parse_by_order(quantities, "quantities", orders)
             full = {o.pk: wanted.get(o.pk, ZERO) for o in orders}
             problems = engine.manual_allocation_validate(
-                [_entry_target(o, requested=o.quantity) for o in orders], full, filled, lot
+                [_entry_target(o, requested=o.quantity) for o in orders],
+                cast(dict[Hashable, Decimal], full),
+                filled,
+                lot,
             )
             if problems:
                 raise ValidationError(f"quantities: {problems[0]}", errors={"quantities": problems})
@@ -782,6 +806,7 @@ def allocation_reallocate(
         rows = _rebook(
             block=block,
             orders=orders,
+            instrument=block.instrument,
             execution=execution,
             filled=filled,
             price=price,

@@ -281,13 +281,16 @@ def run(quick: bool = False, fills: int | None = None) -> dict[str, Any]:
         time.sleep(0.5)
 
         committed: dict[str, float] = {}
+        publish_ms: list[float] = []
         original_send = realtime._send
 
         def stamped_send(groups: Any, message: dict[str, Any]) -> None:
             event = message.get("event", {})
+            at = time.monotonic()
             if event.get("type") == "execution.created":
-                committed[event["data"]["execution"]["exec_id"]] = time.monotonic()
+                committed[event["data"]["execution"]["exec_id"]] = at
             original_send(groups, message)
+            publish_ms.append((time.monotonic() - at) * 1000)
 
         realtime._send = stamped_send
         px = Decimal("100.00")
@@ -338,6 +341,9 @@ def run(quick: bool = False, fills: int | None = None) -> dict[str, Any]:
             "fills": n_fills,
             "fill_rate_per_s": round(n_fills / elapsed, 1),
             "execution_apply_median_ms": round(statistics.median(apply_ms), 2),
+            "group_send_median_ms": round(statistics.median(publish_ms), 2),
+            "group_send_p99_ms": round(_percentile(publish_ms, 99), 2),
+            "load_average_1m": os.getloadavg()[0],
             "messages_expected": expected,
             "messages_received": len(latencies),
             "median_ms": round(statistics.median(latencies), 2),

@@ -4,7 +4,7 @@ Targets (issue 3): >= 300 orders/s with 16 concurrent clients sending single ord
 500-order basket end to end in <= 250 ms (median); p50 <= 20 ms and p99 <= 100 ms at a fixed
 200 orders/s open-loop arrival rate.
 
-What runs: a fresh database (`<DATABASE_URL db>_bench`, dropped afterwards) is migrated and
+What runs: a fresh database (`<DATABASE_URL db>_bench_orders`, dropped afterwards) is migrated and
 seeded with the demo data set plus four pre-trade rules (restricted list, fat finger, buying
 power, concentration), so every order really goes through validation, compliance (with the
 account's cash row lock), audit and the after-commit blotter publish. `uvicorn
@@ -12,7 +12,9 @@ oms_site.asgi:application` serves it on a free 127.0.0.1 port (BENCH_WORKERS pro
 default 2 = the cores here; Django's psycopg pool, DB_POOL_MAX_SIZE=8 per worker). The clients are asyncio + httpx in this
 process, on the same machine, so they compete with the server for the CPU: the figures are a
 floor, not a ceiling. Open-loop latency is measured from each request's *scheduled* send time,
-so a stalled server cannot hide its queue (no coordinated omission).
+so a stalled server cannot hide its queue (no coordinated omission). If the closed loop shows
+the server cannot take 200/s, that phase is reported as unbounded and latency is measured at
+half the measured capacity instead.
 
     .venv/bin/python benchmarks/bench_orders.py            # full run (~1 min)
     .venv/bin/python benchmarks/bench_orders.py --quick    # shorter phases
@@ -238,11 +240,15 @@ async def _closed_loop(
 
 
 async def _open_loop(
-    base: str, headers: dict[str, str], gen: _Orders, seconds: float
+    base: str,
+    headers: dict[str, str],
+    gen: _Orders,
+    seconds: float,
+    rate: float = OPEN_LOOP_RATE,
 ) -> dict[str, Any]:
     import httpx
 
-    n = int(OPEN_LOOP_RATE * seconds)
+    n = int(rate * seconds)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     limits = httpx.Limits(max_connections=400, max_keepalive_connections=64)
@@ -251,7 +257,7 @@ async def _open_loop(
         start = time.perf_counter() + 0.2
 
         async def one(i: int) -> None:
-            scheduled = start + i / OPEN_LOOP_RATE
+            scheduled = start + i / rate
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -268,7 +274,7 @@ async def _open_loop(
 
         await asyncio.gather(*(one(i) for i in range(n)))
     return {
-        "rate_per_s": OPEN_LOOP_RATE,
+        "rate_per_s": rate,
         "requests": n,
         "p50_ms": round(_pct(latencies, 50), 2),
         "p90_ms": round(_pct(latencies, 90), 2),
@@ -325,8 +331,26 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         _progress("closed loop", throughput)
         baskets = _baskets(base, headers, gen, 3 if quick else 7)
         _progress("baskets", baskets)
-        open_loop = asyncio.run(_open_loop(base, headers, gen, 5.0 if quick else 10.0))
+        # Above capacity an open loop's queue (and latency) grows without bound for as long as it
+        # runs, so 200/s is only offered when the closed loop showed the server can take it;
+        # otherwise the latency is measured at half the measured capacity instead.
+        capacity = throughput["orders_per_s"]
+        open_loop: dict[str, Any] = {
+            "rate_per_s": OPEN_LOOP_RATE,
+            "skipped": f"capacity {capacity}/s < {OPEN_LOOP_RATE}/s: latency unbounded",
+            "p50_ms": None,
+            "p99_ms": None,
+        }
+        if capacity >= OPEN_LOOP_RATE:
+            open_loop = asyncio.run(_open_loop(base, headers, gen, 5.0 if quick else 10.0))
         _progress("open loop", open_loop)
+        sustainable = None
+        if capacity < OPEN_LOOP_RATE:
+            rate = max(1.0, round(throughput["orders_per_s"] / 2, 1))
+            sustainable = asyncio.run(
+                _open_loop(base, headers, gen, 5.0 if quick else 10.0, rate=rate)
+            )
+            _progress("open loop at half capacity", sustainable)
         try:
             load = os.getloadavg()
         except OSError:
@@ -340,10 +364,17 @@ def run(*, quick: bool = False) -> dict[str, Any]:
             "met": {
                 "orders_per_s": throughput["orders_per_s"] >= TARGETS["orders_per_s"],
                 "basket_500_ms": baskets["median_ms"] <= TARGETS["basket_500_ms"],
-                "p50_ms": open_loop["p50_ms"] <= TARGETS["p50_ms"],
-                "p99_ms": open_loop["p99_ms"] <= TARGETS["p99_ms"],
+                "p50_ms": open_loop["p50_ms"] is not None
+                and open_loop["p50_ms"] <= TARGETS["p50_ms"],
+                "p99_ms": open_loop["p99_ms"] is not None
+                and open_loop["p99_ms"] <= TARGETS["p99_ms"],
             },
-            "detail": {"closed_loop": throughput, "baskets": baskets, "open_loop": open_loop},
+            "detail": {
+                "closed_loop": throughput,
+                "baskets": baskets,
+                "open_loop": open_loop,
+                "open_loop_half_capacity": sustainable,
+            },
             "setup": {
                 "uvicorn_workers": workers,
                 "cpus": os.cpu_count(),

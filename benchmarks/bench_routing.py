@@ -192,7 +192,7 @@ def _wait(predicate: Any, timeout: float) -> bool:
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.05)
+        time.sleep(0.2)  # polling must not load the database being measured
     return False
 
 
@@ -237,7 +237,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         assert simulator.stdout is not None
         simulator.stdout.readline()  # "venue simulator listening on ..."
         runner = GatewayRunner(
-            session_rows(store_dir=str(tmp / "gw"), reconnect_interval=1), sweep_interval=0.2
+            session_rows(store_dir=str(tmp / "gw"), reconnect_interval=1),
+            sweep_interval=0.2,
+            background_events=True,
         )
         runner.start()
         if not runner.wait_logged_on(timeout=20):

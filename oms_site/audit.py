@@ -195,7 +195,15 @@ def audit_record_many(*, entries: Sequence[AuditEntry]) -> list[AuditEvent]:
         head.last_seq = seq
         head.last_hash = digest
     AuditEvent.objects.bulk_create(events)
-    AuditStream.objects.bulk_update(list(heads.values()), ["last_seq", "last_hash"])
+    # One statement for all heads: bulk_update's CASE WHEN per row costs seconds for 500 streams.
+    names = list(heads)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE oms_site_auditstream AS s SET last_seq = v.seq, last_hash = v.h "
+            "FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS v(stream, seq, h) "
+            "WHERE s.stream = v.stream",
+            [names, [heads[n].last_seq for n in names], [heads[n].last_hash for n in names]],
+        )
     return events
 
 

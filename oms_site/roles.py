@@ -136,6 +136,12 @@ PERMISSION_TABLE: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
         BACK_OFFICE: (V,),
         ADMINISTRATOR: (V,),
     },
+    ("allocations", "blockallocationpolicy"): {
+        TRADER: (V,),
+        COMPLIANCE: (V,),
+        BACK_OFFICE: (V,),
+        ADMINISTRATOR: (V,),
+    },
     ("allocations", "commissionschedule"): {
         TRADER: (V,),
         BACK_OFFICE: (V, A, C),
@@ -156,6 +162,14 @@ PERMISSION_TABLE: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
         BACK_OFFICE: (V,),
         ADMINISTRATOR: (V,),
     },
+    ("compliance", "override"): {
+        PM: (V,),
+        TRADER: (V,),
+        COMPLIANCE: (V,),
+        BACK_OFFICE: (V,),
+        ADMINISTRATOR: (V,),
+    },
+    ("orders", "basket"): {PM: (V,), TRADER: (V,), COMPLIANCE: (V,), BACK_OFFICE: (V,), ADMINISTRATOR: (V,)},
     ("compliance", "breachreport"): {COMPLIANCE: (V,), BACK_OFFICE: (V,), ADMINISTRATOR: (V,)},
     ("settlement", "settlementrun"): {COMPLIANCE: (V,), BACK_OFFICE: (V,), ADMINISTRATOR: (V,)},
     ("settlement", "settlementfile"): {COMPLIANCE: (V,), BACK_OFFICE: (V,), ADMINISTRATOR: (V,)},

@@ -137,6 +137,11 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 SERVE_STATIC = env_bool("SERVE_STATIC", True)
 VAR_DIR = Path(os.environ.get("OMS_VAR_DIR", BASE_DIR / "var"))
 SETTLEMENT_DIR = Path(os.environ.get("SETTLEMENT_DIR", VAR_DIR / "settlement"))
+# Settlement: our BIC on MT54x messages (places of settlement per market are in
+# settlement/services.py), reconciliation price tolerance, rows fetched per database round trip when streaming files.
+SETTLEMENT_FIRM_BIC = os.environ.get("SETTLEMENT_FIRM_BIC", "OPENUS33")
+RECON_PRICE_TOLERANCE = os.environ.get("RECON_PRICE_TOLERANCE", "0.0001")
+SETTLEMENT_CHUNK_SIZE = int(os.environ.get("SETTLEMENT_CHUNK_SIZE", "5000"))
 FIX_STORE_DIR = Path(os.environ.get("FIX_STORE_DIR", VAR_DIR / "fix"))
 
 CACHES = {
@@ -235,6 +240,10 @@ CELERY_BEAT_SCHEDULE = {
             hour=int(os.environ.get("EOD_HOUR", "18")),
             minute=int(os.environ.get("EOD_MINUTE", "0")),
         ),
+    },
+    "settle-cash": {
+        "task": "allocations.tasks.settle_cash",
+        "schedule": crontab(hour=6, minute=0),
     },
     "post-trade-compliance": {
         "task": "compliance.tasks.post_trade_sweep",

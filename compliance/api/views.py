@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from django.http import HttpResponse
@@ -109,7 +110,10 @@ class ReportListView(APIView):
         qs = breach_reports_visible_to(user=request.user)
         as_of = request.query_params.get("as_of")
         if as_of:
-            qs = qs.filter(as_of=as_of)
+            try:
+                qs = qs.filter(as_of=date.fromisoformat(as_of))
+            except ValueError:
+                raise field_error("as_of", "must be a date (YYYY-MM-DD)") from None
         paginator = Pagination()
         page = paginator.paginate_queryset(qs, request, view=self)
         rows = [report_dict(r) for r in page or []]

@@ -40,6 +40,7 @@ from django.db import (
     InterfaceError,
     OperationalError,
     connection,
+    transaction,
 )
 from django.db.models import F
 from django.utils import timezone
@@ -74,10 +75,30 @@ def _fields(raw: str) -> dict[int, str]:
         return {}
 
 
-def record_message(session_key: str, direction: str, raw: str) -> FixMessage:
-    """Store one FIX message (autocommit: its own short transaction)."""
+def record_message(
+    session_key: str, direction: str, raw: str, *, wait_for_flush: bool = True
+) -> FixMessage:
+    """Store one FIX message in its own short transaction.
+
+    `wait_for_flush=False` commits without waiting for the WAL flush (synchronous_commit off):
+    used for inbound messages, whose business effect is committed synchronously right after
+    (execution_apply), and PostgreSQL's WAL is sequential, so that later flush makes this row
+    durable too; a heartbeat lost in a database crash is harmless. Outbound records wait: the
+    restart logic of the outbox depends on them.
+    """
     values = _fields(raw)
     seq = values.get(34, "")
+    if not wait_for_flush:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+            return _insert_message(session_key, direction, raw, values, seq)
+    return _insert_message(session_key, direction, raw, values, seq)
+
+
+def _insert_message(
+    session_key: str, direction: str, raw: str, values: dict[int, str], seq: str
+) -> FixMessage:
     return FixMessage.objects.create(
         session_key=session_key,
         direction=direction,
@@ -115,7 +136,8 @@ class _DbThread:
     def close(self) -> None:
         """Close the thread's connection and stop the thread."""
         try:
-            self._executor.submit(connection.close).result(timeout=10)
+            # A lambda: `connection.close` would bind to the caller's thread's connection.
+            self._executor.submit(lambda: connection.close()).result(timeout=10)
         except Exception:
             logger.exception("closing a gateway database connection failed")
         self._executor.shutdown(wait=True)
@@ -128,14 +150,28 @@ class DjangoGatewayHandler:
         self.state_changed = threading.Event()
         self.fill_latencies: collections.deque[float] = collections.deque(maxlen=latency_samples)
         self.fills_applied = 0
-        # Inbound (records and applies, in arrival order) and outbound records run on two
-        # threads, so a burst of reports never delays an order on its way out.
-        self._inbound = _DbThread("fix-in-db")
+        # Inbound messages of each session (recorded and applied in arrival order) run on that
+        # session's own thread, outbound records on another, so sessions apply fills in
+        # parallel and a burst of reports never delays an order on its way out.
+        self._inbound: dict[str, _DbThread] = {}
         self._outbound = _DbThread("fix-out-db")
+        self._lock = threading.Lock()
+
+    def _inbound_thread(self, session_key: str) -> _DbThread:
+        thread = self._inbound.get(session_key)
+        if thread is None:
+            with self._lock:
+                thread = self._inbound.get(session_key)
+                if thread is None:
+                    thread = self._inbound[session_key] = _DbThread("fix-in-db")
+        return thread
 
     def close_connections(self) -> None:
         """Close the database threads (after the gateway stopped)."""
-        self._inbound.close()
+        with self._lock:
+            threads, self._inbound = list(self._inbound.values()), {}
+        for thread in threads:
+            thread.close()
         self._outbound.close()
 
     def on_logon(self, session_key: str) -> None:
@@ -148,7 +184,9 @@ class DjangoGatewayHandler:
         self._outbound.run(self._record_outbound, session_key, raw)
 
     def on_inbound(self, session_key: str, raw: str, parsed: ParsedMessage) -> None:
-        self._inbound.run(self._receive, session_key, raw, parsed, time.perf_counter())
+        self._inbound_thread(session_key).run(
+            self._receive, session_key, raw, parsed, time.perf_counter()
+        )
 
     def _record_outbound(self, session_key: str, raw: str) -> None:
         try:
@@ -159,7 +197,7 @@ class DjangoGatewayHandler:
 
     def _receive(self, session_key: str, raw: str, parsed: ParsedMessage, received: float) -> None:
         try:
-            stored = record_message(session_key, Direction.IN, raw)
+            stored = record_message(session_key, Direction.IN, raw, wait_for_flush=False)
             if parsed.header.msg_type in ADMIN_MSG_TYPES:
                 return
             self._apply(session_key, parsed, stored.pk, received)
@@ -404,10 +442,16 @@ class GatewayRunner:
         status_interval: float = 2.0,
         listen: bool = True,
         max_resend_age: float | None = None,
+        background_events: bool = False,
     ) -> None:
         self.rows = rows
+        # True in the gateway process: blotter events leave from a background thread.
+        self.background_events = background_events
         self.handler = DjangoGatewayHandler()
-        self.gateway = Gateway([r.spec for r in rows], self.handler, max_resend_age=max_resend_age)
+        # One QuickFIX thread per session: sessions never wait on each other's fills.
+        self.gateway = Gateway(
+            [r.spec for r in rows], self.handler, threaded=True, max_resend_age=max_resend_age
+        )
         self.dispatcher = OutboxDispatcher(
             self.gateway,
             {r.pk: r.key for r in rows},
@@ -420,6 +464,10 @@ class GatewayRunner:
 
     def start(self) -> None:
         """Connect the sessions and start the threads."""
+        if self.background_events:
+            from oms_site.realtime import send_in_background
+
+            send_in_background()
         self.gateway.start()
         self.dispatcher.start()
         self._status_thread = threading.Thread(

@@ -26,7 +26,6 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import DecimalField, ExpressionWrapper, F, Sum
 from django.utils import timezone
 
 from oms_site.audit import AuditEntry, audit_record_many
@@ -37,7 +36,11 @@ from orders.enums import (
     PlacementStatus,
     Side,
 )
-from orders.events import publish_execution_created, publish_order_updated
+from orders.events import (
+    publish_execution_created,
+    publish_order_updated,
+    publish_orders_updated,
+)
 from orders.fix.messages import (
     MSG_ORDER_CANCEL_REPLACE_REQUEST,
     SIDE_FROM_FIX,
@@ -237,11 +240,18 @@ def execution_apply(
             text=_report_text(report, fill or not report.is_fill),
             raw_message_id=raw_message_id,
         )
-        try:
-            with transaction.atomic():
-                execution.save(force_insert=True)
-        except IntegrityError:
-            return None  # this (session, ExecID) is already in the book
+        if placement is not None:
+            # Reports of one placement serialise on its row lock, so this check is race-free;
+            # the unique constraint stays the backstop.
+            if Execution.objects.filter(session_key=session_key, exec_id=report.exec_id).exists():
+                return None  # this (session, ExecID) is already in the book
+            execution.save(force_insert=True)
+        else:
+            try:
+                with transaction.atomic():
+                    execution.save(force_insert=True)
+            except IntegrityError:
+                return None
         if ctx is None:
             audit_record_many(
                 entries=[
@@ -389,24 +399,21 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
         for order in fills:
             publish_execution_created(order, data)
     published = {o.pk for o in fills}
-    for order in ctx.changed.values():
-        if order.pk not in published:
-            publish_order_updated(order)
+    rest = [o for o in ctx.changed.values() if o.pk not in published]
+    if len(rest) == 1:
+        publish_order_updated(rest[0])
+    elif rest:
+        publish_orders_updated(rest)
 
 
 def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
     placement = ctx.placement
-    notional = ExpressionWrapper(
-        F("last_qty") * F("last_px"), output_field=DecimalField(max_digits=48, decimal_places=16)
-    )
-    agg = Execution.objects.filter(placement_id=placement.pk, last_qty__gt=0).aggregate(
-        qty=Sum("last_qty"), notional=Sum(notional)
-    )
-    placement.cum_qty = agg["qty"] or ZERO
-    if placement.cum_qty:
-        placement.avg_px = (agg["notional"] / placement.cum_qty).quantize(
-            PRICE_QUANTUM, rounding=ROUND_HALF_UP
-        )
+    # Incremental under the placement's lock (the exact block/order average is fill_allocate's).
+    old_cum = placement.cum_qty
+    placement.cum_qty = old_cum + execution.last_qty
+    placement.avg_px = (
+        (placement.avg_px * old_cum + execution.last_qty * execution.last_px) / placement.cum_qty
+    ).quantize(PRICE_QUANTUM, rounding=ROUND_HALF_UP)
     if placement.cum_qty >= placement.quantity:
         placement.status = P.FILLED
     elif placement.status not in (P.PENDING_CANCEL, P.PENDING_REPLACE, *PLACEMENT_DONE):

@@ -45,7 +45,7 @@ from orders.enums import (
     OutboxStatus,
     PlacementStatus,
 )
-from orders.events import publish_order_updated
+from orders.events import publish_order_updated, publish_orders_updated
 from orders.fix.messages import MSG_NEW_ORDER_SINGLE as MSG_NEW
 from orders.fix.messages import MSG_ORDER_CANCEL_REPLACE_REQUEST as MSG_REPLACE
 from orders.fix.messages import MSG_ORDER_CANCEL_REQUEST as MSG_CANCEL
@@ -489,8 +489,7 @@ def block_route(*, user: Any, block_id: Any, broker_code: str | None = None) -> 
             _placement_audit(placement, action="placement.created", actor=user, meta=meta)
         )
         audit_record_many(entries=entries)
-        for order in orders:
-            publish_order_updated(order)
+        publish_orders_updated(orders)
         outbox_notify()
     return placement
 
@@ -835,8 +834,7 @@ def _kill_cancel_staged(*, scope: str, target: str, user: Any, switch: KillSwitc
                     )
                 )
             audit_record_many(entries=entries)
-            for order in changed:
-                publish_order_updated(order)
+            publish_orders_updated(changed)
         total += len(changed)
         if len(changed) == 0:
             return total
@@ -920,8 +918,7 @@ def _cancel_placements(placement_ids: Sequence[int], *, user: Any, meta: dict) -
         OutboxMessage.objects.bulk_create(rows)
         Order.objects.bulk_update(changed, ["status", "version", "updated_at"])
         audit_record_many(entries=entries)
-        for order in changed:
-            publish_order_updated(order)
+        publish_orders_updated(changed)
         if rows:
             outbox_notify()
     return len(rows)
@@ -1028,5 +1025,4 @@ def outbox_mark_failed(*, outbox_id: int, error: str) -> None:
                 Block.objects.filter(pk=placement.block_id).update(status=BlockStatus.OPEN)
         Order.objects.bulk_update(changed, ["status", "version", "updated_at"])
         audit_record_many(entries=entries)
-        for order in changed:
-            publish_order_updated(order)
+        publish_orders_updated(changed)

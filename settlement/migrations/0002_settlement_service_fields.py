@@ -5,90 +5,106 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('allocations', '0002_initial'),
-        ('settlement', '0001_initial'),
+        ("allocations", "0002_initial"),
+        ("settlement", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='reconbreak',
-            options={'ordering': ['id']},
+            name="reconbreak",
+            options={"ordering": ["id"]},
         ),
         migrations.AlterModelOptions(
-            name='settlementrun',
-            options={'ordering': ['-started_at', '-id']},
+            name="settlementrun",
+            options={"ordering": ["-started_at", "-id"]},
         ),
         migrations.AlterModelOptions(
-            name='statement',
-            options={'ordering': ['-uploaded_at', '-id']},
+            name="statement",
+            options={"ordering": ["-uploaded_at", "-id"]},
         ),
         migrations.AddField(
-            model_name='reconbreak',
-            name='oms_allocation_id',
+            model_name="reconbreak",
+            name="oms_allocation_id",
             field=models.BigIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='reconbreak',
-            name='statement_row',
+            model_name="reconbreak",
+            name="statement_row",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='settlementfile',
-            name='filename',
-            field=models.CharField(default='', max_length=200),
+            model_name="settlementfile",
+            name="filename",
+            field=models.CharField(default="", max_length=200),
         ),
         migrations.AddField(
-            model_name='statement',
-            name='price_tolerance',
+            model_name="statement",
+            name="price_tolerance",
             field=models.DecimalField(decimal_places=8, default=0, max_digits=24),
         ),
         migrations.AddField(
-            model_name='statement',
-            name='source_code',
-            field=models.CharField(default='', max_length=16),
+            model_name="statement",
+            name="source_code",
+            field=models.CharField(default="", max_length=16),
         ),
         migrations.AddField(
-            model_name='statement',
-            name='source_kind',
-            field=models.CharField(default='custodian', max_length=16),
+            model_name="statement",
+            name="source_kind",
+            field=models.CharField(default="custodian", max_length=16),
         ),
         migrations.AddField(
-            model_name='statement',
-            name='trade_dates',
+            model_name="statement",
+            name="trade_dates",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.AlterField(
-            model_name='reconbreak',
-            name='instrument',
+            model_name="reconbreak",
+            name="instrument",
             field=models.CharField(max_length=64),
         ),
         migrations.AlterField(
-            model_name='reconbreak',
-            name='status',
-            field=models.CharField(choices=[('open', 'Open'), ('resolved', 'Resolved')], default='open', max_length=12),
+            model_name="reconbreak",
+            name="status",
+            field=models.CharField(
+                choices=[("open", "Open"), ("resolved", "Resolved")], default="open", max_length=12
+            ),
         ),
         migrations.AlterField(
-            model_name='settlementrun',
-            name='status',
-            field=models.CharField(choices=[('running', 'Running'), ('done', 'Done'), ('failed', 'Failed')], default='running', max_length=16),
+            model_name="settlementrun",
+            name="status",
+            field=models.CharField(
+                choices=[("running", "Running"), ("done", "Done"), ("failed", "Failed")],
+                default="running",
+                max_length=16,
+            ),
         ),
         migrations.AddIndex(
-            model_name='reconbreak',
-            index=models.Index(fields=['status', 'id'], name='reconbreak_status_idx'),
+            model_name="reconbreak",
+            index=models.Index(fields=["status", "id"], name="reconbreak_status_idx"),
         ),
         migrations.AddIndex(
-            model_name='settlementrun',
-            index=models.Index(fields=['trade_date'], name='settlementrun_date_idx'),
+            model_name="settlementrun",
+            index=models.Index(fields=["trade_date"], name="settlementrun_date_idx"),
         ),
         migrations.AddConstraint(
-            model_name='reconbreak',
-            constraint=models.CheckConstraint(condition=models.Q(('status', 'open'), models.Q(('resolved_at__isnull', False), models.Q(('comment', ''), _negated=True)), _connector='OR'), name='reconbreak_resolved_has_comment'),
+            model_name="reconbreak",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("status", "open"),
+                    models.Q(
+                        ("resolved_at__isnull", False), models.Q(("comment", ""), _negated=True)
+                    ),
+                    _connector="OR",
+                ),
+                name="reconbreak_resolved_has_comment",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='settlementfile',
-            constraint=models.CheckConstraint(condition=models.Q(('version__gte', 1)), name='settlementfile_version_pos'),
+            model_name="settlementfile",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("version__gte", 1)), name="settlementfile_version_pos"
+            ),
         ),
     ]

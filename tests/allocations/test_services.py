@@ -444,3 +444,20 @@ def test_block_version_only_is_touched_by_fill(three_accounts, instrument, broke
     fill(placement, 60, "10")
     block.refresh_from_db()
     assert (Block.objects.get(pk=block.pk).status, block.cum_qty) == ("routed", D(60))
+
+
+def test_settle_cash_task_calls_the_service(three_accounts, instrument, broker, trader):
+    from allocations.tasks import settle_cash
+
+    _, _, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts[:1],
+        quantities=[100],
+        user=trader,
+        broker=broker,
+    )
+    fill(placement, 100, "10.00")
+    assert settle_cash("2026-11-20") == 0
+    assert settle_cash(SETTLE_DATE.isoformat()) == 1
+    assert settle_cash(SETTLE_DATE.isoformat()) == 0
+    assert _cash(three_accounts[0]) == (D("-1005.05"), D("0.00"))

@@ -162,3 +162,15 @@ def test_browser_run_and_download(book: dict[str, Any], compliance_officer: Any)
     download = c.get(f"/compliance/reports/{report.pk}/download/")
     assert download.status_code == 200
     assert download.content.decode().count("\n") == 4
+
+
+def test_reports_api_filters_by_day(book: dict[str, Any], compliance_officer: Any) -> None:
+    api = client_for(compliance_officer)
+    compliance_post_trade_sweep(as_of=AS_OF)
+    compliance_post_trade_sweep(as_of=date(2026, 11, 19))
+    assert api.get("/api/v1/compliance/reports/?as_of=2026-11-19").json()["count"] == 1
+    bad = api.get("/api/v1/compliance/reports/?as_of=yesterday")
+    assert (bad.status_code, bad.json()["errors"]) == (
+        400,
+        {"as_of": ["must be a date (YYYY-MM-DD)"]},
+    )

@@ -44,6 +44,7 @@ class Command(BaseCommand):
             sweep_interval=options["sweep_interval"],
             status_interval=options["status_interval"],
             max_resend_age=options["max_resend_age"],
+            background_events=True,
         )
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
