@@ -1,6 +1,6 @@
 """Benchmark of routing end to end: service → outbox → gateway → simulator → execution_apply.
 
-Orders are routed by `order_route` (from a few threads, as Celery routing workers would), the
+Orders are routed by `order_route` in two worker processes (as Celery routing workers), the
 gateway (this process, the real `GatewayRunner` with QuickFIX) picks them from the outbox after
 NOTIFY, the venue simulator (a separate process) acknowledges and fills each, and the gateway
 applies every report with `execution_apply` (fill allocation, positions, cash, audit) in its
@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -39,6 +38,7 @@ TARGET_KILL_S = 5.0
 SYMBOLS = 40
 ACCOUNTS = 20
 BROKERS = (("BRKA", 1), ("BRKB", 2), ("BRKC", 3))
+ROUTING_WORKERS = 2
 
 
 def _setup_django() -> None:
@@ -165,26 +165,35 @@ def _orders(world: dict[str, Any], count: int, **terms: Any) -> list[int]:
     return [o.pk for o in Order.objects.bulk_create(rows)]
 
 
-def _route_all(world: dict[str, Any], ids: list[int], threads: int) -> None:
-    from django.db import connection
+def _worker_init(database_url: str) -> None:
+    """A routing worker process (as a Celery routing worker would be): Django, no flush."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "oms_site.settings")
+    import django
+
+    django.setup()
+
+
+def _route_chunk(args: tuple[int, list[int]]) -> int:
+    from django.contrib.auth import get_user_model
 
     from orders.services.routing import order_route
 
+    trader_id, chunk = args
+    trader = get_user_model().objects.get(pk=trader_id)
     codes = [c for c, _ in BROKERS]
+    for n, pk in enumerate(chunk):
+        order_route(user=trader, order_id=pk, broker_code=codes[n % len(codes)])
+    return len(chunk)
 
-    def worker(chunk: list[int]) -> None:
-        try:
-            for n, pk in enumerate(chunk):
-                order_route(user=world["trader"], order_id=pk, broker_code=codes[n % len(codes)])
-        finally:
-            connection.close()
 
-    parts = [ids[i::threads] for i in range(threads)]
-    pool = [threading.Thread(target=worker, args=(p,)) for p in parts]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+def _route_all(world: dict[str, Any], ids: list[int], pool: Any, workers: int) -> None:
+    """Route in separate processes: the gateway process keeps its CPU for executions."""
+    size = max(1, len(ids) // (workers * 4))
+    chunks = [(world["trader"].pk, ids[i : i + size]) for i in range(0, len(ids), size)]
+    sum(pool.map(_route_chunk, chunks))
 
 
 def _wait(predicate: Any, timeout: float) -> bool:
@@ -245,14 +254,19 @@ def run(quick: bool = False) -> dict[str, Any]:
         if not runner.wait_logged_on(timeout=20):
             raise RuntimeError("gateway did not log on")
         # warm-up (imports, calendars, prepared plans)
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(
+            ROUTING_WORKERS, initializer=_worker_init, initargs=(os.environ["DATABASE_URL"],)
+        )
         warm = _orders(world, 20)
-        _route_all(world, warm, 1)
+        _route_all(world, warm, pool, ROUTING_WORKERS)
         _wait(lambda: Order.objects.filter(pk__in=warm, status="filled").count() == 20, 30)
         runner.handler.fill_latencies.clear()
 
         ids = _orders(world, orders_n)
         start = time.perf_counter()
-        _route_all(world, ids, threads=2)
+        _route_all(world, ids, pool, ROUTING_WORKERS)
         routed = time.perf_counter() - start
         done = _wait(
             lambda: Order.objects.filter(pk__in=ids, status="filled").count() == orders_n, 300
@@ -263,7 +277,8 @@ def run(quick: bool = False) -> dict[str, Any]:
 
         # kill switch: resting limit orders far below the market, all working, then one switch
         resting = _orders(world, kill_n, order_type="limit", limit_price=Decimal("1"))
-        _route_all(world, resting, threads=2)
+        _route_all(world, resting, pool, ROUTING_WORKERS)
+        pool.close()
         _wait(lambda: Order.objects.filter(pk__in=resting, status="working").count() == kill_n, 300)
         t0 = time.perf_counter()
         result = kill_switch_engage(user=world["trader"], scope="firm", target="", reason="bench")

@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         proc.start()
         proc.join()
         elapsed = time.perf_counter() - started
-        outcome = queue.get() if not queue.empty() else {"ok": False, "error": f"exit {proc.exitcode}"}
+        outcome = (
+            queue.get() if not queue.empty() else {"ok": False, "error": f"exit {proc.exitcode}"}
+        )
         print(f"\n=== {name} ({elapsed:.1f} s) ===")
         if outcome["ok"]:
             print(json.dumps(outcome["result"], indent=2, default=str))

@@ -461,7 +461,9 @@ class IdempotencyRecord(models.Model):
     key = models.CharField(max_length=100)
     endpoint = models.CharField(max_length=200)
     request_hash = models.CharField(
-        max_length=64, blank=True, help_text="SHA-256 of the body: a key reused differently is refused"
+        max_length=64,
+        blank=True,
+        help_text="SHA-256 of the body: a key reused differently is refused",
     )
     status_code = models.PositiveSmallIntegerField(help_text="0 while the first request runs")
     body = models.JSONField()

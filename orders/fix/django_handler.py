@@ -154,25 +154,25 @@ class DjangoGatewayHandler:
         # session's own thread, outbound records on another, so sessions apply fills in
         # parallel and a burst of reports never delays an order on its way out.
         self._inbound: dict[str, _DbThread] = {}
-        self._outbound = _DbThread("fix-out-db")
+        self._outbound: dict[str, _DbThread] = {}
         self._lock = threading.Lock()
 
-    def _inbound_thread(self, session_key: str) -> _DbThread:
-        thread = self._inbound.get(session_key)
+    def _thread(self, threads: dict[str, _DbThread], session_key: str, name: str) -> _DbThread:
+        thread = threads.get(session_key)
         if thread is None:
             with self._lock:
-                thread = self._inbound.get(session_key)
+                thread = threads.get(session_key)
                 if thread is None:
-                    thread = self._inbound[session_key] = _DbThread("fix-in-db")
+                    thread = threads[session_key] = _DbThread(name)
         return thread
 
     def close_connections(self) -> None:
         """Close the database threads (after the gateway stopped)."""
         with self._lock:
-            threads, self._inbound = list(self._inbound.values()), {}
+            threads = [*self._inbound.values(), *self._outbound.values()]
+            self._inbound, self._outbound = {}, {}
         for thread in threads:
             thread.close()
-        self._outbound.close()
 
     def on_logon(self, session_key: str) -> None:
         self.state_changed.set()
@@ -181,10 +181,12 @@ class DjangoGatewayHandler:
         self.state_changed.set()
 
     def on_outbound(self, session_key: str, raw: str) -> None:
-        self._outbound.run(self._record_outbound, session_key, raw)
+        self._thread(self._outbound, session_key, "fix-out-db").run(
+            self._record_outbound, session_key, raw
+        )
 
     def on_inbound(self, session_key: str, raw: str, parsed: ParsedMessage) -> None:
-        self._inbound_thread(session_key).run(
+        self._thread(self._inbound, session_key, "fix-in-db").run(
             self._receive, session_key, raw, parsed, time.perf_counter()
         )
 
@@ -452,12 +454,14 @@ class GatewayRunner:
         self.gateway = Gateway(
             [r.spec for r in rows], self.handler, threaded=True, max_resend_age=max_resend_age
         )
-        self.dispatcher = OutboxDispatcher(
-            self.gateway,
-            {r.pk: r.key for r in rows},
-            sweep_interval=sweep_interval,
-            listen=listen,
-        )
+        # One dispatcher per session: sessions send in parallel (their durable commits group
+        # in PostgreSQL), and each session's messages still leave in outbox order.
+        self.dispatchers = [
+            OutboxDispatcher(
+                self.gateway, {r.pk: r.key}, sweep_interval=sweep_interval, listen=listen
+            )
+            for r in rows
+        ]
         self.status_interval = status_interval
         self._stop = threading.Event()
         self._status_thread: threading.Thread | None = None
@@ -469,7 +473,8 @@ class GatewayRunner:
 
             send_in_background()
         self.gateway.start()
-        self.dispatcher.start()
+        for dispatcher in self.dispatchers:
+            dispatcher.start()
         self._status_thread = threading.Thread(
             target=self._status_loop, name="fix-session-status", daemon=True
         )
@@ -477,7 +482,11 @@ class GatewayRunner:
 
     def stop(self) -> None:
         """Stop sending, log out, stop QuickFIX, write the final session state."""
-        self.dispatcher.stop()
+        for dispatcher in self.dispatchers:
+            dispatcher.stop_event.set()
+            dispatcher.wake.set()
+        for dispatcher in self.dispatchers:
+            dispatcher.stop()
         self._stop.set()
         self.handler.state_changed.set()
         if self._status_thread is not None:
@@ -521,7 +530,8 @@ class GatewayRunner:
                 self.handler.state_changed.clear()
                 if self.gateway.running:
                     # A logon makes pending orders of that session sendable: look now.
-                    self.dispatcher.wake.set()
+                    for dispatcher in self.dispatchers:
+                        dispatcher.wake.set()
         finally:
             connection.close()
 
