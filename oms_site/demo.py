@@ -439,11 +439,62 @@ def seed_demo(*, fix_host: str = "127.0.0.1", fix_port: int = 9878) -> dict[str,
                     instrument=inst,
                     defaults={"quantity": Decimal(1000 * (1 + n % 4)), "avg_cost": inst.price.last},
                 )
+    rules = _seed_compliance(instruments=instruments, issuers=equity_issuers)
     _ = settings
     return {
+        "rules": rules,
         "users": len(users),
         "instruments": len(instruments),
         "accounts": len(accounts),
         "custodians": len(custodians),
         "brokers": len(brokers),
     }
+
+
+DEMO_RULES = [
+    # (name, rule_type, severity, params)
+    ("Restricted list", "restricted_list", "block", {}),
+    (
+        "Fat finger (warn)",
+        "fat_finger",
+        "warn",
+        {"max_quantity": "100000", "max_notional": "5000000", "max_price_deviation_pct": "10"},
+    ),
+    ("Fat finger (hard limit)", "fat_finger", "block", {"max_notional": "25000000"}),
+    ("Buying power", "buying_power", "block", {}),
+    ("Holdings and short selling", "short_selling", "block", {}),
+    ("Issuer concentration 10%", "concentration", "warn", {"dimension": "issuer", "max_pct": "10"}),
+    (
+        "Sector concentration 40%",
+        "concentration",
+        "block",
+        {"dimension": "sector", "max_pct": "40"},
+    ),
+    ("Ownership 5% of shares outstanding", "ownership", "warn", {"max_pct": "5"}),
+    ("Conflicting orders", "conflicting_orders", "warn", {}),
+    ("Duplicate orders within 60 s", "duplicate_orders", "warn", {"window_seconds": "60"}),
+]
+
+
+def _seed_compliance(*, instruments: list[Any], issuers: list[Any]) -> int:
+    """Demo rules and restricted-list entries (two instruments and one whole issuer)."""
+    from compliance.models import RestrictedEntry, Rule
+
+    for name, rule_type, severity, params in DEMO_RULES:
+        Rule.objects.get_or_create(
+            name=name, defaults={"rule_type": rule_type, "severity": severity, "params": params}
+        )
+    equities = [i for i in instruments if i.asset_class == "equity"]
+    for inst, reason in (
+        (equities[7], "Inside information: pending merger"),
+        (equities[42], "Sanctions screening"),
+    ):
+        RestrictedEntry.objects.get_or_create(
+            instrument=inst, account=None, defaults={"reason": reason, "source": "demo"}
+        )
+    RestrictedEntry.objects.get_or_create(
+        issuer=issuers[99],
+        account=None,
+        defaults={"reason": "Firm is underwriter of a pending offering", "source": "demo"},
+    )
+    return Rule.objects.count()

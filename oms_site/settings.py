@@ -94,6 +94,9 @@ DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise RuntimeError("PostgreSQL is the only supported database (DATABASE_URL=postgres://...)")
 DATABASES["default"].setdefault("OPTIONS", {})
+# Server-side binding sends parameters apart from the SQL: bulk writes with thousands of values
+# (allocations, audit, baskets) skip psycopg's client-side quoting, which dominated their time.
+DATABASES["default"]["OPTIONS"]["server_side_binding"] = env_bool("DB_SERVER_SIDE_BINDING", True)
 DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("DB_CONN_MAX_AGE", "0"))
 DATABASES["default"]["TEST"] = {"NAME": os.environ.get("TEST_DATABASE_NAME") or None}
 # Added by the orders helper: DB_POOL_MAX_SIZE>0 turns on Django's psycopg connection pool

@@ -52,7 +52,7 @@ for _ in $(seq 1 60); do
     curl -fsS "http://127.0.0.1:$PORT/healthz/" >/dev/null 2>&1 && break
     sleep 0.5
 done
-PASSWORD="$(.venv/bin/python manage.py shell -c 'from oms_site.demo import demo_password; print(demo_password())')"
+PASSWORD="$(.venv/bin/python manage.py shell -v 0 -c 'from oms_site.demo import demo_password; print(demo_password())')"
 cat <<MSG
 
   Open OMS is running:  http://127.0.0.1:$PORT/

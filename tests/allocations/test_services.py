@@ -140,12 +140,14 @@ def test_block_of_three_two_fills_exact(three_accounts, instrument, broker, trad
     assert set(Allocation.objects.values_list("trade_date", "settlement_date")) == {
         (TRADE_DATE, SETTLE_DATE)
     }
+    # (one event per fill, listing every row that fill booked)
     events = AuditEvent.objects.filter(stream=f"block:{block.pk}:allocations").order_by("seq")
-    assert [(e.action, e.object_id) for e in events] == [
-        ("allocation.created", str(pk))
-        for pk in Allocation.objects.order_by("pk").values_list("pk", flat=True)
-    ]
-    assert D(events[0].after["quantity"]) == D(25) and events[0].after["net"] == "255.01"
+    assert {(e.action, e.object_type) for e in events} == {("allocation.created", "execution")}
+    assert [r["id"] for e in events for r in e.after["allocations"]] == list(
+        Allocation.objects.order_by("pk").values_list("pk", flat=True)
+    )
+    first = events[0].after["allocations"][0]
+    assert D(first["quantity"]) == D(25) and first["net"] == "255.01"
 
 
 def test_split_fills_end_in_the_same_state_as_one_fill(three_accounts, instrument, broker, trader):
@@ -300,7 +302,7 @@ def test_short_beyond_holdings_is_flagged_when_not_allowed(
     # then the position is short and the audit event flags it for compliance
     assert _position(account, instrument) == (D(-50), D(10), D(0))
     event = AuditEvent.objects.get(stream=f"block:{block.pk}:allocations")
-    assert event.meta["short_not_allowed"] is True
+    assert event.meta["short_not_allowed"] == [account.pk]
 
 
 def test_sell_realises_pnl_against_the_held_position(account, instrument, free_broker, trader):
