@@ -15,7 +15,7 @@ from rest_framework.views import exception_handler
 class DomainError(Exception):
     """Base of every business-rule error raised by services; carries code and HTTP status."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     default_code = "invalid"
 
     def __init__(

@@ -18,19 +18,19 @@ CENT = Decimal("0.01")
 
 def QtyField(**kwargs: Any) -> models.DecimalField:
     """A quantity: 24 digits, 8 decimals (crypto trades in fractions)."""
-    return models.DecimalField(**QTY_DIGITS, **kwargs)
+    return models.DecimalField(max_digits=24, decimal_places=8, **kwargs)
 
 
 def PriceField(**kwargs: Any) -> models.DecimalField:
     """A price: 24 digits, 8 decimals."""
-    return models.DecimalField(**PRICE_DIGITS, **kwargs)
+    return models.DecimalField(max_digits=24, decimal_places=8, **kwargs)
 
 
 def MoneyField(**kwargs: Any) -> models.DecimalField:
     """An amount of money: 24 digits, 2 decimals."""
-    return models.DecimalField(**MONEY_DIGITS, **kwargs)
+    return models.DecimalField(max_digits=24, decimal_places=2, **kwargs)
 
 
 def PctField(**kwargs: Any) -> models.DecimalField:
     """A percentage: 12 digits, 6 decimals."""
-    return models.DecimalField(**PCT_DIGITS, **kwargs)
+    return models.DecimalField(max_digits=12, decimal_places=6, **kwargs)

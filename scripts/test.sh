@@ -18,6 +18,8 @@ fi
 echo "[test] ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+echo "[test] mypy (services, selectors, engines)"
+.venv/bin/mypy
 echo "[test] migrations are up to date"
 .venv/bin/python manage.py makemigrations --check --dry-run
 echo "[test] pytest"

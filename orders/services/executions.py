@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -157,7 +157,7 @@ def _lock(placement_id: int) -> _Context:
         block = Block.objects.select_for_update(of=("self",)).get(pk=placement.block_id)
         qs = Order.objects.filter(block_id=placement.block_id)
     else:
-        qs = Order.objects.filter(pk=placement.order_id)
+        qs = Order.objects.filter(pk=cast(int, placement.order_id))
     orders = list(
         qs.select_for_update(of=("self",))
         .select_related("account__desk", "instrument", "created_by")

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from django.db import connection, transaction
 from django.db.models import Q
@@ -500,8 +500,9 @@ def block_route(*, user: Any, block_id: Any, broker_code: str | None = None) -> 
 
 
 def _active_placement_id(order: Order) -> int | None:
-    qs = Placement.objects.filter(order_id=order.pk) if order.block_id is None else None
-    if qs is None:
+    if order.block_id is None:
+        qs = Placement.objects.filter(order_id=order.pk)
+    else:
         qs = Placement.objects.filter(block_id=order.block_id)
     return qs.order_by("-pk").values_list("pk", flat=True).first()
 
@@ -544,7 +545,7 @@ def order_cancel_request(
     """Ask the broker to cancel an order that is at a broker (35=F); order → pending_cancel."""
     _require_role(user, "pm", "trader", what="cancel orders")
     visible = _visible(user, order, order_id)
-    if visible.block_id is not None and visible.block.status != BlockStatus.OPEN:
+    if visible.block is not None and visible.block.status != BlockStatus.OPEN:
         raise ConflictError(
             f"The order is part of block B{visible.block_id} at a broker; cancel the block.",
             code="in_block",
@@ -900,8 +901,10 @@ def _cancel_placements(placement_ids: Sequence[int], *, user: Any, meta: dict) -
             members = [o for o in by_placement[p.pk] if o.status in CANCELABLE_AT_BROKER]
             if not members or p.fix_session is None:
                 continue
-            instrument = p.block.instrument if p.block_id else p.order.instrument
-            side = p.block.side if p.block_id else p.order.side
+            parent: Block | Order | None = p.block if p.block_id else p.order
+            assert parent is not None  # a placement belongs to an order or a block (constraint)
+            instrument = parent.instrument
+            side = parent.side
             account = None if p.block_id else members[0].account.code
             row = _cancel_request_rows(p, p.fix_session, instrument.symbol, side, account)
             rows.append(row)
@@ -987,7 +990,7 @@ def outbox_mark_failed(*, outbox_id: int, error: str) -> None:
             Block.objects.select_for_update(of=("self",)).filter(pk=placement.block_id).first()
             qs = Order.objects.filter(block_id=placement.block_id)
         else:
-            qs = Order.objects.filter(pk=placement.order_id)
+            qs = Order.objects.filter(pk=cast(int, placement.order_id))
         orders = list(
             qs.select_for_update(of=("self",))
             .select_related("account__desk", "instrument", "created_by")
