@@ -35,8 +35,15 @@ stamp=".venv/.lock-$(sha256sum requirements.lock | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     log "installing locked Python dependencies (quickfix compiles once per machine, ~7 min)"
     .venv/bin/python -m pip install -q --upgrade pip uv
-    # uv keeps built wheels in its cache, so quickfix is compiled only the first time.
-    .venv/bin/uv pip install --python .venv/bin/python -q -r requirements.lock
+    # QuickFIX ships only as source: compile its wheel once per machine into a cache outside the
+    # checkout, so fresh clones (and CI) on the same machine install it in seconds.
+    WHEELS="${OMS_WHEEL_CACHE:-$HOME/.cache/open-oms/wheels}"
+    mkdir -p "$WHEELS"
+    qf="$(grep -E '^quickfix==' requirements.lock | cut -d= -f3)"
+    if ! ls "$WHEELS"/quickfix-"$qf"-*.whl >/dev/null 2>&1; then
+        .venv/bin/python -m pip wheel -q --no-deps -w "$WHEELS" "quickfix==$qf"
+    fi
+    .venv/bin/uv pip install --python .venv/bin/python -q --find-links "$WHEELS" -r requirements.lock
     rm -f .venv/.lock-*
     touch "$stamp"
 fi
