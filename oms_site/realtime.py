@@ -75,19 +75,32 @@ def publish_on_commit(
 SEND_CONCURRENCY = 16
 
 
+_batch_lock: Any = None
+
+
 async def _send_all(layer: Any, items: list[tuple[str, dict[str, Any]]]) -> None:
     import asyncio
 
+    global _batch_lock
+    if _batch_lock is None:
+        _batch_lock = asyncio.Lock()
     gate = asyncio.Semaphore(SEND_CONCURRENCY)
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for group, message in items:
+        by_group.setdefault(group, []).append(message)
 
-    async def one(group: str, message: dict[str, Any]) -> None:
+    async def one_group(group: str, messages: list[dict[str, Any]]) -> None:
+        # A group's events go out in commit order; different groups go out concurrently.
         async with gate:
-            try:
-                await layer.group_send(group, message)
-            except Exception:  # a full channel or Redis outage must not break the committed write
-                log.exception("blotter event to %s not delivered", group)
+            for message in messages:
+                try:
+                    await layer.group_send(group, message)
+                except Exception:  # a full channel or Redis outage must not break the write
+                    log.exception("blotter event to %s not delivered", group)
 
-    await asyncio.gather(*(one(g, m) for g, m in items))
+    # Batches (one per commit) are sent one after another, in the order they were queued.
+    async with _batch_lock:
+        await asyncio.gather(*(one_group(g, m) for g, m in by_group.items()))
 
 
 def _send_many(items: list[tuple[str, dict[str, Any]]]) -> None:
@@ -109,6 +122,8 @@ def _sender_loop() -> asyncio.AbstractEventLoop:
     with _loop_lock:
         # A Celery prefork child inherits the parent's state but not its thread: start anew.
         if _loop_state["pid"] != os.getpid() or _loop_state["loop"] is None:
+            global _batch_lock
+            _batch_lock = None  # an asyncio.Lock belongs to the loop that first used it
             loop = asyncio.new_event_loop()
             threading.Thread(target=loop.run_forever, name="blotter-loop", daemon=True).start()
             _loop_state.update(pid=os.getpid(), loop=loop)
