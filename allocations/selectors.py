@@ -205,7 +205,7 @@ def allocation_net_lines(*, trade_date: date, custodian_id: int | None = None) -
 
 
 class _CodeInFilter(django_filters.BaseInFilter, django_filters.CharFilter):
-    pass
+    """A comma-separated list of codes (`?account=ACC001,ACC002`)."""
 
 
 class PositionFilter(django_filters.FilterSet):

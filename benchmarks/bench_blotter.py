@@ -257,7 +257,7 @@ def run(quick: bool = False, fills: int | None = None) -> dict[str, Any]:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz/", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
-                pass
+                pass  # not listening yet
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.2)

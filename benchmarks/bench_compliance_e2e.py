@@ -40,6 +40,8 @@ from django.db import connection, transaction  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from benchmarks.bench_compliance_engine import RULE_SPECS  # noqa: E402
+
 ORDERS = 500
 RULES = 20
 REPETITIONS = int(os.environ.get("BENCH_REPETITIONS", "7"))
@@ -49,29 +51,6 @@ HOLDINGS_PER_ACCOUNT = 400
 OPEN_ORDERS = 3000
 SECTORS = ("Tech", "Energy", "Health", "Financials", "Utilities", "Materials", "Industrials")
 D = Decimal
-
-RULE_SPECS: list[tuple[str, str, dict[str, str]]] = [
-    ("restricted_list", "block", {}),
-    ("restricted_list", "warn", {}),
-    ("concentration", "block", {"dimension": "instrument", "max_pct": "10"}),
-    ("concentration", "block", {"dimension": "issuer", "max_pct": "15"}),
-    ("concentration", "warn", {"dimension": "sector", "max_pct": "40"}),
-    ("concentration", "warn", {"dimension": "instrument", "max_pct": "5"}),
-    ("ownership", "block", {"max_pct": "10"}),
-    ("ownership", "warn", {"max_pct": "5"}),
-    ("fat_finger", "block", {"max_quantity": "1000000", "max_notional": "50000000"}),
-    ("fat_finger", "warn", {"max_price_deviation_pct": "5"}),
-    ("fat_finger", "warn", {"max_notional": "5000000"}),
-    ("short_selling", "block", {}),
-    ("buying_power", "block", {"margin_pct": "0"}),
-    ("buying_power", "warn", {"margin_pct": "50"}),
-    ("conflicting_orders", "warn", {}),
-    ("duplicate_orders", "warn", {"window_seconds": "60"}),
-    ("duplicate_orders", "block", {"window_seconds": "5"}),
-    ("concentration", "block", {"dimension": "issuer", "max_pct": "25"}),
-    ("fat_finger", "block", {"max_quantity": "500000"}),
-    ("conflicting_orders", "block", {}),
-]
 
 
 def _seed(rng: random.Random) -> dict[str, Any]:
@@ -244,7 +223,7 @@ def _insert_orders(data: dict[str, Any]) -> list[Any]:
 
 
 class _Rollback(Exception):
-    pass
+    """Raised to undo a timed check's writes so every repetition sees the same book."""
 
 
 def _time_check(data: dict[str, Any]) -> tuple[list[float], dict[str, float], int, dict[str, int]]:
@@ -276,7 +255,7 @@ def _time_check(data: dict[str, Any]) -> tuple[list[float], dict[str, float], in
                 outcomes = {k: list(result.values()).count(k) for k in ("pass", "warn", "block")}
                 raise _Rollback
         except _Rollback:
-            pass
+            pass  # the rollback is the point: each run starts from the same book
     # The first run warms caches (connections, content types); it is not counted.
     return (
         timings[1:],

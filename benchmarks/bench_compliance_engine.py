@@ -35,29 +35,33 @@ SECTORS = ("Tech", "Energy", "Health", "Financials", "Utilities", "Materials", "
 AS_OF = datetime(2025, 3, 14, 14, 30, tzinfo=UTC)
 
 
+# The 20 rules both compliance benchmarks check a 500-order basket against.
+RULE_SPECS: list[tuple[str, str, dict[str, str]]] = [
+    ("restricted_list", "block", {}),
+    ("restricted_list", "warn", {}),
+    ("concentration", "block", {"dimension": "instrument", "max_pct": "10"}),
+    ("concentration", "block", {"dimension": "issuer", "max_pct": "15"}),
+    ("concentration", "warn", {"dimension": "sector", "max_pct": "40"}),
+    ("concentration", "warn", {"dimension": "instrument", "max_pct": "5"}),
+    ("ownership", "block", {"max_pct": "10"}),
+    ("ownership", "warn", {"max_pct": "5"}),
+    ("fat_finger", "block", {"max_quantity": "1000000", "max_notional": "50000000"}),
+    ("fat_finger", "warn", {"max_price_deviation_pct": "5"}),
+    ("fat_finger", "warn", {"max_notional": "5000000"}),
+    ("short_selling", "block", {}),
+    ("buying_power", "block", {"margin_pct": "0"}),
+    ("buying_power", "warn", {"margin_pct": "50"}),
+    ("conflicting_orders", "warn", {}),
+    ("duplicate_orders", "warn", {"window_seconds": "60"}),
+    ("duplicate_orders", "block", {"window_seconds": "5"}),
+    ("concentration", "block", {"dimension": "issuer", "max_pct": "25"}),
+    ("fat_finger", "block", {"max_quantity": "500000"}),
+    ("conflicting_orders", "block", {}),
+]
+
+
 def _rules() -> list[RuleSpec]:
-    specs = [
-        ("restricted_list", "block", {}),
-        ("restricted_list", "warn", {}),
-        ("concentration", "block", {"dimension": "instrument", "max_pct": "10"}),
-        ("concentration", "block", {"dimension": "issuer", "max_pct": "15"}),
-        ("concentration", "warn", {"dimension": "sector", "max_pct": "40"}),
-        ("concentration", "warn", {"dimension": "instrument", "max_pct": "5"}),
-        ("ownership", "block", {"max_pct": "10"}),
-        ("ownership", "warn", {"max_pct": "5"}),
-        ("fat_finger", "block", {"max_quantity": "1000000", "max_notional": "50000000"}),
-        ("fat_finger", "warn", {"max_price_deviation_pct": "5"}),
-        ("fat_finger", "warn", {"max_notional": "5000000"}),
-        ("short_selling", "block", {}),
-        ("buying_power", "block", {"margin_pct": "0"}),
-        ("buying_power", "warn", {"margin_pct": "50"}),
-        ("conflicting_orders", "warn", {}),
-        ("duplicate_orders", "warn", {"window_seconds": "60"}),
-        ("duplicate_orders", "block", {"window_seconds": "5"}),
-        ("concentration", "block", {"dimension": "issuer", "max_pct": "25"}),
-        ("fat_finger", "block", {"max_quantity": "500000"}),
-        ("conflicting_orders", "block", {}),
-    ]
+    specs = RULE_SPECS
     assert len(specs) == RULES
     rules = []
     for i, (rule_type, severity, params) in enumerate(specs, start=1):

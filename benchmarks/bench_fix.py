@@ -51,13 +51,13 @@ class _FillClock:
         self._cv = threading.Condition()
 
     def on_logon(self, session_key: str) -> None:
-        pass
+        """Session events are not measured."""
 
     def on_logout(self, session_key: str) -> None:
-        pass
+        """Session events are not measured."""
 
     def on_outbound(self, session_key: str, raw: str) -> None:
-        pass
+        """Outbound messages are counted at send time, not here."""
 
     def on_inbound(self, session_key: str, raw: str, parsed: object) -> None:
         if not isinstance(parsed, ExecReport) or parsed.cl_ord_id is None:

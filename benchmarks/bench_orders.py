@@ -169,7 +169,7 @@ def _start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Po
             if httpx.get(f"http://127.0.0.1:{port}/healthz/", timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
-            pass
+            pass  # not listening yet
         time.sleep(0.3)
     proc.terminate()
     raise RuntimeError("uvicorn did not become healthy in 60 s")

@@ -73,7 +73,7 @@ def _reserve(
                 request_hash=fingerprint,
             )
     except IntegrityError:
-        pass
+        pass  # another request reserved this key first: its record is read just below
     record = IdempotencyRecord.objects.get(user=user, key=key, endpoint=endpoint)
     if record.request_hash != fingerprint:
         raise ConflictError(

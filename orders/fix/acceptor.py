@@ -535,7 +535,7 @@ class FixAcceptor:
         elif msg_type == "2":
             self._on_resend_request(session, values)
         elif msg_type in ("0", "A"):
-            pass
+            return  # a heartbeat, or a logon on a live session: nothing to answer
         elif msg_type == "3":
             logger.warning("FIX %s: session Reject received: %s", session.key, raw)
         elif msg_type not in ADMIN_MSG_TYPES:

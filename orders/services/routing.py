@@ -326,6 +326,45 @@ def _lock_order(pk: int) -> Order:
     )
 
 
+def _place_new(
+    *, parent: Order | Block, choice: Any, user: Any, quantity: Decimal, account: str | None = None
+) -> tuple[Placement, dict[str, Any]]:
+    """Create the placement of an order or block and its NewOrderSingle outbox row."""
+    placement = Placement.objects.create(
+        order=parent if isinstance(parent, Order) else None,
+        block=parent if isinstance(parent, Block) else None,
+        broker=choice.broker,
+        fix_session=choice.session,
+        cl_ord_id=new_cl_ord_id("N"),
+        quantity=quantity,
+        limit_price=parent.limit_price,
+        status=PlacementStatus.PENDING_NEW,
+        route_reason=choice.reason,
+        routed_by=user,
+    )
+    request = NewOrder(
+        cl_ord_id=placement.cl_ord_id,
+        symbol=parent.instrument.symbol,
+        side=parent.side,
+        quantity=quantity,
+        order_type=parent.order_type,
+        limit_price=parent.limit_price,
+        stop_price=parent.stop_price,
+        time_in_force=parent.time_in_force,
+        expire_date=parent.expire_date if isinstance(parent, Order) else None,
+        account=account,
+    )
+    _outbox_row(placement, choice.session, request, MSG_NEW).save()
+    meta: dict[str, Any] = {
+        "placement": placement.pk,
+        "cl_ord_id": placement.cl_ord_id,
+        "broker": choice.broker.code,
+        "reason": choice.reason,
+        "quotes": choice.quotes,
+    }
+    return placement, meta
+
+
 def order_route(*, user: Any, order_id: Any, broker_code: str | None = None) -> Placement:
     """Send an approved order to a broker (given or best execution) through the outbox."""
     _require_role(user, "trader", what="route orders")
@@ -349,38 +388,10 @@ def order_route(*, user: Any, order_id: Any, broker_code: str | None = None) -> 
         _ensure_no_kill_switch([order.account])
         choice = route_choose(instrument=order.instrument, side=order.side, broker_code=broker_code)
         quantity = order.quantity - order.cum_qty
-        placement = Placement.objects.create(
-            order=order,
-            broker=choice.broker,
-            fix_session=choice.session,
-            cl_ord_id=new_cl_ord_id("N"),
-            quantity=quantity,
-            limit_price=order.limit_price,
-            status=PlacementStatus.PENDING_NEW,
-            route_reason=choice.reason,
-            routed_by=user,
+        placement, meta = _place_new(
+            parent=order, choice=choice, user=user, quantity=quantity, account=order.account.code
         )
-        request = NewOrder(
-            cl_ord_id=placement.cl_ord_id,
-            symbol=order.instrument.symbol,
-            side=order.side,
-            quantity=quantity,
-            order_type=order.order_type,
-            limit_price=order.limit_price,
-            stop_price=order.stop_price,
-            time_in_force=order.time_in_force,
-            expire_date=order.expire_date,
-            account=order.account.code,
-        )
-        _outbox_row(placement, choice.session, request, MSG_NEW).save()
         entries: list[AuditEntry] = []
-        meta = {
-            "placement": placement.pk,
-            "cl_ord_id": placement.cl_ord_id,
-            "broker": choice.broker.code,
-            "reason": choice.reason,
-            "quotes": choice.quotes,
-        }
         _transition(
             order, S.PENDING_NEW, action="order.routed", entries=entries, actor=user, meta=meta
         )
@@ -435,36 +446,8 @@ def block_route(*, user: Any, block_id: Any, broker_code: str | None = None) -> 
         _ensure_no_kill_switch(o.account for o in orders)
         choice = route_choose(instrument=block.instrument, side=block.side, broker_code=broker_code)
         quantity = block.quantity - block.cum_qty
-        placement = Placement.objects.create(
-            block=block,
-            broker=choice.broker,
-            fix_session=choice.session,
-            cl_ord_id=new_cl_ord_id("N"),
-            quantity=quantity,
-            limit_price=block.limit_price,
-            status=PlacementStatus.PENDING_NEW,
-            route_reason=choice.reason,
-            routed_by=user,
-        )
-        request = NewOrder(
-            cl_ord_id=placement.cl_ord_id,
-            symbol=block.instrument.symbol,
-            side=block.side,
-            quantity=quantity,
-            order_type=block.order_type,
-            limit_price=block.limit_price,
-            stop_price=block.stop_price,
-            time_in_force=block.time_in_force,
-        )
-        _outbox_row(placement, choice.session, request, MSG_NEW).save()
-        meta = {
-            "placement": placement.pk,
-            "cl_ord_id": placement.cl_ord_id,
-            "broker": choice.broker.code,
-            "reason": choice.reason,
-            "quotes": choice.quotes,
-            "block": block.pk,
-        }
+        placement, meta = _place_new(parent=block, choice=choice, user=user, quantity=quantity)
+        meta["block"] = block.pk
         entries: list[AuditEntry] = []
         for order in orders:
             _transition(

@@ -54,8 +54,9 @@ class Command(BaseCommand):
         self.stdout.write(f"FIX gateway started: {keys}")
         self.stdout.flush()
         try:
-            while not stop.wait(0.5):
-                pass
+            # Short waits keep the SIGTERM/SIGINT handlers responsive.
+            while not stop.is_set():
+                stop.wait(0.5)
         finally:
             self.stdout.write("FIX gateway stopping")
             runner.stop()

@@ -98,8 +98,9 @@ class Command(BaseCommand):
         )
         self.stdout.flush()
         try:
-            while not stop.wait(0.5):
-                pass
+            # Short waits keep the SIGTERM/SIGINT handlers responsive.
+            while not stop.is_set():
+                stop.wait(0.5)
         finally:
             prices.stop()
             simulator.stop()
