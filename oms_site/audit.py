@@ -85,23 +85,153 @@ def event_hash(
     after: Any,
     meta: Any,
 ) -> str:
-    """SHA-256 over the canonical JSON of an event's content and its predecessor's hash."""
-    payload = {
-        "stream": stream,
-        "seq": seq,
-        "prev": prev_hash,
-        "at": occurred_at.astimezone(dt.UTC).isoformat(),
-        "actor_id": actor_id,
-        "actor": actor_name,
-        "action": action,
-        "type": object_type,
-        "id": object_id,
-        "before": before,
-        "after": after,
-        "meta": meta,
-    }
-    raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """SHA-256 over the canonical JSON of an event's content and its predecessor's hash.
+
+    The canonical JSON is `json.dumps(payload, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)` of {stream, seq, prev, at, actor_id, actor, action, type, id, before,
+    after, meta}; `_digest` writes exactly that text from parts encoded once.
+    """
+    return _digest(
+        stream=stream,
+        seq=seq,
+        prev_hash=prev_hash,
+        at=occurred_at.astimezone(dt.UTC).isoformat(),
+        actor_id=actor_id,
+        actor_name=actor_name,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        before_json=_canonical(before),
+        after_json=_canonical(after),
+        meta_json=_canonical(meta),
+    )
+
+
+# One encoder for every value: json.dumps with options builds a new encoder on each call.
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _digest(
+    *,
+    stream: str,
+    seq: int,
+    prev_hash: str,
+    at: str,
+    actor_id: int | None,
+    actor_name: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    before_json: str,
+    after_json: str,
+    meta_json: str,
+) -> str:
+    # The payload's keys in sorted order, each value encoded as json.dumps would nest it; the
+    # JSON texts of before/after/meta are the ones stored, so each is encoded only once.
+    enc = _canonical
+    raw = (
+        f'{{"action":{enc(action)},"actor":{enc(actor_name)},'
+        f'"actor_id":{"null" if actor_id is None else int(actor_id)},"after":{after_json},'
+        f'"at":{enc(at)},"before":{before_json},"id":{enc(object_id)},"meta":{meta_json},'
+        f'"prev":{enc(prev_hash)},"seq":{int(seq)},"stream":{enc(stream)},'
+        f'"type":{enc(object_type)}}}'
+    )
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+_LOCK_HEADS_SQL = (
+    "INSERT INTO oms_site_auditstream AS s (stream, last_seq, last_hash) "
+    "SELECT n, 0, '' FROM unnest(%s::text[]) AS n ORDER BY n "
+    "ON CONFLICT (stream) DO UPDATE SET last_seq = s.last_seq "
+    "RETURNING s.stream, s.last_seq, s.last_hash"
+)
+# The events and the new heads in one statement (one round trip, one parse).
+_INSERT_SQL = (
+    "WITH ev AS ("
+    " INSERT INTO oms_site_auditevent (stream, seq, occurred_at, actor_id, actor_name, action,"
+    " object_type, object_id, before, after, meta, prev_hash, hash)"
+    " SELECT v.stream, v.seq, %s, v.actor_id, v.actor_name, v.action, v.object_type,"
+    " v.object_id, v.before::jsonb, v.after::jsonb, v.meta::jsonb, v.prev, v.hash"
+    " FROM unnest(%s::text[], %s::bigint[], %s::integer[], %s::text[], %s::text[], %s::text[],"
+    " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+    " AS v(stream, seq, actor_id, actor_name, action, object_type, object_id, before, after,"
+    " meta, prev, hash)"
+    " RETURNING id, stream, seq"
+    "), heads AS ("
+    " UPDATE oms_site_auditstream AS s SET last_seq = h.seq, last_hash = h.hash"
+    " FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS h(stream, seq, hash)"
+    " WHERE s.stream = h.stream"
+    ") SELECT id, stream, seq FROM ev"
+)
+
+
+class _Rows:
+    """The columns of a batch of events, as arrays for unnest()."""
+
+    def __init__(self) -> None:
+        self.stream: list[str] = []
+        self.seq: list[int] = []
+        self.actor_id: list[int | None] = []
+        self.actor_name: list[str] = []
+        self.action: list[str] = []
+        self.object_type: list[str] = []
+        self.object_id: list[str] = []
+        self.before: list[str | None] = []
+        self.after: list[str | None] = []
+        self.meta: list[str | None] = []
+        self.prev: list[str] = []
+        self.hash: list[str] = []
+        self.values: list[tuple[Any, Any, Any]] = []
+
+    def add(
+        self,
+        stream: str,
+        seq: int,
+        actor_id: int | None,
+        actor_name: str,
+        entry: AuditEntry,
+        texts: tuple[str, str, str],
+        prev: str,
+        digest: str,
+        values: tuple[Any, Any, Any],
+    ) -> None:
+        before_json, after_json, meta_json = texts
+        before, after, meta = values
+        self.stream.append(stream)
+        self.seq.append(seq)
+        self.actor_id.append(actor_id)
+        self.actor_name.append(actor_name)
+        self.action.append(entry.action)
+        self.object_type.append(entry.object_type)
+        self.object_id.append(entry.object_id)
+        # None is stored as SQL NULL, as Django's JSONField stores it.
+        self.before.append(None if before is None else before_json)
+        self.after.append(None if after is None else after_json)
+        self.meta.append(None if meta is None else meta_json)
+        self.prev.append(prev)
+        self.hash.append(digest)
+        self.values.append((before, after, meta))
+
+    def events(self, ids: dict[tuple[str, int], int], now: dt.datetime) -> list[AuditEvent]:
+        return [
+            AuditEvent(
+                id=ids[(self.stream[i], self.seq[i])],
+                stream=self.stream[i],
+                seq=self.seq[i],
+                occurred_at=now,
+                actor_id=self.actor_id[i],
+                actor_name=self.actor_name[i],
+                action=self.action[i],
+                object_type=self.object_type[i],
+                object_id=self.object_id[i],
+                before=before,
+                after=after,
+                meta=meta,
+                prev_hash=self.prev[i],
+                hash=self.hash[i],
+            )
+            for i, (before, after, meta) in enumerate(self.values)
+        ]
 
 
 def _actor_fields(actor: Any) -> tuple[int | None, str]:
@@ -137,74 +267,90 @@ def audit_record(
 
 
 def audit_record_many(*, entries: Sequence[AuditEntry]) -> list[AuditEvent]:
-    """Append many events with a constant number of queries (baskets, bulk fills)."""
+    """Append many events with two statements, whatever their number (baskets, bulk fills)."""
     if not entries:
         return []
     if not connection.in_atomic_block:
         raise RuntimeError("audit events must be written inside the transaction of the change")
     now = timezone.now()
+    at = now.astimezone(dt.UTC).isoformat()
     streams = sorted({e.stream_name() for e in entries})
-    AuditStream.objects.bulk_create([AuditStream(stream=s) for s in streams], ignore_conflicts=True)
-    # Lock heads in a fixed (sorted) order so two writers of overlapping streams cannot deadlock.
-    heads = {
-        h.stream: h
-        for h in AuditStream.objects.select_for_update()
-        .filter(stream__in=streams)
-        .order_by("stream")
-    }
-    events: list[AuditEvent] = []
-    for entry in entries:
-        head = heads[entry.stream_name()]
-        actor_id, actor_name = _actor_fields(entry.actor)
-        before = json_safe(entry.before)
-        after = json_safe(entry.after)
-        meta = json_safe(entry.meta)
-        seq = head.last_seq + 1
-        prev = head.last_hash or GENESIS_HASH
-        digest = event_hash(
-            stream=head.stream,
-            seq=seq,
-            prev_hash=prev,
-            occurred_at=now,
-            actor_id=actor_id,
-            actor_name=actor_name,
-            action=entry.action,
-            object_type=entry.object_type,
-            object_id=entry.object_id,
-            before=before,
-            after=after,
-            meta=meta,
-        )
-        events.append(
-            AuditEvent(
-                stream=head.stream,
+    with connection.cursor() as cursor:
+        # Creates missing heads and locks every head in one statement. The rows go in sorted
+        # order, so two writers of overlapping streams lock them in the same order and cannot
+        # deadlock; DO UPDATE (not DO NOTHING) also waits for and returns a head that a
+        # concurrent transaction has just inserted.
+        cursor.execute(_LOCK_HEADS_SQL, [streams])
+        heads: dict[str, tuple[int, str]] = {
+            name: (seq, last_hash or GENESIS_HASH) for name, seq, last_hash in cursor.fetchall()
+        }
+        rows = _Rows()
+        actors: dict[int, tuple[int | None, str]] = {}
+        for entry in entries:
+            stream = entry.stream_name()
+            last_seq, prev = heads[stream]
+            key = id(entry.actor)
+            actor = actors.get(key)
+            if actor is None:
+                actor = actors[key] = _actor_fields(entry.actor)
+            actor_id, actor_name = actor
+            before = json_safe(entry.before)
+            after = json_safe(entry.after)
+            meta = json_safe(entry.meta)
+            before_json = _canonical(before)
+            after_json = _canonical(after)
+            meta_json = _canonical(meta)
+            seq = last_seq + 1
+            digest = _digest(
+                stream=stream,
                 seq=seq,
-                occurred_at=now,
+                prev_hash=prev,
+                at=at,
                 actor_id=actor_id,
                 actor_name=actor_name,
                 action=entry.action,
                 object_type=entry.object_type,
                 object_id=entry.object_id,
-                before=before,
-                after=after,
-                meta=meta,
-                prev_hash=prev,
-                hash=digest,
+                before_json=before_json,
+                after_json=after_json,
+                meta_json=meta_json,
             )
-        )
-        head.last_seq = seq
-        head.last_hash = digest
-    AuditEvent.objects.bulk_create(events)
-    # One statement for all heads: bulk_update's CASE WHEN per row costs seconds for 500 streams.
-    names = list(heads)
-    with connection.cursor() as cursor:
+            rows.add(
+                stream,
+                seq,
+                actor_id,
+                actor_name,
+                entry,
+                (before_json, after_json, meta_json),
+                prev,
+                digest,
+                (before, after, meta),
+            )
+            heads[stream] = (seq, digest)
+        names = list(heads)
         cursor.execute(
-            "UPDATE oms_site_auditstream AS s SET last_seq = v.seq, last_hash = v.h "
-            "FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS v(stream, seq, h) "
-            "WHERE s.stream = v.stream",
-            [names, [heads[n].last_seq for n in names], [heads[n].last_hash for n in names]],
+            _INSERT_SQL,
+            [
+                now,
+                rows.stream,
+                rows.seq,
+                rows.actor_id,
+                rows.actor_name,
+                rows.action,
+                rows.object_type,
+                rows.object_id,
+                rows.before,
+                rows.after,
+                rows.meta,
+                rows.prev,
+                rows.hash,
+                names,
+                [heads[n][0] for n in names],
+                [heads[n][1] for n in names],
+            ],
         )
-    return events
+        ids = {(stream, seq): pk for pk, stream, seq in cursor.fetchall()}
+    return rows.events(ids, now)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,24 +2,96 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from typing import Any
 
+from django.core.cache import cache
 from django.db import transaction
 from rest_framework.settings import api_settings
 from rest_framework.throttling import ScopedRateThrottle
 
 from oms_site.audit import audit_record
 
+# DRF's own throttle keeps the request log as one pickled list in the cache: each request reads
+# and rewrites the whole list (O(requests in the window), tens of kilobytes at a few hundred
+# orders a second) and two concurrent requests lose one another's entry. This script keeps the
+# same sliding-window log as a sorted set and checks and appends atomically, in one round trip.
+_SLIDING_WINDOW = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1] - ARGV[2])
+local count = redis.call('ZCARD', KEYS[1])
+if count < tonumber(ARGV[3]) then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+    redis.call('PEXPIRE', KEYS[1], math.ceil(ARGV[2] * 1000))
+    return {1, count + 1, false}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, count, oldest[2] or false}
+"""
+_members = itertools.count()
+_scripts: dict[int, Any] = {}
+
+
+def _sliding_window_script() -> Any:
+    """The registered script on the cache's Redis client, or None if the cache is not Redis."""
+    backend = getattr(cache, "_cache", None)
+    get_client = getattr(backend, "get_client", None)
+    if get_client is None or not hasattr(cache, "make_and_validate_key"):
+        return None
+    client = get_client(write=True)
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts[id(client)] = client.register_script(_SLIDING_WINDOW)
+    return script
+
 
 class OrderEntryThrottle(ScopedRateThrottle):
     """Per-user rate of order entry, from REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["order_entry"].
 
     The rate is read on every request (not frozen at import), so a settings override applies.
+    Semantics are DRF's: at most N requests in any window of the rate's duration.
     """
 
     def get_rate(self) -> str | None:
         rates: dict[str, Any] = api_settings.DEFAULT_THROTTLE_RATES
         return rates.get(str(self.scope))
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        self.scope = getattr(view, self.scope_attr, None)
+        if not self.scope:
+            return True
+        self.rate = self.get_rate()
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        if self.rate is None:
+            return True
+        self.key = self.get_cache_key(request, view)
+        if self.key is None:
+            return True
+        script = _sliding_window_script()
+        if script is None:
+            return super(ScopedRateThrottle, self).allow_request(request, view)
+        self.now = self.timer()
+        member = f"{self.now!r}:{os.getpid()}:{next(_members)}"
+        allowed, count, oldest = script(
+            keys=[cache.make_and_validate_key(self.key)],
+            args=[repr(self.now), self.duration, self.num_requests, member],
+        )
+        self._count = int(count)
+        self._oldest = float(oldest) if oldest else None
+        return bool(allowed)
+
+    def wait(self) -> float | None:
+        if not hasattr(self, "_count"):
+            return super().wait()
+        # DRF's formula, over the sorted set instead of the pickled list.
+        if self._oldest is not None:
+            remaining = self.duration - (self.now - self._oldest)
+        else:
+            remaining = self.duration
+        available = self.num_requests - self._count + 1
+        if available <= 0:
+            return None
+        return remaining / float(available)
 
 
 class OrderEntryThrottleMixin:

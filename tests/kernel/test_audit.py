@@ -109,3 +109,92 @@ def test_audit_verify_command_reports_ok(capsys) -> None:
     _write(2)
     call_command("audit_verify")
     assert "audit trail OK: 2 events in 1 streams verified" in capsys.readouterr().out
+
+
+def _reference_hash(**kw) -> str:
+    """The hash as first specified: json.dumps of the whole payload, sorted keys."""
+    import datetime as dt
+    import hashlib
+    import json
+
+    payload = {
+        "stream": kw["stream"],
+        "seq": kw["seq"],
+        "prev": kw["prev_hash"],
+        "at": kw["occurred_at"].astimezone(dt.UTC).isoformat(),
+        "actor_id": kw["actor_id"],
+        "actor": kw["actor_name"],
+        "action": kw["action"],
+        "type": kw["object_type"],
+        "id": kw["object_id"],
+        "before": kw["before"],
+        "after": kw["after"],
+        "meta": kw["meta"],
+    }
+    raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("actor_id", "before", "after", "meta"),
+    [
+        (None, None, None, {}),
+        (7, {"status": "new"}, {"b": [1, "2", None], "a": {"z": 1, "y": 'Zürich\t"q"'}}, {}),
+        (12345, [], {"emoji": "\u2603 \U0001f600", "ctl": "\x01\n"}, {"reason": "x", "n": 0}),
+    ],
+)
+def test_event_hash_is_the_canonical_json_of_the_whole_payload(actor_id, before, after, meta):
+    import datetime as dt
+
+    from oms_site.audit import event_hash
+
+    kw = {
+        "stream": "order:1",
+        "seq": 3,
+        "prev_hash": GENESIS_HASH,
+        "occurred_at": dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC),
+        "actor_id": actor_id,
+        "actor_name": "pm_ü",
+        "action": "order.created",
+        "object_type": "order",
+        "object_id": "1",
+        "before": before,
+        "after": after,
+        "meta": meta,
+    }
+    assert event_hash(**kw) == _reference_hash(**kw)
+
+
+def test_many_events_of_many_streams_written_in_two_statements(
+    django_assert_num_queries,
+) -> None:
+    # given two streams, one with a history already
+    earlier = _write(2, stream_id="9")
+    entries = [
+        AuditEntry(action="a", object_type="test.thing", object_id="9", after={"k": i})
+        for i in range(3)
+    ] + [AuditEntry(action="b", object_type="test.thing", object_id="10", meta={"m": 1})]
+    # when
+    with transaction.atomic(), django_assert_num_queries(2):
+        events = audit_record_many(entries=entries)
+    # then: each chain continues where it was, ids are the stored rows'
+    assert [(e.stream, e.seq) for e in events] == [
+        ("test.thing:9", 3),
+        ("test.thing:9", 4),
+        ("test.thing:9", 5),
+        ("test.thing:10", 1),
+    ]
+    stored = {e.pk: e for e in AuditEvent.objects.filter(pk__in=[e.pk for e in events])}
+    for e in events:
+        row = stored[e.pk]
+        assert (row.stream, row.seq, row.hash, row.prev_hash) == (
+            e.stream,
+            e.seq,
+            e.hash,
+            e.prev_hash,
+        )
+        assert (row.after, row.meta, row.before) == (e.after, e.meta, e.before)
+    assert events[0].prev_hash == earlier[1].hash and events[3].prev_hash == GENESIS_HASH
+    assert AuditStream.objects.get(stream="test.thing:9").last_seq == 5
+    assert AuditStream.objects.get(stream="test.thing:10").last_hash == events[3].hash
+    assert audit_verify() == []
