@@ -8,8 +8,8 @@ Figures:
   several threads over many small blocks; target at least 500 fills/s. Also the same with every
   thread on one block (the hot-row case: those serialise on the block's row lock).
 
-Uses its own database (``oms_bench_alloc`` on the server of DATABASE_URL; created and migrated
-if missing, emptied on every run). Run: ``.venv/bin/python -m benchmarks.bench_allocations``.
+Uses its own database (``<name>_bench_alloc`` for DATABASE_URL's ``<name>``, ``oms_bench_alloc``
+by default, on the same server; created and migrated if missing, emptied on every run). Run: ``.venv/bin/python -m benchmarks.bench_allocations``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-BENCH_DB = "oms_bench_alloc"
+BENCH_SUFFIX = "_bench_alloc"
 ACCOUNTS = 1_000
 SINGLE_FILL_SAMPLES = 15
 THREADS = 4
@@ -41,16 +41,19 @@ def _setup_django() -> None:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms")
-    server = base.rsplit("/", 1)[0]
-    os.environ["DATABASE_URL"] = f"{server}/{BENCH_DB}"
+    server, name = base.split("?", 1)[0].rsplit("/", 1)
+    # Named after the configured database (oms -> oms_bench_alloc), so that several checkouts
+    # sharing one server do not empty each other's benchmark database.
+    bench_db = f"{name or 'oms'}{BENCH_SUFFIX}"
+    os.environ["DATABASE_URL"] = f"{server}/{bench_db}"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "oms_site.settings")
     import psycopg
 
     admin_url = f"{server}/postgres"
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [bench_db]).fetchone()
         if not exists:
-            conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+            conn.execute(f'CREATE DATABASE "{bench_db}"')
     import django
 
     django.setup()

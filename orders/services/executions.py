@@ -25,7 +25,9 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
+from django.db.models import Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from oms_site.audit import AuditEntry, audit_record_many
@@ -131,30 +133,36 @@ class _Context:
             Order.objects.bulk_update(list(self.changed.values()), sorted(self.order_fields))
 
 
-def _placement_id(cl_ord_ids: list[str]) -> int | None:
+def _lock(cl_ord_ids: list[str]) -> _Context | None:
+    """Find the placement of a report's ClOrdIDs and lock it, its block and its orders.
+
+    The look-up and the placement's lock are one statement. Loaded with what the fill needs
+    (the block's instrument and allocation policy, the orders' accounts), so fill_allocate
+    works on these locked rows instead of reading them again.
+    """
     if not cl_ord_ids:
         return None
-    found = (
+    via_outbox = (
         OutboxMessage.objects.filter(cl_ord_id__in=cl_ord_ids)
-        .values_list("placement_id", flat=True)
-        .first()
+        .order_by("pk")
+        .values("placement_id")[:1]
     )
-    if found is None:
-        found = (
-            Placement.objects.filter(cl_ord_id__in=cl_ord_ids).values_list("pk", flat=True).first()
-        )
-    return found
-
-
-def _lock(placement_id: int) -> _Context:
+    direct = Placement.objects.filter(cl_ord_id__in=cl_ord_ids).order_by("pk").values("pk")[:1]
     placement = (
         Placement.objects.select_for_update(of=("self",))
         .select_related("broker")
-        .get(pk=placement_id)
+        .filter(pk=Coalesce(Subquery(via_outbox), Subquery(direct)))
+        .first()
     )
+    if placement is None:
+        return None
     block = None
     if placement.block_id is not None:
-        block = Block.objects.select_for_update(of=("self",)).get(pk=placement.block_id)
+        block = (
+            Block.objects.select_for_update(of=("self",))
+            .select_related("instrument", "allocation_policy")
+            .get(pk=placement.block_id)
+        )
         qs = Order.objects.filter(block_id=placement.block_id)
     else:
         qs = Order.objects.filter(pk=cast(int, placement.order_id))
@@ -164,6 +172,30 @@ def _lock(placement_id: int) -> _Context:
         .order_by("pk")
     )
     return _Context(placement, block, orders)
+
+
+def _insert_execution(execution: Execution) -> bool:
+    """INSERT ... ON CONFLICT (session_key, exec_id) DO NOTHING: False when already stored.
+
+    One round trip instead of a look-up and an insert (or a savepoint around the insert).
+    """
+    fields = [f for f in Execution._meta.concrete_fields if not f.primary_key]
+    values = [f.get_db_prep_save(f.pre_save(execution, True), connection) for f in fields]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(Execution._meta.db_table)} ({columns}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) "
+        'ON CONFLICT ("session_key", "exec_id") DO NOTHING RETURNING "id"'
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    execution.pk = row[0]
+    execution._state.adding = False
+    execution._state.db = "default"
+    return True
 
 
 def _trade_date(moment: dt.datetime | None) -> dt.date:
@@ -200,9 +232,7 @@ def execution_apply(
 ) -> Execution | None:
     """Apply one ExecutionReport exactly once; None when (session, ExecID) was already applied."""
     with transaction.atomic(durable=True):
-        ids = [i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i]
-        placement_id = _placement_id(ids)
-        ctx = _lock(placement_id) if placement_id is not None else None
+        ctx = _lock([i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i])
         placement = ctx.placement if ctx else None
         fill = report.is_fill and placement is not None
         if fill and placement.cum_qty + report.last_qty > placement.quantity:  # type: ignore[union-attr,operator]
@@ -240,18 +270,8 @@ def execution_apply(
             text=_report_text(report, fill or not report.is_fill),
             raw_message_id=raw_message_id,
         )
-        if placement is not None:
-            # Reports of one placement serialise on its row lock, so this check is race-free;
-            # the unique constraint stays the backstop.
-            if Execution.objects.filter(session_key=session_key, exec_id=report.exec_id).exists():
-                return None  # this (session, ExecID) is already in the book
-            execution.save(force_insert=True)
-        else:
-            try:
-                with transaction.atomic():
-                    execution.save(force_insert=True)
-            except IntegrityError:
-                return None
+        if not _insert_execution(execution):
+            return None  # this (session, ExecID) is already in the book
         if ctx is None:
             audit_record_many(
                 entries=[
@@ -418,24 +438,17 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
         placement.status = P.FILLED
     elif placement.status not in (P.PENDING_CANCEL, P.PENDING_REPLACE, *PLACEMENT_DONE):
         placement.status = P.PARTIALLY_FILLED
-    _fill_allocate()(execution=execution)
-    # fill_allocate moved cum_qty/avg_px/leaves_qty/version with SQL; read them back (locked).
-    fresh = {
-        row["pk"]: row
-        for row in Order.objects.filter(pk__in=[o.pk for o in ctx.orders]).values(
-            "pk", "cum_qty", "avg_px", "leaves_qty", "version", "updated_at"
-        )
-    }
+    versions = {order.pk: order.version for order in ctx.orders}
+    # fill_allocate works on the rows locked here and moves them in place (cum_qty, avg_px,
+    # leaves_qty, version; the block's cum_qty and avg_px); its audit entry joins ctx.entries.
+    _fill_allocate()(execution=execution, block=ctx.block, orders=ctx.orders, audit=ctx.entries)
     touched: list[Order] = []
     for order in ctx.orders:
-        row = fresh[order.pk]
-        moved = row["version"] != order.version
-        order.cum_qty, order.avg_px, order.leaves_qty = (
-            row["cum_qty"],
-            row["avg_px"],
-            row["leaves_qty"],
-        )
-        order.version, order.updated_at = row["version"], row["updated_at"]
+        moved = order.version != versions[order.pk]
+        if moved:  # as the columns hold them (8 decimals), like a row read back
+            order.cum_qty = order.cum_qty.quantize(PRICE_QUANTUM)
+            order.leaves_qty = order.leaves_qty.quantize(PRICE_QUANTUM)
+            order.avg_px = order.avg_px.quantize(PRICE_QUANTUM)
         if order.status not in TERMINAL_STATUSES:
             if order.cum_qty >= order.quantity:
                 ctx.transition(order, S.FILLED, action="order.filled", meta=meta)
@@ -445,13 +458,11 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
                 )
         if moved or order.pk in ctx.changed:
             touched.append(order)
-    if ctx.block is not None:
-        ctx.block.refresh_from_db(fields=["cum_qty", "avg_px", "version"])
-        if ctx.block.status not in (BlockStatus.CANCELED,):
-            if ctx.block.cum_qty >= ctx.block.quantity:
-                ctx.block_status(BlockStatus.FILLED, meta=meta)
-            elif ctx.block.cum_qty > 0:
-                ctx.block_status(BlockStatus.PARTIALLY_FILLED, meta=meta)
+    if ctx.block is not None and ctx.block.status != BlockStatus.CANCELED:
+        if ctx.block.cum_qty >= ctx.block.quantity:
+            ctx.block_status(BlockStatus.FILLED, meta=meta)
+        elif ctx.block.cum_qty > 0:
+            ctx.block_status(BlockStatus.PARTIALLY_FILLED, meta=meta)
     return touched
 
 
@@ -570,8 +581,8 @@ def cancel_reject_apply(
 ) -> Order | None:
     """OrderCancelReject (35=9): the order goes back to where it was before the request."""
     with transaction.atomic(durable=True):
-        placement_id = _placement_id([i for i in (reject.cl_ord_id, reject.orig_cl_ord_id) if i])
-        if placement_id is None:
+        ctx = _lock([i for i in (reject.cl_ord_id, reject.orig_cl_ord_id) if i])
+        if ctx is None:
             audit_record_many(
                 entries=[
                     AuditEntry(
@@ -584,7 +595,6 @@ def cancel_reject_apply(
                 ]
             )
             return None
-        ctx = _lock(placement_id)
         latest = _latest_request(ctx.placement)
         # Only the answer to the request in flight counts; a resent old reject changes nothing.
         if latest is None or latest.cl_ord_id != reject.cl_ord_id:
