@@ -1,4 +1,4 @@
-"""One command for every figure: `.venv/bin/python -m benchmarks.run_all [--quick] [names...]`.
+"""One command for every figure: `.venv/bin/python -m benchmarks.run_all [--quick] [--all] [names...]`.
 
 Each `benchmarks/bench_*.py` module exposes `run(...) -> dict`; this runs them one after another
 (each in its own process, so one benchmark's memory or threads never skew the next) and prints
@@ -18,10 +18,14 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+# Benchmarks run only when named (or with --all): the whole-system run takes ~10 minutes
+# (its short version, with --quick, about 3).
+OPT_IN = frozenset({"bench_system"})
 
 
-def _names() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("bench_"))
+def _names(include_opt_in: bool = False) -> list[str]:
+    names = sorted(m.name for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("bench_"))
+    return [n for n in names if include_opt_in or n not in OPT_IN]
 
 
 def _run_one(name: str, quick: bool, queue: Any) -> None:
@@ -42,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes where supported")
+    parser.add_argument("--all", action="store_true", help=f"also {', '.join(sorted(OPT_IN))}")
     args = parser.parse_args(argv)
-    names = args.names or _names()
+    names = args.names or _names(include_opt_in=args.all)
     failures = 0
     ctx = mp.get_context("spawn")
     for name in names:

@@ -1,0 +1,1 @@
+"""Helpers of the whole-system benchmark (bench_system): processes, faults, clients."""

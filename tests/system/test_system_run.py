@@ -1,0 +1,34 @@
+"""The short whole-system run (CI): every fault injected once, every invariant PASSes.
+
+Starts its own PostgreSQL cluster and Redis server (benchmarks/system), so it needs Debian's
+PostgreSQL server binaries and redis-server (scripts/services.sh installs both) and about three
+minutes; it never touches the machine's shared PostgreSQL or Redis.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.bench_system import FAULTS, report, run
+
+pytestmark = [pytest.mark.slow, pytest.mark.fix]
+
+
+def test_short_system_run_passes_every_fault_and_invariant() -> None:
+    result = run(short=True)
+    print(report(result))
+    faults = {f["fault"]: f["passed"] for f in result["faults"]}
+    assert faults == dict.fromkeys(FAULTS, True)
+    failed = [
+        (f["fault"], r["name"], r["detail"], r["examples"])
+        for f in [*result["faults"], {"fault": "final", **result["final"]}]
+        for r in f["invariants"]
+        if not r["passed"]
+    ]
+    assert failed == []
+    assert result["final"]["passed"] and result["passed"]
+    figures = result["figures"]
+    assert figures["orders_accepted_per_s"] > 0
+    assert figures["orders_filled_per_s"] > 0
+    assert figures["fill_to_blotter_ms"]["steady"]["n"] > 0
+    assert set(result["processes"]) >= {"postgres", "redis", "web1", "worker", "beat", "gateway"}
