@@ -80,6 +80,8 @@ def queue_row(order: Any) -> dict[str, Any]:
 class QueueView(APIView):
     """GET compliance/queue/: orders awaiting override, oldest first, with their results."""
 
+    pagination_class = Pagination  # GET answers a page; the schema says so from this
+
     @extend_schema(responses={200: s.QueueOrderSerializer(many=True)})
     def get(self, request: Request) -> Response:
         _require(request, "compliance")
@@ -103,6 +105,8 @@ def report_dict(report: BreachReport) -> dict[str, Any]:
 
 class ReportListView(APIView):
     """GET compliance/reports/ (list); POST {"as_of"} runs a post-trade sweep now."""
+
+    pagination_class = Pagination  # GET answers a page; the schema says so from this
 
     @extend_schema(responses={200: s.ReportSerializer(many=True)})
     def get(self, request: Request) -> Response:
@@ -190,6 +194,8 @@ def _rule_data(validated: dict[str, Any]) -> dict[str, Any]:
 
 class RuleListView(APIView):
     """GET compliance/rules/; POST creates a rule (compliance officers)."""
+
+    pagination_class = Pagination  # GET answers a page; the schema says so from this
 
     @extend_schema(responses={200: s.RuleSerializer(many=True)})
     def get(self, request: Request) -> Response:

@@ -43,18 +43,39 @@ class ErrorSerializer(serializers.Serializer):
     errors = serializers.JSONField()  # type: ignore[assignment]
 
 
-class BasketRowErrorSerializer(serializers.Serializer):
-    row = serializers.IntegerField(help_text="1-based number of the order in the basket")
-    field = serializers.CharField()
-    detail = serializers.CharField()
+_BASKET_ROW_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "row": {"type": "integer", "description": "1-based number of the order in the basket"},
+        "field": {"type": "string"},
+        "detail": {"type": "string"},
+    },
+    "required": ["row", "field", "detail"],
+}
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "array", "items": _BASKET_ROW_ERROR_SCHEMA},
+            {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                "description": "an error of the request itself (e.g. its Idempotency-Key)",
+            },
+        ]
+    }
+)
+class BasketErrorsField(serializers.JSONField):
+    """Row errors of a rejected basket, or field errors of the request around it."""
 
 
 class BasketErrorSerializer(serializers.Serializer):
-    """A rejected basket: every invalid row, nothing created."""
+    """A rejected basket: every invalid row (or the request's own error), nothing created."""
 
     code = serializers.CharField()
     detail = serializers.CharField()
-    errors = BasketRowErrorSerializer(many=True)  # type: ignore[assignment]
+    errors = BasketErrorsField()  # type: ignore[assignment]
 
 
 # ----------------------------------------------------------------------------- inputs

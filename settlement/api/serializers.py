@@ -15,7 +15,9 @@ class RunOutput(serializers.Serializer):
     status = serializers.CharField()
     started_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
-    requested_by = serializers.CharField(source="requested_by.username", default=None)
+    requested_by = serializers.CharField(
+        source="requested_by.username", default=None, allow_null=True
+    )
     summary = serializers.JSONField()
 
 
@@ -75,7 +77,9 @@ class BreakOutput(serializers.Serializer):
     statement_row = serializers.IntegerField(allow_null=True)
     oms_values = serializers.JSONField()
     statement_values = serializers.JSONField()
-    resolved_by = serializers.CharField(source="resolved_by.username", default=None)
+    resolved_by = serializers.CharField(
+        source="resolved_by.username", default=None, allow_null=True
+    )
     resolved_at = serializers.DateTimeField(allow_null=True)
     comment = serializers.CharField()
 

@@ -72,6 +72,7 @@ class SettlementRunsView(APIView):
     """POST: generate the trade date's files now; GET: past runs (newest first)."""
 
     permission_classes = [IsAuthenticated, IsBackOffice]
+    pagination_class = Pagination  # GET answers a page; the schema says so from this
 
     @extend_schema(
         request=s.RunInput, responses={201: s.RunOutput}, parameters=[IDEMPOTENCY_PARAMETER]
@@ -95,6 +96,7 @@ class SettlementFileListView(APIView):
     """Settlement files, filtered by ?trade_date=&custodian=&latest=true, newest first."""
 
     permission_classes = [IsAuthenticated, CanReadFiles]
+    pagination_class = Pagination  # GET answers a page; the schema says so from this
 
     @extend_schema(
         parameters=[
@@ -141,7 +143,12 @@ class SettlementFileDownloadView(APIView):
     permission_classes = [IsAuthenticated, CanReadFiles]
     renderer_classes = [JSONRenderer, _AnyBytesRenderer]
 
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    @extend_schema(
+        responses={
+            (200, "text/csv"): OpenApiTypes.BINARY,
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+        }
+    )
     def get(self, request: Request, pk: int) -> FileResponse:
         opened = services.settlement_file_open(user=request.user, file_id=pk)
         response = FileResponse(
@@ -167,6 +174,7 @@ class StatementsView(APIView):
     """POST (multipart: file, source[, price_tolerance]): match a statement; GET: statements."""
 
     permission_classes = [IsAuthenticated, IsBackOffice]
+    pagination_class = Pagination  # GET answers a page; the schema says so from this
 
     @extend_schema(
         request={"multipart/form-data": s.StatementInput},
@@ -197,6 +205,7 @@ class BreakListView(APIView):
     """Breaks, filtered by ?status=open|resolved&kind=&statement=&trade_date=."""
 
     permission_classes = [IsAuthenticated, IsBackOffice]
+    pagination_class = Pagination  # GET answers a page; the schema says so from this
 
     @extend_schema(
         parameters=[
