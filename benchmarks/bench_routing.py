@@ -45,15 +45,17 @@ def _setup_django() -> None:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms")
-    server = base.rsplit("/", 1)[0]
-    os.environ["DATABASE_URL"] = f"{server}/{BENCH_DB}"
+    server, name = base.rsplit("/", 1)
+    # Someone else's DATABASE_URL (oms_<who>) gets its own benchmark database next to it.
+    bench_db = BENCH_DB if name in ("oms", BENCH_DB) else f"{name}_bench_routing"
+    os.environ["DATABASE_URL"] = f"{server}/{bench_db}"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "oms_site.settings")
     import psycopg
 
     with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [bench_db]).fetchone()
         if not exists:
-            conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+            conn.execute(f'CREATE DATABASE "{bench_db}"')
     import django
 
     django.setup()

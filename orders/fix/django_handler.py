@@ -4,11 +4,18 @@
 and a session-state writer thread. `manage.py run_fix_gateway` runs one; tests and the routing
 benchmark run one in a thread of their own process.
 
-Inbound (QuickFIX's socket thread): the raw message is stored in FixMessage in its own short
-transaction, then ExecutionReports go to `execution_apply` (idempotent on session + ExecID),
-cancel rejects and business rejects to their services. A database failure is re-raised so the
-gateway retries and finally rewinds the sequence number (the broker resends the message); a
-business-rule error is logged and audited and does not block the session.
+Inbound: on QuickFIX's thread of the session the raw message is committed to FixMessage (an
+application message waits for the WAL flush: from then on a crash cannot lose it), and the
+callback hands the report to one of a few applier threads and returns, so the session reads
+on while reports are applied. Appliers (own connections) run `execution_apply` (idempotent on
+session + ExecID) and the reject services; every report of one placement goes to the same
+applier, so a placement's reports are applied in arrival order while placements are applied in
+parallel. Queues are bounded (QuickFIX's thread waits when they are full), so at most
+`recovery_window` reports of a session are stored but unapplied; `recover()` applies those at
+the next start, before the sessions connect. Failing to store the raw message is re-raised so
+QuickFIX retries and finally rewinds the sequence number (the broker resends); an applier
+retries a database failure until it passes; a business-rule error is logged, and does not
+block the placement.
 
 Outbound: `on_outbound` stores the message (with its MsgSeqNum) before QuickFIX puts it on the
 wire; if that fails the message is not sent.
@@ -28,8 +35,10 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import queue
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +55,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from oms_site.errors import DomainError
-from orders.enums import Direction, OutboxStatus
+from oms_site.models import AuditEvent
+from orders.enums import Direction, OrderStatus, OutboxStatus
 from orders.fix.common import seq_num_of
 from orders.fix.gateway import Gateway, SessionSpec
 from orders.fix.messages import (
@@ -56,9 +66,10 @@ from orders.fix.messages import (
     ExecReport,
     MessageBuildError,
     ParsedMessage,
+    parse_message,
     split_fields,
 )
-from orders.models import FixMessage, FixSession, OutboxMessage
+from orders.models import Execution, FixMessage, FixSession, Order, OutboxMessage, Placement
 
 logger = logging.getLogger("orders.fix.django_handler")
 
@@ -81,10 +92,9 @@ def record_message(
     """Store one FIX message in its own short transaction.
 
     `wait_for_flush=False` commits without waiting for the WAL flush (synchronous_commit off):
-    used for inbound messages, whose business effect is committed synchronously right after
-    (execution_apply), and PostgreSQL's WAL is sequential, so that later flush makes this row
-    durable too; a heartbeat lost in a database crash is harmless. Outbound records wait: the
-    restart logic of the outbox depends on them.
+    used for inbound admin messages (a heartbeat lost in a database crash is harmless).
+    Application messages wait: inbound ones are applied after QuickFIX counted them received,
+    and the restart logic of the outbox depends on the outbound ones.
     """
     values = _fields(raw)
     seq = values.get(34, "")
@@ -123,7 +133,7 @@ class _DbThread:
     Why: QuickFIX calls Python from native threads that get a fresh Python thread state per
     callback, so Django's per-thread connection would be a new connection every message (slow,
     and leaked). The callback hands the work to this thread and waits for the result, so a
-    message is still committed before QuickFIX counts it as received.
+    message is stored before QuickFIX counts it as received.
     """
 
     def __init__(self, name: str) -> None:
@@ -143,19 +153,101 @@ class _DbThread:
         self._executor.shutdown(wait=True)
 
 
-class DjangoGatewayHandler:
-    """GatewayHandler storing messages in FixMessage and applying reports through services."""
+@dataclass(slots=True)
+class _Inbound:
+    """A stored inbound application message waiting for its applier."""
 
-    def __init__(self, *, latency_samples: int = 100_000) -> None:
+    session_key: str
+    parsed: ParsedMessage
+    raw_id: int
+    received: float  # perf_counter() when QuickFIX handed it over
+    recorded: float  # perf_counter() when its raw row was committed
+
+
+# Transient database trouble (connection lost, server restarting): retried until it passes.
+_TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+class _Applier:
+    """One thread with its own database connection applying stored reports in queue order.
+
+    Every report of one placement goes to the same applier (see `partition`), so a placement's
+    acknowledgement, fills and cancel are applied in the order the broker sent them, while
+    different placements are applied in parallel. The queue is bounded: when the appliers fall
+    behind, QuickFIX's thread waits and TCP pushes back on the broker, and the number of stored
+    but unapplied reports stays below `DjangoGatewayHandler.recovery_window`.
+    """
+
+    def __init__(self, handler: DjangoGatewayHandler, index: int, capacity: int) -> None:
+        self.handler = handler
+        self.queue: queue.Queue[_Inbound | None] = queue.Queue(maxsize=capacity)
+        self.thread = threading.Thread(target=self._run, name=f"fix-apply-{index}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self.queue.get()
+                try:
+                    if item is None:
+                        return
+                    self.handler._apply_with_retries(item)
+                finally:
+                    self.queue.task_done()
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Apply what is queued, then end the thread (and close its connection)."""
+        self.queue.put(None)
+        self.thread.join(timeout=timeout)
+
+
+class DjangoGatewayHandler:
+    """GatewayHandler storing messages in FixMessage and applying reports through services.
+
+    Inbound, on QuickFIX's thread of the session: the raw message is committed (durably, so a
+    report survives a gateway crash once QuickFIX counts it as received), then the report is
+    queued to its applier and the callback returns. Appliers run `execution_apply` and the
+    reject services on their own threads and connections. A gateway killed with reports still
+    queued applies them at its next start (`recover`), before any session connects.
+    """
+
+    def __init__(
+        self,
+        *,
+        latency_samples: int = 100_000,
+        appliers: int = 4,
+        queue_size: int = 64,
+        retry_delay: float = 0.2,
+    ) -> None:
         self.state_changed = threading.Event()
         self.fill_latencies: collections.deque[float] = collections.deque(maxlen=latency_samples)
+        # Where the time of each applied report goes (seconds): raw message committed, waiting
+        # for its applier, applying (service call to commit).
+        self.stage_latencies: dict[str, collections.deque[float]] = {
+            name: collections.deque(maxlen=latency_samples) for name in ("record", "queue", "apply")
+        }
         self.fills_applied = 0
-        # Inbound messages of each session (recorded and applied in arrival order) run on that
-        # session's own thread, outbound records on another, so sessions apply fills in
-        # parallel and a burst of reports never delays an order on its way out.
+        self.retry_delay = retry_delay
+        self.queue_size = queue_size
+        self.applier_count = max(1, appliers)
+        # Raw messages are stored on a thread per session (inbound) and per session (outbound):
+        # sessions never wait on each other and a burst of reports never delays an order out.
         self._inbound: dict[str, _DbThread] = {}
         self._outbound: dict[str, _DbThread] = {}
+        self._appliers: list[_Applier] = []
+        # ClOrdID -> placement pk: the partition key of a report (the dispatcher fills it before
+        # sending; a miss is looked up in the outbox).
+        self._placements: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def recovery_window(self) -> int:
+        """At most this many stored reports of one session can be unapplied at any moment."""
+        return self.applier_count * (self.queue_size + 1) + 1
 
     def _thread(self, threads: dict[str, _DbThread], session_key: str, name: str) -> _DbThread:
         thread = threads.get(session_key)
@@ -166,13 +258,45 @@ class DjangoGatewayHandler:
                     thread = threads[session_key] = _DbThread(name)
         return thread
 
+    def _applier_list(self) -> list[_Applier]:
+        appliers = self._appliers
+        if not appliers:
+            with self._lock:
+                if not self._appliers:
+                    self._appliers = [
+                        _Applier(self, i, self.queue_size) for i in range(self.applier_count)
+                    ]
+                appliers = self._appliers
+        return appliers
+
     def close_connections(self) -> None:
-        """Close the database threads (after the gateway stopped)."""
+        """Apply what is queued, then close the database threads (after the gateway stopped)."""
         with self._lock:
+            self._closed = True
+            appliers, self._appliers = self._appliers, []
             threads = [*self._inbound.values(), *self._outbound.values()]
             self._inbound, self._outbound = {}, {}
+        for applier in appliers:
+            applier.stop()
         for thread in threads:
             thread.close()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until every queued report is applied (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        for applier in list(self._appliers):
+            while applier.queue.unfinished_tasks:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.005)
+        return True
+
+    def remember_placement(self, cl_ord_id: str, placement_id: int) -> None:
+        """Note which placement a ClOrdID about to be sent belongs to (partitioning)."""
+        placements = self._placements
+        if len(placements) >= 200_000:
+            placements.clear()  # a long-lived gateway: misses are looked up in the outbox
+        placements[cl_ord_id] = placement_id
 
     def on_logon(self, session_key: str) -> None:
         self.state_changed.set()
@@ -186,9 +310,14 @@ class DjangoGatewayHandler:
         )
 
     def on_inbound(self, session_key: str, raw: str, parsed: ParsedMessage) -> None:
-        self._thread(self._inbound, session_key, "fix-in-db").run(
-            self._receive, session_key, raw, parsed, time.perf_counter()
+        received = time.perf_counter()
+        admin = parsed.header.msg_type in ADMIN_MSG_TYPES
+        item = self._thread(self._inbound, session_key, "fix-in-db").run(
+            self._store_inbound, session_key, raw, parsed, admin, received
         )
+        if item is not None:
+            # Queued after the raw row is committed: from here a crash loses nothing (recover).
+            self._applier_list()[item[0]].queue.put(item[1])
 
     def _record_outbound(self, session_key: str, raw: str) -> None:
         try:
@@ -197,17 +326,99 @@ class DjangoGatewayHandler:
             _drop_broken_connection()
             raise
 
-    def _receive(self, session_key: str, raw: str, parsed: ParsedMessage, received: float) -> None:
+    def _store_inbound(
+        self, session_key: str, raw: str, parsed: ParsedMessage, admin: bool, received: float
+    ) -> tuple[int, _Inbound] | None:
         try:
-            stored = record_message(session_key, Direction.IN, raw, wait_for_flush=False)
-            if parsed.header.msg_type in ADMIN_MSG_TYPES:
-                return
-            self._apply(session_key, parsed, stored.pk, received)
+            # Application messages wait for the WAL flush: they are applied after the callback
+            # returned, so their stored copy is what survives a crash. A lost heartbeat is not.
+            stored = record_message(session_key, Direction.IN, raw, wait_for_flush=not admin)
+            if admin:
+                return None
+            partition = self._partition(parsed)
         except _DB_ERRORS:
             _drop_broken_connection()
             raise
+        item = _Inbound(session_key, parsed, stored.pk, received, time.perf_counter())
+        return partition, item
 
-    def _apply(self, session_key: str, parsed: ParsedMessage, raw_id: int, received: float) -> None:
+    def _partition(self, parsed: ParsedMessage) -> int:
+        ids = [
+            i
+            for i in (getattr(parsed, "cl_ord_id", None), getattr(parsed, "orig_cl_ord_id", None))
+            if i
+        ]
+        placement_id = None
+        for cl_ord_id in ids:
+            placement_id = self._placements.get(cl_ord_id)
+            if placement_id is not None:
+                break
+        if placement_id is None and ids:
+            placement_id = (
+                OutboxMessage.objects.filter(cl_ord_id__in=ids)
+                .values_list("placement_id", flat=True)
+                .first()
+            )
+            if placement_id is not None:
+                for cl_ord_id in ids:
+                    self.remember_placement(cl_ord_id, placement_id)
+        if placement_id is None:
+            return 0  # unknown orders and business rejects: one applier keeps their order
+        return placement_id % self.applier_count
+
+    def _apply_with_retries(self, item: _Inbound) -> None:
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = self._apply(item.session_key, item.parsed, item.raw_id)
+                break
+            except _TRANSIENT_DB_ERRORS:
+                # The raw message is stored and later reports of this placement wait behind it:
+                # retry until the database is back (a restart's recovery also finds it).
+                _drop_broken_connection()
+                if self._closed:
+                    logger.error(
+                        "FIX %s: message %s left for recovery", item.session_key, item.raw_id
+                    )
+                    return
+                logger.exception(
+                    "FIX %s: applying message %s failed (attempt %d); retrying",
+                    item.session_key,
+                    item.raw_id,
+                    attempt,
+                )
+                time.sleep(min(5.0, self.retry_delay * attempt))
+            except Exception:
+                _drop_broken_connection()
+                if attempt < 3:
+                    logger.exception(
+                        "FIX %s: applying message %s failed (attempt %d)",
+                        item.session_key,
+                        item.raw_id,
+                        attempt,
+                    )
+                    time.sleep(self.retry_delay * attempt)
+                    continue
+                # Not a passing fault: retrying would stall the placement for ever. The raw
+                # message is stored; the next start's recovery tries it again.
+                logger.exception(
+                    "FIX %s: message %s not applied after %d attempts",
+                    item.session_key,
+                    item.raw_id,
+                    attempt,
+                )
+                return
+        done = time.perf_counter()
+        self.stage_latencies["record"].append(item.recorded - item.received)
+        self.stage_latencies["queue"].append(started - item.recorded)
+        self.stage_latencies["apply"].append(done - started)
+        if isinstance(result, Execution) and result.last_qty > 0:
+            self.fill_latencies.append(done - item.received)
+            self.fills_applied += 1
+
+    def _apply(self, session_key: str, parsed: ParsedMessage, raw_id: int) -> Any:
         from orders.services.executions import (
             business_reject_apply,
             cancel_reject_apply,
@@ -216,15 +427,14 @@ class DjangoGatewayHandler:
 
         try:
             if isinstance(parsed, ExecReport):
-                execution = execution_apply(
+                return execution_apply(
                     session_key=session_key, report=parsed, raw_message_id=raw_id
                 )
-                if execution is not None and execution.last_qty > 0:
-                    self.fill_latencies.append(time.perf_counter() - received)
-                    self.fills_applied += 1
-            elif isinstance(parsed, CancelReject):
-                cancel_reject_apply(session_key=session_key, reject=parsed, raw_message_id=raw_id)
-            elif isinstance(parsed, BusinessReject):
+            if isinstance(parsed, CancelReject):
+                return cancel_reject_apply(
+                    session_key=session_key, reject=parsed, raw_message_id=raw_id
+                )
+            if isinstance(parsed, BusinessReject):
                 business_reject_apply(session_key=session_key, reject=parsed, raw_message_id=raw_id)
             else:
                 logger.warning(
@@ -237,6 +447,90 @@ class DjangoGatewayHandler:
             # A business rule refused the report: retrying cannot help, so it must not stall
             # the session. The raw message is stored; operations see the error in the log.
             logger.exception("FIX %s: message %s refused by a business rule", session_key, raw_id)
+        return None
+
+    def recover(self, session_keys: Iterable[str]) -> int:
+        """Apply the stored reports a stopped or killed gateway never applied; returns how many.
+
+        Run before the sessions connect, so they come before anything the broker sends or
+        resends. Only a session's last `recovery_window` application messages can be unapplied
+        (the queues are bounded), and each kind is checked against what its service leaves in
+        the book: an Execution with the (session, ExecID), the audit event of a business
+        reject or unknown cancel reject, an order still waiting for the rejected request.
+        """
+        applied = 0
+        for key in session_keys:
+            rows = list(
+                FixMessage.objects.filter(
+                    session_key=key, direction=Direction.IN, msg_type__in=APPLIED_MSG_TYPES
+                )
+                .order_by("-pk")
+                .values_list("pk", "raw")[: self.recovery_window]
+            )
+            messages = [(pk, parse_message(raw)) for pk, raw in reversed(rows)]
+            booked = set(
+                Execution.objects.filter(
+                    session_key=key,
+                    exec_id__in=[m.exec_id for _, m in messages if isinstance(m, ExecReport)],
+                ).values_list("exec_id", flat=True)
+            )
+            audited = set(
+                AuditEvent.objects.filter(
+                    action__in=("fix.business_reject", "fix.cancel_reject_unknown"),
+                    object_type="fix_message",
+                    object_id__in=[str(pk) for pk, _ in messages],
+                ).values_list("object_id", flat=True)
+            )
+            for pk, message in messages:
+                if isinstance(message, ExecReport):
+                    pending = message.exec_id not in booked
+                    booked.add(message.exec_id)
+                elif isinstance(message, BusinessReject):
+                    pending = str(pk) not in audited
+                elif isinstance(message, CancelReject):
+                    pending = str(pk) not in audited and _cancel_reject_pending(message)
+                else:
+                    pending = False
+                if pending:
+                    logger.warning("FIX %s: applying stored message %s left unapplied", key, pk)
+                    self._apply(key, message, pk)
+                    applied += 1
+        return applied
+
+
+# Inbound message types the gateway applies to the book (the rest is only stored).
+APPLIED_MSG_TYPES = ("8", "9", "j")
+
+
+def _cancel_reject_pending(reject: CancelReject) -> bool:
+    """True while a cancel reject was not applied: its request is the latest and still pending."""
+    ids = [i for i in (reject.cl_ord_id, reject.orig_cl_ord_id) if i]
+    placement_id = (
+        OutboxMessage.objects.filter(cl_ord_id__in=ids)
+        .values_list("placement_id", flat=True)
+        .first()
+    )
+    if placement_id is None:
+        return True  # unknown: its audit event (checked by the caller) is the trace
+    latest = (
+        OutboxMessage.objects.filter(placement_id=placement_id, msg_type__in=["F", "G"])
+        .order_by("-pk")
+        .values_list("cl_ord_id", flat=True)
+        .first()
+    )
+    if latest != reject.cl_ord_id:
+        return False
+    placement = Placement.objects.filter(pk=placement_id).values("order_id", "block_id").first()
+    if placement is None:
+        return False
+    orders = (
+        Order.objects.filter(block_id=placement["block_id"])
+        if placement["block_id"]
+        else Order.objects.filter(pk=placement["order_id"])
+    )
+    return orders.filter(
+        status__in=[OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE]
+    ).exists()
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +571,21 @@ def session_rows(
     return rows
 
 
+def listen_connection() -> Any:
+    """A psycopg connection (autocommit) listening on the outbox channel."""
+    import psycopg
+
+    from orders.services.routing import OUTBOX_CHANNEL
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("prepare_threshold", None)
+    conn = psycopg.connect(autocommit=True, **params)
+    conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+    return conn
+
+
 class OutboxDispatcher:
     """Sends pending outbox rows of the gateway's sessions (LISTEN + periodic sweep)."""
 
@@ -288,12 +597,16 @@ class OutboxDispatcher:
         sweep_interval: float = 1.0,
         batch: int = 500,
         listen: bool = True,
+        on_send: Callable[[str, int], None] | None = None,
     ) -> None:
         self.gateway = gateway
         self.sessions = sessions  # FixSession pk -> session key
         self.sweep_interval = sweep_interval
         self.batch = batch
         self.listen = listen
+        # Called with (ClOrdID, placement pk) before a row is sent: the broker's answer can
+        # arrive before send() returns.
+        self.on_send = on_send
         self.sent = 0
         self.stop_event = threading.Event()
         self.wake = threading.Event()
@@ -312,17 +625,7 @@ class OutboxDispatcher:
             self._thread.join(timeout=10)
 
     def _listen_connection(self) -> Any:
-        import psycopg
-
-        from orders.services.routing import OUTBOX_CHANNEL
-
-        params = connection.get_connection_params()
-        params.pop("cursor_factory", None)
-        params.pop("context", None)
-        params.pop("prepare_threshold", None)
-        conn = psycopg.connect(autocommit=True, **params)
-        conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
-        return conn
+        return listen_connection()
 
     def _run(self) -> None:
         listener = None
@@ -363,9 +666,14 @@ class OutboxDispatcher:
             if got:
                 # Drain what arrived together (one sweep serves them all); the generator holds
                 # the connection's lock, so it is never nested.
-                list(listener.notifies(timeout=0.0))
-                return
+                got += list(listener.notifies(timeout=0.0))
+                if any(self.concerns(n.payload) for n in got):
+                    return
         self.wake.clear()
+
+    def concerns(self, payload: str) -> bool:
+        """Whether a notification (payload: a FixSession pk, or empty) is for this dispatcher."""
+        return not payload.isdigit() or int(payload) in self.sessions
 
     def dispatch_once(self) -> int:
         """Send what is pending now; returns the number of rows looked at."""
@@ -405,6 +713,8 @@ class OutboxDispatcher:
                 from orders.services.routing import outbox_request
 
                 request = outbox_request(row.msg_type, row.payload)
+                if self.on_send is not None:
+                    self.on_send(row.cl_ord_id, row.placement_id)
                 ok = self.gateway.send(key, request)
             except (MessageBuildError, KeyError, TypeError, ValueError) as exc:
                 self._fail(row, str(exc))
@@ -421,7 +731,13 @@ class OutboxDispatcher:
         return len(rows)
 
     def _mark_sent(self, ids: list[int]) -> None:
-        if ids:
+        if not ids:
+            return
+        # No wait for the WAL flush: if a crash loses this update, the rows are pending again
+        # and their outbound records (flushed before they left) mark them sent without resending.
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
             OutboxMessage.objects.filter(pk__in=ids, status=OutboxStatus.PENDING).update(
                 status=OutboxStatus.SENT, sent_at=timezone.now(), attempts=F("attempts") + 1
             )
@@ -445,23 +761,32 @@ class GatewayRunner:
         listen: bool = True,
         max_resend_age: float | None = None,
         background_events: bool = False,
+        appliers: int = 4,
     ) -> None:
         self.rows = rows
         # True in the gateway process: blotter events leave from a background thread.
         self.background_events = background_events
-        self.handler = DjangoGatewayHandler()
+        self.handler = DjangoGatewayHandler(appliers=appliers)
         # One QuickFIX thread per session: sessions never wait on each other's fills.
         self.gateway = Gateway(
             [r.spec for r in rows], self.handler, threaded=True, max_resend_age=max_resend_age
         )
         # One dispatcher per session: sessions send in parallel (their durable commits group
         # in PostgreSQL), and each session's messages still leave in outbox order.
+        # They do not LISTEN themselves: one listener wakes the dispatcher of the session a
+        # notification names, so a route wakes one thread, not one per session.
         self.dispatchers = [
             OutboxDispatcher(
-                self.gateway, {r.pk: r.key}, sweep_interval=sweep_interval, listen=listen
+                self.gateway,
+                {r.pk: r.key},
+                sweep_interval=sweep_interval,
+                listen=False,
+                on_send=self.handler.remember_placement,
             )
             for r in rows
         ]
+        self.listen = listen
+        self._listener: threading.Thread | None = None
         self.status_interval = status_interval
         self._stop = threading.Event()
         self._status_thread: threading.Thread | None = None
@@ -472,9 +797,16 @@ class GatewayRunner:
             from oms_site.realtime import send_in_background
 
             send_in_background()
+        # Reports a killed gateway stored but never applied come before anything new.
+        self.handler.recover([r.key for r in self.rows])
         self.gateway.start()
         for dispatcher in self.dispatchers:
             dispatcher.start()
+        if self.listen and self.dispatchers:
+            self._listener = threading.Thread(
+                target=self._listen_loop, name="outbox-listener", daemon=True
+            )
+            self._listener.start()
         self._status_thread = threading.Thread(
             target=self._status_loop, name="fix-session-status", daemon=True
         )
@@ -491,6 +823,8 @@ class GatewayRunner:
         self.handler.state_changed.set()
         if self._status_thread is not None:
             self._status_thread.join(timeout=10)
+        if self._listener is not None:
+            self._listener.join(timeout=10)
         self.gateway.stop()
         try:
             self.write_status(stopped=True)
@@ -517,6 +851,31 @@ class GatewayRunner:
             if status.next_target_seq_num is not None:
                 values["next_target_seq"] = status.next_target_seq_num
             FixSession.objects.filter(pk=row.pk).update(**values)
+
+    def _listen_loop(self) -> None:
+        """LISTEN oms_outbox; wake the dispatcher of the session each notification names."""
+        listener = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if listener is None:
+                        listener = listen_connection()
+                        for dispatcher in self.dispatchers:
+                            dispatcher.wake.set()  # whatever was notified while not listening
+                    for note in listener.notifies(timeout=0.2):
+                        for dispatcher in self.dispatchers:
+                            if dispatcher.concerns(note.payload):
+                                dispatcher.wake.set()
+                except Exception:
+                    logger.exception("outbox listener failed; reconnecting")
+                    if listener is not None:
+                        with contextlib.suppress(Exception):
+                            listener.close()
+                        listener = None
+                    self._stop.wait(1.0)
+        finally:
+            if listener is not None:
+                listener.close()
 
     def _status_loop(self) -> None:
         try:

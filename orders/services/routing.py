@@ -93,10 +93,16 @@ def _as_pk(value: Any, what: str) -> int:
         raise NotFound(f"No such {what}.") from None
 
 
-def outbox_notify() -> None:
-    """Wake the gateway when the current transaction commits (NOTIFY is transactional)."""
+def outbox_notify(session_ids: Iterable[int | None] = ()) -> None:
+    """Wake the gateway when the current transaction commits (NOTIFY is transactional).
+
+    The payload is the FixSession pk, so only that session's sender wakes; no ids (or None)
+    wakes every sender. PostgreSQL folds identical notifications of one transaction.
+    """
+    payloads = sorted({str(i) for i in session_ids if i is not None}) or [""]
     with connection.cursor() as cursor:
-        cursor.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+        for payload in payloads:
+            cursor.execute("SELECT pg_notify(%s, %s)", [OUTBOX_CHANNEL, payload])
 
 
 def _ensure_version(obj: Any, version: Any) -> None:
@@ -402,7 +408,7 @@ def order_route(*, user: Any, order_id: Any, broker_code: str | None = None) -> 
         )
         audit_record_many(entries=entries)
         publish_order_updated(order)
-        outbox_notify()
+        outbox_notify([choice.session.pk])
     return placement
 
 
@@ -473,7 +479,7 @@ def block_route(*, user: Any, block_id: Any, broker_code: str | None = None) -> 
         )
         audit_record_many(entries=entries)
         publish_orders_updated(orders)
-        outbox_notify()
+        outbox_notify([choice.session.pk])
     return placement
 
 
@@ -576,7 +582,7 @@ def order_cancel_request(
         locked.save(update_fields=["status", "version", "updated_at"])
         audit_record_many(entries=entries)
         publish_order_updated(locked)
-        outbox_notify()
+        outbox_notify([placement.fix_session_id])
     return locked
 
 
@@ -674,7 +680,7 @@ def order_replace_request(
         locked.save(update_fields=["status", "version", "updated_at"])
         audit_record_many(entries=entries)
         publish_order_updated(locked)
-        outbox_notify()
+        outbox_notify([placement.fix_session_id])
     return locked
 
 
@@ -906,7 +912,7 @@ def _cancel_placements(placement_ids: Sequence[int], *, user: Any, meta: dict) -
         audit_record_many(entries=entries)
         publish_orders_updated(changed)
         if rows:
-            outbox_notify()
+            outbox_notify(r.fix_session_id for r in rows)
     return len(rows)
 
 
