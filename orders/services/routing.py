@@ -332,23 +332,10 @@ def _lock_order(pk: int) -> Order:
     )
 
 
-def _place_new(
-    *, parent: Order | Block, choice: Any, user: Any, quantity: Decimal, account: str | None = None
-) -> tuple[Placement, dict[str, Any]]:
-    """Create the placement of an order or block and its NewOrderSingle outbox row."""
-    placement = Placement.objects.create(
-        order=parent if isinstance(parent, Order) else None,
-        block=parent if isinstance(parent, Block) else None,
-        broker=choice.broker,
-        fix_session=choice.session,
-        cl_ord_id=new_cl_ord_id("N"),
-        quantity=quantity,
-        limit_price=parent.limit_price,
-        status=PlacementStatus.PENDING_NEW,
-        route_reason=choice.reason,
-        routed_by=user,
-    )
-    request = NewOrder(
+def _new_order_request(
+    parent: Order | Block, placement: Placement, quantity: Decimal, account: str | None
+) -> NewOrder:
+    return NewOrder(
         cl_ord_id=placement.cl_ord_id,
         symbol=parent.instrument.symbol,
         side=parent.side,
@@ -360,15 +347,44 @@ def _place_new(
         expire_date=parent.expire_date if isinstance(parent, Order) else None,
         account=account,
     )
-    _outbox_row(placement, choice.session, request, MSG_NEW).save()
-    meta: dict[str, Any] = {
+
+
+def _new_placement(
+    parent: Order | Block, choice: RouteChoice, user: Any, quantity: Decimal
+) -> Placement:
+    return Placement(
+        order=parent if isinstance(parent, Order) else None,
+        block=parent if isinstance(parent, Block) else None,
+        broker=choice.broker,
+        fix_session=choice.session,
+        cl_ord_id=new_cl_ord_id("N"),
+        quantity=quantity,
+        limit_price=parent.limit_price,
+        status=PlacementStatus.PENDING_NEW,
+        route_reason=choice.reason,
+        routed_by=user,
+    )
+
+
+def _route_meta(placement: Placement, choice: RouteChoice) -> dict[str, Any]:
+    return {
         "placement": placement.pk,
         "cl_ord_id": placement.cl_ord_id,
         "broker": choice.broker.code,
         "reason": choice.reason,
         "quotes": choice.quotes,
     }
-    return placement, meta
+
+
+def _place_new(
+    *, parent: Order | Block, choice: Any, user: Any, quantity: Decimal, account: str | None = None
+) -> tuple[Placement, dict[str, Any]]:
+    """Create the placement of an order or block and its NewOrderSingle outbox row."""
+    placement = _new_placement(parent, choice, user, quantity)
+    placement.save(force_insert=True)
+    request = _new_order_request(parent, placement, quantity, account)
+    _outbox_row(placement, choice.session, request, MSG_NEW).save()
+    return placement, _route_meta(placement, choice)
 
 
 def order_route(*, user: Any, order_id: Any, broker_code: str | None = None) -> Placement:
@@ -410,6 +426,79 @@ def order_route(*, user: Any, order_id: Any, broker_code: str | None = None) -> 
         publish_order_updated(order)
         outbox_notify([choice.session.pk])
     return placement
+
+
+def orders_route(
+    *, user: Any, order_ids: Sequence[Any], broker_code: str | None = None
+) -> list[Placement]:
+    """Route many approved orders at once: one transaction, one placement and outbox row each.
+
+    All or nothing, with the same rules as order_route; the queries do not grow with the
+    number of orders (best execution asks once per instrument and side).
+    """
+    _require_role(user, "trader", what="route orders")
+    pks = list(dict.fromkeys(_as_pk(i, "order") for i in order_ids))
+    if not pks:
+        return []
+    visible = set(orders_visible_to(user=user).filter(pk__in=pks).values_list("pk", flat=True))
+    if len(visible) != len(pks):
+        raise NotFound("No such order.", errors={"orders": [p for p in pks if p not in visible]})
+    with transaction.atomic(durable=True):
+        orders = list(
+            Order.objects.select_for_update(of=("self",))
+            .select_related("account__desk", "instrument__price", "created_by")
+            .filter(pk__in=pks)
+            .order_by("pk")
+        )
+        in_block = [o.pk for o in orders if o.block_id is not None]
+        if in_block:
+            raise ConflictError(
+                "Orders in a block are routed with their block.",
+                code="in_block",
+                errors={"orders": [f"in a block: {in_block}"]},
+            )
+        not_ready = [o.pk for o in orders if o.status != S.APPROVED]
+        if not_ready:
+            raise ConflictError(
+                "Only approved orders can be routed.",
+                code="not_routable",
+                errors={"orders": [f"not approved: {not_ready}"]},
+            )
+        _ensure_no_kill_switch(o.account for o in orders)
+        choices: dict[tuple[int, str], RouteChoice] = {}
+        picked: list[RouteChoice] = []
+        for order in orders:
+            key = (0, "") if broker_code else (order.instrument_id, order.side)
+            choice = choices.get(key)
+            if choice is None:
+                choice = choices[key] = route_choose(
+                    instrument=order.instrument, side=order.side, broker_code=broker_code
+                )
+            picked.append(choice)
+        placements = [
+            _new_placement(order, choice, user, order.quantity - order.cum_qty)
+            for order, choice in zip(orders, picked, strict=True)
+        ]
+        Placement.objects.bulk_create(placements)
+        rows: list[OutboxMessage] = []
+        entries: list[AuditEntry] = []
+        for order, placement, choice in zip(orders, placements, picked, strict=True):
+            request = _new_order_request(order, placement, placement.quantity, order.account.code)
+            rows.append(_outbox_row(placement, choice.session, request, MSG_NEW))
+            meta = _route_meta(placement, choice)
+            _transition(
+                order, S.PENDING_NEW, action="order.routed", entries=entries, actor=user, meta=meta
+            )
+            order.leaves_qty = placement.quantity
+            entries.append(
+                _placement_audit(placement, action="placement.created", actor=user, meta=meta)
+            )
+        OutboxMessage.objects.bulk_create(rows)
+        Order.objects.bulk_update(orders, ["status", "version", "leaves_qty", "updated_at"])
+        audit_record_many(entries=entries)
+        publish_orders_updated(orders)
+        outbox_notify(p.fix_session_id for p in placements)
+    return placements
 
 
 def block_route(*, user: Any, block_id: Any, broker_code: str | None = None) -> Placement:
