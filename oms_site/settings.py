@@ -161,6 +161,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # DRF's parsers, refusing NUL characters (400) before they reach PostgreSQL (500).
+    "DEFAULT_PARSER_CLASSES": [
+        "oms_site.parsers.JSONParser",
+        "oms_site.parsers.FormParser",
+        "oms_site.parsers.MultiPartParser",
+    ],
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.OrderingFilter",

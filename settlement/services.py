@@ -546,6 +546,10 @@ def statement_upload(
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _statement_error(1, "file", f"not UTF-8 text ({exc.reason})") from None
+    if "\x00" in text:  # PostgreSQL text cannot hold it: a clear row error, not a DataError
+        raise _statement_error(
+            text.count("\n", 0, text.index("\x00")) + 1, "file", "contains NUL (0x00)"
+        )
     lines, errors = recon.parse_statement_csv(text)
     if errors:
         first = errors[0]

@@ -5,6 +5,7 @@ Every list starts from what the user may see (allocations.selectors); a row outs
 
 from __future__ import annotations
 
+from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import generics, status
 from rest_framework.request import Request
@@ -40,6 +41,12 @@ class AccountDetailView(generics.RetrieveAPIView):
 
     def get_queryset(self):
         return selectors.accounts_with_book(user=self.request.user)
+
+    def get_object(self):
+        # No code holds a NUL (PostgreSQL text cannot): no such account, rather than a 500.
+        if "\x00" in self.kwargs["code"]:
+            raise Http404
+        return super().get_object()
 
 
 @extend_schema_view(

@@ -10,7 +10,6 @@ from django.conf import settings
 from django.db.models import Prefetch, QuerySet, prefetch_related_objects
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import generics, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,6 +17,7 @@ from rest_framework.views import APIView
 from compliance.models import ComplianceResult
 from oms_site.errors import NotFound, ValidationError
 from oms_site.models import AuditEvent
+from oms_site.parsers import FormParser, JSONParser, MultiPartParser
 from orders.api.idempotency import IDEMPOTENCY_PARAMETER, idempotent
 from orders.api.permissions import IsPM, IsPMOrTrader, IsTrader
 from orders.api.serializers import (
@@ -225,6 +225,8 @@ def _csv_rows(upload: Any) -> list[dict[str, Any]]:
         text = upload.read().decode("utf-8-sig")
     except UnicodeDecodeError:
         raise _basket_error(0, "file", "must be UTF-8 encoded CSV") from None
+    if "\x00" in text:  # PostgreSQL text cannot hold it; row 0 is the header
+        raise _basket_error(text.count("\n", 0, text.index("\x00")), "file", "contains NUL (0x00)")
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in CSV_REQUIRED if c not in header]
