@@ -24,8 +24,14 @@ PASSes when the system recovered and every invariant holds after it.
 Figures (steady phase unless said): orders/s accepted by the API, orders/s routed and filled,
 API latency p50/p99 per request kind, fill-to-blotter latency p50/p99 (from the gateway writing
 the fill's Execution row to each blotter receiving its frame; same host, same wall clock), and
-CPU seconds, CPU % of one core and memory (RSS now, peak) of every process group over the
-measured period, from /proc/<pid>/stat and /proc/<pid>/status.
+CPU seconds, CPU % of one core and memory (PSS at the end and its maximum, sampled every
+second) of every process group over the measured period (warm-up and set-up excluded, killed
+instances included), from /proc/<pid>/stat, status and smaps_rollup.
+
+Environment: BENCH_SYSTEM_PORT_BASE=N uses ports N, N+1, ... instead of free ones;
+BENCH_SYSTEM_FIX_LOGS=1 logs every FIX message of both ends; BENCH_SYSTEM_KEEP_TMP=1 keeps the
+run's directory (database included) for a post-mortem; BENCH_SYSTEM_LOGS=DIR copies the
+process logs there when the run fails.
 """
 
 from __future__ import annotations
@@ -330,12 +336,14 @@ class Run:
             "SELECT id, extract(epoch FROM received_at) FROM orders_execution WHERE last_qty > 0"
         )
         fill_at = {int(pk): float(t) for pk, t in rows}
-        to_blotter: dict[str, list[float]] = defaultdict(list)
-        for phase, pk, at in blotters["frames"]:
-            if pk in fill_at:
-                to_blotter["steady" if phase == steady else "all"].append((at - fill_at[pk]) * 1000)
-        to_blotter["all"] += to_blotter["steady"]
         window = [ph["start"], ph["end"]]
+        to_blotter: dict[str, list[float]] = defaultdict(list)
+        for _phase, pk, at in blotters["frames"]:
+            if pk in fill_at:
+                # A fill belongs to the phase in which it was booked, whenever it arrived.
+                in_steady = window[0] <= fill_at[pk] <= window[1]
+                to_blotter["steady" if in_steady else "all"].append((at - fill_at[pk]) * 1000)
+        to_blotter["all"] += to_blotter["steady"]
         routed = self.cluster.sql(
             "SELECT (SELECT count(DISTINCT order_id) FROM orders_placement WHERE order_id IS NOT"
             " NULL AND created_at BETWEEN to_timestamp(%s) AND to_timestamp(%s))"
@@ -437,10 +445,10 @@ def report(result: dict[str, Any]) -> str:
     )
     lines.append(f"  HTTP statuses                  {f['http_statuses']}")
     lines.append(f"  totals                         {f['totals']}")
-    lines += ["", f"  {'process':<18}{'CPU s':>8}{'CPU %':>8}{'RSS MB':>9}{'peak MB':>9}  restarts"]
+    lines += ["", f"  {'process':<18}{'CPU s':>8}{'CPU %':>8}{'PSS MB':>9}{'max MB':>9}  restarts"]
     for name, p in result["processes"].items():
         lines.append(
-            f"  {name:<18}{p['cpu_s']:>8}{p['cpu_pct']:>8}{p['rss_mb']:>9}{p['rss_max_mb']:>9}"
+            f"  {name:<18}{p['cpu_s']:>8}{p['cpu_pct']:>8}{p['mem_mb']:>9}{p['mem_max_mb']:>9}"
             f"  {p['restarts']}"
         )
     lines.append("")

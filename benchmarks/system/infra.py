@@ -76,6 +76,24 @@ def as_user(user: str | None) -> dict[str, Any]:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
+def _libc_prctl() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux/glibc: close() still stops everything
+        return None
+
+
+_PRCTL = _libc_prctl()  # loaded here: the child between fork and exec must not import
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the run's process dies, even by SIGKILL."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 # ---------------------------------------------------------------------------------- /proc
 
 
@@ -103,11 +121,25 @@ def _tree(root: int, children: dict[int, list[int]]) -> list[int]:
     return out
 
 
+def _pss_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def proc_sample(root: int, children: dict[int, list[int]] | None = None) -> tuple[float, int, int]:
-    """(CPU seconds, RSS kB, peak RSS kB) of a process tree from /proc/<pid>/stat and status.
+    """(CPU seconds, memory kB, peak kB) of a process tree from /proc/<pid>/stat and status.
 
     CPU counts utime+stime of every live process plus cutime+cstime (its waited-for dead
-    children, e.g. PostgreSQL backends that ended); RSS is VmRSS summed, peak the sum of VmHWM.
+    children, e.g. PostgreSQL backends that ended). Memory is the PSS (smaps_rollup) summed,
+    so memory shared between the processes of a tree (PostgreSQL's shared buffers, a prefork
+    pool's copy-on-write pages) counts once; VmRSS where PSS is not readable. Peak is the sum
+    of each process's VmHWM (an upper bound: shared pages count in every process).
     """
     children = children if children is not None else _children()
     cpu = 0.0
@@ -118,12 +150,14 @@ def proc_sample(root: int, children: dict[int, list[int]] | None = None) -> tupl
                 fields = fh.read()
             parts = fields[fields.rfind(")") + 2 :].split()
             cpu += sum(int(x) for x in parts[11:15]) / CLK_TCK
+            pss = _pss_kb(pid)
             with open(f"/proc/{pid}/status") as fh:
                 for line in fh:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith("VmRSS:") and pss is None:
                         rss += int(line.split()[1])
                     elif line.startswith("VmHWM:"):
                         hwm += int(line.split()[1])
+            rss += pss or 0
         except (OSError, ValueError, IndexError):
             continue  # the process ended meanwhile
     return cpu, rss, hwm
@@ -163,6 +197,7 @@ class Service:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
                 **as_user(self.user),
             )
 
@@ -232,8 +267,8 @@ class Service:
         return {
             "cpu_s": round(cpu, 1),
             "cpu_pct": round(100 * cpu / wall, 1) if wall > 0 else None,
-            "rss_mb": round(self.rss_last / 1024, 1),
-            "rss_max_mb": round(self.rss_max / 1024, 1),
+            "mem_mb": round(self.rss_last / 1024, 1),
+            "mem_max_mb": round(self.rss_max / 1024, 1),
             "hwm_mb": round(self.hwm_max / 1024, 1),
             "restarts": self.restarts,
         }
