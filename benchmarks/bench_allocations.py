@@ -1,15 +1,21 @@
-"""Benchmark of allocation through the database (fill_allocate with positions, cash and audit).
+"""Benchmark of fills through the database: allocation, positions, cash, audit, one transaction.
 
-Figures:
-* ``one_fill_1000_accounts``: the time to allocate one fill of a block of 1,000 orders (each fill
-  re-prices and tops up every account: about 1,000 allocation rows, positions, cash balances,
-  orders and audit events), median of several fills; target at most 50 ms.
-* ``fills_per_second``: fills applied end to end (Execution insert + fill_allocate + commit) by
-  several threads over many small blocks; target at least 500 fills/s. Also the same with every
-  thread on one block (the hot-row case: those serialise on the block's row lock).
+Each figure is given for two paths: ``fill_allocate`` (the allocation layer alone: an Execution
+row inserted, then ``allocations.services.fill_allocate``) and ``execution_apply`` (the service
+the FIX gateway calls for an ExecutionReport: ClOrdID look-up, locks, idempotent insert on
+(session, ExecID), allocation, order/placement/block state, audit, blotter events after commit).
+
+* ``one_fill_1000_accounts``: one fill of a block of 1,000 orders (each fill is 2.5% of the block
+  at a new price, so it re-prices and tops up every account: about 1,000 allocation rows,
+  positions, cash balances and orders, and one audit event), median of several fills, and the
+  SQL statements it sent; target at most 50 ms.
+* ``end_to_end``: fills/s applied by several threads of one process over many small blocks
+  (target at least 500 fills/s), statements per fill, and the same with every thread on one
+  block (the hot-row case: those serialise on the block's row lock).
 
 Uses its own database (``<name>_bench_alloc`` for DATABASE_URL's ``<name>``, ``oms_bench_alloc``
-by default, on the same server; created and migrated if missing, emptied on every run). Run: ``.venv/bin/python -m benchmarks.bench_allocations``.
+by default, on the same server; created and migrated if missing, emptied on every run). Run:
+``.venv/bin/python -m benchmarks.bench_allocations [--quick]`` or through ``run_all``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 
 BENCH_SUFFIX = "_bench_alloc"
 ACCOUNTS = 1_000
-SINGLE_FILL_SAMPLES = 15
+SINGLE_FILL_SAMPLES = 16
 THREADS = 4
 SMALL_BLOCKS = 40
 ORDERS_PER_SMALL_BLOCK = 5
@@ -163,9 +169,16 @@ def _block(world: dict[str, Any], instrument: Any, accounts: list[Any], lots: li
 
 _exec_seq = iter(range(1, 10**9))
 _exec_lock = threading.Lock()
+_statements = [0]
+
+
+def _next_exec_id() -> str:
+    with _exec_lock:
+        return f"X{next(_exec_seq)}"
 
 
 def _apply_fill(placement: Any, qty: Decimal, px: Decimal) -> int:
+    """The allocation layer alone: insert the Execution row, then fill_allocate (one transaction)."""
     import datetime as dt
 
     from django.db import transaction
@@ -173,12 +186,10 @@ def _apply_fill(placement: Any, qty: Decimal, px: Decimal) -> int:
     from allocations.services import fill_allocate
     from orders.models import Execution
 
-    with _exec_lock:
-        n = next(_exec_seq)
     with transaction.atomic():
         execution = Execution.objects.create(
             session_key="BENCH",
-            exec_id=f"X{n}",
+            exec_id=_next_exec_id(),
             placement=placement,
             block_id=placement.block_id,
             broker_id=placement.broker_id,
@@ -192,36 +203,101 @@ def _apply_fill(placement: Any, qty: Decimal, px: Decimal) -> int:
         return len(fill_allocate(execution=execution))
 
 
-def bench_one_fill_1000_accounts(world: dict[str, Any]) -> dict[str, Any]:
-    """Median wall time of one fill across a block of 1,000 orders (Execution + allocation)."""
+def _apply_report(placement: Any, qty: Decimal, px: Decimal) -> int:
+    """The whole service the FIX gateway calls: execution_apply of a parsed ExecutionReport
+    (ClOrdID look-up, locks, idempotent insert, allocation, positions, cash, order and
+    placement state, audit, blotter events queued for after commit)."""
+    import datetime as dt
+
+    from orders.fix.messages import ExecReport, FixHeader
+    from orders.services.executions import execution_apply
+
+    report = ExecReport(
+        header=FixHeader(begin_string="FIX.4.4", msg_type="8"),
+        exec_id=_next_exec_id(),
+        exec_type="F",
+        ord_status="1",
+        order_id="BENCH-1",
+        cl_ord_id=placement.cl_ord_id,
+        orig_cl_ord_id=None,
+        symbol=None,
+        side="1",
+        order_qty=placement.quantity,
+        price=None,
+        last_qty=qty,
+        last_px=px,
+        cum_qty=qty,
+        avg_px=px,
+        leaves_qty=Decimal(0),
+        text=None,
+        transact_time=dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC),
+        poss_dup=False,
+    )
+    execution = execution_apply(session_key="FIX.4.4:OMS->BENCH", report=report)
+    assert execution is not None and execution.last_qty == qty
+    return 1
+
+
+def _count_statements() -> Any:
+    """Count every statement sent (Django's cursors and the services' raw psycopg cursors)."""
+    import psycopg
+
+    original = psycopg.Cursor.execute
+
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _statements[0] += 1
+        return original(self, *args, **kwargs)
+
+    psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+    return original
+
+
+PATHS = {"fill_allocate": _apply_fill, "execution_apply": _apply_report}
+
+
+def bench_one_fill_1000_accounts(world: dict[str, Any], samples: int) -> dict[str, Any]:
+    """Median wall time of one fill across a block of 1,000 orders, through each path.
+
+    The paths alternate on blocks of the same shape; every fill is 2.5% of its block at a new
+    price, so it re-prices and tops up every account (about 1,000 allocation rows, positions,
+    cash balances and orders, and the audit event).
+    """
     import random
 
-    rng = random.Random(7)
-    instrument = _instrument(world, "BIG", Decimal(100))
-    accounts = _accounts(world, "BIG", ACCOUNTS)
-    lots = [rng.randint(10, 60) for _ in accounts]
-    placement = _block(world, instrument, accounts, lots)
-    total_lots = sum(lots)
-    step = Decimal(100) * (total_lots // 40)  # each fill is 2.5% of the block
-    _apply_fill(placement, step, Decimal("10.00"))  # warm-up: creates positions and cash
-    samples, rows = [], []
-    for i in range(SINGLE_FILL_SAMPLES):
+    results: dict[str, Any] = {"accounts": ACCOUNTS, "target_ms": TARGET_MS}
+    blocks = {}
+    for name in PATHS:
+        rng = random.Random(7)
+        instrument = _instrument(world, f"BIG{name[:4].upper()}", Decimal(100))
+        accounts = _accounts(world, f"BIG{name[:4]}", ACCOUNTS)
+        lots = [rng.randint(10, 60) for _ in accounts]
+        placement = _block(world, instrument, accounts, lots)
+        step = Decimal(100) * (sum(lots) // 40)  # each fill is 2.5% of the block
+        PATHS[name](placement, step, Decimal("10.00"))  # warm-up: positions, cash, statuses
+        blocks[name] = (placement, step)
+    times: dict[str, list[float]] = {name: [] for name in PATHS}
+    statements = dict.fromkeys(PATHS, 0)
+    for i in range(samples):
         px = Decimal("10.00") + Decimal(i % 9 + 1) / 100  # a new price re-prices every account
-        start = time.perf_counter()
-        rows.append(_apply_fill(placement, step, px))
-        samples.append((time.perf_counter() - start) * 1000)
-    samples.sort()
-    return {
-        "accounts": ACCOUNTS,
-        "median_ms": round(statistics.median(samples), 1),
-        "p90_ms": round(samples[int(0.9 * (len(samples) - 1))], 1),
-        "min_ms": round(samples[0], 1),
-        "rows_per_fill_median": statistics.median(rows),
-        "target_ms": TARGET_MS,
-    }
+        for name, apply in PATHS.items():
+            placement, step = blocks[name]
+            before = _statements[0]
+            start = time.perf_counter()
+            apply(placement, step, px)
+            times[name].append((time.perf_counter() - start) * 1000)
+            statements[name] += _statements[0] - before
+    for name, samples_ms in times.items():
+        samples_ms.sort()
+        results[name] = {
+            "median_ms": round(statistics.median(samples_ms), 1),
+            "p90_ms": round(samples_ms[int(0.9 * (len(samples_ms) - 1))], 1),
+            "min_ms": round(samples_ms[0], 1),
+            "statements_per_fill": round(statements[name] / samples, 1),
+        }
+    return results
 
 
-def _run_threads(jobs: list[list[tuple[Any, Decimal, Decimal]]]) -> float:
+def _run_threads(apply: Any, jobs: list[list[tuple[Any, Decimal, Decimal]]]) -> float:
     from django.db import connection
 
     barrier = threading.Barrier(len(jobs) + 1)
@@ -231,7 +307,7 @@ def _run_threads(jobs: list[list[tuple[Any, Decimal, Decimal]]]) -> float:
         try:
             barrier.wait()
             for placement, qty, px in job:
-                _apply_fill(placement, qty, px)
+                apply(placement, qty, px)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -249,43 +325,54 @@ def _run_threads(jobs: list[list[tuple[Any, Decimal, Decimal]]]) -> float:
     return elapsed
 
 
-def bench_fills_per_second(world: dict[str, Any]) -> dict[str, Any]:
-    """Fills/s end to end by THREADS threads, over many small blocks and over one hot block."""
-    instrument = _instrument(world, "FLOW", Decimal(1))
-    blocks = []
-    for b in range(SMALL_BLOCKS):
-        accounts = _accounts(world, f"F{b:02d}-", ORDERS_PER_SMALL_BLOCK)
-        lots = [1000 * (i + 1) for i in range(ORDERS_PER_SMALL_BLOCK)]
-        blocks.append(_block(world, instrument, accounts, lots))
-    per_block = FILLS_TOTAL // SMALL_BLOCKS
-    fills = [
-        (blocks[b], Decimal(10 + (i % 5)), Decimal("10.00") + Decimal(i % 11) / 100)
-        for i in range(per_block)
-        for b in range(SMALL_BLOCKS)
-    ]
-    # Each thread owns a set of blocks (the way a worker queue keyed by block would).
-    jobs = [[f for f in fills if f[0].block_id % THREADS == t] for t in range(THREADS)]
-    elapsed = _run_threads(jobs)
+def bench_fills_per_second(world: dict[str, Any], fills_total: int, hot_fills: int) -> dict:
+    """Fills/s by THREADS threads of one process, over many small blocks and one hot block.
 
-    hot_instrument = _instrument(world, "HOT", Decimal(1))
-    hot_accounts = _accounts(world, "HOT", ORDERS_PER_SMALL_BLOCK)
-    hot = _block(world, hot_instrument, hot_accounts, [10_000] * ORDERS_PER_SMALL_BLOCK)
-    hot_fills = [
-        (hot, Decimal(10), Decimal("10.00") + Decimal(i % 7) / 100) for i in range(HOT_FILLS)
-    ]
-    hot_elapsed = _run_threads([hot_fills[t::THREADS] for t in range(THREADS)])
-    return {
+    Many blocks: each thread owns a set of blocks (the way a worker queue keyed by block
+    would). One hot block: every thread on it, so the fills serialise on the block's row lock.
+    Threads share one interpreter lock, so this is bounded by one core's Python work per fill.
+    """
+    results: dict[str, Any] = {
         "threads": THREADS,
-        "fills": len(fills),
         "orders_per_block": ORDERS_PER_SMALL_BLOCK,
-        "fills_per_s": round(len(fills) / elapsed, 1),
-        "hot_block_fills": HOT_FILLS,
-        "hot_block_fills_per_s": round(HOT_FILLS / hot_elapsed, 1),
+        "fills": fills_total,
+        "hot_block_fills": hot_fills,
         "target_fills_per_s": TARGET_RATE,
     }
+    for name, apply in PATHS.items():
+        instrument = _instrument(world, f"FLOW{name[:4].upper()}", Decimal(1))
+        blocks = []
+        for b in range(SMALL_BLOCKS):
+            accounts = _accounts(world, f"F{name[:4]}{b:02d}-", ORDERS_PER_SMALL_BLOCK)
+            lots = [1000 * (i + 1) for i in range(ORDERS_PER_SMALL_BLOCK)]
+            blocks.append(_block(world, instrument, accounts, lots))
+        per_block = fills_total // SMALL_BLOCKS
+        fills = [
+            (blocks[b], Decimal(10 + (i % 5)), Decimal("10.00") + Decimal(i % 11) / 100)
+            for i in range(per_block)
+            for b in range(SMALL_BLOCKS)
+        ]
+        jobs = [[f for f in fills if f[0].block_id % THREADS == t] for t in range(THREADS)]
+        before = _statements[0]
+        elapsed = _run_threads(apply, jobs)
+        statements = (_statements[0] - before) / len(fills)
+
+        hot_instrument = _instrument(world, f"HOT{name[:4].upper()}", Decimal(1))
+        hot_accounts = _accounts(world, f"HOT{name[:4]}", ORDERS_PER_SMALL_BLOCK)
+        hot = _block(world, hot_instrument, hot_accounts, [10_000] * ORDERS_PER_SMALL_BLOCK)
+        hot_jobs = [
+            (hot, Decimal(10), Decimal("10.00") + Decimal(i % 7) / 100) for i in range(hot_fills)
+        ]
+        hot_elapsed = _run_threads(apply, [hot_jobs[t::THREADS] for t in range(THREADS)])
+        results[name] = {
+            "fills_per_s": round(len(fills) / elapsed, 1),
+            "statements_per_fill": round(statements, 1),
+            "hot_block_fills_per_s": round(hot_fills / hot_elapsed, 1),
+        }
+    return results
 
 
-def run() -> dict[str, Any]:
+def run(quick: bool = False) -> dict[str, Any]:
     """Set up the benchmark database, run both benchmarks and return the figures."""
     _setup_django()
     import datetime as dt
@@ -294,11 +381,23 @@ def run() -> dict[str, Any]:
 
     settlement_date(dt.date(2026, 11, 20), cycle_days=1, calendar_code="XNYS")  # build once
     world = _world("1")
+    original = _count_statements()
     load_before = os.getloadavg()[0]
-    results = {
-        "one_fill_1000_accounts": bench_one_fill_1000_accounts(world),
-        "end_to_end": bench_fills_per_second(world),
-    }
+    try:
+        results = {
+            "one_fill_1000_accounts": bench_one_fill_1000_accounts(
+                world, SINGLE_FILL_SAMPLES // 2 if quick else SINGLE_FILL_SAMPLES
+            ),
+            "end_to_end": bench_fills_per_second(
+                world,
+                FILLS_TOTAL // 4 if quick else FILLS_TOTAL,
+                HOT_FILLS // 3 if quick else HOT_FILLS,
+            ),
+        }
+    finally:
+        import psycopg
+
+        psycopg.Cursor.execute = original  # type: ignore[method-assign]
     # Figures from a shared, busy machine are not comparable with a quiet one: say how busy.
     results["load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0]}
     results["cpus"] = os.cpu_count()
@@ -306,19 +405,23 @@ def run() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    results = run()
+    results = run(quick="--quick" in sys.argv)
     one, flow = results["one_fill_1000_accounts"], results["end_to_end"]
-    print(
-        f"allocate one fill across {one['accounts']} accounts (DB, fill_allocate): "
-        f"median {one['median_ms']} ms, p90 {one['p90_ms']} ms, min {one['min_ms']} ms, "
-        f"{one['rows_per_fill_median']} rows/fill (target <= {TARGET_MS} ms)"
-    )
-    print(
-        f"fills end to end with allocation, positions, cash and audit: {flow['fills_per_s']} "
-        f"fills/s ({flow['fills']} fills, {flow['threads']} threads, blocks of "
-        f"{flow['orders_per_block']}) (target >= {TARGET_RATE}); one hot block: "
-        f"{flow['hot_block_fills_per_s']} fills/s"
-    )
+    for name in PATHS:
+        fig = one[name]
+        print(
+            f"one fill across {one['accounts']} accounts via {name}: median {fig['median_ms']} "
+            f"ms, p90 {fig['p90_ms']} ms, min {fig['min_ms']} ms, "
+            f"{fig['statements_per_fill']} statements (target <= {TARGET_MS} ms)"
+        )
+    for name in PATHS:
+        fig = flow[name]
+        print(
+            f"fills end to end via {name}: {fig['fills_per_s']} fills/s ({flow['fills']} fills, "
+            f"{flow['threads']} threads, blocks of {flow['orders_per_block']}, "
+            f"{fig['statements_per_fill']} statements/fill) (target >= {TARGET_RATE}); "
+            f"one hot block: {fig['hot_block_fills_per_s']} fills/s"
+        )
     load = results["load_average_1min"]
     print(
         f"machine: {results['cpus']} CPUs, 1-min load average {load['before']:.1f} before, "

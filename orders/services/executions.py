@@ -25,12 +25,15 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Field
+from django.db.models.base import ModelState
 from django.utils import timezone
 
+from allocations.models import Account, BlockAllocationPolicy
 from oms_site.audit import AuditEntry, audit_record_many
+from oms_site.realtime import groups_for_account, publish_many_on_commit
 from orders.enums import (
     TERMINAL_STATUSES,
     BlockStatus,
@@ -39,6 +42,7 @@ from orders.enums import (
     Side,
 )
 from orders.events import (
+    order_payload,
     publish_execution_created,
     publish_order_updated,
     publish_orders_updated,
@@ -50,7 +54,16 @@ from orders.fix.messages import (
     CancelReject,
     ExecReport,
 )
-from orders.models import Block, Execution, FixSession, Order, OutboxMessage, Placement
+from orders.models import (
+    Block,
+    Broker,
+    Execution,
+    FixSession,
+    Instrument,
+    Order,
+    OutboxMessage,
+    Placement,
+)
 from orders.state import can_transition
 
 S = OrderStatus
@@ -133,44 +146,126 @@ class _Context:
             Order.objects.bulk_update(list(self.changed.values()), sorted(self.order_fields))
 
 
+def _loaded(model: Any, values: dict[str, Any]) -> Any:
+    """A model instance as if loaded from the database (fields not given are deferred)."""
+    obj = model.__new__(model)
+    obj.__dict__.update(values)
+    state = ModelState()
+    state.adding = False
+    state.db = "default"
+    obj._state = state
+    return obj
+
+
+def _select(model: Any, alias: str) -> tuple[str, list[str]]:
+    """The select list of every concrete column of `model` under `alias`, and their attnames."""
+    fields = model._meta.concrete_fields
+    return ", ".join(f'{alias}."{f.column}"' for f in fields), [f.attname for f in fields]
+
+
+class _LockSql:
+    """The locking reads of `_lock`, written once: Django compiles a select_related query of
+    ~100 columns on every call (most of a small fill's Python time), these are constants."""
+
+    def __init__(self) -> None:
+        user_model = get_user_model()
+        p_cols, self.placement = _select(Placement, "p")
+        b_cols, self.broker = _select(Broker, "br")
+        k_cols, self.block = _select(Block, "k")
+        i_cols, self.instrument = _select(Instrument, "i")
+        o_cols, self.order = _select(Order, "o")
+        self.user_name = user_model.USERNAME_FIELD
+        user_column = cast(Field, user_model._meta.get_field(self.user_name)).column
+        self.placement_sql = (
+            f"SELECT {p_cols}, {b_cols} FROM {Placement._meta.db_table} AS p "
+            f"JOIN {Broker._meta.db_table} AS br ON br.id = p.broker_id WHERE p.id = COALESCE("
+            f"(SELECT m.placement_id FROM {OutboxMessage._meta.db_table} AS m "
+            "WHERE m.cl_ord_id = ANY(%s) ORDER BY m.id LIMIT 1), "
+            f"(SELECT x.id FROM {Placement._meta.db_table} AS x "
+            "WHERE x.cl_ord_id = ANY(%s) ORDER BY x.id LIMIT 1)) FOR UPDATE OF p"
+        )
+        self.block_sql = (
+            f"SELECT {k_cols}, {i_cols}, pol.id FROM {Block._meta.db_table} AS k "
+            f"JOIN {Instrument._meta.db_table} AS i ON i.id = k.instrument_id "
+            f"LEFT JOIN {BlockAllocationPolicy._meta.db_table} AS pol ON pol.block_id = k.id "
+            "WHERE k.id = %s FOR UPDATE OF k"
+        )
+        orders_sql = (
+            f"SELECT {o_cols}, a.code, a.desk_id, a.short_selling_allowed, {i_cols}, "
+            f'u."{user_column}" FROM {Order._meta.db_table} AS o '
+            f"JOIN {Account._meta.db_table} AS a ON a.id = o.account_id "
+            f"JOIN {Instrument._meta.db_table} AS i ON i.id = o.instrument_id "
+            f"LEFT JOIN {user_model._meta.db_table} AS u ON u.id = o.created_by_id "
+            "WHERE o.{column} = %s ORDER BY o.id FOR UPDATE OF o"
+        )
+        self.block_orders_sql = orders_sql.replace("{column}", "block_id")
+        self.order_sql = orders_sql.replace("{column}", "id")
+
+
+_lock_sql: _LockSql | None = None
+
+
 def _lock(cl_ord_ids: list[str]) -> _Context | None:
     """Find the placement of a report's ClOrdIDs and lock it, its block and its orders.
 
     The look-up and the placement's lock are one statement. Loaded with what the fill needs
-    (the block's instrument and allocation policy, the orders' accounts), so fill_allocate
-    works on these locked rows instead of reading them again.
+    (the block's instrument and allocation policy, the orders' accounts, instruments and
+    creators, for allocation and the blotter events), so fill_allocate works on these locked
+    rows instead of reading them again.
     """
+    global _lock_sql
     if not cl_ord_ids:
         return None
-    via_outbox = (
-        OutboxMessage.objects.filter(cl_ord_id__in=cl_ord_ids)
-        .order_by("pk")
-        .values("placement_id")[:1]
-    )
-    direct = Placement.objects.filter(cl_ord_id__in=cl_ord_ids).order_by("pk").values("pk")[:1]
-    placement = (
-        Placement.objects.select_for_update(of=("self",))
-        .select_related("broker")
-        .filter(pk=Coalesce(Subquery(via_outbox), Subquery(direct)))
-        .first()
-    )
-    if placement is None:
-        return None
-    block = None
-    if placement.block_id is not None:
-        block = (
-            Block.objects.select_for_update(of=("self",))
-            .select_related("instrument", "allocation_policy")
-            .get(pk=placement.block_id)
+    q = _lock_sql = _lock_sql or _LockSql()
+    with connection.cursor() as cursor:
+        cursor.execute(q.placement_sql, [cl_ord_ids, cl_ord_ids])
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        n = len(q.placement)
+        placement = _loaded(Placement, dict(zip(q.placement, row[:n], strict=True)))
+        placement._state.fields_cache["broker"] = _loaded(
+            Broker, dict(zip(q.broker, row[n:], strict=True))
         )
-        qs = Order.objects.filter(block_id=placement.block_id)
-    else:
-        qs = Order.objects.filter(pk=cast(int, placement.order_id))
-    orders = list(
-        qs.select_for_update(of=("self",))
-        .select_related("account__desk", "instrument", "created_by")
-        .order_by("pk")
-    )
+        block = None
+        if placement.block_id is not None:
+            cursor.execute(q.block_sql, [placement.block_id])
+            row = cursor.fetchone()
+            n, m = len(q.block), len(q.block) + len(q.instrument)
+            block = _loaded(Block, dict(zip(q.block, row[:n], strict=True)))
+            block._state.fields_cache["instrument"] = _loaded(
+                Instrument, dict(zip(q.instrument, row[n:m], strict=True))
+            )
+            if row[m] is None:  # no policy: pro-rata (what select_related would cache)
+                block._state.fields_cache["allocation_policy"] = None
+            cursor.execute(q.block_orders_sql, [placement.block_id])
+        else:
+            cursor.execute(q.order_sql, [placement.order_id])
+        rows = cursor.fetchall()
+    n = len(q.order)
+    m = n + 3 + len(q.instrument)
+    orders = []
+    for row in rows:
+        order = _loaded(Order, dict(zip(q.order, row[:n], strict=True)))
+        cache = order._state.fields_cache
+        # Only what allocation and the blotter events read; other fields load on access.
+        cache["account"] = _loaded(
+            Account,
+            {
+                "id": order.account_id,
+                "code": row[n],
+                "desk_id": row[n + 1],
+                "short_selling_allowed": row[n + 2],
+            },
+        )
+        cache["instrument"] = _loaded(
+            Instrument, dict(zip(q.instrument, row[n + 3 : m], strict=True))
+        )
+        if order.created_by_id is not None:
+            cache["created_by"] = _loaded(
+                get_user_model(), {"id": order.created_by_id, q.user_name: row[m]}
+            )
+        orders.append(order)
     return _Context(placement, block, orders)
 
 
@@ -416,8 +511,21 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
             "exec_type": execution.exec_type,
             "transact_time": execution.transact_time,
         }
-        for order in fills:
-            publish_execution_created(order, data)
+        if len(fills) == 1:
+            publish_execution_created(fills[0], data)
+        elif fills:  # a block's fill: one hop after commit for all its orders' events
+            publish_many_on_commit(
+                events=[
+                    {
+                        "event_type": "execution.created",
+                        "order_id": order.pk,
+                        "version": order.version,
+                        "data": {"execution": data, "order": order_payload(order)},
+                        "groups": groups_for_account(order.account_id, order.account.desk_id),
+                    }
+                    for order in fills
+                ]
+            )
     published = {o.pk for o in fills}
     rest = [o for o in ctx.changed.values() if o.pk not in published]
     if len(rest) == 1:

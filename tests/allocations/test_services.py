@@ -463,3 +463,27 @@ def test_settle_cash_task_calls_the_service(three_accounts, instrument, broker, 
     assert settle_cash(SETTLE_DATE.isoformat()) == 1
     assert settle_cash(SETTLE_DATE.isoformat()) == 0
     assert _cash(three_accounts[0]) == (D("-1005.05"), D("0.00"))
+
+
+@pytest.mark.django_db
+def test_array_literals_carry_decimals_exactly():
+    # given values as the services send them: Decimals (some printing with an exponent),
+    # ids, kinds and NULLs joined into PostgreSQL array literals
+    from allocations.services import _array, _raw_cursor
+
+    decimals = [D("6E+2"), D("1.05E+1"), D("-0E-8"), D("-12.34000000"), D("0.00000001"), None]
+    # when PostgreSQL parses them
+    with transaction.atomic(), _raw_cursor() as cursor:
+        cursor.execute(
+            "SELECT %s::numeric[], %s::bigint[], %s::varchar[]",
+            [_array(decimals), _array([1, None, 3]), _array(["fill", "reversal", "reprice"])],
+        )
+        numbers, ids, kinds = cursor.fetchone()
+    # then every value comes back exactly
+    assert (str(D("6E+2")), _array(decimals)) == (
+        "6E+2",
+        "{6E+2,10.5,-0E-8,-12.34000000,1E-8,NULL}",
+    )
+    assert numbers == [D(600), D("10.5"), D(0), D("-12.34"), D("0.00000001"), None]
+    assert ids == [1, None, 3]
+    assert kinds == ["fill", "reversal", "reprice"]

@@ -239,3 +239,96 @@ def test_block_fills_are_allocated_to_its_orders(trader, brokers, make_order, pm
     )
     block.refresh_from_db()
     assert (block.status, block.cum_qty, block.avg_px) == ("filled", Decimal("100"), Decimal("101"))
+
+
+def _block_of(trader, make_order, quantities):
+    orders = [make_order(quantity=Decimal(q)) for q in quantities]
+    block = Block.objects.create(
+        instrument=orders[0].instrument,
+        side="buy",
+        order_type="market",
+        quantity=sum((Decimal(q) for q in quantities), Decimal(0)),
+        created_by=trader,
+    )
+    Order.objects.filter(pk__in=[o.pk for o in orders]).update(block=block)
+    p = block_route(user=trader, block_id=block.pk, broker_code="BRKA")
+    apply(report(p.cl_ord_id, "0", "0"))
+    return block, orders, p
+
+
+def _statements(monkeypatch):
+    """Count every statement sent, Django's cursors and the services' raw psycopg ones alike."""
+    import psycopg
+
+    sent = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, *args, **kwargs):
+        sent.append(query)
+        return original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    return sent
+
+
+def test_a_block_fill_costs_the_same_statements_for_3_or_12_orders(
+    trader, brokers, make_order, monkeypatch
+):
+    # given two acknowledged blocks, of 3 and of 12 orders, each partly filled once
+    _, _, small = _block_of(trader, make_order, [30, 30, 40])
+    _, _, big = _block_of(trader, make_order, [10] * 12)
+    for p in (small, big):
+        apply(report(p.cl_ord_id, "F", "1", cum="20", avg="100", last_qty="20", last_px="100"))
+    sent = _statements(monkeypatch)
+    # when each gets a second fill at a new price (every order re-priced and topped up)
+    apply(report(small.cl_ord_id, "F", "1", cum="60", avg="101", last_qty="40", last_px="101.5"))
+    for_small = len(sent)
+    sent.clear()
+    apply(report(big.cl_ord_id, "F", "1", cum="60", avg="101", last_qty="40", last_px="101.5"))
+    # then the number of statements does not depend on the number of orders (set-based SQL),
+    # and stays well under the 29 the row-by-row version sent
+    assert len(sent) == for_small
+    assert for_small <= 18
+
+
+def test_block_fill_events_carry_each_orders_stored_state(
+    trader, brokers, make_order, monkeypatch, django_capture_on_commit_callbacks
+):
+    # given an acknowledged block of two orders
+    _, orders, p = _block_of(trader, make_order, [60, 40])
+    sent = []
+    monkeypatch.setattr("oms_site.realtime._send_many", lambda items: sent.extend(items))
+    # when a fill is applied and committed
+    with django_capture_on_commit_callbacks(execute=True):
+        apply(report(p.cl_ord_id, "F", "1", cum="50", avg="100", last_qty="50", last_px="100.3"))
+    # then each order's execution.created event went out once per group, in one hop, with
+    # the order exactly as stored (version, cumulative quantity, average price, status)
+    events = {}
+    for _group, message in sent:
+        if message["event"]["type"] == "execution.created":
+            events[message["event"]["order_id"]] = message["event"]
+    assert set(events) == {o.pk for o in orders}
+    for order in orders:
+        order.refresh_from_db()
+        event = events[order.pk]
+        assert event["version"] == order.version
+        data = event["data"]["order"]
+        assert (data["cum_qty"], data["avg_px"], data["leaves_qty"], data["status"]) == (
+            str(order.cum_qty),
+            str(order.avg_px),
+            str(order.leaves_qty),
+            OrderStatus.PARTIALLY_FILLED,
+        )
+        assert event["data"]["execution"]["last_qty"] == "50"
+    assert [o.cum_qty for o in orders] == [Decimal("30"), Decimal("20")]
+
+
+def test_unknown_cl_ord_id_resent_is_stored_once(routed):
+    # given a report naming no known ClOrdID, already stored
+    first = apply(report("NOSUCHID", "F", "1", exec_id="U1", last_qty="10", last_px="5"))
+    # when the broker resends it
+    again = apply(report("NOSUCHID", "F", "1", exec_id="U1", last_qty="10", last_px="5"))
+    # then nothing more is stored or audited
+    assert first is not None and again is None
+    assert Execution.objects.filter(exec_id="U1").count() == 1
+    assert AuditEvent.objects.filter(action="execution.unknown_order").count() == 1
