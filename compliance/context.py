@@ -25,12 +25,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db.models import F, Lookup, Q, Sum
+from django.db import connection
+from django.db.models import F, Lookup, Q
 from django.utils import timezone
 
-from allocations.models import Account, CashBalance, Position
+from allocations.models import Account
 from compliance import engine
 from compliance.models import RestrictedEntry, Rule
+from oms_site import refcache
 from orders.enums import OPEN_STATUSES, OrderType
 from orders.models import Instrument, Order
 
@@ -87,12 +89,8 @@ def rule_spec(
     )
 
 
-def load_rules(*, day: date, rule_types: Iterable[str] | None = None) -> list[engine.RuleSpec]:
-    """Active rules in effect on `day` with their scope accounts/groups (three queries)."""
-    qs = Rule.objects.filter(_in_effect_q(day), active=True).order_by("pk")
-    if rule_types is not None:
-        qs = qs.filter(rule_type__in=list(rule_types))
-    rules = list(qs)
+def _load_rule_specs(day: date) -> list[engine.RuleSpec]:
+    rules = list(Rule.objects.filter(_in_effect_q(day), active=True).order_by("pk"))
     if not rules:
         return []
     ids = [r.pk for r in rules]
@@ -109,6 +107,39 @@ def load_rules(*, day: date, rule_types: Iterable[str] | None = None) -> list[en
     return [rule_spec(r, scope_accounts.get(r.pk, ()), scope_groups.get(r.pk, ())) for r in rules]
 
 
+def load_rules(
+    *, day: date, rule_types: Iterable[str] | None = None, version: int | None = None
+) -> list[engine.RuleSpec]:
+    """Active rules in effect on `day` with their scope accounts/groups (cached per refdata
+    version; three queries when not cached)."""
+    values = refcache.generation(version)
+    rules = refcache.cached(values, ("compliance.rules", day), lambda: _load_rule_specs(day))
+    if rule_types is not None:
+        wanted = set(rule_types)
+        return [r for r in rules if r.rule_type in wanted]
+    return list(rules)
+
+
+_LOCK_CASH_SQL = (
+    "SELECT c.account_id, c.settled, c.pending FROM allocations_cashbalance c"
+    " JOIN allocations_account a ON a.id = c.account_id AND c.currency = a.base_currency"
+    " WHERE c.account_id = ANY(%b::bigint[]) ORDER BY c.id FOR UPDATE OF c"
+)
+_READ_CASH_SQL = (
+    "SELECT c.account_id, c.settled, c.pending FROM allocations_cashbalance c"
+    " JOIN allocations_account a ON a.id = c.account_id AND c.currency = a.base_currency"
+    " WHERE c.account_id = ANY(%b::bigint[])"
+)
+
+
+def _rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    # Plain SQL on the hot path: the ORM spent more time compiling these few fixed queries
+    # than PostgreSQL spent answering them.
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
 def lock_cash(*, account_ids: Iterable[int]) -> dict[int, tuple[Decimal, Decimal]]:
     """Lock the accounts' base-currency cash rows (by pk) and return {account: (settled, pending)}.
 
@@ -116,30 +147,18 @@ def lock_cash(*, account_ids: Iterable[int]) -> dict[int, tuple[Decimal, Decimal
     lock is taken before anything else is read, so the second checker waits for the first to
     commit and then reads its order as open (READ COMMITTED takes a new snapshot per statement).
     """
-    rows = (
-        CashBalance.objects.select_for_update(of=("self",))
-        .filter(AnyOf(F("account_id"), sorted(set(account_ids))))
-        .filter(currency=F("account__base_currency"))
-        .order_by("pk")
-        .values_list("account_id", "settled", "pending")
-    )
+    rows = _rows(_LOCK_CASH_SQL, [sorted({int(a) for a in account_ids})])
     return {account_id: (settled, pending) for account_id, settled, pending in rows}
 
 
 def read_cash(*, account_ids: Iterable[int]) -> dict[int, tuple[Decimal, Decimal]]:
     """The accounts' base-currency cash without locking (post-trade reads)."""
-    rows = CashBalance.objects.filter(
-        account_id__in=list(set(account_ids)), currency=F("account__base_currency")
-    ).values_list("account_id", "settled", "pending")
+    rows = _rows(_READ_CASH_SQL, [sorted({int(a) for a in account_ids})])
     return {account_id: (settled, pending) for account_id, settled, pending in rows}
 
 
-def load_instruments(ids: Iterable[int]) -> dict[int, engine.InstrumentInfo]:
-    """Instruments with issuer, sector, shares outstanding and reference price (one query)."""
-    wanted = list(set(ids))
-    if not wanted:
-        return {}
-    rows = Instrument.objects.filter(AnyOf(F("pk"), wanted)).values_list(
+def _instrument_infos(ids: list[int]) -> dict[int, engine.InstrumentInfo]:
+    rows = Instrument.objects.filter(AnyOf(F("pk"), ids)).values_list(
         "pk", "symbol", "issuer_id", "sector", "shares_outstanding", "tradable", "price__last"
     )
     return {
@@ -156,14 +175,43 @@ def load_instruments(ids: Iterable[int]) -> dict[int, engine.InstrumentInfo]:
     }
 
 
+def load_instruments(
+    ids: Iterable[int], *, version: int | None = None
+) -> dict[int, engine.InstrumentInfo]:
+    """Instruments with issuer, sector, shares outstanding and reference price (cached per
+    refdata version; one query for those not cached)."""
+    wanted = set(ids)
+    if not wanted:
+        return {}
+    values = refcache.generation(version)
+    found = refcache.cached_many(values, "compliance.instruments", wanted, _instrument_infos)
+    return {pk: info for pk, info in found.items() if info is not None}
+
+
+_HOLDINGS_SQL = (
+    "SELECT account_id, instrument_id, quantity FROM allocations_position"
+    " WHERE account_id = ANY(%b::bigint[]) AND quantity <> 0"
+)
+
+
 def load_holdings(*, account_ids: Iterable[int]) -> dict[tuple[int, int], Decimal]:
     """Non-zero positions of the accounts: {(account, instrument): quantity} (one query)."""
-    rows = (
-        Position.objects.filter(AnyOf(F("account_id"), list(set(account_ids))))
-        .exclude(quantity=0)
-        .values_list("account_id", "instrument_id", "quantity")
-    )
+    rows = _rows(_HOLDINGS_SQL, [sorted({int(a) for a in account_ids})])
     return {(a, i): q for a, i, q in rows}
+
+
+def _account_statics(ids: list[int]) -> dict[int, tuple[str, bool, frozenset[int]]]:
+    groups: dict[int, set[int]] = {}
+    for account_id, group_id in Account.groups.through.objects.filter(
+        account_id__in=ids
+    ).values_list("account_id", "accountgroup_id"):
+        groups.setdefault(account_id, set()).add(group_id)
+    return {
+        pk: (code, short_allowed, frozenset(groups.get(pk, ())))
+        for pk, code, short_allowed in Account.objects.filter(pk__in=ids).values_list(
+            "pk", "code", "short_selling_allowed"
+        )
+    }
 
 
 def load_accounts(
@@ -172,14 +220,13 @@ def load_accounts(
     cash: dict[int, tuple[Decimal, Decimal]],
     holdings: dict[tuple[int, int], Decimal],
     instruments: dict[int, engine.InstrumentInfo],
+    version: int | None = None,
 ) -> dict[int, engine.AccountInfo]:
-    """AccountInfo with NAV and available cash (two queries: accounts, group memberships)."""
-    ids = list(set(account_ids))
-    groups: dict[int, set[int]] = {}
-    for account_id, group_id in Account.groups.through.objects.filter(
-        account_id__in=ids
-    ).values_list("account_id", "accountgroup_id"):
-        groups.setdefault(account_id, set()).add(group_id)
+    """AccountInfo with NAV and available cash (short selling and groups cached per refdata
+    version; two queries for accounts not cached)."""
+    ids = sorted(set(account_ids))
+    values = refcache.generation(version)
+    statics = refcache.cached_many(values, "compliance.accounts", ids, _account_statics)
     positions_value: dict[int, Decimal] = {}
     for (account_id, instrument_id), qty in holdings.items():
         inst = instruments.get(instrument_id)
@@ -188,32 +235,71 @@ def load_accounts(
                 positions_value.get(account_id, ZERO) + qty * inst.reference_price
             )
     out: dict[int, engine.AccountInfo] = {}
-    for pk, short_allowed in Account.objects.filter(pk__in=ids).values_list(
-        "pk", "short_selling_allowed"
-    ):
+    # In the accounts' own order (by code), as a query over them would list them.
+    known = sorted(
+        ((static, pk) for pk, static in statics.items() if static is not None),
+        key=lambda item: item[0][0],
+    )
+    for (_, short_allowed, group_ids), pk in known:
         settled, pending = cash.get(pk, (ZERO, ZERO))
         out[pk] = engine.AccountInfo(
             id=pk,
             nav=settled + pending + positions_value.get(pk, ZERO),
             available_cash=settled + min(pending, ZERO),
             short_allowed=short_allowed,
-            group_ids=frozenset(groups.get(pk, ())),
+            group_ids=group_ids,
         )
     return out
 
 
+_FIRM_ISSUER_SQL = (
+    "SELECT i.issuer_id, SUM(p.quantity) FROM allocations_position p"
+    " JOIN orders_instrument i ON i.id = p.instrument_id"
+    " WHERE i.issuer_id = ANY(%b::bigint[]) AND p.quantity > 0 GROUP BY i.issuer_id"
+)
+
+
 def load_firm_issuer_holdings(*, issuer_ids: Iterable[int]) -> dict[int, Decimal]:
     """The firm's long holding per issuer, summed over all accounts and instruments (one query)."""
-    ids = list(set(issuer_ids))
+    ids = sorted({int(i) for i in issuer_ids})
     if not ids:
         return {}
-    rows = (
-        Position.objects.filter(AnyOf(F("instrument__issuer_id"), ids), quantity__gt=0)
-        .values("instrument__issuer_id")
-        .annotate(total=Sum("quantity"))
-        .values_list("instrument__issuer_id", "total")
-    )
-    return dict(rows)
+    return dict(_rows(_FIRM_ISSUER_SQL, [ids]))  # type: ignore[arg-type]
+
+
+class _Restricted:
+    """The restricted entries in effect on one day, indexed by instrument and by issuer."""
+
+    def __init__(self, day: date) -> None:
+        rows = (
+            RestrictedEntry.objects.filter(_in_effect_q(day), active=True)
+            .order_by("pk")
+            .values_list(
+                "instrument_id",
+                "issuer_id",
+                "account_id",
+                "reason",
+                "effective_from",
+                "effective_to",
+            )
+        )
+        self.by_instrument: dict[int, list[engine.RestrictedEntry]] = {}
+        self.by_issuer: dict[int, list[engine.RestrictedEntry]] = {}
+        self.order: dict[int, int] = {}
+        for n, (instrument_id, issuer_id, account_id, reason, start, end) in enumerate(rows):
+            entry = engine.RestrictedEntry(
+                instrument_id=instrument_id,
+                issuer_id=issuer_id,
+                account_id=account_id,
+                reason=reason,
+                effective_from=start,
+                effective_to=end,
+            )
+            self.order[id(entry)] = n
+            if instrument_id is not None:
+                self.by_instrument.setdefault(instrument_id, []).append(entry)
+            if issuer_id is not None:
+                self.by_issuer.setdefault(issuer_id, []).append(entry)
 
 
 def load_restricted(
@@ -222,30 +308,31 @@ def load_restricted(
     instrument_ids: Iterable[int],
     issuer_ids: Iterable[int],
     account_ids: Iterable[int],
+    version: int | None = None,
 ) -> list[engine.RestrictedEntry]:
-    """Restricted entries in effect naming these instruments or issuers (one query)."""
-    rows = (
-        RestrictedEntry.objects.filter(_in_effect_q(day), active=True)
-        .filter(
-            Q(AnyOf(F("instrument_id"), list(instrument_ids)))
-            | Q(AnyOf(F("issuer_id"), list(issuer_ids)))
-        )
-        .filter(Q(account__isnull=True) | Q(AnyOf(F("account_id"), list(account_ids))))
-        .values_list(
-            "instrument_id", "issuer_id", "account_id", "reason", "effective_from", "effective_to"
-        )
-    )
-    return [
-        engine.RestrictedEntry(
-            instrument_id=instrument_id,
-            issuer_id=issuer_id,
-            account_id=account_id,
-            reason=reason,
-            effective_from=start,
-            effective_to=end,
-        )
-        for instrument_id, issuer_id, account_id, reason, start, end in rows
-    ]
+    """Restricted entries in effect naming these instruments or issuers, firm-wide or for these
+    accounts (the day's list cached per refdata version; one query when not cached)."""
+    values = refcache.generation(version)
+    table = refcache.cached(values, ("compliance.restricted", day), lambda: _Restricted(day))
+    accounts = set(account_ids)
+    hits: dict[int, engine.RestrictedEntry] = {}
+    for index, ids in ((table.by_instrument, instrument_ids), (table.by_issuer, issuer_ids)):
+        for key in set(ids):
+            for entry in index.get(key, ()):
+                if entry.account_id is None or entry.account_id in accounts:
+                    hits[id(entry)] = entry
+    return sorted(hits.values(), key=lambda e: table.order[id(e)])
+
+
+_OPEN_ORDERS_SQL = (
+    "SELECT o.account_id, o.instrument_id, o.side, o.quantity, o.cum_qty, o.order_type,"
+    " o.limit_price, o.created_at FROM orders_order o"
+    " JOIN orders_instrument i ON i.id = o.instrument_id"
+    " WHERE o.status = ANY(%b::text[])"
+    " AND (o.account_id = ANY(%b::bigint[]) OR i.issuer_id = ANY(%b::bigint[]))"
+    " AND NOT (o.id = ANY(%b::bigint[]))"
+)
+_OPEN_STATUSES = sorted(str(s) for s in OPEN_STATUSES)
 
 
 def _open_order_rows(
@@ -253,22 +340,14 @@ def _open_order_rows(
 ) -> list[tuple[Any, ...]]:
     # Same-account orders feed buying power, concentration, short selling and duplicates; any
     # account's orders in the same issuers feed ownership and (by instrument) conflicts.
-    qs = Order.objects.filter(status__in=list(OPEN_STATUSES)).filter(
-        Q(AnyOf(F("account_id"), account_ids)) | Q(AnyOf(F("instrument__issuer_id"), issuer_ids))
-    )
-    if exclude_ids:
-        qs = qs.exclude(AnyOf(F("pk"), exclude_ids))
-    return list(
-        qs.values_list(
-            "account_id",
-            "instrument_id",
-            "side",
-            "quantity",
-            "cum_qty",
-            "order_type",
-            "limit_price",
-            "created_at",
-        )
+    return _rows(
+        _OPEN_ORDERS_SQL,
+        [
+            _OPEN_STATUSES,
+            [int(a) for a in account_ids],
+            [int(i) for i in issuer_ids],
+            [int(o) for o in exclude_ids],
+        ],
     )
 
 
@@ -301,15 +380,20 @@ def build_pretrade(
 ) -> LoadedCheck:
     """Lock the accounts' cash rows, then load the engine's inputs for these orders.
 
-    Constant number of queries (about 12) whatever the number of orders.
+    A constant number of queries whatever the number of orders: the cash lock, the refdata
+    version, holdings, open orders and the firm's issuer holdings; reference data (rules,
+    instruments, accounts, restricted list) comes from the per-process cache when its version
+    is current, else with a few more queries.
     """
     as_of = as_of or firm_now()
     day = as_of.date()
     account_ids = sorted({o.account_id for o in orders})
     cash = lock_cash(account_ids=account_ids) if lock else read_cash(account_ids=account_ids)
+    # Read after the lock, so reference data is at least as fresh as the cash and open orders.
+    version = refcache.refdata_version()
 
     order_instrument_ids = {o.instrument_id for o in orders}
-    instruments = load_instruments(order_instrument_ids)
+    instruments = load_instruments(order_instrument_ids, version=version)
     issuer_ids = sorted({i.issuer_id for i in instruments.values() if i.issuer_id is not None})
     holdings = load_holdings(account_ids=account_ids)
     open_rows = _open_order_rows(
@@ -319,7 +403,7 @@ def build_pretrade(
     )
     extra = ({i for (_, i) in holdings} | {r[1] for r in open_rows}) - instruments.keys()
     if extra:
-        instruments.update(load_instruments(extra))
+        instruments.update(load_instruments(extra, version=version))
 
     open_orders = []
     for account_id, instrument_id, side, qty, cum, order_type, limit_price, created_at in open_rows:
@@ -341,7 +425,11 @@ def build_pretrade(
             )
         )
     accounts = load_accounts(
-        account_ids=account_ids, cash=cash, holdings=holdings, instruments=instruments
+        account_ids=account_ids,
+        cash=cash,
+        holdings=holdings,
+        instruments=instruments,
+        version=version,
     )
     context = engine.ComplianceContext(
         instruments=instruments,
@@ -354,9 +442,12 @@ def build_pretrade(
             instrument_ids=order_instrument_ids,
             issuer_ids=issuer_ids,
             account_ids=account_ids,
+            version=version,
         ),
         firm_issuer_holdings=load_firm_issuer_holdings(issuer_ids=issuer_ids),
     )
     return LoadedCheck(
-        intents=[order_intent(o) for o in orders], context=context, rules=load_rules(day=day)
+        intents=[order_intent(o) for o in orders],
+        context=context,
+        rules=load_rules(day=day, version=version),
     )

@@ -9,6 +9,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 from django.db import connection, transaction
@@ -66,6 +67,42 @@ class CheckOutcome:
 
     outcomes: dict[int, str]
     results: dict[int, list[engine.RuleResult]]
+    checked_at: datetime | None = None
+
+    def result_rows(self) -> dict[int, list[ComplianceResult]]:
+        """The stored result rows per order, built in memory (equal to a read-back, minus ids)."""
+        at = self.checked_at
+        if at is None:
+            return {}
+        rows: dict[int, list[ComplianceResult]] = {}
+        for key, per_order in self.results.items():
+            rows[key] = [
+                ComplianceResult(
+                    order_id=key,
+                    rule_id=r.rule_id,
+                    rule_name=r.rule_name,
+                    rule_type=r.rule_type,
+                    rule_version=r.rule_version,
+                    outcome=r.outcome,
+                    message=r.message,
+                    measured=_as_stored(r.measured),
+                    limit=_as_stored(r.limit),
+                    checked_at=at,
+                )
+                for r in per_order
+            ]
+        return rows
+
+
+_STORED_PLACES = Decimal(1).scaleb(-ComplianceResult._meta.get_field("measured").decimal_places)
+_WIDE = Context(prec=80)
+
+
+def _as_stored(value: Decimal | None) -> Decimal | None:
+    """A number as its numeric(30, 8) column gives it back (PostgreSQL rounds half away from 0)."""
+    if value is None:
+        return None
+    return value.quantize(_STORED_PLACES, rounding=ROUND_HALF_UP, context=_WIDE)
 
 
 def _copy_text(value: str) -> str:
@@ -131,9 +168,14 @@ def compliance_check_detailed(
         raise ValueError("compliance_check needs saved orders")
     loaded = build_pretrade(orders=orders, as_of=as_of)
     results = engine.evaluate(loaded.intents, loaded.context, loaded.rules)
-    _copy_results(results, timezone.now())
+    checked_at = timezone.now()
+    _copy_results(results, checked_at)
     outcomes = {int(key): engine.order_outcome(rows_) for key, rows_ in results.items()}
-    return CheckOutcome(outcomes=outcomes, results={int(k): v for k, v in results.items()})
+    return CheckOutcome(
+        outcomes=outcomes,
+        results={int(k): v for k, v in results.items()},
+        checked_at=checked_at,
+    )
 
 
 def compliance_check(*, orders: Sequence[Order]) -> dict[int, str]:

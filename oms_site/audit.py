@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import DEFERRED
 from django.utils import timezone
 
 from oms_site.models import AuditEvent, AuditStream
@@ -30,6 +31,14 @@ current_actor: contextvars.ContextVar[Any] = contextvars.ContextVar("current_act
 
 def json_safe(value: Any) -> Any:
     """Convert Decimals, UUIDs, dates and model instances to JSON-safe, canonical values."""
+    # Exact-type fast paths for what events are made of; subclasses take the general path.
+    kind = type(value)
+    if kind is str or kind is int or value is None:
+        return value
+    if kind is dict:
+        return {k if type(k) is str else str(k): json_safe(v) for k, v in value.items()}
+    if kind is Decimal:
+        return str(value)
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
@@ -141,25 +150,27 @@ def _digest(
 
 _LOCK_HEADS_SQL = (
     "INSERT INTO oms_site_auditstream AS s (stream, last_seq, last_hash) "
-    "SELECT n, 0, '' FROM unnest(%s::text[]) AS n ORDER BY n "
+    "SELECT n, 0, '' FROM unnest(%b::text[]) AS n ORDER BY n "
     "ON CONFLICT (stream) DO UPDATE SET last_seq = s.last_seq "
     "RETURNING s.stream, s.last_seq, s.last_hash"
 )
-# The events and the new heads in one statement (one round trip, one parse).
+# The events and the new heads in one statement (one round trip, one parse). Arrays go in
+# PostgreSQL's binary format (%b): in text format psycopg escapes every quote of every JSON
+# document in Python, which cost ~45 ms per 1,000 events.
 _INSERT_SQL = (
     "WITH ev AS ("
     " INSERT INTO oms_site_auditevent (stream, seq, occurred_at, actor_id, actor_name, action,"
     " object_type, object_id, before, after, meta, prev_hash, hash)"
     " SELECT v.stream, v.seq, %s, v.actor_id, v.actor_name, v.action, v.object_type,"
     " v.object_id, v.before::jsonb, v.after::jsonb, v.meta::jsonb, v.prev, v.hash"
-    " FROM unnest(%s::text[], %s::bigint[], %s::integer[], %s::text[], %s::text[], %s::text[],"
-    " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+    " FROM unnest(%b::text[], %b::bigint[], %b::integer[], %b::text[], %b::text[], %b::text[],"
+    " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
     " AS v(stream, seq, actor_id, actor_name, action, object_type, object_id, before, after,"
     " meta, prev, hash)"
     " RETURNING id, stream, seq"
     "), heads AS ("
     " UPDATE oms_site_auditstream AS s SET last_seq = h.seq, last_hash = h.hash"
-    " FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS h(stream, seq, hash)"
+    " FROM unnest(%b::text[], %b::bigint[], %b::text[]) AS h(stream, seq, hash)"
     " WHERE s.stream = h.stream"
     ") SELECT id, stream, seq FROM ev"
 )
@@ -213,25 +224,34 @@ class _Rows:
         self.values.append((before, after, meta))
 
     def events(self, ids: dict[tuple[str, int], int], now: dt.datetime) -> list[AuditEvent]:
-        return [
-            AuditEvent(
-                id=ids[(self.stream[i], self.seq[i])],
-                stream=self.stream[i],
-                seq=self.seq[i],
-                occurred_at=now,
-                actor_id=self.actor_id[i],
-                actor_name=self.actor_name[i],
-                action=self.action[i],
-                object_type=self.object_type[i],
-                object_id=self.object_id[i],
-                before=before,
-                after=after,
-                meta=meta,
-                prev_hash=self.prev[i],
-                hash=self.hash[i],
-            )
-            for i, (before, after, meta) in enumerate(self.values)
-        ]
+        # Built as the ORM builds rows it has read (positional values): keyword construction
+        # of a thousand events cost more than writing them.
+        db = connection.alias
+        out = []
+        for i, (before, after, meta) in enumerate(self.values):
+            stream, seq = self.stream[i], self.seq[i]
+            row = {
+                "id": ids[(stream, seq)],
+                "stream": stream,
+                "seq": seq,
+                "occurred_at": now,
+                "actor_id": self.actor_id[i],
+                "actor_name": self.actor_name[i],
+                "action": self.action[i],
+                "object_type": self.object_type[i],
+                "object_id": self.object_id[i],
+                "before": before,
+                "after": after,
+                "meta": meta,
+                "prev_hash": self.prev[i],
+                "hash": self.hash[i],
+            }
+            values = [row.get(f, DEFERRED) for f in _EVENT_FIELDS]
+            out.append(AuditEvent.from_db(db, _EVENT_FIELDS, values))
+        return out
+
+
+_EVENT_FIELDS = [f.attname for f in AuditEvent._meta.concrete_fields]
 
 
 def _actor_fields(actor: Any) -> tuple[int | None, str]:

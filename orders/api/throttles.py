@@ -29,20 +29,22 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, count, oldest[2] or false}
 """
 _members = itertools.count()
-_scripts: dict[int, Any] = {}
+_script: Any = None
 
 
-def _sliding_window_script() -> Any:
-    """The registered script on the cache's Redis client, or None if the cache is not Redis."""
+def _sliding_window() -> tuple[Any, Any] | None:
+    """(script, client) on the cache's Redis, or None if the cache is not Redis."""
+    global _script
     backend = getattr(cache, "_cache", None)
     get_client = getattr(backend, "get_client", None)
     if get_client is None or not hasattr(cache, "make_and_validate_key"):
         return None
+    # Django builds a light client over its shared pool on each call; the script object is
+    # independent of the client (it is sent by SHA, then loaded if the server lacks it).
     client = get_client(write=True)
-    script = _scripts.get(id(client))
-    if script is None:
-        script = _scripts[id(client)] = client.register_script(_SLIDING_WINDOW)
-    return script
+    if _script is None:
+        _script = client.register_script(_SLIDING_WINDOW)
+    return _script, client
 
 
 class OrderEntryThrottle(ScopedRateThrottle):
@@ -67,14 +69,16 @@ class OrderEntryThrottle(ScopedRateThrottle):
         self.key = self.get_cache_key(request, view)
         if self.key is None:
             return True
-        script = _sliding_window_script()
-        if script is None:
+        redis = _sliding_window()
+        if redis is None:
             return super(ScopedRateThrottle, self).allow_request(request, view)
+        script, client = redis
         self.now = self.timer()
         member = f"{self.now!r}:{os.getpid()}:{next(_members)}"
         allowed, count, oldest = script(
             keys=[cache.make_and_validate_key(self.key)],
             args=[repr(self.now), self.duration, self.num_requests, member],
+            client=client,
         )
         self._count = int(count)
         self._oldest = float(oldest) if oldest else None

@@ -1,0 +1,127 @@
+"""The reference-data cache: PostgreSQL bumps the version on every change, so a cache is exact."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from allocations.models import Account, AccountGroup, CashBalance
+from compliance.models import Rule
+from oms_site import refcache
+from oms_site.errors import ConflictError, ValidationError
+from orders.models import Instrument, Issuer, KillSwitch, Order, ReferencePrice
+from orders.services.orders import order_create
+from tests.orders.conftest import order_data
+
+pytestmark = pytest.mark.django_db
+
+
+def _bumped(change: Any) -> bool:
+    before = refcache.refdata_version()
+    change()
+    return refcache.refdata_version() != before
+
+
+def test_every_reference_table_bumps_the_version_and_orders_do_not(
+    pm: Any, account: Any, instrument: Any, other_desk: Any, trader: Any
+) -> None:
+    rule = Rule.objects.create(name="r", rule_type="buying_power", severity="block")
+    group = AccountGroup.objects.create(code="G1", name="Group 1")
+    changes = {
+        "instrument": lambda: Instrument.objects.filter(pk=instrument.pk).update(tradable=False),
+        "price": lambda: ReferencePrice.objects.filter(instrument=instrument).update(
+            last=Decimal("101")
+        ),
+        "issuer": lambda: Issuer.objects.filter(pk=instrument.issuer_id).update(name="x"),
+        "rule": lambda: Rule.objects.filter(pk=rule.pk).update(active=False),
+        "rule scope": lambda: rule.accounts.add(account),
+        "account": lambda: Account.objects.filter(pk=account.pk).update(active=False),
+        "account groups": lambda: account.groups.add(group),
+        "account managers": lambda: account.managers.remove(pm),
+        "desk traders": lambda: other_desk.traders.add(trader),
+        "kill switch": lambda: KillSwitch.objects.create(
+            scope="firm", target="", reason="x", engaged_by=pm
+        ),
+        "delete": lambda: Rule.objects.filter(pk=rule.pk).delete(),
+    }
+    for name, change in changes.items():
+        assert _bumped(change), name
+    # Orders, cash and positions are read live and never bump it.
+    assert not _bumped(lambda: Order.objects.update(version=1))
+    assert not _bumped(lambda: CashBalance.objects.update(pending=Decimal("1")))
+
+
+def test_a_rolled_back_version_is_never_seen_again(instrument: Any) -> None:
+    start = refcache.refdata_version()
+    with transaction.atomic():
+        Instrument.objects.filter(pk=instrument.pk).update(tradable=False)
+        inside = refcache.refdata_version()
+        transaction.set_rollback(True)
+    assert refcache.refdata_version() == start
+    Instrument.objects.filter(pk=instrument.pk).update(name="again")
+    assert refcache.refdata_version() not in (start, inside)
+
+
+def test_order_entry_reads_reference_data_from_the_cache_once_warm(book: Any, pm: Any) -> None:
+    order_create(user=pm, data=order_data())
+    with CaptureQueriesContext(connection) as ctx:
+        order_create(user=pm, data=order_data())
+    sql = " ".join(q["sql"] for q in ctx.captured_queries)
+    for table in (
+        'orders_instrument".',
+        'allocations_account".',
+        "orders_killswitch",
+        "compliance_rule",
+        "compliance_restrictedentry",
+    ):
+        assert table not in sql
+    assert sql.count("oms_refdata_version") == 2
+
+
+def test_changes_reach_the_next_order_at_once(book: Any, pm: Any, instrument: Any) -> None:
+    # given a warm cache
+    order_create(user=pm, data=order_data())
+    # when the instrument stops trading, then
+    Instrument.objects.filter(pk=instrument.pk).update(tradable=False)
+    with pytest.raises(ValidationError, match="not tradable"):
+        order_create(user=pm, data=order_data())
+    Instrument.objects.filter(pk=instrument.pk).update(tradable=True)
+    # when a kill switch is engaged, then
+    switch = KillSwitch.objects.create(scope="account", target="ACC-A", reason="x", engaged_by=pm)
+    with pytest.raises(ConflictError, match="kill switch"):
+        order_create(user=pm, data=order_data())
+    KillSwitch.objects.filter(pk=switch.pk).update(active=False)
+    # when the PM no longer manages the account, then
+    book["account"].managers.remove(pm)
+    with pytest.raises(ValidationError, match=r"unknown account|do not manage"):
+        order_create(user=pm, data=order_data())
+    book["account"].managers.add(pm)
+    # when a blocking rule appears, then
+    Rule.objects.create(
+        name="tiny", rule_type="fat_finger", severity="block", params={"max_quantity": "10"}
+    )
+    assert order_create(user=pm, data=order_data()).status == "blocked"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_committed_by_another_connection_is_seen(
+    book: Any, pm: Any, instrument: Any
+) -> None:
+    order_create(user=pm, data=order_data())
+
+    def elsewhere() -> None:
+        try:
+            Instrument.objects.filter(pk=instrument.pk).update(tradable=False)
+        finally:
+            connection.close()
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    t.join()
+    with pytest.raises(ValidationError, match="not tradable"):
+        order_create(user=pm, data=order_data())
