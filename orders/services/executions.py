@@ -1,8 +1,9 @@
 """Execution reports (35=8), cancel rejects (35=9) and business rejects (35=j) applied to the book.
 
 `execution_apply` runs in one durable transaction and is idempotent on (session_key, ExecID):
-the Execution row is inserted in a savepoint first and the unique constraint refuses a second
-copy (a PossDup resend, a replayed message, a gateway retry), which then changes nothing.
+the Execution row is inserted first with ON CONFLICT (session_key, exec_id) DO NOTHING, so the
+unique constraint turns a second copy (a PossDup resend, a replayed message, a gateway retry)
+into no row, and the report then changes nothing.
 
 Which placement: every ClOrdID the firm ever sent has an OutboxMessage row (the new order and each
 cancel/replace in its chain), so tag 11 or 41 of a report finds the placement even after a
