@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from allocations.models import Account, AccountGroup
+from allocations.selectors import account_ids_visible_to
 from compliance import services
 from compliance.api import serializers as s
 from compliance.models import BreachReport, Rule
@@ -26,7 +27,7 @@ from compliance.selectors import (
 )
 from oms_site.api import Pagination
 from oms_site.errors import NotPermitted, field_error
-from oms_site.roles import has_role
+from oms_site.roles import has_role, sees_everything
 
 
 def _require(request: Request, *roles: str) -> None:
@@ -161,8 +162,13 @@ class ReportDownloadView(APIView):
         return response
 
 
-def rule_dict(rule: Rule) -> dict[str, Any]:
-    """The API form of a rule (scope accounts/groups by code)."""
+def _visible_account_ids(user: Any) -> set[int] | None:
+    """The accounts a reader may see named in rule scopes (None: all, for oversight roles)."""
+    return None if sees_everything(user) else account_ids_visible_to(user=user)
+
+
+def rule_dict(rule: Rule, visible: set[int] | None = None) -> dict[str, Any]:
+    """The API form of a rule (scope accounts/groups by code; accounts limited to `visible`)."""
     return {
         "id": rule.pk,
         "name": rule.name,
@@ -173,7 +179,7 @@ def rule_dict(rule: Rule) -> dict[str, Any]:
         "active": rule.active,
         "effective_from": rule.effective_from,
         "effective_to": rule.effective_to,
-        "accounts": [a.code for a in rule.accounts.all()],
+        "accounts": [a.code for a in rule.accounts.all() if visible is None or a.pk in visible],
         "groups": [g.code for g in rule.groups.all()],
         "version": rule.version,
     }
@@ -203,7 +209,8 @@ class RuleListView(APIView):
         qs = Rule.objects.prefetch_related("accounts", "groups").order_by("name")
         paginator = Pagination()
         page = paginator.paginate_queryset(qs, request, view=self)
-        rows = [rule_dict(r) for r in page or []]
+        visible = _visible_account_ids(request.user)
+        rows = [rule_dict(r, visible) for r in page or []]
         return paginator.get_paginated_response(s.RuleSerializer(rows, many=True).data)
 
     @extend_schema(request=s.RuleInputSerializer, responses={201: s.RuleSerializer})
@@ -224,7 +231,7 @@ class RuleDetailView(APIView):
     def get(self, request: Request, pk: int) -> Response:
         _require(request, "compliance", "pm", "trader", "backoffice", "admin")
         rule = get_object_or_404(Rule.objects.prefetch_related("accounts", "groups"), pk=pk)
-        return Response(s.RuleSerializer(rule_dict(rule)).data)
+        return Response(s.RuleSerializer(rule_dict(rule, _visible_account_ids(request.user))).data)
 
     @extend_schema(request=s.RuleInputSerializer, responses={200: s.RuleSerializer})
     def patch(self, request: Request, pk: int) -> Response:

@@ -174,6 +174,14 @@ def build_world() -> World:
             params={"max_quantity": "1000000"},
         )
         report = BreachReport.objects.create(as_of=FILL_DATE, run_by=compliance_officer)
+        # A rule scoped to each PM's account: its scope must not tell pm_a about ACC-B.
+        scoped = Rule.objects.create(
+            name="no shorts in managed accounts",
+            rule_type="short_selling",
+            severity="block",
+            scope="account",
+        )
+        scoped.accounts.set([account, other_account])
     return World(
         users={
             "anonymous": None,

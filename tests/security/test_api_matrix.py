@@ -463,3 +463,30 @@ def test_lists_return_exactly_the_entitled_rows(route: str, world: World) -> Non
     # and the world is not trivial: pm_a's and the firm's views differ for every list
     assert _expected_rows(route, "pm", world.users["pm"]) != _expected_rows(route, "admin", None)
     assert _expected_rows(route, "pm", world.users["pm"])
+
+
+def test_rule_scopes_name_only_the_accounts_the_role_may_see(world: World) -> None:
+    # given a rule scoped to ACC-A and ACC-B (pm_a manages the first only)
+    scoped = next(
+        r
+        for r in _client(world.users["admin"]).get("/api/v1/compliance/rules/").json()["results"]
+        if r["accounts"]
+    )
+    # when each role reads the rules, as a list and one by one / then
+    seen = {}
+    for role in ("pm", "trader", "compliance", "backoffice", "admin"):
+        client = _client(world.users[role])
+        listed = {
+            r["id"]: r["accounts"]
+            for r in client.get("/api/v1/compliance/rules/").json()["results"]
+        }
+        one = client.get(f"/api/v1/compliance/rules/{scoped['id']}/").json()["accounts"]
+        assert listed[scoped["id"]] == one
+        seen[role] = one
+    assert seen == {
+        "pm": ["ACC-A"],
+        "trader": ["ACC-A"],
+        "compliance": ["ACC-A", "ACC-B"],
+        "backoffice": ["ACC-A", "ACC-B"],
+        "admin": ["ACC-A", "ACC-B"],
+    }
