@@ -30,8 +30,9 @@ from orders.api.routing_serializers import (
     RouteResultSerializer,
 )
 from orders.api.serializers import ErrorSerializer
-from orders.models import Block, FixSession, KillSwitch, Order
+from orders.models import FixSession, KillSwitch, Order
 from orders.selectors import orders_visible_to
+from orders.services.orders import blocks_visible_to
 from orders.services.routing import block_route, kill_switch_engage, kill_switch_lift, order_route
 
 IsTraderOrAdmin = roles_required("trader", "admin")
@@ -89,7 +90,7 @@ class BlockRouteView(APIView):
         data.is_valid(raise_exception=True)
         broker = data.validated_data["broker"] or None
         if data.validated_data["asynchronous"]:
-            if not Block.objects.filter(pk=pk).exists():
+            if not blocks_visible_to(user=request.user).filter(pk=pk).exists():
                 raise NotFound("No such block.")
             from orders.tasks import route_block
 

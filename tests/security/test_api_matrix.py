@@ -490,3 +490,17 @@ def test_rule_scopes_name_only_the_accounts_the_role_may_see(world: World) -> No
         "backoffice": ["ACC-A", "ACC-B"],
         "admin": ["ACC-A", "ACC-B"],
     }
+
+
+def test_asynchronous_routes_of_other_desks_rows_are_not_found(world: World) -> None:
+    client = _client(world.users["trader"])
+    body = {"broker": "GS", "asynchronous": True}
+    codes = {}
+    for name, path in (
+        ("own order", f"/api/v1/orders/{world.order_a.pk}/route/"),
+        ("foreign order", f"/api/v1/orders/{world.order_b.pk}/route/"),
+        ("own block", f"/api/v1/blocks/{world.block_a.pk}/route/"),
+        ("foreign block", f"/api/v1/blocks/{world.block_b.pk}/route/"),
+    ):
+        codes[name] = client.post(path, body, format="json").status_code
+    assert codes == {"own order": 202, "foreign order": 404, "own block": 202, "foreign block": 404}
