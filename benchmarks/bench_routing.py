@@ -1,17 +1,22 @@
 """Benchmark of routing end to end: service → outbox → gateway → simulator → execution_apply.
 
-Orders are routed by `order_route` in two worker processes (as Celery routing workers), the
-gateway (this process, the real `GatewayRunner` with QuickFIX) picks them from the outbox after
-NOTIFY, the venue simulator (a separate process) acknowledges and fills each, and the gateway
-applies every report with `execution_apply` (fill allocation, positions, cash, audit) in its
-transaction. An order counts when its status is filled in the database.
+Orders are routed in two worker processes (as Celery routing workers) by `orders_route`, lists
+of `--route-batch` orders (default 20, as a trader routes a basket; 1 = one `order_route` call
+and transaction per order), the gateway (this process, the real `GatewayRunner` with QuickFIX)
+picks them from the outbox after NOTIFY, the venue simulator (a separate process) acknowledges
+and fills each, and the gateway stores every report and applies it with `execution_apply` (fill
+allocation, positions, cash, audit) on its applier threads. An order counts when its status is
+filled in the database.
 
 Figures: orders routed and filled per second, and the median and p99 from fill received (the
-gateway's QuickFIX callback) to fill committed. Also the kill switch: open resting orders are
-canceled by one firm-wide switch; the time until every cancel request is on the wire.
+gateway's QuickFIX callback) to fill committed, queueing included; where that time goes per
+inbound report (store the raw message, wait for an applier, apply); outbox row written to
+marked sent. Also the kill switch: open resting orders are canceled by one firm-wide switch;
+the time until every cancel request is on the wire.
 
-Uses its own database (``oms_bench_routing`` on the server of DATABASE_URL; created, migrated,
-flushed). Run: ``.venv/bin/python -m benchmarks.bench_routing [--quick]``.
+Uses its own database (``oms_bench_routing`` on the server of DATABASE_URL, or
+``<name>_bench_routing`` for another database name; created, migrated, flushed). Run:
+``.venv/bin/python -m benchmarks.bench_routing [--quick] [--route-batch N] [--port P]``.
 Targets: >= 200 orders/s; p99 fill-to-commit <= 20 ms; 1,000 cancels out within 5 s.
 """
 
@@ -178,23 +183,32 @@ def _worker_init(database_url: str) -> None:
     django.setup()
 
 
-def _route_chunk(args: tuple[int, list[int]]) -> int:
+def _route_chunk(args: tuple[int, list[int], int]) -> int:
     from django.contrib.auth import get_user_model
 
-    from orders.services.routing import order_route
+    from orders.services.routing import order_route, orders_route
 
-    trader_id, chunk = args
+    trader_id, chunk, batch = args
     trader = get_user_model().objects.get(pk=trader_id)
     codes = [c for c, _ in BROKERS]
-    for n, pk in enumerate(chunk):
-        order_route(user=trader, order_id=pk, broker_code=codes[n % len(codes)])
+    if batch <= 1:
+        for n, pk in enumerate(chunk):
+            order_route(user=trader, order_id=pk, broker_code=codes[n % len(codes)])
+        return len(chunk)
+    # A trader routing a list: one call per `batch` orders, the brokers taking turns per list.
+    for n, start in enumerate(range(0, len(chunk), batch)):
+        orders_route(
+            user=trader, order_ids=chunk[start : start + batch], broker_code=codes[n % len(codes)]
+        )
     return len(chunk)
 
 
-def _route_all(world: dict[str, Any], ids: list[int], pool: Any, workers: int) -> None:
+def _route_all(
+    world: dict[str, Any], ids: list[int], pool: Any, workers: int, batch: int = 1
+) -> None:
     """Route in separate processes: the gateway process keeps its CPU for executions."""
     size = max(1, len(ids) // (workers * 4))
-    chunks = [(world["trader"].pk, ids[i : i + size]) for i in range(0, len(ids), size)]
+    chunks = [(world["trader"].pk, ids[i : i + size], batch) for i in range(0, len(ids), size)]
     sum(pool.map(_route_chunk, chunks))
 
 
@@ -212,8 +226,40 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """Route, fill and kill; returns the figures."""
+def _stages(handler: Any) -> dict[str, dict[str, float]]:
+    """Median and p99 (ms) of each inbound stage: store the raw message, wait, apply."""
+    figures = {}
+    for name, values in getattr(handler, "stage_latencies", {}).items():
+        ms = [x * 1000 for x in values]
+        if ms:
+            figures[name] = {
+                "median": round(statistics.median(ms), 2),
+                "p99": round(_percentile(ms, 0.99), 2),
+            }
+    return figures
+
+
+def _outbox_delays(ids: list[int]) -> dict[str, float]:
+    """Route committed (outbox row written) to the row marked sent, in ms."""
+    from orders.models import OutboxMessage
+
+    ms = [
+        (sent - created).total_seconds() * 1000
+        for created, sent in OutboxMessage.objects.filter(
+            placement__order_id__in=ids, msg_type="D", sent_at__isnull=False
+        ).values_list("created_at", "sent_at")
+    ]
+    if not ms:
+        return {}
+    return {"median": round(statistics.median(ms), 2), "p99": round(_percentile(ms, 0.99), 2)}
+
+
+def run(quick: bool = False, route_batch: int = 20, port: int = 0) -> dict[str, Any]:
+    """Route, fill and kill; returns the figures.
+
+    route_batch: orders per routing call (`orders_route` of a list, as a trader routes a
+    basket); 1 routes each order with its own `order_route` call (one transaction each).
+    """
     _setup_django()
     from orders.fix.django_handler import GatewayRunner, session_rows
     from orders.models import Order, OutboxMessage
@@ -221,7 +267,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
     orders_n = 400 if quick else 2_000
     kill_n = 300 if quick else 1_000
-    port = _free_port()
+    port = port or _free_port()
     world = _world(port)
     tmp = Path(tempfile.mkdtemp(prefix="bench-routing-"))
     prices_file = tmp / "prices.json"
@@ -262,24 +308,30 @@ def run(quick: bool = False) -> dict[str, Any]:
             ROUTING_WORKERS, initializer=_worker_init, initargs=(os.environ["DATABASE_URL"],)
         )
         warm = _orders(world, 20)
-        _route_all(world, warm, pool, ROUTING_WORKERS)
-        _wait(lambda: Order.objects.filter(pk__in=warm, status="filled").count() == 20, 30)
+        _route_all(world, warm, pool, ROUTING_WORKERS, route_batch)
+        _wait(lambda: Order.objects.filter(pk__in=warm, status="filled").count() == 20, 60)
         runner.handler.fill_latencies.clear()
+        getattr(runner.handler, "wire_latencies", []).clear()
+        for values in getattr(runner.handler, "stage_latencies", {}).values():
+            values.clear()
 
         ids = _orders(world, orders_n)
         start = time.perf_counter()
-        _route_all(world, ids, pool, ROUTING_WORKERS)
+        _route_all(world, ids, pool, ROUTING_WORKERS, route_batch)
         routed = time.perf_counter() - start
         done = _wait(
             lambda: Order.objects.filter(pk__in=ids, status="filled").count() == orders_n, 300
         )
         elapsed = time.perf_counter() - start
         latencies = [x * 1000 for x in runner.handler.fill_latencies]
+        wire = [x * 1000 for x in getattr(runner.handler, "wire_latencies", [])]
+        stages = _stages(runner.handler)
         filled = Order.objects.filter(pk__in=ids, status="filled").count()
+        outbox = _outbox_delays(ids)
 
         # kill switch: resting limit orders far below the market, all working, then one switch
         resting = _orders(world, kill_n, order_type="limit", limit_price=Decimal("1"))
-        _route_all(world, resting, pool, ROUTING_WORKERS)
+        _route_all(world, resting, pool, ROUTING_WORKERS, route_batch)
         pool.close()
         _wait(lambda: Order.objects.filter(pk__in=resting, status="working").count() == kill_n, 300)
         t0 = time.perf_counter()
@@ -294,6 +346,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         all_canceled = time.perf_counter() - t0
         figures = {
             "orders": orders_n,
+            "route_batch": route_batch,
             "filled": filled,
             "completed": done,
             "route_calls_per_s": round(orders_n / routed, 1),
@@ -303,6 +356,13 @@ def run(quick: bool = False) -> dict[str, Any]:
             else None,
             "fill_to_commit_ms_p99": round(_percentile(latencies, 0.99), 2) if latencies else None,
             "fills_measured": len(latencies),
+            # from the venue's SendingTime (1 ms resolution): includes socket-buffer waits
+            "venue_sent_to_commit_ms_median": round(statistics.median(wire), 2) if wire else None,
+            "venue_sent_to_commit_ms_p99": round(_percentile(wire, 0.99), 2) if wire else None,
+            # every inbound report (acks and fills): raw message stored on QuickFIX's thread,
+            # waiting for its applier, applied (service call to commit)
+            "inbound_stage_ms": stages,
+            "outbox_written_to_sent_ms": outbox,
             "kill_switch_orders": kill_n,
             "kill_switch_cancel_requests": result.cancel_requests,
             "kill_switch_engage_call_s": round(engaged, 3),
@@ -334,8 +394,15 @@ def main() -> None:
     """Print the figures as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--route-batch",
+        type=int,
+        default=20,
+        help="orders per routing call (orders_route); 1 = one order_route call per order",
+    )
+    parser.add_argument("--port", type=int, default=0, help="simulator port (default: free)")
     args = parser.parse_args()
-    print(json.dumps(run(quick=args.quick), indent=2))
+    print(json.dumps(run(quick=args.quick, route_batch=args.route_batch, port=args.port), indent=2))
 
 
 if __name__ == "__main__":

@@ -219,7 +219,7 @@ class DjangoGatewayHandler:
         *,
         latency_samples: int = 100_000,
         appliers: int = 4,
-        queue_size: int = 64,
+        queue_size: int = 16,
         retry_delay: float = 0.2,
     ) -> None:
         self.state_changed = threading.Event()
@@ -229,6 +229,9 @@ class DjangoGatewayHandler:
         self.stage_latencies: dict[str, collections.deque[float]] = {
             name: collections.deque(maxlen=latency_samples) for name in ("record", "queue", "apply")
         }
+        # Fills from the broker's SendingTime (ms precision, same host in the benchmark) to
+        # commit: also counts time spent in socket buffers while the queues are full.
+        self.wire_latencies: collections.deque[float] = collections.deque(maxlen=latency_samples)
         self.fills_applied = 0
         self.retry_delay = retry_delay
         self.queue_size = queue_size
@@ -417,6 +420,9 @@ class DjangoGatewayHandler:
         if isinstance(result, Execution) and result.last_qty > 0:
             self.fill_latencies.append(done - item.received)
             self.fills_applied += 1
+            sent = item.parsed.header.sending_time
+            if sent is not None and not item.parsed.header.poss_dup:
+                self.wire_latencies.append(time.time() - sent.timestamp())
 
     def _apply(self, session_key: str, parsed: ParsedMessage, raw_id: int) -> Any:
         from orders.services.executions import (
