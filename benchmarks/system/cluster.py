@@ -104,8 +104,12 @@ class Cluster:
         return service
 
     def manage(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return self.python("manage.py", *args, timeout=timeout)
+
+    def python(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run `python <args>` with the run's environment; output captured."""
         return subprocess.run(
-            [PY, "manage.py", *args],
+            [PY, *args],
             cwd=ROOT,
             env=self.env(),
             capture_output=True,
@@ -123,14 +127,8 @@ class Cluster:
         self.redis.start()
 
     def seed_data(self) -> dict[str, Any]:
-        out = subprocess.run(
-            [PY, "-m", "benchmarks.system.seed", "--fix-port", str(self.proxy_port)],
-            cwd=ROOT,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
+        out = self.python(
+            "-m", "benchmarks.system.seed", "--fix-port", str(self.proxy_port), timeout=900
         )
         if out.returncode != 0:
             raise RuntimeError(f"seeding failed: {out.stderr[-3000:]}")
@@ -196,7 +194,7 @@ class Cluster:
                     "-n",
                     f"{name}@%h",
                     "--loglevel",
-                    "WARNING",
+                    os.environ.get("BENCH_SYSTEM_WORKER_LOGLEVEL", "WARNING"),
                     "--without-gossip",
                     "--without-mingle",
                 ],
@@ -271,13 +269,18 @@ class Cluster:
         rows = self.sql("SELECT coalesce(max(id), 0) FROM orders_execution WHERE last_qty > 0")
         return int(rows[0][0])
 
-    def redis_unacked(self) -> int:
-        """Celery tasks delivered to a worker and not yet acknowledged (kombu's 'unacked')."""
+    def wait_unacked(self, timeout: float) -> int:
+        """Wait until a worker holds a task (kombu's 'unacked' hash is not empty); how many."""
         import redis
 
         client = redis.Redis.from_url(self.redis.url(0), socket_timeout=2)
+        deadline = time.monotonic() + timeout
         try:
-            return int(client.hlen("unacked"))
+            while True:
+                held = int(client.hlen("unacked"))
+                if held or time.monotonic() > deadline:
+                    return held
+                time.sleep(0.01)
         finally:
             client.close()
 

@@ -220,6 +220,16 @@ class Service:
         self.signal_group(signal.SIGKILL)
         self._reap(10)
 
+    def kill_children(self) -> int:
+        """SIGKILL the command's child processes (a prefork pool's workers); how many."""
+        if self.pid is None:
+            return 0
+        children = _children().get(self.pid, [])
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(children)
+
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the group, SIGKILL whatever is left after `timeout`."""
         if self.proc is None:

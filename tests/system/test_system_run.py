@@ -7,6 +7,9 @@ minutes; it never touches the machine's shared PostgreSQL or Redis.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from benchmarks.bench_system import FAULTS, report, run
@@ -14,7 +17,12 @@ from benchmarks.bench_system import FAULTS, report, run
 pytestmark = [pytest.mark.slow, pytest.mark.fix]
 
 
-def test_short_system_run_passes_every_fault_and_invariant() -> None:
+def test_short_system_run_passes_every_fault_and_invariant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failed run leaves every process's log here (pytest keeps the last few tmp_paths).
+    if not os.environ.get("BENCH_SYSTEM_LOGS"):
+        monkeypatch.setenv("BENCH_SYSTEM_LOGS", str(tmp_path / "logs"))
     result = run(short=True)
     print(report(result))
     faults = {f["fault"]: f["passed"] for f in result["faults"]}
