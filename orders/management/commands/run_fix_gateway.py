@@ -23,6 +23,12 @@ class Command(BaseCommand):
         parser.add_argument("--status-interval", type=float, default=2.0)
         parser.add_argument("--reconnect-interval", type=int, default=5)
         parser.add_argument(
+            "--appliers",
+            type=int,
+            default=4,
+            help="threads applying execution reports (each placement's reports stay in order)",
+        )
+        parser.add_argument(
             "--max-resend-age",
             type=float,
             default=None,
@@ -45,6 +51,7 @@ class Command(BaseCommand):
             status_interval=options["status_interval"],
             max_resend_age=options["max_resend_age"],
             background_events=True,
+            appliers=options["appliers"],
         )
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
