@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,12 @@ class Cluster:
         self.sampler = Sampler(lambda: [self.pg.service, self.redis.service, *self.services])
         self.seed: dict[str, Any] = {}
         self.started_at = 0.0
+        # Like systemd's Restart=always: an OMS process that dies on its own is started again
+        # (not while a fault is being injected); each such restart is reported.
+        self.supervised = threading.Event()
+        self.supervisor_restarts: list[str] = []
+        self._supervisor_stop = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
 
     # ------------------------------------------------------------------ environment
 
@@ -241,6 +248,19 @@ class Cluster:
             raise RuntimeError("the FIX gateway did not log on to the simulator")
         self.started_at = time.monotonic()
         self.sampler.start()
+        self.supervised.set()
+        self._supervisor.start()
+
+    def _supervise(self) -> None:
+        while not self._supervisor_stop.wait(1.0):
+            if not self.supervised.is_set():
+                continue
+            for service in self.services:
+                if service.proc is not None and not service.alive() and self.supervised.is_set():
+                    code = service.proc.returncode
+                    service._reap(1)
+                    service.restart()
+                    self.supervisor_restarts.append(f"{service.name} (exit {code})")
 
     # ------------------------------------------------------------------ probes
 
@@ -363,6 +383,7 @@ class Cluster:
 
     def close(self) -> None:
         """Stop every process group (OMS first, databases last) and remove the directory."""
+        self.supervised.clear()
         with contextlib.suppress(Exception):
             self.sampler.stop()
         for service in reversed(self.services):
@@ -373,6 +394,9 @@ class Cluster:
         for service in (self.redis.service, self.pg.service):
             with contextlib.suppress(Exception):
                 service.stop(timeout=20)
+        self._supervisor_stop.set()
+        if self._supervisor.is_alive():
+            self._supervisor.join(5)
         if os.environ.get("BENCH_SYSTEM_KEEP_TMP"):
             print(f"[bench_system] kept {self.tmp}", file=sys.stderr)
         else:
