@@ -76,7 +76,9 @@ class OrderEntryThrottle(ScopedRateThrottle):
         self.now = self.timer()
         member = f"{self.now!r}:{os.getpid()}:{next(_members)}"
         allowed, count, oldest = script(
-            keys=[cache.make_and_validate_key(self.key)],
+            # Its own key: DRF's throttle keeps a pickled list under the plain one, and a
+            # process still running that code must not meet a sorted set there (WRONGTYPE).
+            keys=[cache.make_and_validate_key(f"{self.key}:window")],
             args=[repr(self.now), self.duration, self.num_requests, member],
             client=client,
         )

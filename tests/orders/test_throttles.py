@@ -57,3 +57,13 @@ def test_concurrent_requests_never_exceed_the_rate(settings: Any) -> None:
         t.join()
     # then
     assert results.count(True) == 25 and results.count(False) == 15
+
+
+def test_a_drf_request_log_under_the_plain_key_does_not_clash(settings: Any) -> None:
+    # given the pickled list DRF's own throttle keeps (a process still on the old code)
+    from django.core.cache import cache
+
+    cache.set("throttle_order_entry_4", [1000.0, 999.0])
+    # when / then
+    assert _check("2/min", settings, 4, 1001.0) == (True, None)
+    assert cache.get("throttle_order_entry_4") == [1000.0, 999.0]
