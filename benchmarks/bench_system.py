@@ -240,10 +240,14 @@ class Run:
             time.sleep(0.5)
         return False, time.monotonic() - started, f"not recovered: stuck at {stage}"
 
-    def settle_and_check(self, *, audit: bool) -> tuple[bool, float, list[dict[str, Any]], str]:
+    def settle_and_check(
+        self, *, audit: bool, final: bool = False
+    ) -> tuple[bool, float, list[dict[str, Any]], str]:
         self.pause()
         quiet, took, left = self.cluster.quiesce(self.cfg["quiesce_timeout"])
-        results = self.cluster.check(audit=audit)
+        results = self.cluster.check(audit=audit, final=final)
+        if not final:
+            self.cluster.note_lost_routes()
         note = "" if quiet else f"did not quiesce in {took:.0f} s: {left}"
         return quiet, took, results, note
 
@@ -306,7 +310,7 @@ class Run:
         time.sleep(self.cfg["steady"])
         self.run_faults()
         self.phase("final")
-        quiet, quiesce_s, final, note = self.settle_and_check(audit=True)
+        quiet, quiesce_s, final, note = self.settle_and_check(audit=True, final=True)
         self.phase("done")
         c.sampler.sample_all()
         wall = time.monotonic() - measured_from
