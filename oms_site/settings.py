@@ -234,7 +234,14 @@ CELERY_TASK_ROUTES = {
 CELERY_TIMEZONE = FIRM_TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 MARKET_DATA_TICK_SECONDS = float(os.environ.get("MARKET_DATA_TICK_SECONDS", "5"))
+# An accepted asynchronous route (202) still pending after this long is re-published to Celery
+# (its message may have been lost); running it twice routes once.
+ROUTE_REQUEST_RETRY_SECONDS = float(os.environ.get("ROUTE_REQUEST_RETRY_SECONDS", "30"))
 CELERY_BEAT_SCHEDULE = {
+    "route-requests-resweep": {
+        "task": "orders.tasks.route_requests_resweep",
+        "schedule": float(os.environ.get("ROUTE_REQUEST_SWEEP_SECONDS", "10")),
+    },
     "market-data-tick": {
         "task": "orders.tasks.market_data_tick",
         "schedule": MARKET_DATA_TICK_SECONDS,

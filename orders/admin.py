@@ -18,6 +18,7 @@ from orders.models import (
     OutboxMessage,
     Placement,
     ReferencePrice,
+    RouteRequest,
 )
 
 
@@ -199,6 +200,23 @@ class FixMessageAdmin(ReadOnlyAdmin):
 class OutboxMessageAdmin(ReadOnlyAdmin):
     list_display = ("id", "fix_session", "msg_type", "cl_ord_id", "status", "attempts", "sent_at")
     list_filter = ("status", "msg_type")
+
+
+@admin.register(RouteRequest)
+class RouteRequestAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "order",
+        "block",
+        "user",
+        "broker_code",
+        "status",
+        "attempts",
+        "created_at",
+        "finished_at",
+    )
+    list_filter = ("status",)
+    list_select_related = ("order", "block", "user")
 
 
 @admin.register(KillSwitch)

@@ -473,3 +473,66 @@ class IdempotencyRecord(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["user", "key", "endpoint"], name="idempotency_key_uniq")
         ]
+
+
+class RouteRequestStatus(models.TextChoices):
+    PENDING = "pending", "pending: accepted (202), not yet run by a routing worker"
+    DONE = "done", "done: routed; the placement is recorded"
+    REFUSED = "refused", "refused: the routing service said no (code and detail recorded)"
+
+
+class RouteRequest(models.Model):
+    """An accepted asynchronous route (202), kept until a worker has routed or refused it.
+
+    Celery may lose the message (Redis without persistence, a worker killed after the pop); the
+    row is written when the route is accepted and a beat sweep re-publishes pending ones.
+    """
+
+    order = models.ForeignKey(
+        Order, null=True, blank=True, on_delete=models.PROTECT, related_name="route_requests"
+    )
+    block = models.ForeignKey(
+        Block, null=True, blank=True, on_delete=models.PROTECT, related_name="route_requests"
+    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    broker_code = models.CharField(max_length=32, blank=True, help_text="blank: best execution")
+    status = models.CharField(
+        max_length=8, choices=RouteRequestStatus.choices, default=RouteRequestStatus.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="times published to Celery")
+    last_error = models.TextField(blank=True)
+    placement = models.ForeignKey(
+        Placement, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(order__isnull=False) & Q(block__isnull=True))
+                | (Q(order__isnull=True) & Q(block__isnull=False)),
+                name="routerequest_order_xor_block",
+            ),
+            models.UniqueConstraint(
+                fields=["order"],
+                condition=Q(status="pending", order__isnull=False),
+                name="routerequest_one_pending_per_order",
+            ),
+            models.UniqueConstraint(
+                fields=["block"],
+                condition=Q(status="pending", block__isnull=False),
+                name="routerequest_one_pending_per_block",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["published_at"],
+                condition=Q(status="pending"),
+                name="routerequest_pending_idx",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"RR{self.pk}"

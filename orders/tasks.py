@@ -28,7 +28,10 @@ def expire_orders() -> int:
     reject_on_worker_lost=True,
 )
 def route_order(order_id: int, user_id: int, broker_code: str | None = None) -> int | None:
-    """Route one approved order (routing queue); safe to run twice: the second run is refused."""
+    """Route one approved order (routing queue); safe to run twice: the second run is refused.
+
+    Kept for messages queued before route requests: new asynchronous routes use route_request.
+    """
     import logging
 
     from django.contrib.auth import get_user_model
@@ -56,7 +59,7 @@ def route_order(order_id: int, user_id: int, broker_code: str | None = None) -> 
     reject_on_worker_lost=True,
 )
 def route_block(block_id: int, user_id: int, broker_code: str | None = None) -> int | None:
-    """Route one open block (routing queue); safe to run twice."""
+    """Route one open block (routing queue); safe to run twice (kept for queued messages)."""
     import logging
 
     from django.contrib.auth import get_user_model
@@ -73,3 +76,25 @@ def route_block(block_id: int, user_id: int, broker_code: str | None = None) -> 
         )
         return None
     return placement.pk
+
+
+@shared_task(
+    name="orders.tasks.route_request",
+    ignore_result=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
+def route_request(request_id: int) -> int | None:
+    """Run one accepted asynchronous route (routing queue); safe to run twice: it routes once."""
+    from orders.services.routing import route_request_run
+
+    request = route_request_run(request_id=request_id)
+    return None if request is None else request.placement_id
+
+
+@shared_task(name="orders.tasks.route_requests_resweep", ignore_result=True)
+def route_requests_resweep() -> int:
+    """Re-publish asynchronous routes still pending after the retry delay (beat, every 10 s)."""
+    from orders.services.routing import route_requests_resweep as resweep
+
+    return resweep()

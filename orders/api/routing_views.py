@@ -3,22 +3,23 @@
 Routing is synchronous by default: the service writes the placement and the outbox row in one
 transaction and the gateway sends it (woken by NOTIFY), so the trader gets the placement, the
 broker chosen and any refusal (kill switch, state) in the response. `{"asynchronous": true}`
-queues the same service on a Celery routing worker after commit (202); the outbox makes both
-paths lose nothing and send nothing twice, and a redelivered task is refused by the state check.
+answers 202 at once: the route is first a durable RouteRequest row (so a lost Celery message loses
+nothing: a beat sweep re-publishes it), then the `route_request` task runs the same service on a
+routing worker after commit and records the request done (with its placement) or refused (with
+the error's code). While a request of the order or block is pending, asking again answers the
+same 202 with the same request id. The outbox makes both paths send nothing twice.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import generics, status
+from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from oms_site.errors import NotFound
 from orders.api.permissions import IsTrader, roles_required
 from orders.api.routing_serializers import (
     FixSessionSerializer,
@@ -31,9 +32,13 @@ from orders.api.routing_serializers import (
 )
 from orders.api.serializers import ErrorSerializer
 from orders.models import FixSession, KillSwitch, Order
-from orders.selectors import orders_visible_to
-from orders.services.orders import blocks_visible_to
-from orders.services.routing import block_route, kill_switch_engage, kill_switch_lift, order_route
+from orders.services.routing import (
+    block_route,
+    kill_switch_engage,
+    kill_switch_lift,
+    order_route,
+    route_request_create,
+)
 
 IsTraderOrAdmin = roles_required("trader", "admin")
 CanSeeKillSwitches = roles_required("trader", "admin", "compliance")
@@ -44,6 +49,12 @@ ERRORS = {
     404: OpenApiResponse(ErrorSerializer, description="not found"),
     409: OpenApiResponse(ErrorSerializer, description="not allowed in the current state"),
 }
+
+
+class RouteRequestQueuedSerializer(RouteQueuedSerializer):
+    request = serializers.IntegerField(
+        help_text="the durable route request (pending until a routing worker runs it)"
+    )
 
 
 def _route_result(placement: Any) -> dict[str, Any]:
@@ -59,7 +70,7 @@ class OrderRouteView(APIView):
 
     @extend_schema(
         request=RouteInputSerializer,
-        responses={201: RouteResultSerializer, 202: RouteQueuedSerializer, **ERRORS},
+        responses={201: RouteResultSerializer, 202: RouteRequestQueuedSerializer, **ERRORS},
         summary="Route an approved order to a broker (or by best execution)",
     )
     def post(self, request: Request, pk: int) -> Response:
@@ -67,12 +78,9 @@ class OrderRouteView(APIView):
         data.is_valid(raise_exception=True)
         broker = data.validated_data["broker"] or None
         if data.validated_data["asynchronous"]:
-            if not orders_visible_to(user=request.user).filter(pk=pk).exists():
-                raise NotFound("No such order.")
-            from orders.tasks import route_order
-
-            transaction.on_commit(lambda: route_order.delay(pk, request.user.pk, broker))
-            return Response({"queued": True, "order": pk}, status=status.HTTP_202_ACCEPTED)
+            queued = route_request_create(user=request.user, order_id=pk, broker_code=broker)
+            body = {"queued": True, "order": queued.order_id, "request": queued.pk}
+            return Response(body, status=status.HTTP_202_ACCEPTED)
         placement = order_route(user=request.user, order_id=pk, broker_code=broker)
         return Response(_route_result(placement), status=status.HTTP_201_CREATED)
 
@@ -82,7 +90,7 @@ class BlockRouteView(APIView):
 
     @extend_schema(
         request=RouteInputSerializer,
-        responses={201: RouteResultSerializer, 202: RouteQueuedSerializer, **ERRORS},
+        responses={201: RouteResultSerializer, 202: RouteRequestQueuedSerializer, **ERRORS},
         summary="Route an open block to a broker (or by best execution)",
     )
     def post(self, request: Request, pk: int) -> Response:
@@ -90,12 +98,9 @@ class BlockRouteView(APIView):
         data.is_valid(raise_exception=True)
         broker = data.validated_data["broker"] or None
         if data.validated_data["asynchronous"]:
-            if not blocks_visible_to(user=request.user).filter(pk=pk).exists():
-                raise NotFound("No such block.")
-            from orders.tasks import route_block
-
-            transaction.on_commit(lambda: route_block.delay(pk, request.user.pk, broker))
-            return Response({"queued": True, "block": pk}, status=status.HTTP_202_ACCEPTED)
+            queued = route_request_create(user=request.user, block_id=pk, broker_code=broker)
+            body = {"queued": True, "block": queued.block_id, "request": queued.pk}
+            return Response(body, status=status.HTTP_202_ACCEPTED)
         placement = block_route(user=request.user, block_id=pk, broker_code=broker)
         return Response(_route_result(placement), status=status.HTTP_201_CREATED)
 

@@ -22,19 +22,29 @@ quotes behind it are stored in Placement.route_reason and in the audit event.
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
 
-from django.db import connection, transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from allocations.models import Account, Desk
 from oms_site.audit import AuditEntry, audit_record_many
-from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError, field_error
+from oms_site.errors import (
+    ConflictError,
+    DomainError,
+    NotFound,
+    NotPermitted,
+    ValidationError,
+    field_error,
+)
 from oms_site.roles import has_role
 from orders.enums import (
     BUY_SIDES,
@@ -51,7 +61,17 @@ from orders.fix.messages import MSG_ORDER_CANCEL_REPLACE_REQUEST as MSG_REPLACE
 from orders.fix.messages import MSG_ORDER_CANCEL_REQUEST as MSG_CANCEL
 from orders.fix.messages import CancelRequest, NewOrder, OutboundRequest, ReplaceRequest
 from orders.fix.simulator import DEFAULT_BROKERS, BrokerProfile, make_quote
-from orders.models import Block, Broker, FixSession, KillSwitch, Order, OutboxMessage, Placement
+from orders.models import (
+    Block,
+    Broker,
+    FixSession,
+    KillSwitch,
+    Order,
+    OutboxMessage,
+    Placement,
+    RouteRequest,
+    RouteRequestStatus,
+)
 from orders.selectors import orders_visible_to
 from orders.state import AT_BROKER, CANCELABLE_BEFORE_ROUTING, ensure_transition
 
@@ -1107,3 +1127,203 @@ def outbox_mark_failed(*, outbox_id: int, error: str) -> None:
         Order.objects.bulk_update(changed, ["status", "version", "updated_at"])
         audit_record_many(entries=entries)
         publish_orders_updated(changed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Asynchronous route requests (202): durable in PostgreSQL first, then published to Celery
+# ----------------------------------------------------------------------------------------------
+# A Celery message can be lost (Redis restarted without persistence, a worker killed right after
+# the transport popped it), so an accepted asynchronous route is first a RouteRequest row written
+# in its own transaction; the task is published after commit and a beat sweep re-publishes
+# requests still pending after ROUTE_REQUEST_RETRY_SECONDS. Running a request twice routes once:
+# order_route/block_route lock the order or block and refuse anything not approved/open, and a
+# run that finds the placement an earlier run of the same request already made records that
+# placement instead of routing again. The route and the request's completion cannot share one
+# transaction because order_route and block_route are durable top-level services; a crash
+# between the two leaves the request pending, and the next run records the existing placement.
+
+RR = RouteRequestStatus
+logger = logging.getLogger("orders.routing")
+
+
+def _route_request_publish(request_ids: Sequence[int]) -> None:
+    """Publish route requests to the routing queue (after commit); a failure waits for the sweep."""
+    from orders.tasks import route_request
+
+    for request_id in request_ids:
+        try:
+            route_request.delay(request_id)
+        except Exception:  # Redis down: the row stays pending and the sweep re-publishes it
+            logger.exception("route request %s not published; the sweep will retry", request_id)
+
+
+def _route_request_audit(
+    rr: RouteRequest, *, action: str, actor: Any, before: Any = None, meta: dict | None = None
+) -> AuditEntry:
+    return AuditEntry(
+        action=action,
+        object_type="route_request",
+        object_id=str(rr.pk),
+        before=before,
+        after={
+            "order": rr.order_id,
+            "block": rr.block_id,
+            "broker": rr.broker_code or None,
+            "status": rr.status,
+            "placement": rr.placement_id,
+        },
+        meta=meta or {},
+        actor=actor,
+    )
+
+
+def route_request_create(
+    *,
+    user: Any,
+    order_id: Any = None,
+    block_id: Any = None,
+    broker_code: str | None = None,
+) -> RouteRequest:
+    """Accept an asynchronous route of an order or block: a pending request, published on commit.
+
+    One pending request per order or block: accepting the same route again while one is pending
+    returns that request (the same 202) and publishes nothing new.
+    """
+    if (order_id is None) == (block_id is None):
+        raise ValueError("route_request_create needs exactly one of order_id and block_id")
+    if order_id is not None:
+        _require_role(user, "trader", what="route orders")
+        pk = _as_pk(order_id, "order")
+        if not orders_visible_to(user=user).filter(pk=pk).exists():
+            raise NotFound("No such order.")
+        target: dict[str, int] = {"order_id": pk}
+    else:
+        from orders.services.orders import blocks_visible_to
+
+        _require_role(user, "trader", what="route blocks")
+        pk = _as_pk(block_id, "block")
+        if not blocks_visible_to(user=user).filter(pk=pk).exists():
+            raise NotFound("No such block.")
+        target = {"block_id": pk}
+    code = broker_code or ""
+    if len(code) > RouteRequest._meta.get_field("broker_code").max_length:  # type: ignore[operator]
+        raise field_error("broker", "no such broker")
+    with transaction.atomic(durable=True):
+        pending = RouteRequest.objects.filter(status=RR.PENDING, **target)
+        existing = pending.first()
+        if existing is not None:
+            return existing
+        try:
+            with transaction.atomic():
+                rr = RouteRequest.objects.create(
+                    user=user,
+                    broker_code=code,
+                    attempts=1,
+                    published_at=timezone.now(),
+                    **target,
+                )
+        except IntegrityError:
+            # A concurrent accept of the same order or block won the partial unique index and
+            # has committed (the insert waited for it): answer with its request.
+            return pending.get()
+        audit_record_many(
+            entries=[_route_request_audit(rr, action="route_request.accepted", actor=user)]
+        )
+        request_id = rr.pk
+        transaction.on_commit(lambda: _route_request_publish([request_id]))
+    return rr
+
+
+def _route_request_placement(rr: RouteRequest) -> Placement | None:
+    """The placement an earlier run of this request made, if the run died before recording it."""
+    parent = {"order_id": rr.order_id} if rr.order_id else {"block_id": rr.block_id}
+    return (
+        Placement.objects.filter(**parent, routed_by_id=rr.user_id, created_at__gte=rr.created_at)
+        .order_by("pk")
+        .first()
+    )
+
+
+def _route_request_finish(
+    *, request_id: int, placement: Placement | None, error: DomainError | None
+) -> RouteRequest:
+    with transaction.atomic(durable=True):
+        rr = RouteRequest.objects.select_for_update().select_related("user").get(pk=request_id)
+        if rr.status != RR.PENDING:
+            return rr
+        before = {"status": rr.status}
+        rr.finished_at = timezone.now()
+        if placement is not None:
+            rr.status = RR.DONE
+            rr.placement = placement
+            rr.last_error = ""
+            entry = _route_request_audit(
+                rr, action="route_request.done", actor=rr.user, before=before
+            )
+        else:
+            assert error is not None
+            rr.status = RR.REFUSED
+            rr.last_error = f"{error.code}: {error.detail}"
+            entry = _route_request_audit(
+                rr,
+                action="route_request.refused",
+                actor=rr.user,
+                before=before,
+                meta={"code": error.code, "detail": error.detail},
+            )
+        rr.save(update_fields=["status", "placement", "last_error", "finished_at"])
+        audit_record_many(entries=[entry])
+    return rr
+
+
+def route_request_run(*, request_id: Any) -> RouteRequest | None:
+    """Run an accepted route request: route it and record done or refused; safe to run twice."""
+    rr = RouteRequest.objects.select_related("user").filter(pk=_as_pk(request_id, "route request"))
+    request = rr.first()
+    if request is None or request.status != RR.PENDING:
+        return request
+    placement = _route_request_placement(request)
+    error: DomainError | None = None
+    if placement is None:
+        broker = request.broker_code or None
+        try:
+            if request.order_id is not None:
+                placement = order_route(
+                    user=request.user, order_id=request.order_id, broker_code=broker
+                )
+            else:
+                placement = block_route(
+                    user=request.user, block_id=request.block_id, broker_code=broker
+                )
+        except DomainError as exc:
+            # A concurrent run of the same request may have routed it a moment ago.
+            placement = _route_request_placement(request)
+            if placement is None:
+                error = exc
+    return _route_request_finish(request_id=request.pk, placement=placement, error=error)
+
+
+def route_requests_resweep(*, older_than: float | None = None, limit: int = 500) -> int:
+    """Re-publish pending route requests not run within the retry delay (their message may be lost)."""
+    seconds = (
+        older_than
+        if older_than is not None
+        else float(getattr(settings, "ROUTE_REQUEST_RETRY_SECONDS", 30))
+    )
+    now = timezone.now()
+    with transaction.atomic(durable=True):
+        # skip_locked: a request being finished right now is not waited for (nor re-published).
+        stale = list(
+            RouteRequest.objects.select_for_update(skip_locked=True)
+            .filter(status=RR.PENDING, published_at__lt=now - dt.timedelta(seconds=seconds))
+            .order_by("pk")[:limit]
+        )
+        for rr in stale:
+            rr.attempts += 1
+            rr.published_at = now
+        RouteRequest.objects.bulk_update(stale, ["attempts", "published_at"])
+        ids = [rr.pk for rr in stale]
+        if ids:
+            logger.warning("re-publishing %d pending route request(s): %s", len(ids), ids)
+            transaction.on_commit(lambda: _route_request_publish(ids))
+    return len(ids)

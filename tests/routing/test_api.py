@@ -35,19 +35,23 @@ def test_async_route_queues_a_task_after_commit(
     trader, brokers, make_order, django_capture_on_commit_callbacks, monkeypatch
 ):
     from orders import tasks
+    from orders.models import RouteRequest
 
     calls = []
-    monkeypatch.setattr(tasks.route_order, "delay", lambda *a: calls.append(a))
+    monkeypatch.setattr(tasks.route_request, "delay", lambda *a: calls.append(a))
     order = make_order()
     with django_capture_on_commit_callbacks(execute=True):
         response = client_for(trader).post(
             f"/api/v1/orders/{order.pk}/route/", {"broker": "BRKC", "asynchronous": True}
         )
     assert response.status_code == 202
-    assert calls == [(order.pk, trader.pk, "BRKC")]
-    # the task itself routes, and a second run is refused without sending twice
-    assert tasks.route_order(order.pk, trader.pk, "BRKC") is not None
-    assert tasks.route_order(order.pk, trader.pk, "BRKC") is None
+    request = RouteRequest.objects.get()
+    assert (request.order_id, request.user_id, request.broker_code) == (order.pk, trader.pk, "BRKC")
+    assert calls == [(request.pk,)]
+    # the task itself routes, and a second run routes nothing more (tests/routing/test_route_requests)
+    placement_id = tasks.route_request(request.pk)
+    assert placement_id is not None
+    assert tasks.route_request(request.pk) == placement_id
     assert Order.objects.get(pk=order.pk).status == "pending_new"
     assert OutboxMessage.objects.count() == 1
 
