@@ -95,6 +95,7 @@ PERMISSION_TABLE: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
         ADMINISTRATOR: (V,),
     },
     ("orders", "outboxmessage"): {TRADER: (V,), ADMINISTRATOR: (V,)},
+    ("orders", "routerequest"): {TRADER: (V,), ADMINISTRATOR: (V,)},
     ("orders", "killswitch"): {TRADER: (V,), COMPLIANCE: (V,), ADMINISTRATOR: (V,)},
     ("allocations", "custodian"): {
         PM: (V,),

@@ -296,7 +296,7 @@ def test_the_old_task_signatures_still_route_messages_queued_before(trader, brok
 
 
 def test_route_requests_are_read_only_in_the_admin(
-    trader, brokers, make_order, published, django_capture_on_commit_callbacks, client
+    trader, pm, brokers, make_order, published, django_capture_on_commit_callbacks, client
 ):
     from tests import factories as f
 
@@ -310,3 +310,11 @@ def test_route_requests_are_read_only_in_the_admin(
     assert client.get("/admin/orders/routerequest/add/").status_code == 403
     assert client.post(f"/admin/orders/routerequest/{request_id}/delete/").status_code == 403
     assert RouteRequest.objects.filter(pk=request_id).exists()
+    # roles: traders and administrators may view them, nobody may change them
+    assert trader.has_perm("orders.view_routerequest")
+    assert not trader.has_perm("orders.change_routerequest")
+    client.force_login(trader)
+    assert client.get("/admin/orders/routerequest/").status_code == 200
+    assert not pm.has_perm("orders.view_routerequest")
+    client.force_login(pm)
+    assert client.get("/admin/orders/routerequest/").status_code == 403
