@@ -90,9 +90,11 @@ async def _send_all(layer: Any, items: list[tuple[str, dict[str, Any]]]) -> None
         by_group.setdefault(group, []).append(message)
 
     async def one_group(group: str, messages: list[dict[str, Any]]) -> None:
-        # A group's events go out in commit order; different groups go out concurrently.
+        # A group's events go out in commit order; different groups go out concurrently. Many
+        # events for one group travel as one `blotter.events` message: a group_send costs a
+        # Redis round trip whatever its size, so a busy gateway's backlog cannot outgrow it.
         async with gate:
-            for message in messages:
+            for message in _coalesce(messages):
                 try:
                     await layer.group_send(group, message)
                 except Exception:  # a full channel or Redis outage must not break the write
@@ -101,6 +103,36 @@ async def _send_all(layer: Any, items: list[tuple[str, dict[str, Any]]]) -> None
     # Batches (one per commit) are sent one after another, in the order they were queued.
     async with _batch_lock:
         await asyncio.gather(*(one_group(g, m) for g, m in by_group.items()))
+
+
+# Events per coalesced message: keeps one Redis message well under a megabyte.
+MAX_EVENTS_PER_MESSAGE = 200
+
+
+def _coalesce(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One group's messages in order, runs of `blotter.event` merged into `blotter.events`."""
+    if len(messages) <= 1:
+        return messages
+    out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append({"type": "blotter.event", "event": run[0]})
+        elif run:
+            out.append({"type": "blotter.events", "events": list(run)})
+        run.clear()
+
+    for message in messages:
+        if message.get("type") != "blotter.event":
+            flush()
+            out.append(message)
+            continue
+        run.append(message["event"])
+        if len(run) >= MAX_EVENTS_PER_MESSAGE:
+            flush()
+    flush()
+    return out
 
 
 def _send_many(items: list[tuple[str, dict[str, Any]]]) -> None:
@@ -136,15 +168,20 @@ def _report(future: Any) -> None:
         log.error("blotter events not delivered: %r", exc)
 
 
-def _send_now(items: list[tuple[str, dict[str, Any]]]) -> None:
+SEND_TIMEOUT_SECONDS = 10.0
+
+
+def _send_now(items: list[tuple[str, dict[str, Any]]]) -> Any:
     layer = get_channel_layer()
     if layer is None or not items:
-        return
+        return None
     try:
         future = asyncio.run_coroutine_threadsafe(_send_all(layer, items), _sender_loop())
         future.add_done_callback(_report)
+        return future
     except Exception:
         log.exception("%d blotter events not delivered", len(items))
+        return None
 
 
 def publish_many_on_commit(*, events: Iterable[dict[str, Any]]) -> None:
@@ -184,8 +221,17 @@ def send_in_background() -> None:
     def run() -> None:
         while True:
             items = pending.get()
+            # Everything queued meanwhile goes in the same hop (FIFO kept), and the next hop
+            # waits for this one: a slow Redis makes batches bigger, not the queue longer.
+            while True:
+                try:
+                    items = items + pending.get_nowait()
+                except queue.Empty:
+                    break
             try:
-                _send_now(items)
+                future = _send_now(items)
+                if future is not None:
+                    future.result(timeout=SEND_TIMEOUT_SECONDS)
             except Exception:
                 log.exception("%d blotter events not delivered", len(items))
 

@@ -88,7 +88,14 @@ class BlotterConsumer(AsyncJsonWebsocketConsumer):
 
     async def blotter_event(self, message: dict[str, Any]) -> None:
         """Forward one group event, numbered by this connection's `seq`."""
-        event = message["event"]
+        await self._forward(message["event"])
+
+    async def blotter_events(self, message: dict[str, Any]) -> None:
+        """Forward a group's coalesced events one frame each, in the order they were sent."""
+        for event in message["events"]:
+            await self._forward(event)
+
+    async def _forward(self, event: dict[str, Any]) -> None:
         if event.get("version") is not None:
             # A PM who also trades the desk sits in two groups and would get each event twice.
             key = (event.get("type"), event.get("order_id"), event.get("version"))

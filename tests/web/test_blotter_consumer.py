@@ -285,3 +285,73 @@ def roles_group(name: str) -> Any:
     from django.contrib.auth.models import Group
 
     return Group.objects.get(name=name)
+
+
+def test_many_events_of_one_commit_travel_coalesced_and_arrive_one_frame_each_in_order(
+    pm: Any, account: Any, instrument: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: a PM connected, and a count of the group_send calls the channel layer receives
+    from channels.layers import get_channel_layer
+
+    order = make_order(account=account, instrument=instrument, created_by=pm)
+    cookie = session_cookie(pm)
+    layer = get_channel_layer()
+    sent: list[tuple[str, str]] = []
+    original = layer.group_send
+
+    async def counting(group: str, message: dict[str, Any]) -> None:
+        sent.append((group, message["type"]))
+        await original(group, message)
+
+    monkeypatch.setattr(layer, "group_send", counting)
+
+    def five_changes_in_one_commit() -> None:
+        # As services publish a batch (a basket, a block fill): one call, one hop after commit.
+        with transaction.atomic():
+            versions = []
+            for _ in range(5):
+                Order.objects.filter(pk=order.pk).update(version=F("version") + 1)
+                versions.append(
+                    Order.objects.select_related("account", "created_by").get(pk=order.pk)
+                )
+            events.publish_orders_updated(versions)
+
+    async def scenario() -> list[tuple[int, int]]:
+        comm = await _open(cookie)
+        # when: five versions of the order are published by one transaction
+        await database_sync_to_async(five_changes_in_one_commit)()
+        got = []
+        while not await comm.receive_nothing(timeout=QUIET):
+            msg = await comm.receive_json_from()
+            got.append((msg["seq"], msg["version"]))
+        await comm.disconnect()
+        return got
+
+    # then: five frames numbered 1..5 with versions 2..6, from one message per group
+    assert async_to_sync(scenario)() == [(1, 2), (2, 3), (3, 4), (4, 5), (5, 6)]
+    assert sorted(sent) == sorted(
+        (group, "blotter.events")
+        for group in [f"acct-{account.pk}", "firm", f"desk-{account.desk_id}"]
+    )
+
+
+def test_coalesce_keeps_order_and_splits_long_runs() -> None:
+    from oms_site import realtime
+
+    def ev(n: int) -> dict[str, Any]:
+        return {"type": "blotter.event", "event": {"n": n}}
+
+    assert realtime._coalesce([ev(1)]) == [ev(1)]
+    assert realtime._coalesce([ev(1), ev(2)]) == [
+        {"type": "blotter.events", "events": [{"n": 1}, {"n": 2}]}
+    ]
+    other = {"type": "something.else"}
+    assert realtime._coalesce([ev(1), other, ev(2), ev(3)]) == [
+        ev(1),
+        other,
+        {"type": "blotter.events", "events": [{"n": 2}, {"n": 3}]},
+    ]
+    long = realtime._coalesce([ev(n) for n in range(realtime.MAX_EVENTS_PER_MESSAGE + 1)])
+    assert [m["type"] for m in long] == ["blotter.events", "blotter.event"]
+    assert len(long[0]["events"]) == realtime.MAX_EVENTS_PER_MESSAGE
+    assert long[1]["event"] == {"n": realtime.MAX_EVENTS_PER_MESSAGE}
