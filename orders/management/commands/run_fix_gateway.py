@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -37,6 +38,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        # The applier threads are CPU-bound Python; the blotter sender and the outbox listener
+        # wait on sockets. With the default 5 ms GIL switch interval every socket wake-up queues
+        # behind an applier for up to 5 ms (a convoy: seconds of blotter latency under load).
+        sys.setswitchinterval(0.0005)
         rows = session_rows(
             store_dir=options["store_dir"],
             log_dir=options["log_dir"],
