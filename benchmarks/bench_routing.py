@@ -293,6 +293,7 @@ def run(quick: bool = False, route_batch: int = 20, port: int = 0) -> dict[str, 
     try:
         assert simulator.stdout is not None
         simulator.stdout.readline()  # "venue simulator listening on ..."
+        sys.setswitchinterval(0.0005)  # as `manage.py run_fix_gateway` sets it
         runner = GatewayRunner(
             session_rows(store_dir=str(tmp / "gw"), reconnect_interval=1),
             sweep_interval=0.2,
