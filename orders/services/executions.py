@@ -29,12 +29,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import Field
-from django.db.models.base import ModelState
 from django.utils import timezone
 
 from allocations.models import Account, BlockAllocationPolicy
 from oms_site.audit import AuditEntry, audit_record_many
 from oms_site.realtime import groups_for_account, publish_many_on_commit
+from oms_site.rows import model_from_row
 from orders.enums import (
     TERMINAL_STATUSES,
     BlockStatus,
@@ -147,17 +147,6 @@ class _Context:
             Order.objects.bulk_update(list(self.changed.values()), sorted(self.order_fields))
 
 
-def _loaded(model: Any, values: dict[str, Any]) -> Any:
-    """A model instance as if loaded from the database (fields not given are deferred)."""
-    obj = model.__new__(model)
-    obj.__dict__.update(values)
-    state = ModelState()
-    state.adding = False
-    state.db = "default"
-    obj._state = state
-    return obj
-
-
 def _select(model: Any, alias: str) -> tuple[str, list[str]]:
     """The select list of every concrete column of `model` under `alias`, and their attnames."""
     fields = model._meta.concrete_fields
@@ -224,8 +213,8 @@ def _lock(cl_ord_ids: list[str]) -> _Context | None:
         if row is None:
             return None
         n = len(q.placement)
-        placement = _loaded(Placement, dict(zip(q.placement, row[:n], strict=True)))
-        placement._state.fields_cache["broker"] = _loaded(
+        placement = model_from_row(Placement, dict(zip(q.placement, row[:n], strict=True)))
+        placement._state.fields_cache["broker"] = model_from_row(
             Broker, dict(zip(q.broker, row[n:], strict=True))
         )
         block = None
@@ -233,8 +222,8 @@ def _lock(cl_ord_ids: list[str]) -> _Context | None:
             cursor.execute(q.block_sql, [placement.block_id])
             row = cursor.fetchone()
             n, m = len(q.block), len(q.block) + len(q.instrument)
-            block = _loaded(Block, dict(zip(q.block, row[:n], strict=True)))
-            block._state.fields_cache["instrument"] = _loaded(
+            block = model_from_row(Block, dict(zip(q.block, row[:n], strict=True)))
+            block._state.fields_cache["instrument"] = model_from_row(
                 Instrument, dict(zip(q.instrument, row[n:m], strict=True))
             )
             if row[m] is None:  # no policy: pro-rata (what select_related would cache)
@@ -247,10 +236,10 @@ def _lock(cl_ord_ids: list[str]) -> _Context | None:
     m = n + 3 + len(q.instrument)
     orders = []
     for row in rows:
-        order = _loaded(Order, dict(zip(q.order, row[:n], strict=True)))
+        order = model_from_row(Order, dict(zip(q.order, row[:n], strict=True)))
         cache = order._state.fields_cache
         # Only what allocation and the blotter events read; other fields load on access.
-        cache["account"] = _loaded(
+        cache["account"] = model_from_row(
             Account,
             {
                 "id": order.account_id,
@@ -259,11 +248,11 @@ def _lock(cl_ord_ids: list[str]) -> _Context | None:
                 "short_selling_allowed": row[n + 2],
             },
         )
-        cache["instrument"] = _loaded(
+        cache["instrument"] = model_from_row(
             Instrument, dict(zip(q.instrument, row[n + 3 : m], strict=True))
         )
         if order.created_by_id is not None:
-            cache["created_by"] = _loaded(
+            cache["created_by"] = model_from_row(
                 get_user_model(), {"id": order.created_by_id, q.user_name: row[m]}
             )
         orders.append(order)
