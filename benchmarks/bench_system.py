@@ -37,6 +37,7 @@ process logs there when the run fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -228,15 +229,13 @@ class Run:
         deadline = started + self.cfg["recover_timeout"]
         stage = "web"
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(Exception):  # still down: keep waiting
                 if stage == "web" and c.webs_healthy():
                     stage = "fix"
                 if stage == "fix" and c.sessions_logged_on():
                     stage = "fills"
                 if stage == "fills" and c.last_fill_id() > since_fill:
                     return True, time.monotonic() - started, ""
-            except Exception:  # still down: keep waiting
-                pass
             time.sleep(0.5)
         return False, time.monotonic() - started, f"not recovered: stuck at {stage}"
 

@@ -40,11 +40,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
     """Poll `predicate` until it is true or `timeout` seconds passed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
+        # The thing polled may be down: that is what we wait out.
+        with contextlib.suppress(Exception):
             if predicate():
                 return True
-        except Exception:  # the thing polled may be down: that is what we wait out
-            pass
         time.sleep(interval)
     return False
 
@@ -127,8 +126,8 @@ def _pss_kb(pid: int) -> int | None:
             for line in fh:
                 if line.startswith("Pss:"):
                     return int(line.split()[1])
-    except OSError:
-        pass
+    except OSError:  # the process is gone
+        return None
     return None
 
 

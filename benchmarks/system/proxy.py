@@ -94,7 +94,7 @@ class FixLineProxy:
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
-            pass
+            return  # either side closed or reset: the finally below closes the other
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
