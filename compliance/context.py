@@ -324,31 +324,50 @@ def load_restricted(
     return sorted(hits.values(), key=lambda e: table.order[id(e)])
 
 
+# The checked accounts' open orders one by one (they feed buying power, concentration, short
+# selling and duplicates); every other account's open orders summed per account, instrument
+# and side, and only where a check reads them: the checked instruments (conflicts) and buys in
+# the checked issuers (ownership). A tally row has a NULL quantity and its count in the last
+# column. Orders being checked belong to checked accounts, so only the first part excludes them.
 _OPEN_ORDERS_SQL = (
     "SELECT o.account_id, o.instrument_id, o.side, o.quantity, o.cum_qty, o.order_type,"
-    " o.limit_price, o.created_at FROM orders_order o"
-    " JOIN orders_instrument i ON i.id = o.instrument_id"
-    " WHERE o.status = ANY(%b::text[])"
-    " AND (o.account_id = ANY(%b::bigint[]) OR i.issuer_id = ANY(%b::bigint[]))"
-    " AND NOT (o.id = ANY(%b::bigint[]))"
+    " o.limit_price, o.created_at, NULL::bigint FROM orders_order o"
+    " WHERE o.status = ANY(%(statuses)b::text[]) AND o.account_id = ANY(%(accounts)b::bigint[])"
+    " AND NOT (o.id = ANY(%(exclude)b::bigint[]))"
+    " UNION ALL"
+    " SELECT o.account_id, o.instrument_id, o.side, NULL, SUM(o.quantity - o.cum_qty), NULL,"
+    " NULL, NULL, COUNT(*) FROM orders_order o"
+    " WHERE o.instrument_id IN (SELECT i.id FROM orders_instrument i"
+    " WHERE i.id = ANY(%(instruments)b::bigint[]) OR i.issuer_id = ANY(%(issuers)b::bigint[]))"
+    " AND (o.instrument_id = ANY(%(instruments)b::bigint[]) OR o.side = ANY(%(buy_sides)b::text[]))"
+    " AND o.status = ANY(%(statuses)b::text[])"
+    " AND NOT (o.account_id = ANY(%(accounts)b::bigint[])) AND o.quantity > o.cum_qty"
+    " GROUP BY o.account_id, o.instrument_id, o.side"
 )
 _OPEN_STATUSES = sorted(str(s) for s in OPEN_STATUSES)
+_BUY_SIDES = sorted(engine.BUY_SIDES)
 
 
 def _open_order_rows(
-    *, account_ids: list[int], issuer_ids: list[int], exclude_ids: list[int]
+    *,
+    account_ids: list[int],
+    instrument_ids: list[int],
+    issuer_ids: list[int],
+    exclude_ids: list[int],
 ) -> list[tuple[Any, ...]]:
-    # Same-account orders feed buying power, concentration, short selling and duplicates; any
-    # account's orders in the same issuers feed ownership and (by instrument) conflicts.
-    return _rows(
-        _OPEN_ORDERS_SQL,
-        [
-            _OPEN_STATUSES,
-            [int(a) for a in account_ids],
-            [int(i) for i in issuer_ids],
-            [int(o) for o in exclude_ids],
-        ],
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _OPEN_ORDERS_SQL,
+            {
+                "statuses": _OPEN_STATUSES,
+                "accounts": account_ids,
+                "exclude": exclude_ids,
+                "instruments": instrument_ids,
+                "buy_sides": _BUY_SIDES,
+                "issuers": issuer_ids,
+            },
+        )
+        return cursor.fetchall()
 
 
 def order_intent(order: Order) -> engine.OrderIntent:
@@ -398,20 +417,42 @@ def build_pretrade(
     holdings = load_holdings(account_ids=account_ids)
     open_rows = _open_order_rows(
         account_ids=account_ids,
+        instrument_ids=sorted(order_instrument_ids),
         issuer_ids=issuer_ids,
-        exclude_ids=[o.pk for o in orders if o.pk is not None],
+        exclude_ids=sorted({int(o.pk) for o in orders if o.pk is not None}),
     )
     extra = ({i for (_, i) in holdings} | {r[1] for r in open_rows}) - instruments.keys()
     if extra:
         instruments.update(load_instruments(extra, version=version))
 
     open_orders = []
-    for account_id, instrument_id, side, qty, cum, order_type, limit_price, created_at in open_rows:
-        inst = instruments[instrument_id]
+    tallies = []
+    for (
+        account_id,
+        instrument_id,
+        side,
+        qty,
+        cum,
+        order_type,
+        limit_price,
+        created_at,
+        n,
+    ) in open_rows:
+        if n is not None:
+            tallies.append(
+                engine.OpenOrderTally(
+                    account_id=account_id,
+                    instrument_id=instrument_id,
+                    side=side,
+                    count=n,
+                    leaves_quantity=cum,
+                )
+            )
+            continue
         price = (
             limit_price
             if limit_price is not None and order_type in _LIMIT_TYPES
-            else inst.reference_price
+            else instruments[instrument_id].reference_price
         )
         open_orders.append(
             engine.OpenOrder(
@@ -437,6 +478,7 @@ def build_pretrade(
         as_of=as_of,
         holdings=holdings,
         open_orders=open_orders,
+        open_tallies=tallies,
         restricted=load_restricted(
             day=day,
             instrument_ids=order_instrument_ids,

@@ -37,6 +37,14 @@ Baskets
     warned order may still be overridden and sent). Open orders with ``leaves_quantity <= 0``
     are ignored.
 
+Open orders of other accounts
+    Only ``conflicting_orders`` (same instrument) and ``ownership`` (buys in the issuer) read
+    the open orders of an account with no order in the call, and they need only how many
+    there are and their leaves. The caller may therefore hand those over summed per account,
+    instrument and side as :class:`OpenOrderTally` rows instead of one ``OpenOrder`` each;
+    the results are the same. A tally of an account that does have an order in the call
+    raises ``ValueError`` (its orders would be missing from that account's own checks).
+
 Rule types and parameters (``params`` values are decimal strings; unknown names are rejected)
     ``restricted_list`` (no params): fails if the instrument is flagged not tradable, or a
     restricted entry in effect names the instrument, or names its issuer (issuer look-through),
@@ -234,6 +242,24 @@ class OpenOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenOrderTally:
+    """Open orders of one account (with no order in the call) in one instrument and side.
+
+    ``count`` orders with positive leaves, ``leaves_quantity`` the sum of those leaves.
+    """
+
+    account_id: int
+    instrument_id: int
+    side: str
+    count: int
+    leaves_quantity: Decimal
+
+    def __post_init__(self) -> None:
+        if self.side not in SIDES:
+            raise ValueError(f"Open order tally: unknown side {self.side!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class RestrictedEntry:
     """One restricted-list line: exactly one of instrument or issuer; account None = firm-wide."""
 
@@ -338,6 +364,7 @@ class ComplianceContext:
     as_of: datetime
     holdings: Mapping[tuple[int, int], Decimal] = field(default_factory=dict)
     open_orders: Sequence[OpenOrder] = ()
+    open_tallies: Sequence[OpenOrderTally] = ()
     restricted: Sequence[RestrictedEntry] = ()
     firm_issuer_holdings: Mapping[int, Decimal] = field(default_factory=dict)
 
@@ -349,6 +376,7 @@ class ComplianceContext:
     _open_side_accounts: dict[tuple[int, bool], dict[int, int]] = field(init=False, repr=False)
     _open_side_count: dict[tuple[int, bool], int] = field(init=False, repr=False)
     _open_times: dict[tuple[int, int, str, Decimal], list[datetime]] = field(init=False, repr=False)
+    _tallied_accounts: frozenset[int] = field(init=False, repr=False)
     _restricted_by_instrument: dict[int, list[RestrictedEntry]] = field(init=False, repr=False)
     _restricted_by_issuer: dict[int, list[RestrictedEntry]] = field(init=False, repr=False)
 
@@ -392,6 +420,23 @@ class ComplianceContext:
             times.setdefault((acct, oo.instrument_id, oo.side, oo.quantity), []).append(
                 oo.created_at
             )
+        tallied: set[int] = set()
+        for tally in self.open_tallies:
+            if tally.count <= 0 or tally.leaves_quantity <= 0:
+                continue
+            inst = instruments.get(tally.instrument_id)
+            if inst is None:
+                missing.add(tally.instrument_id)
+                continue
+            is_buy = tally.side in BUY_SIDES
+            acct = tally.account_id
+            tallied.add(acct)
+            if is_buy and inst.issuer_id is not None:
+                _add(issuer_buy, inst.issuer_id, tally.leaves_quantity)
+            side_key = (tally.instrument_id, is_buy)
+            per_account = side_accounts.setdefault(side_key, {})
+            per_account[acct] = per_account.get(acct, 0) + tally.count
+            side_count[side_key] = side_count.get(side_key, 0) + tally.count
         if missing:
             raise ComplianceDataError(
                 f"Open orders reference instruments missing from the context: {sorted(missing)}"
@@ -416,6 +461,7 @@ class ComplianceContext:
         setter(self, "_open_side_accounts", side_accounts)
         setter(self, "_open_side_count", side_count)
         setter(self, "_open_times", times)
+        setter(self, "_tallied_accounts", frozenset(tallied))
         setter(self, "_restricted_by_instrument", by_instrument)
         setter(self, "_restricted_by_issuer", by_issuer)
 
@@ -636,6 +682,11 @@ class _Run:
             if account is None:
                 raise ComplianceDataError(
                     f"Order {order.key}: account {order.account_id} missing from the context"
+                )
+            if account.id in ctx._tallied_accounts:
+                raise ValueError(
+                    f"Order {order.key}: account {account.id} has open orders given as tallies; "
+                    "an account with an order in the call needs them one by one"
                 )
             p = _Prepared(order, inst, account)
             applicable = self.rules_by_account.get(account.id)

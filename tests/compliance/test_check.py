@@ -15,6 +15,7 @@ from compliance.models import ComplianceResult, RestrictedEntry
 from compliance.services import compliance_check
 from oms_site import refcache
 from orders.enums import OrderStatus
+from orders.models import Order
 from tests import factories as f
 from tests.compliance.conftest import check, results_of
 
@@ -467,3 +468,113 @@ def test_summaries_show_each_orders_latest_check(
         (r["rule"], r["rule_version"], r["outcome"]) for r in summaries[order.pk]["results"]
     ] == [("size", 2, "pass")]
     assert ComplianceResult.objects.filter(order=order).count() == 2
+
+
+def test_conflicts_count_other_accounts_orders_with_leaves_only(
+    account: Any, other_account: Any, make_rule: Any, make_order: Any
+) -> None:
+    # given another account selling three times, once already done
+    loner = f.InstrumentFactory(symbol="LONE")
+    make_rule("conflicting_orders", severity="warn")
+    make_order(other_account, loner, side="sell", quantity="5", status=OrderStatus.WORKING)
+    make_order(
+        other_account,
+        loner,
+        side="sell",
+        quantity="5",
+        cum_qty="2",
+        status=OrderStatus.PARTIALLY_FILLED,
+    )
+    make_order(
+        other_account, loner, side="sell", quantity="5", cum_qty="5", status=OrderStatus.WORKING
+    )
+    order = make_order(account, loner, quantity="100")
+    # when
+    assert check([order]) == {order.pk: "warn"}
+    # then: the two orders with leaves count
+    [row] = results_of(order)
+    assert (row.measured, row.limit) == (D(2), D(0))
+    assert row.message == (
+        "Buy of LONE conflicts with 2 open sell orders in the same instrument "
+        f"(account {other_account.pk})"
+    )
+
+
+def test_other_accounts_orders_summed_in_sql_give_the_rows_of_every_order_loaded(
+    account: Any, other_account: Any, make_rule: Any, make_order: Any
+) -> None:
+    from compliance import engine
+    from compliance.context import build_pretrade, load_instruments
+    from orders.enums import OPEN_STATUSES
+
+    # given two issuers of two instruments each, and every kind of open order around them
+    _all_rule_types(make_rule)
+    make_rule("ownership", params={"max_pct": "0.0002"}, severity="warn", name="tight")
+    third = f.AccountFactory(code="ACC-C")
+    issuers = [f.IssuerFactory(), f.IssuerFactory()]
+    a1, a2, b1, b2 = (f.InstrumentFactory(issuer=issuers[i // 2]) for i in range(4))
+    unrelated = f.InstrumentFactory()
+    f.PositionFactory(account=account, instrument=a1, quantity=D("300"))
+    working = OrderStatus.WORKING
+    for acct in (other_account, third):
+        make_order(acct, a1, side="sell", quantity="40", status=working)
+        make_order(acct, a2, side="buy", quantity="70", cum_qty="20", status=working)
+        make_order(acct, a2, side="sell", quantity="15", status=working)
+        make_order(acct, b2, side="buy_to_cover", quantity="90", status=working)
+        make_order(acct, unrelated, side="buy", quantity="10", status=working)
+    make_order(third, a1, side="sell_short", quantity="8", status=working)
+    make_order(third, b1, side="buy", quantity="55", cum_qty="55", status=working)
+    make_order(third, b1, side="sell", quantity="11", status=OrderStatus.FILLED)
+    make_order(account, a2, side="buy", quantity="25", order_type="limit", limit_price="99.5")
+    make_order(account, b2, side="sell", quantity="5", status=working)
+    checked = [
+        make_order(account, a1, quantity="100"),
+        make_order(account, b1, quantity="60"),
+        make_order(other_account, b2, side="sell", quantity="30"),
+    ]
+    # when: the loader's context, and one with every other open order listed one by one
+    with transaction.atomic():
+        loaded = build_pretrade(orders=checked)
+        raw_rows = list(
+            Order.objects.filter(status__in=OPEN_STATUSES)
+            .exclude(pk__in=[o.pk for o in checked])
+            .order_by("pk")
+        )
+        instruments = load_instruments({o.instrument_id for o in raw_rows} | {a1.pk, b1.pk})
+        raw = engine.ComplianceContext(
+            instruments=instruments,
+            accounts=loaded.context.accounts,
+            as_of=loaded.context.as_of,
+            holdings=loaded.context.holdings,
+            open_orders=[
+                engine.OpenOrder(
+                    account_id=o.account_id,
+                    instrument_id=o.instrument_id,
+                    side=o.side,
+                    leaves_quantity=o.quantity - o.cum_qty,
+                    price=o.limit_price
+                    if o.order_type == "limit"
+                    else instruments[o.instrument_id].reference_price,
+                    created_at=o.created_at,
+                    quantity=o.quantity,
+                )
+                for o in raw_rows
+            ],
+            restricted=loaded.context.restricted,
+            firm_issuer_holdings=loaded.context.firm_issuer_holdings,
+        )
+        got = engine.evaluate(loaded.intents, loaded.context, loaded.rules)
+        expected = engine.evaluate(loaded.intents, raw, loaded.rules)
+    # then
+    assert loaded.context.open_tallies
+    assert got == expected
+    outcomes = {k: engine.order_outcome(v) for k, v in got.items()}
+    assert outcomes == {checked[0].pk: "warn", checked[1].pk: "warn", checked[2].pk: "block"}
+    rows = {(r.order_key, r.rule_name): r for v in got.values() for r in v}
+    conflicts = rows[(checked[0].pk, "conflicting_orders 7")]
+    assert conflicts.message == (
+        f"Buy of {a1.symbol} conflicts with 3 open sell orders in the same instrument "
+        f"(accounts {other_account.pk}, {third.pk})"
+    )
+    # buys in issuer 2: two buy-to-cover of 90 (one from the tallied account) and this 60
+    assert rows[(checked[1].pk, "tight")].measured == D("0.00024")

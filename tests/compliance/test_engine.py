@@ -15,6 +15,7 @@ from compliance.engine import (
     ComplianceDataError,
     InstrumentInfo,
     OpenOrder,
+    OpenOrderTally,
     OrderIntent,
     RestrictedEntry,
     RuleConfigError,
@@ -1078,3 +1079,84 @@ def test_buying_power_passes_exactly_the_orders_within_cumulative_cash(
     for i, q in enumerate(quantities):
         running += q * 100
         assert only(results, i).outcome == ("pass" if running <= cash else "block")
+
+
+# --- other accounts' open orders as tallies --------------------------------------------------
+
+
+def _tally_book() -> tuple[list[OpenOrder], list[OpenOrderTally]]:
+    """Other accounts' open orders one by one, and the same orders summed per account, side."""
+    one_by_one = [
+        open_order(account_id=2, instrument_id=1, side="sell", leaves="30"),
+        open_order(account_id=2, instrument_id=1, side="sell", leaves="20"),
+        open_order(account_id=3, instrument_id=1, side="sell_short", leaves="5"),
+        open_order(account_id=2, instrument_id=1, side="buy", leaves="400"),
+        open_order(account_id=3, instrument_id=2, side="buy_to_cover", leaves="600"),
+    ]
+    tallies = [
+        OpenOrderTally(
+            account_id=2, instrument_id=1, side="sell", count=2, leaves_quantity=D("50")
+        ),
+        OpenOrderTally(
+            account_id=3, instrument_id=1, side="sell_short", count=1, leaves_quantity=D("5")
+        ),
+        OpenOrderTally(
+            account_id=2, instrument_id=1, side="buy", count=1, leaves_quantity=D("400")
+        ),
+        OpenOrderTally(
+            account_id=3, instrument_id=2, side="buy_to_cover", count=1, leaves_quantity=D("600")
+        ),
+    ]
+    return one_by_one, tallies
+
+
+def test_tallies_of_other_accounts_give_the_same_rows_as_their_orders_one_by_one() -> None:
+    # given two instruments of one issuer, and other accounts' open orders in both
+    instruments = (instrument(1, issuer_id=9), instrument(2, issuer_id=9))
+    accounts = (account(1), account(2), account(3))
+    rules = [
+        rule("conflicting_orders", id=1),
+        rule("ownership", id=2, params={"max_pct": "0.2"}),
+        rule("buying_power", id=3),
+    ]
+    orders = [order("b", quantity="1000"), order("s", side="sell", quantity="10")]
+    one_by_one, tallies = _tally_book()
+    # when
+    expected = evaluate(orders, context(instruments, accounts, open_orders=one_by_one), rules)
+    got = evaluate(orders, context(instruments, accounts, open_tallies=tallies), rules)
+    # then: the same rows, and they did see the tallied orders
+    assert got == expected
+    assert [(r.outcome, r.measured) for r in got["b"]] == [
+        ("block", D("3")),
+        # exactly at the limit: 400 + 600 tallied buys in the issuer + 1,000 of 1,000,000
+        ("pass", D("0.2")),
+        ("pass", D("100000")),
+    ]
+    assert got["b"][0].message == (
+        "Buy of SYM1 conflicts with 3 open sell orders in the same instrument (accounts 2, 3)"
+    )
+    assert got["s"][0].message == (
+        "Sell of SYM1 conflicts with 2 open buy orders in the same instrument (accounts 1, 2)"
+    )
+
+
+def test_a_tally_of_an_account_with_an_order_in_the_call_is_refused() -> None:
+    # given account 1's own open orders summed, as only other accounts' may be
+    tally = OpenOrderTally(
+        account_id=1, instrument_id=1, side="sell", count=1, leaves_quantity=D("10")
+    )
+    ctx = context(open_tallies=[tally])
+    # when / then: nothing is evaluated
+    with pytest.raises(ValueError, match="account 1 has open orders given as tallies"):
+        evaluate([order("o1")], ctx, [rule("conflicting_orders")])
+    assert evaluate([order("o2", account_id=2)], ctx, [rule("conflicting_orders")])["o2"][
+        0
+    ].measured == D("1")
+
+
+def test_a_tally_of_an_unknown_instrument_is_a_data_error() -> None:
+    tally = OpenOrderTally(
+        account_id=2, instrument_id=99, side="buy", count=1, leaves_quantity=D("10")
+    )
+    with pytest.raises(ComplianceDataError, match=r"\[99\]"):
+        context(open_tallies=[tally])
