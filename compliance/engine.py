@@ -211,6 +211,12 @@ class InstrumentInfo:
     shares_outstanding: Decimal | None
     reference_price: Decimal
     tradable: bool = True
+    # Concentration buckets (instrument, issuer, sector), derived once: the caller caches
+    # instruments across checks, and every holding and open order is bucketed on every check.
+    buckets: tuple[Any, Any, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "buckets", _bucket_keys(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,8 +417,13 @@ class ComplianceContext:
                     _add(issuer_buy, inst.issuer_id, leaves)
             else:
                 _add(sell_qty, (acct, oo.instrument_id), leaves)
-            for dim, key in enumerate(_bucket_keys(inst)):
-                _add(bucket, (acct, dim, key, is_buy), notional)
+            k0, k1, k2 = inst.buckets
+            # Inlined: this loop and _position_values run once per open order or holding, and
+            # the helper call cost more than the addition.
+            b0, b1, b2 = (acct, 0, k0, is_buy), (acct, 1, k1, is_buy), (acct, 2, k2, is_buy)
+            bucket[b0] = bucket.get(b0, _ZERO) + notional
+            bucket[b1] = bucket.get(b1, _ZERO) + notional
+            bucket[b2] = bucket.get(b2, _ZERO) + notional
             side_key = (oo.instrument_id, is_buy)
             per_account = side_accounts.setdefault(side_key, {})
             per_account[acct] = per_account.get(acct, 0) + 1
@@ -614,7 +625,7 @@ class _Prepared:
         self.inst = inst
         self.account = account
         self.is_buy = order.side in BUY_SIDES
-        self.keys = _bucket_keys(inst)
+        self.keys = inst.buckets
         if order.limit_price is not None and order.order_type != ORDER_TYPE_MARKET:
             self.price = order.limit_price
             self.priced_at = "limit"
@@ -856,6 +867,7 @@ class _Run:
         if cached is not None:
             return cached
         per_dim: tuple[dict[Any, Decimal], ...] = ({}, {}, {})
+        by_instrument, by_issuer, by_sector = per_dim
         instruments = self.ctx.instruments
         missing = []
         for instrument_id, qty in self.ctx._holdings_by_account.get(account_id, ()):
@@ -864,8 +876,10 @@ class _Run:
                 missing.append(instrument_id)
                 continue
             value = qty * inst.reference_price
-            for dim, key in enumerate(_bucket_keys(inst)):
-                _add(per_dim[dim], key, value)
+            k0, k1, k2 = inst.buckets
+            by_instrument[k0] = by_instrument.get(k0, _ZERO) + value
+            by_issuer[k1] = by_issuer.get(k1, _ZERO) + value
+            by_sector[k2] = by_sector.get(k2, _ZERO) + value
         if missing:
             raise ComplianceDataError(
                 f"Holdings of account {account_id} reference instruments missing from the "
