@@ -188,18 +188,6 @@ def load_instruments(
     return {pk: info for pk, info in found.items() if info is not None}
 
 
-_HOLDINGS_SQL = (
-    "SELECT account_id, instrument_id, quantity FROM allocations_position"
-    " WHERE account_id = ANY(%b::bigint[]) AND quantity <> 0"
-)
-
-
-def load_holdings(*, account_ids: Iterable[int]) -> dict[tuple[int, int], Decimal]:
-    """Non-zero positions of the accounts: {(account, instrument): quantity} (one query)."""
-    rows = _rows(_HOLDINGS_SQL, [sorted({int(a) for a in account_ids})])
-    return {(a, i): q for a, i, q in rows}
-
-
 def _account_statics(ids: list[int]) -> dict[int, tuple[str, bool, frozenset[int]]]:
     groups: dict[int, set[int]] = {}
     for account_id, group_id in Account.groups.through.objects.filter(
@@ -250,21 +238,6 @@ def load_accounts(
             group_ids=group_ids,
         )
     return out
-
-
-_FIRM_ISSUER_SQL = (
-    "SELECT i.issuer_id, SUM(p.quantity) FROM allocations_position p"
-    " JOIN orders_instrument i ON i.id = p.instrument_id"
-    " WHERE i.issuer_id = ANY(%b::bigint[]) AND p.quantity > 0 GROUP BY i.issuer_id"
-)
-
-
-def load_firm_issuer_holdings(*, issuer_ids: Iterable[int]) -> dict[int, Decimal]:
-    """The firm's long holding per issuer, summed over all accounts and instruments (one query)."""
-    ids = sorted({int(i) for i in issuer_ids})
-    if not ids:
-        return {}
-    return dict(_rows(_FIRM_ISSUER_SQL, [ids]))  # type: ignore[arg-type]
 
 
 class _Restricted:
@@ -324,18 +297,20 @@ def load_restricted(
     return sorted(hits.values(), key=lambda e: table.order[id(e)])
 
 
-# The checked accounts' open orders one by one (they feed buying power, concentration, short
-# selling and duplicates); every other account's open orders summed per account, instrument
-# and side, and only where a check reads them: the checked instruments (conflicts) and buys in
-# the checked issuers (ownership). A tally row has a NULL quantity and its count in the last
-# column. Orders being checked belong to checked accounts, so only the first part excludes them.
-_OPEN_ORDERS_SQL = (
-    "SELECT o.account_id, o.instrument_id, o.side, o.quantity, o.cum_qty, o.order_type,"
+# Everything live the checks read, in one round trip (rows tagged by their first column):
+# 'o' the checked accounts' open orders one by one (they feed buying power, concentration,
+# short selling and duplicates); 't' every other account's open orders with leaves, summed per
+# account, instrument and side, and only where a check reads them: the checked instruments
+# (conflicts) and buys in the checked issuers (ownership), count in the last column; 'h' the
+# checked accounts' non-zero positions; 'f' the firm's long holding per checked issuer, summed
+# over all accounts. Orders being checked belong to checked accounts, so only 'o' excludes them.
+_BOOK_SQL = (
+    "SELECT 'o', o.account_id, o.instrument_id, o.side, o.quantity, o.cum_qty, o.order_type,"
     " o.limit_price, o.created_at, NULL::bigint FROM orders_order o"
     " WHERE o.status = ANY(%(statuses)b::text[]) AND o.account_id = ANY(%(accounts)b::bigint[])"
     " AND NOT (o.id = ANY(%(exclude)b::bigint[]))"
     " UNION ALL"
-    " SELECT o.account_id, o.instrument_id, o.side, NULL, SUM(o.quantity - o.cum_qty), NULL,"
+    " SELECT 't', o.account_id, o.instrument_id, o.side, NULL, SUM(o.quantity - o.cum_qty), NULL,"
     " NULL, NULL, COUNT(*) FROM orders_order o"
     " WHERE o.instrument_id IN (SELECT i.id FROM orders_instrument i"
     " WHERE i.id = ANY(%(instruments)b::bigint[]) OR i.issuer_id = ANY(%(issuers)b::bigint[]))"
@@ -343,12 +318,20 @@ _OPEN_ORDERS_SQL = (
     " AND o.status = ANY(%(statuses)b::text[])"
     " AND NOT (o.account_id = ANY(%(accounts)b::bigint[])) AND o.quantity > o.cum_qty"
     " GROUP BY o.account_id, o.instrument_id, o.side"
+    " UNION ALL"
+    " SELECT 'h', p.account_id, p.instrument_id, NULL, p.quantity, NULL, NULL, NULL, NULL, NULL"
+    " FROM allocations_position p"
+    " WHERE p.account_id = ANY(%(accounts)b::bigint[]) AND p.quantity <> 0"
+    " UNION ALL"
+    " SELECT 'f', NULL, i.issuer_id, NULL, SUM(p.quantity), NULL, NULL, NULL, NULL, NULL"
+    " FROM allocations_position p JOIN orders_instrument i ON i.id = p.instrument_id"
+    " WHERE i.issuer_id = ANY(%(issuers)b::bigint[]) AND p.quantity > 0 GROUP BY i.issuer_id"
 )
 _OPEN_STATUSES = sorted(str(s) for s in OPEN_STATUSES)
 _BUY_SIDES = sorted(engine.BUY_SIDES)
 
 
-def _open_order_rows(
+def _book_rows(
     *,
     account_ids: list[int],
     instrument_ids: list[int],
@@ -357,7 +340,7 @@ def _open_order_rows(
 ) -> list[tuple[Any, ...]]:
     with connection.cursor() as cursor:
         cursor.execute(
-            _OPEN_ORDERS_SQL,
+            _BOOK_SQL,
             {
                 "statuses": _OPEN_STATUSES,
                 "accounts": account_ids,
@@ -400,7 +383,8 @@ def build_pretrade(
     """Lock the accounts' cash rows, then load the engine's inputs for these orders.
 
     A constant number of queries whatever the number of orders: the cash lock, the refdata
-    version, holdings, open orders and the firm's issuer holdings; reference data (rules,
+    version, and one statement for holdings, open orders and the firm's issuer holdings
+    (`_BOOK_SQL`); reference data (rules,
     instruments, accounts, restricted list) comes from the per-process cache when its version
     is current, else with a few more queries.
     """
@@ -414,20 +398,43 @@ def build_pretrade(
     order_instrument_ids = {o.instrument_id for o in orders}
     instruments = load_instruments(order_instrument_ids, version=version)
     issuer_ids = sorted({i.issuer_id for i in instruments.values() if i.issuer_id is not None})
-    holdings = load_holdings(account_ids=account_ids)
-    open_rows = _open_order_rows(
+    rows = _book_rows(
         account_ids=account_ids,
         instrument_ids=sorted(order_instrument_ids),
         issuer_ids=issuer_ids,
         exclude_ids=sorted({int(o.pk) for o in orders if o.pk is not None}),
     )
-    extra = ({i for (_, i) in holdings} | {r[1] for r in open_rows}) - instruments.keys()
+    holdings: dict[tuple[int, int], Decimal] = {}
+    firm_issuer_holdings: dict[int, Decimal] = {}
+    open_rows = []
+    tallies = []
+    for row in rows:
+        kind = row[0]
+        if kind == "o":
+            open_rows.append(row)
+        elif kind == "t":
+            tallies.append(
+                engine.OpenOrderTally(
+                    account_id=row[1],
+                    instrument_id=row[2],
+                    side=row[3],
+                    count=row[9],
+                    leaves_quantity=row[5],
+                )
+            )
+        elif kind == "h":
+            holdings[(row[1], row[2])] = row[4]
+        else:
+            firm_issuer_holdings[row[2]] = row[4]
+    extra = (
+        {i for (_, i) in holdings} | {r[2] for r in open_rows} | {t.instrument_id for t in tallies}
+    ) - instruments.keys()
     if extra:
         instruments.update(load_instruments(extra, version=version))
 
     open_orders = []
-    tallies = []
     for (
+        _,
         account_id,
         instrument_id,
         side,
@@ -436,19 +443,8 @@ def build_pretrade(
         order_type,
         limit_price,
         created_at,
-        n,
+        _,
     ) in open_rows:
-        if n is not None:
-            tallies.append(
-                engine.OpenOrderTally(
-                    account_id=account_id,
-                    instrument_id=instrument_id,
-                    side=side,
-                    count=n,
-                    leaves_quantity=cum,
-                )
-            )
-            continue
         price = (
             limit_price
             if limit_price is not None and order_type in _LIMIT_TYPES
@@ -486,7 +482,7 @@ def build_pretrade(
             account_ids=account_ids,
             version=version,
         ),
-        firm_issuer_holdings=load_firm_issuer_holdings(issuer_ids=issuer_ids),
+        firm_issuer_holdings=firm_issuer_holdings,
     )
     return LoadedCheck(
         intents=[order_intent(o) for o in orders],

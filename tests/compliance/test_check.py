@@ -419,10 +419,11 @@ def test_query_count_does_not_grow_with_basket_size(
         return len(ctx.captured_queries)
 
     # when / then: with the reference-data cache empty, and with it filled
-    assert count(small, cold=True) == count(large, cold=True) <= 16
+    assert count(small, cold=True) == count(large, cold=True) <= 14
     assert count(small, cold=False) == count(large, cold=False)
-    # only the cash lock, the refdata version, holdings, open orders and issuer holdings
-    assert count(large, cold=False) == 5
+    # only the cash lock, the refdata version, and one statement for holdings, open orders and
+    # issuer holdings
+    assert count(large, cold=False) == 3
 
 
 def test_result_text_survives_copy_escaping(
