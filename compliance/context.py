@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -37,6 +37,7 @@ from orders.enums import OPEN_STATUSES, OrderType
 from orders.models import Instrument, Order
 
 ZERO = Decimal(0)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LIMIT_TYPES = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})
 
 
@@ -304,9 +305,12 @@ def load_restricted(
 # (conflicts) and buys in the checked issuers (ownership), count in the last column; 'h' the
 # checked accounts' non-zero positions; 'f' the firm's long holding per checked issuer, summed
 # over all accounts. Orders being checked belong to checked accounts, so only 'o' excludes them.
+# Creation times travel as microseconds since the epoch (exact): Django's timestamptz loader
+# cost more per row than everything else the row needed.
 _BOOK_SQL = (
     "SELECT 'o', o.account_id, o.instrument_id, o.side, o.quantity, o.cum_qty, o.order_type,"
-    " o.limit_price, o.created_at, NULL::bigint FROM orders_order o"
+    " o.limit_price, (EXTRACT(EPOCH FROM o.created_at) * 1000000)::bigint, NULL::bigint"
+    " FROM orders_order o"
     " WHERE o.status = ANY(%(statuses)b::text[]) AND o.account_id = ANY(%(accounts)b::bigint[])"
     " AND NOT (o.id = ANY(%(exclude)b::bigint[]))"
     " UNION ALL"
@@ -442,7 +446,7 @@ def build_pretrade(
         cum,
         order_type,
         limit_price,
-        created_at,
+        created_us,
         _,
     ) in open_rows:
         price = (
@@ -457,7 +461,7 @@ def build_pretrade(
                 side=side,
                 leaves_quantity=qty - cum,
                 price=price,
-                created_at=created_at,
+                created_at=_EPOCH + timedelta(microseconds=created_us),
                 quantity=qty,
             )
         )

@@ -528,6 +528,10 @@ def test_other_accounts_orders_summed_in_sql_give_the_rows_of_every_order_loaded
     make_order(third, b1, side="sell", quantity="11", status=OrderStatus.FILLED)
     make_order(account, a2, side="buy", quantity="25", order_type="limit", limit_price="99.5")
     make_order(account, b2, side="sell", quantity="5", status=working)
+    # a twin of the first checked order: its creation time must survive loading to the microsecond
+    twin_order = make_order(
+        account, a1, quantity="100", status=working, age=timedelta(microseconds=1500)
+    )
     checked = [
         make_order(account, a1, quantity="100"),
         make_order(account, b1, quantity="60"),
@@ -579,3 +583,6 @@ def test_other_accounts_orders_summed_in_sql_give_the_rows_of_every_order_loaded
     )
     # buys in issuer 2: two buy-to-cover of 90 (one from the tallied account) and this 60
     assert rows[(checked[1].pk, "tight")].measured == D("0.00024")
+    twin = rows[(checked[0].pk, "duplicate_orders 8")]
+    gap = checked[0].created_at - twin_order.created_at
+    assert (twin.outcome, twin.measured) == ("warn", D(gap.seconds) + D(gap.microseconds) / 10**6)
