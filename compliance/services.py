@@ -40,6 +40,7 @@ from compliance.posttrade import POST_TRADE_RULE_TYPES, Breach, find_breaches
 from oms_site.audit import AuditEntry, audit_record, audit_record_many, model_snapshot
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError, field_error
 from oms_site.roles import has_role
+from oms_site.rows import model_from_row
 from orders.enums import OrderStatus
 from orders.models import Instrument, Issuer, Order
 from orders.state import ensure_transition
@@ -75,19 +76,25 @@ class CheckOutcome:
         if at is None:
             return {}
         rows: dict[int, list[ComplianceResult]] = {}
+        # model_from_row, not ComplianceResult(...): the model's __init__ cost about 29 us a
+        # row, more than half a millisecond of every single order's 20 results.
         for key, per_order in self.results.items():
             rows[key] = [
-                ComplianceResult(
-                    order_id=key,
-                    rule_id=r.rule_id,
-                    rule_name=r.rule_name,
-                    rule_type=r.rule_type,
-                    rule_version=r.rule_version,
-                    outcome=r.outcome,
-                    message=r.message,
-                    measured=_as_stored(r.measured),
-                    limit=_as_stored(r.limit),
-                    checked_at=at,
+                model_from_row(
+                    ComplianceResult,
+                    {
+                        "id": None,
+                        "order_id": key,
+                        "rule_id": r.rule_id,
+                        "rule_name": r.rule_name,
+                        "rule_type": r.rule_type,
+                        "rule_version": r.rule_version,
+                        "outcome": r.outcome,
+                        "message": r.message,
+                        "measured": _as_stored(r.measured),
+                        "limit": _as_stored(r.limit),
+                        "checked_at": at,
+                    },
                 )
                 for r in per_order
             ]
