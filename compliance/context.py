@@ -124,7 +124,9 @@ def load_rules(
 _LOCK_CASH_SQL = (
     "SELECT c.account_id, c.settled, c.pending FROM allocations_cashbalance c"
     " JOIN allocations_account a ON a.id = c.account_id AND c.currency = a.base_currency"
-    " WHERE c.account_id = ANY(%b::bigint[]) ORDER BY c.id FOR UPDATE OF c"
+    # In account order, as fills lock cash (allocations.services): two transactions taking
+    # the same balances never wait on each other crosswise.
+    " WHERE c.account_id = ANY(%b::bigint[]) ORDER BY c.account_id, c.currency FOR UPDATE OF c"
 )
 _READ_CASH_SQL = (
     "SELECT c.account_id, c.settled, c.pending FROM allocations_cashbalance c"
