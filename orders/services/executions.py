@@ -108,6 +108,12 @@ class _Context:
         self.changed: dict[int, Order] = {}
         self.order_fields: set[str] = set()
 
+    def begin(self, entries: list[AuditEntry]) -> None:
+        """Start the next report on the same locked rows."""
+        self.entries = entries
+        self.changed = {}
+        self.order_fields = set()
+
     def transition(self, order: Order, target: str, *, action: str, meta: dict) -> bool:
         """Move an order if the state table allows it; False (and nothing done) otherwise."""
         if order.status == target or not can_transition(order.status, target):
@@ -483,12 +489,66 @@ def executions_apply(
     with transaction.atomic(durable=True):
         _lock_batch([report for report, _ in reports])
         entries: list[AuditEntry] = []
+        contexts = _Contexts()
         results = [
-            _execution_apply(session_key, report, raw_message_id, entries)
+            _execution_apply(session_key, report, raw_message_id, entries, contexts)
             for report, raw_message_id in reports
         ]
         audit_record_many(entries=entries)
     return results
+
+
+def _normalised(obj: Any) -> None:
+    """Decimals at their column's scale, as a row read back holds them ("100.00000000")."""
+    for field in obj._meta.concrete_fields:
+        places = getattr(field, "decimal_places", None)
+        if places is not None:
+            value = obj.__dict__.get(field.attname)
+            if value is not None:
+                obj.__dict__[field.attname] = value.quantize(_QUANTA[places])
+
+
+_QUANTA = {places: Decimal(1).scaleb(-places) for places in range(0, 20)}
+
+
+class _Contexts:
+    """The locked rows of a batch's placements, kept from one report to the next.
+
+    A later report of the same ClOrdIDs reuses them instead of reading them again: they hold
+    exactly what the database holds (every change a report makes is written from them, and
+    their decimals are brought to the columns' scale after each report). Only reports that
+    cannot rename a placement are followed by reuse (acknowledgements and fills); any other
+    report, or the same rows read through other ClOrdIDs, drops what was kept.
+    """
+
+    def __init__(self) -> None:
+        self.kept: dict[tuple[str, ...], _Context] = {}
+
+    def get(self, key: tuple[str, ...]) -> _Context | None:
+        return self.kept.get(key)
+
+    def forget(self, ctx: _Context) -> None:
+        """Drop what was kept of any row `ctx` holds (read again under other ClOrdIDs)."""
+        rows = _rows_of(ctx)
+        self.kept = {k: c for k, c in self.kept.items() if not rows & _rows_of(c)}
+
+    def after(self, key: tuple[str, ...], ctx: _Context | None, report: ExecReport) -> None:
+        if ctx is None:
+            return
+        if not (report.is_fill or report.exec_type == "0"):
+            self.kept.clear()
+            return
+        for obj in (ctx.placement, ctx.block, *ctx.orders):
+            if obj is not None:
+                _normalised(obj)
+        self.kept[key] = ctx
+
+
+def _rows_of(ctx: _Context) -> set[tuple[str, int]]:
+    rows = {("placement", ctx.placement.pk)} | {("order", o.pk) for o in ctx.orders}
+    if ctx.block is not None:
+        rows.add(("block", ctx.block.pk))
+    return rows
 
 
 def _lock_batch(reports: Sequence[ExecReport]) -> None:
@@ -527,9 +587,31 @@ def _execution_apply(
     report: ExecReport,
     raw_message_id: int | None,
     entries: list[AuditEntry],
+    contexts: _Contexts | None = None,
 ) -> Execution | None:
     """execution_apply inside the caller's transaction; its audit entries go to `entries`."""
-    ctx = _lock([i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i], entries)
+    ids = [i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i]
+    key = tuple(ids)
+    ctx = contexts.get(key) if contexts is not None else None
+    if ctx is None:
+        ctx = _lock(ids, entries)
+        if contexts is not None and ctx is not None:
+            contexts.forget(ctx)
+    else:
+        ctx.begin(entries)
+    execution = _execution_book(session_key, report, raw_message_id, entries, ctx)
+    if contexts is not None:
+        contexts.after(key, ctx, report)
+    return execution
+
+
+def _execution_book(
+    session_key: str,
+    report: ExecReport,
+    raw_message_id: int | None,
+    entries: list[AuditEntry],
+    ctx: _Context | None,
+) -> Execution | None:
     placement = ctx.placement if ctx else None
     fill = report.is_fill and placement is not None
     if fill and placement.cum_qty + report.last_qty > placement.quantity:  # type: ignore[union-attr,operator]
