@@ -500,15 +500,25 @@ def executions_apply(
 
 def _normalised(obj: Any) -> None:
     """Decimals at their column's scale, as a row read back holds them ("100.00000000")."""
-    for field in obj._meta.concrete_fields:
-        places = getattr(field, "decimal_places", None)
-        if places is not None:
-            value = obj.__dict__.get(field.attname)
-            if value is not None:
-                obj.__dict__[field.attname] = value.quantize(_QUANTA[places])
+    values = obj.__dict__
+    for attname, quantum in _decimal_columns(type(obj)):
+        value = values.get(attname)
+        if value is not None:
+            values[attname] = value.quantize(quantum)
 
 
-_QUANTA = {places: Decimal(1).scaleb(-places) for places in range(0, 20)}
+_DECIMAL_COLUMNS: dict[type, list[tuple[str, Decimal]]] = {}
+
+
+def _decimal_columns(model: type) -> list[tuple[str, Decimal]]:
+    columns = _DECIMAL_COLUMNS.get(model)
+    if columns is None:
+        columns = _DECIMAL_COLUMNS[model] = [
+            (f.attname, Decimal(1).scaleb(-f.decimal_places))
+            for f in model._meta.concrete_fields  # type: ignore[attr-defined]
+            if getattr(f, "decimal_places", None) is not None
+        ]
+    return columns
 
 
 class _Contexts:
