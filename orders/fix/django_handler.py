@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import datetime as dt
 import logging
 import queue
 import threading
@@ -65,7 +66,10 @@ from orders.fix.messages import (
     CancelReject,
     ExecReport,
     MessageBuildError,
+    OutboundMessage,
+    OutboundRequest,
     ParsedMessage,
+    build_message,
     parse_message,
     split_fields,
 )
@@ -246,6 +250,11 @@ class DjangoGatewayHandler:
         self._placements: dict[str, int] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # Session key -> {ClOrdID: record pk} the outbox dispatcher recorded before sending, and
+        # the (MsgSeqNum, raw) QuickFIX gave each of them (see expect_outbound).
+        self._expected: dict[str, dict[str, int]] = {}
+        self._numbered: dict[str, dict[str, tuple[int, str]]] = {}
+        self._outbound_lock = threading.Lock()
 
     @property
     def recovery_window(self) -> int:
@@ -307,10 +316,37 @@ class DjangoGatewayHandler:
     def on_logout(self, session_key: str) -> None:
         self.state_changed.set()
 
+    def expect_outbound(self, session_key: str, records: dict[str, int]) -> None:
+        """These ClOrdIDs are recorded already (durably): on_outbound only notes their number."""
+        with self._outbound_lock:
+            self._expected.setdefault(session_key, {}).update(records)
+
+    def take_outbound(self, session_key: str) -> dict[str, tuple[int, str]]:
+        """(MsgSeqNum, raw) of the expected messages sent since expect_outbound; forgets them."""
+        with self._outbound_lock:
+            self._expected.pop(session_key, None)
+            return self._numbered.pop(session_key, {})
+
     def on_outbound(self, session_key: str, raw: str) -> None:
+        if self._expected.get(session_key) and self._note_expected(session_key, raw):
+            return
         self._thread(self._outbound, session_key, "fix-out-db").run(
             self._record_outbound, session_key, raw
         )
+
+    def _note_expected(self, session_key: str, raw: str) -> bool:
+        values = _fields(raw)
+        if values.get(43) == "Y" or values.get(35, "") in ADMIN_MSG_TYPES:
+            return False  # a resend or an admin message: recorded as it goes
+        seq = values.get(34, "")
+        with self._outbound_lock:
+            expected = self._expected.get(session_key)
+            cl_ord_id = values.get(11, "")
+            if not expected or cl_ord_id not in expected or not seq.isdigit():
+                return False
+            del expected[cl_ord_id]
+            self._numbered.setdefault(session_key, {})[cl_ord_id] = (int(seq), raw)
+        return True
 
     def on_inbound(self, session_key: str, raw: str, parsed: ParsedMessage) -> None:
         received = time.perf_counter()
@@ -592,6 +628,28 @@ def listen_connection() -> Any:
     return conn
 
 
+# How far a message's SendingTime may lie before its record's time (clock steps) when the store
+# is searched for a recorded but unnumbered message.
+STORE_CLOCK_MARGIN = dt.timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """The first outbound record of a ClOrdID and message type."""
+
+    pk: int
+    seq: int | None
+    at: dt.datetime
+
+
+_NO_RECORD = _Record(0, 0, dt.datetime.min.replace(tzinfo=dt.UTC))
+
+
+def _unsent_raw(message: OutboundMessage) -> str:
+    """The message's type and body before QuickFIX adds its header (replaced once it is sent)."""
+    return "".join(f"{tag}={value}\x01" for tag, value in ((35, message.msg_type), *message.fields))
+
+
 class OutboxDispatcher:
     """Sends pending outbox rows of the gateway's sessions (LISTEN + periodic sweep)."""
 
@@ -604,6 +662,8 @@ class OutboxDispatcher:
         batch: int = 500,
         listen: bool = True,
         on_send: Callable[[str, int], None] | None = None,
+        recorder: DjangoGatewayHandler | None = None,
+        chunk: int = 100,
     ) -> None:
         self.gateway = gateway
         self.sessions = sessions  # FixSession pk -> session key
@@ -613,6 +673,9 @@ class OutboxDispatcher:
         # Called with (ClOrdID, placement pk) before a row is sent: the broker's answer can
         # arrive before send() returns.
         self.on_send = on_send
+        # The handler whose on_outbound hands back the MsgSeqNum of rows recorded here.
+        self.recorder = recorder
+        self.chunk = chunk
         self.sent = 0
         self.stop_event = threading.Event()
         self.wake = threading.Event()
@@ -690,63 +753,154 @@ class OutboxDispatcher:
         )
         if not rows:
             return 0
-        recorded: dict[tuple[str, str], int | None] = {}
-        for cl_ord_id, msg_type, seq in (
+        records: dict[tuple[str, str], _Record] = {}
+        for pk, cl_ord_id, msg_type, seq, at in (
             FixMessage.objects.filter(
                 direction=Direction.OUT,
                 cl_ord_id__in=[r.cl_ord_id for r in rows],
                 poss_dup=False,
             )
             .order_by("pk")
-            .values_list("cl_ord_id", "msg_type", "seq_num")
+            .values_list("pk", "cl_ord_id", "msg_type", "seq_num", "received_at")
         ):
-            recorded.setdefault((cl_ord_id, msg_type), seq)
-        statuses: dict[str, Any] = {}
-        done: list[int] = []
+            records.setdefault((cl_ord_id, msg_type), _Record(pk, seq, at))
+        by_session: dict[str, list[OutboxMessage]] = {}
         for row in rows:
-            key = self.sessions[row.fix_session_id]
-            status = statuses.get(key)
-            if status is None:
-                status = statuses[key] = self.gateway.session_status(key)
-            if not status.logged_on:
-                continue
-            seq = recorded.get((row.cl_ord_id, row.msg_type), -1)
-            nxt = status.next_sender_seq_num
-            if seq != -1 and seq is not None and nxt is not None and seq < nxt:
-                done.append(row.pk)  # it left before a restart; QuickFIX resends if needed
-                continue
-            try:
-                from orders.services.routing import outbox_request
+            by_session.setdefault(self.sessions[row.fix_session_id], []).append(row)
+        for key, session_rows in by_session.items():
+            self._dispatch_session(key, session_rows, records)
+        return len(rows)
 
+    def _dispatch_session(
+        self, key: str, rows: list[OutboxMessage], records: dict[tuple[str, str], _Record]
+    ) -> None:
+        status = self.gateway.session_status(key)
+        if not status.logged_on:
+            return
+        nxt = status.next_sender_seq_num
+        left: list[int] = []
+        unnumbered: list[OutboxMessage] = []
+        ready: list[OutboxMessage] = []
+        for row in rows:
+            record = records.get((row.cl_ord_id, row.msg_type))
+            if record is None:
+                ready.append(row)
+            elif record.seq is None:
+                unnumbered.append(row)  # recorded, then the process died before numbering it
+            elif nxt is not None and record.seq < nxt:
+                left.append(row.pk)  # it left before a restart; QuickFIX resends if needed
+            else:
+                ready.append(row)  # QuickFIX never numbered it past its store: it did not leave
+        numbers: list[tuple[int, int, str]] = []
+        if unnumbered:
+            # The store decides: QuickFIX writes a message there before it reaches the socket.
+            since = min(records[(r.cl_ord_id, r.msg_type)].at for r in unnumbered)
+            lookup = getattr(self.gateway, "stored_orders", None)
+            found = (
+                lookup(key, [r.cl_ord_id for r in unnumbered], since - STORE_CLOCK_MARGIN)
+                if lookup is not None
+                else {}
+            )
+            for row in unnumbered:
+                hit = found.get(row.cl_ord_id)
+                if hit is None:
+                    ready.append(row)  # never numbered, so it never left: send it now
+                    continue
+                left.append(row.pk)
+                numbers.append((records[(row.cl_ord_id, row.msg_type)].pk, hit[0], hit[1]))
+            ready.sort(key=lambda r: r.pk)  # a session's messages leave in outbox order
+        self._finish(left, numbers)
+        for start in range(0, len(ready), self.chunk):
+            if not self._send_chunk(key, ready[start : start + self.chunk], records):
+                return  # logged out meanwhile: the rest waits for the next logon
+
+    def _send_chunk(
+        self, key: str, rows: list[OutboxMessage], records: dict[tuple[str, str], _Record]
+    ) -> bool:
+        """Record a chunk of rows in one durable commit, send them, then mark them sent.
+
+        The records are committed (waiting for the WAL flush) before the first message of the
+        chunk reaches QuickFIX, so no message leaves unrecorded; their MsgSeqNum is known only
+        once QuickFIX numbered them, and is written with the rows marked sent. A crash between
+        the two leaves records without a number: `_dispatch_session` then asks QuickFIX's
+        store whether each one was numbered (it left) or not (it is sent now).
+        """
+        from orders.services.routing import outbox_request
+
+        messages: list[tuple[OutboxMessage, OutboundRequest, OutboundMessage]] = []
+        for row in rows:
+            try:
                 request = outbox_request(row.msg_type, row.payload)
-                if self.on_send is not None:
-                    self.on_send(row.cl_ord_id, row.placement_id)
-                ok = self.gateway.send(key, request)
+                message = build_message(request)
             except (MessageBuildError, KeyError, TypeError, ValueError) as exc:
                 self._fail(row, str(exc))
                 continue
-            if ok:
-                done.append(row.pk)
-                self.sent += 1
-            else:
-                statuses[key] = self.gateway.session_status(key)
-            if len(done) >= 100:
-                self._mark_sent(done)
-                done = []
-        self._mark_sent(done)
-        return len(rows)
+            messages.append((row, request, message))
+        if not messages:
+            return True
+        new = [
+            FixMessage(
+                session_key=key,
+                direction=Direction.OUT,
+                msg_type=row.msg_type[:4],
+                cl_ord_id=row.cl_ord_id[:64],
+                raw=_unsent_raw(message),
+            )
+            for row, _, message in messages
+            if records.get((row.cl_ord_id, row.msg_type), _NO_RECORD).seq is not None
+        ]
+        if new:
+            FixMessage.objects.bulk_create(new)  # autocommit: one durable commit
+        record_pks = {m.cl_ord_id: m.pk for m in new}
+        for row, _, _ in messages:
+            record = records.get((row.cl_ord_id, row.msg_type))
+            if record is not None and record.seq is None:
+                record_pks[row.cl_ord_id] = record.pk
+        if self.recorder is not None:
+            self.recorder.expect_outbound(key, record_pks)
+        sent: list[int] = []
+        logged_on = True
+        try:
+            for row, request, _ in messages:
+                if self.on_send is not None:
+                    self.on_send(row.cl_ord_id, row.placement_id)
+                if not self.gateway.send(key, request):
+                    logged_on = False
+                    break
+                sent.append(row.pk)
+        finally:
+            numbered = self.recorder.take_outbound(key) if self.recorder is not None else {}
+            self._finish(
+                sent,
+                [
+                    (record_pks[c], seq, raw)
+                    for c, (seq, raw) in numbered.items()
+                    if c in record_pks
+                ],
+            )
+        self.sent += len(sent)
+        return logged_on
 
-    def _mark_sent(self, ids: list[int]) -> None:
-        if not ids:
+    def _finish(self, ids: list[int], numbers: list[tuple[int, int, str]]) -> None:
+        """Mark rows sent and write the MsgSeqNum and wire text of their records, one commit."""
+        if not ids and not numbers:
             return
-        # No wait for the WAL flush: if a crash loses this update, the rows are pending again
-        # and their outbound records (flushed before they left) mark them sent without resending.
+        # No wait for the WAL flush: if a crash loses this, the rows are pending again and
+        # their records (flushed before they left) lead to QuickFIX's store, not to a resend.
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            OutboxMessage.objects.filter(pk__in=ids, status=OutboxStatus.PENDING).update(
-                status=OutboxStatus.SENT, sent_at=timezone.now(), attempts=F("attempts") + 1
-            )
+                if numbers:
+                    cursor.execute(
+                        f"UPDATE {FixMessage._meta.db_table} AS m SET seq_num = v.seq, raw = v.raw"
+                        " FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, seq, raw)"
+                        " WHERE m.id = v.id",
+                        [[n[0] for n in numbers], [n[1] for n in numbers], [n[2] for n in numbers]],
+                    )
+            if ids:
+                OutboxMessage.objects.filter(pk__in=ids, status=OutboxStatus.PENDING).update(
+                    status=OutboxStatus.SENT, sent_at=timezone.now(), attempts=F("attempts") + 1
+                )
 
     def _fail(self, row: OutboxMessage, error: str) -> None:
         from orders.services.routing import outbox_mark_failed
@@ -788,6 +942,7 @@ class GatewayRunner:
                 sweep_interval=sweep_interval,
                 listen=False,
                 on_send=self.handler.remember_placement,
+                recorder=self.handler,
             )
             for r in rows
         ]
