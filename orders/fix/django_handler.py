@@ -17,15 +17,20 @@ QuickFIX retries and finally rewinds the sequence number (the broker resends); a
 retries a database failure until it passes; a business-rule error is logged, and does not
 block the placement.
 
-Outbound: `on_outbound` stores the message (with its MsgSeqNum) before QuickFIX puts it on the
-wire; if that fails the message is not sent.
+Outbound: `on_outbound` stores a message (with its MsgSeqNum) before QuickFIX puts it on the
+wire; if that fails the message is not sent. Order messages from the outbox are the exception:
+the dispatcher recorded them already (below), so on_outbound only notes their number.
 
 Outbox (dispatcher thread): LISTEN oms_outbox and a sweep every `sweep_interval` seconds read
-pending rows of this gateway's sessions in id order; a row is marked sent only after
-`Gateway.send` returned True. Restart safety: a pending row whose message was already recorded
-outbound is sent again only if its recorded MsgSeqNum is >= the session's next sender number
-(QuickFIX never numbered it past the store: it did not leave); otherwise it did leave and
-QuickFIX's own resend answers the broker if the broker missed it, so the row is just marked sent.
+pending rows of this gateway's sessions in id order. A chunk of rows is recorded in ONE durable
+commit before any of it is sent (no MsgSeqNum yet: QuickFIX numbers a message as it sends it),
+then sent, then its numbers and wire texts are written with the rows marked sent, one commit.
+Restart safety, for a pending row: recorded with a MsgSeqNum below the session's next sender
+number, it left (QuickFIX's own resend answers the broker if the broker missed it), so it is
+only marked sent; recorded with a number QuickFIX never reached, it did not leave; recorded
+without a number (the process died between the two commits), QuickFIX's FileStore decides,
+because QuickFIX writes a message there before it writes it to the socket: found, it left;
+absent, it never left and is sent now. Never recorded: never sent.
 One gateway process owns a set of sessions: two processes must not serve the same session.
 """
 

@@ -5,10 +5,11 @@ order (→ pending_new), creates the Placement and writes the outbound FIX messa
 `OutboxMessage` row in ONE transaction, and issues `NOTIFY oms_outbox` inside it (PostgreSQL
 delivers a notification only when the transaction commits). The FIX gateway process LISTENs on
 that channel and also sweeps pending rows every second, so a missed notification only delays a
-message. The gateway records the outbound message (with its MsgSeqNum) before QuickFIX sends it
-and marks the row sent afterwards; on restart a pending row whose message was already recorded
-and numbered below the session's next sequence number is not sent again (QuickFIX's resend
-covers it). See orders.fix.django_handler.
+message. The gateway records the outbound messages (a chunk per durable commit) before QuickFIX
+sends them, and writes their MsgSeqNums with the rows marked sent afterwards; on restart a
+pending row whose message was recorded and numbered (in the database or in QuickFIX's store)
+below the session's next sequence number is not sent again (QuickFIX's resend covers it). See
+orders.fix.django_handler.
 
 Lock order everywhere (so cancels, fills and the kill switch never deadlock): placements by pk,
 then blocks by pk, then orders by pk, then audit streams (sorted, by the audit kernel).
