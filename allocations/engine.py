@@ -110,6 +110,8 @@ _ZERO = Decimal(0)
 
 def _as_decimal(value: Any, name: str) -> Decimal:
     """Accept Decimal or int (exact); refuse float, str and non-finite values."""
+    if type(value) is Decimal and value.is_finite():
+        return value  # the common case, a tenth of the general path's cost
     if isinstance(value, bool) or not isinstance(value, Decimal | int):
         raise TypeError(f"{name} must be a Decimal, got {type(value).__name__}")
     result = Decimal(value)

@@ -509,11 +509,13 @@ def _rebook(
     user: Any = None,
     action: str = "allocation.created",
     audit: list[AuditEntry] | None = None,
+    returning: bool = True,
 ) -> list[Allocation]:
     """Book the difference between each order's target and its rows so far; move the book.
 
     `orders` are the locked orders (model instances or `_OrderRow`s); their cum_qty, avg_px,
-    leaves_qty, version and updated_at are moved in place as well as in the database.
+    leaves_qty, version and updated_at are moved in place as well as in the database. Returns
+    the rows written as model instances (none built without `returning`).
     """
     side = block.side if block is not None else orders[0].side
     sign = _side_sign(side)
@@ -661,43 +663,47 @@ def _rebook(
                 ],
             )
 
-    allocations = [
-        model_from_row(
-            Allocation,
-            {
-                "id": pk,
-                "execution_id": execution.pk,
-                "block_id": block_id,
-                "order_id": row[0],
-                "account_id": row[1],
-                "instrument_id": instrument.pk,
-                "broker_id": broker_id,
-                "side": side,
-                "kind": row[2],
-                "quantity": row[3],
-                "price": price,
-                "gross": row[4],
-                "commission": row[5],
-                "fees": row[6],
-                "net": row[7],
-                "cum_quantity": row[8],
-                "cum_gross": row[9],
-                "cum_commission": row[10],
-                "cum_fees": row[11],
-                "cum_net": row[12],
-                "currency": currency,
-                "trade_date": trade_date,
-                "settlement_date": settles,
-                "method": method,
-                "reversal_of_id": row[13],
-                "cash_settled": False,
-                "cash_settled_at": None,
-                "created_by_id": user_id,
-                "created_at": now,
-            },
-        )
-        for pk, row in zip(ids, rows, strict=True)
-    ]
+    allocations = (
+        []
+        if not returning
+        else [
+            model_from_row(
+                Allocation,
+                {
+                    "id": pk,
+                    "execution_id": execution.pk,
+                    "block_id": block_id,
+                    "order_id": row[0],
+                    "account_id": row[1],
+                    "instrument_id": instrument.pk,
+                    "broker_id": broker_id,
+                    "side": side,
+                    "kind": row[2],
+                    "quantity": row[3],
+                    "price": price,
+                    "gross": row[4],
+                    "commission": row[5],
+                    "fees": row[6],
+                    "net": row[7],
+                    "cum_quantity": row[8],
+                    "cum_gross": row[9],
+                    "cum_commission": row[10],
+                    "cum_fees": row[11],
+                    "cum_net": row[12],
+                    "currency": currency,
+                    "trade_date": trade_date,
+                    "settlement_date": settles,
+                    "method": method,
+                    "reversal_of_id": row[13],
+                    "cash_settled": False,
+                    "cash_settled_at": None,
+                    "created_by_id": user_id,
+                    "created_at": now,
+                },
+            )
+            for pk, row in zip(ids, rows, strict=True)
+        ]
+    )
 
     stream = f"block:{block_id}:allocations" if block else f"order:{orders[0].pk}:allocations"
     # One event per fill listing every row it booked: a 1,000-account block would otherwise
@@ -766,6 +772,7 @@ def fill_allocate(
     block: Block | None = None,
     orders: Sequence[Order] | None = None,
     audit: list[AuditEntry] | None = None,
+    returning: bool = True,
 ) -> list[Allocation]:
     """Allocate a block's (or order's) fills after `execution`; move positions and cash.
 
@@ -773,7 +780,8 @@ def fill_allocate(
     docstring. A caller that already holds the locks passes the locked `block` (loaded with
     its instrument and allocation policy) and `orders` (by pk, with their accounts), which are
     then moved in place; with `audit`, the audit entry is appended there for the caller to
-    write. Returns the Allocation rows written.
+    write. Returns the Allocation rows written (an empty list with `returning=False`, for a
+    caller that does not use them: building 1,000 instances is a tenth of a big fill's time).
     """
     if not connection.in_atomic_block:
         raise RuntimeError("fill_allocate must run inside the transaction that saved the fill")
@@ -826,6 +834,7 @@ def fill_allocate(
         method=method,
         schedule=schedule,
         audit=audit,
+        returning=returning,
     )
     if block is not None:
         block.cum_qty, block.avg_px = filled, price

@@ -1,0 +1,445 @@
+"""executions_apply: a batch of reports in one transaction gives exactly the one-by-one results."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from allocations.models import Allocation, CashBalance, CommissionSchedule, Position
+from oms_site.audit import audit_verify
+from oms_site.models import AuditEvent
+from orders.models import Block, Execution, FixMessage, Order, Placement
+from orders.services.executions import execution_apply, executions_apply
+from orders.services.routing import block_route, order_route
+from tests import factories as f
+from tests.allocations.support import make_block
+from tests.routing.conftest import report
+
+pytestmark = pytest.mark.django_db
+KEY = "FIX.4.4:OMS->BRKA"
+D = Decimal
+_worlds = itertools.count(1)
+
+
+class World:
+    """A block of three orders and a lone order, each routed to BRKA, on accounts of its own."""
+
+    def __init__(self, trader: Any, pm: Any, desk: Any) -> None:
+        n = next(_worlds)
+        self.tag = f"W{n}"
+        self.instrument = f.InstrumentFactory(symbol=f"BAT{n}")
+        accounts = [f.AccountFactory(code=f"{self.tag}-{i}", desk=desk) for i in range(4)]
+        for account in accounts:
+            account.managers.add(pm)
+        self.accounts = accounts
+        self.orders = [
+            Order.objects.create(
+                account=account,
+                instrument=self.instrument,
+                side="buy",
+                quantity=D(q),
+                leaves_qty=D(q),
+                order_type="market",
+                time_in_force="day",
+                status="approved",
+                compliance_outcome="pass",
+                created_by=pm,
+            )
+            for account, q in zip(accounts, (60, 30, 10, 100), strict=True)
+        ]
+        self.block = Block.objects.create(
+            instrument=self.instrument,
+            side="buy",
+            order_type="market",
+            quantity=D(100),
+            created_by=trader,
+        )
+        Order.objects.filter(pk__in=[o.pk for o in self.orders[:3]]).update(block=self.block)
+        self.block_placement = block_route(user=trader, block_id=self.block.pk, broker_code="BRKA")
+        self.lone_placement = order_route(
+            user=trader, order_id=self.orders[3].pk, broker_code="BRKA"
+        )
+
+    def reports(self, specs: list[tuple[Any, ...]]) -> list[Any]:
+        """Reports from (target, exec_type, ord_status, exec_no, last_qty, last_px) specs."""
+        cl_ord_ids = {
+            "block": self.block_placement.cl_ord_id,
+            "lone": self.lone_placement.cl_ord_id,
+            "unknown": f"NOSUCH-{self.tag}",
+        }
+        out = []
+        for target, exec_type, ord_status, number, last_qty, last_px in specs:
+            out.append(
+                report(
+                    cl_ord_ids[target],
+                    exec_type,
+                    ord_status,
+                    exec_id=f"{self.tag}-E{number}",
+                    last_qty=last_qty,
+                    last_px=last_px,
+                    cum=last_qty or "0",
+                    avg=last_px or "0",
+                )
+            )
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the reports changed, keyed by position in this world (not by pk)."""
+        order_index = {o.pk: i for i, o in enumerate(self.orders)}
+        account_index = {a.pk: i for i, a in enumerate(self.accounts)}
+        placement_name = {self.block_placement.pk: "block", self.lone_placement.pk: "lone"}
+        orders = [
+            Order.objects.values_list(
+                "status", "cum_qty", "avg_px", "leaves_qty", "version", "quantity"
+            ).get(pk=o.pk)
+            for o in self.orders
+        ]
+        placements = {
+            name: Placement.objects.values_list(
+                "status", "cum_qty", "avg_px", "version", "broker_order_id"
+            ).get(pk=pk)
+            for pk, name in placement_name.items()
+        }
+        block = Block.objects.values_list("status", "cum_qty", "avg_px", "version").get(
+            pk=self.block.pk
+        )
+        executions = [
+            (
+                e.exec_id.split("-", 1)[1],
+                placement_name.get(e.placement_id),
+                e.exec_type,
+                e.last_qty,
+                e.last_px,
+                e.gross,
+                e.unknown_order,
+                e.text,
+            )
+            for e in Execution.objects.filter(exec_id__startswith=f"{self.tag}-").order_by("pk")
+        ]
+        allocations = [
+            (
+                order_index[a.order_id],
+                account_index[a.account_id],
+                a.kind,
+                a.quantity,
+                a.price,
+                a.gross,
+                a.commission,
+                a.fees,
+                a.net,
+                a.cum_quantity,
+                a.cum_net,
+                a.reversal_of_id is not None,
+            )
+            for a in Allocation.objects.filter(instrument=self.instrument).order_by("pk")
+        ]
+        positions = sorted(
+            (account_index[p.account_id], p.quantity, p.avg_cost, p.realised_pnl, p.version)
+            for p in Position.objects.filter(instrument=self.instrument)
+        )
+        cash = sorted(
+            (account_index[c.account_id], c.currency, c.settled, c.pending, c.version)
+            for c in CashBalance.objects.filter(account__in=self.accounts)
+        )
+        labels = {f"order:{o.pk}": f"order{i}" for i, o in enumerate(self.orders)}
+        labels.update({f"placement:{pk}": name for pk, name in placement_name.items()})
+        labels[f"block:{self.block.pk}"] = "block"
+        labels[f"block:{self.block.pk}:allocations"] = "allocations"
+        audit = {
+            label: list(
+                AuditEvent.objects.filter(stream=stream)
+                .order_by("seq")
+                .values_list("seq", "action", "object_type")
+            )
+            for stream, label in labels.items()
+        }
+        return {
+            "orders": orders,
+            "placements": placements,
+            "block": block,
+            "executions": executions,
+            "allocations": allocations,
+            "positions": positions,
+            "cash": cash,
+            "audit": audit,
+        }
+
+
+@pytest.fixture
+def world(trader, pm, desk, brokers):
+    CommissionSchedule.objects.get_or_create(
+        broker=brokers["BRKA"],
+        defaults={
+            "bps": D("5"),
+            "per_share": D("0.01"),
+            "min_per_ticket": D("1.00"),
+            "fees_bps": D("0.5"),
+        },
+    )
+    return lambda: World(trader, pm, desk)
+
+
+# Acks and fills on a block and a lone order, interleaved, with a duplicate ExecID inside the
+# batch, a report of an unknown ClOrdID (and its duplicate), a fill that fills the block, and an
+# overfill after it (stored and flagged, not booked).
+MIX = [
+    ("block", "0", "0", 1, None, None),
+    ("lone", "0", "0", 2, None, None),
+    ("block", "F", "1", 3, "50", "100"),
+    ("lone", "F", "1", 4, "40", "99"),
+    ("block", "F", "1", 3, "50", "100"),
+    ("unknown", "F", "1", 5, "10", "5"),
+    ("block", "F", "1", 6, "30", "101.37"),
+    ("lone", "F", "2", 7, "60", "99.5"),
+    ("unknown", "F", "1", 5, "10", "5"),
+    ("block", "F", "2", 8, "20", "102"),
+    ("block", "F", "2", 9, "10", "103"),
+]
+
+
+def _result(execution):
+    if execution is None:
+        return None
+    return (execution.exec_id.split("-", 1)[1], execution.last_qty, execution.unknown_order)
+
+
+def _events(monkeypatch):
+    sent = []
+    monkeypatch.setattr("oms_site.realtime._send_many", lambda items: sent.extend(items))
+    return sent
+
+
+def _event_summary(sent, w):
+    order_index = {o.pk: i for i, o in enumerate(w.orders)}
+    account_group = {f"acct-{a.pk}": f"acct-{i}" for i, a in enumerate(w.accounts)}
+    out = []
+    for group, message in sent:
+        events = message["events"] if message["type"] == "blotter.events" else [message["event"]]
+        for e in events:
+            order = e["data"].get("order", e["data"])
+            out.append(
+                (
+                    account_group.get(group, group),
+                    e["type"],
+                    order_index[e["order_id"]],
+                    e["version"],
+                    order.get("status"),
+                    order.get("cum_qty"),
+                )
+            )
+    return out
+
+
+def test_batch_gives_exactly_the_one_by_one_results(
+    world, monkeypatch, django_capture_on_commit_callbacks
+):
+    # given two identical worlds and the same reports for each
+    one, batch = world(), world()
+    sent = _events(monkeypatch)
+    # when one world gets them one by one and the other as one batch
+    with django_capture_on_commit_callbacks(execute=True):
+        singles = [
+            _result(execution_apply(session_key=KEY, report=r, raw_message_id=None))
+            for r in one.reports(MIX)
+        ]
+    single_events = _event_summary(sent, one)
+    sent.clear()
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        batched = [
+            _result(e)
+            for e in executions_apply(
+                session_key=KEY, reports=[(r, None) for r in batch.reports(MIX)]
+            )
+        ]
+    # then each report's result, and every row and audit event, are the same
+    assert batched == singles
+    assert singles == [
+        ("E1", D(0), False),
+        ("E2", D(0), False),
+        ("E3", D(50), False),
+        ("E4", D(40), False),
+        None,
+        ("E5", D(10), True),
+        ("E6", D(30), False),
+        ("E7", D(60), False),
+        None,
+        ("E8", D(20), False),
+        ("E9", D(0), False),
+    ]
+    expected = one.snapshot()
+    assert batch.snapshot() == expected
+    assert [row[:4] for row in expected["orders"]] == [
+        ("filled", D(60), D("100.811"), D(0)),
+        ("filled", D(30), D("100.811"), D(0)),
+        ("filled", D(10), D("100.811"), D(0)),
+        ("filled", D(100), D("99.3"), D(0)),
+    ]
+    assert expected["block"][:3] == ("filled", D(100), D("100.811"))
+    # and the blotter events are the same, in the same order, after the one commit
+    assert _event_summary(sent, batch) == single_events
+    assert len(callbacks) >= 1
+    assert audit_verify() == []
+
+
+def test_duplicates_across_batches_are_applied_once(world):
+    # given a batch already applied
+    w = world()
+    first = w.reports(MIX[:4])
+    executions_apply(session_key=KEY, reports=[(r, None) for r in first])
+    before = w.snapshot()
+    # when the same reports arrive again in a later batch, with one new fill after them
+    again = w.reports([*MIX[:4], ("block", "F", "1", 10, "10", "100")])
+    results = executions_apply(session_key=KEY, reports=[(r, None) for r in again])
+    # then only the new fill is applied
+    assert [_result(e) for e in results] == [None, None, None, None, ("E10", D(10), False)]
+    after = w.snapshot()
+    assert len(after["executions"]) == len(before["executions"]) + 1
+    assert after["orders"][3] == before["orders"][3]
+    assert [o[1] for o in after["orders"][:3]] == [D(36), D(18), D(6)]
+
+
+def test_a_failing_batch_changes_nothing(world, monkeypatch):
+    # given a world with one fill applied, and a batch whose third report fails in allocation
+    w = world()
+    executions_apply(session_key=KEY, reports=[(r, None) for r in w.reports(MIX[:3])])
+    before = w.snapshot()
+    events_before = AuditEvent.objects.count()
+    calls = []
+    import allocations.services as alloc_services
+
+    original = alloc_services.fill_allocate
+
+    def failing(**kwargs):
+        calls.append(kwargs["execution"].exec_id)
+        if len(calls) == 2:
+            raise RuntimeError("allocation failed")
+        return original(**kwargs)
+
+    monkeypatch.setattr(alloc_services, "fill_allocate", failing)
+    batch = w.reports(
+        [
+            ("lone", "F", "1", 4, "40", "99"),
+            ("block", "F", "1", 6, "30", "101"),
+            ("block", "F", "1", 7, "10", "101"),
+        ]
+    )
+    # when the batch is applied
+    with pytest.raises(RuntimeError):
+        executions_apply(session_key=KEY, reports=[(r, None) for r in batch])
+    # then nothing of it is in the book, not even the reports before the failing one
+    assert w.snapshot() == before
+    assert AuditEvent.objects.count() == events_before
+    assert not Execution.objects.filter(exec_id__in=[f"{w.tag}-E4", f"{w.tag}-E6"]).exists()
+    # and the caller's fallback, one by one, applies them
+    monkeypatch.setattr(alloc_services, "fill_allocate", original)
+    for r in batch:
+        assert execution_apply(session_key=KEY, report=r) is not None
+    assert [o[1] for o in w.snapshot()["orders"]] == [D(54), D(27), D(9), D(40)]
+
+
+def test_an_empty_batch_does_nothing(django_assert_num_queries):
+    with django_assert_num_queries(0):
+        assert executions_apply(session_key=KEY, reports=[]) == []
+
+
+def test_a_batch_of_unknown_orders_is_stored_and_flagged(world):
+    # given no placement for these ClOrdIDs
+    w = world()
+    reports = w.reports([("unknown", "F", "1", 1, "10", "5"), ("unknown", "0", "0", 2, None, None)])
+    raw = [
+        FixMessage.objects.create(session_key=KEY, direction="in", msg_type="8", raw=str(i))
+        for i in range(2)
+    ]
+    # when they arrive in one batch
+    results = executions_apply(
+        session_key=KEY, reports=[(r, m.pk) for r, m in zip(reports, raw, strict=True)]
+    )
+    # then both are stored, flagged, audited, and nothing else moved
+    assert [(e.unknown_order, e.placement_id, e.raw_message_id) for e in results] == [
+        (True, None, raw[0].pk),
+        (True, None, raw[1].pk),
+    ]
+    assert AuditEvent.objects.filter(action="execution.unknown_order").count() == 2
+    assert Allocation.objects.count() == 0
+    assert all(o[0] == "pending_new" for o in w.snapshot()["orders"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_appliers_batching_blocks_that_share_accounts_neither_deadlock_nor_lose(role_groups):
+    # given four blocks in four instruments: thread 0 fills X (accounts L) then Y (accounts H)
+    # in each batch, thread 1 fills Z (accounts H) then W (accounts L): one report at a time
+    # they would lock the same cash rows in opposite orders
+    trader = f.UserFactory(username="trader_d", role="Trader")
+    desk = f.DeskFactory(code="DL")
+    broker = f.BrokerFactory(code="DLB")
+    low = [f.AccountFactory(code=f"L{i}", desk=desk) for i in range(5)]
+    high = [f.AccountFactory(code=f"H{i}", desk=desk) for i in range(5)]
+    for account in (*low, *high):
+        f.CashBalanceFactory(account=account, settled=D(0))
+    quantities = [D(100)] * 5
+
+    def block_of(symbol, accounts):
+        instrument = f.InstrumentFactory(symbol=symbol)
+        return make_block(
+            instrument=instrument,
+            accounts=accounts,
+            quantities=quantities,
+            user=trader,
+            broker=broker,
+        )
+
+    x, y, z, w = (block_of(s, a) for s, a in (("DX", low), ("DY", high), ("DZ", high), ("DW", low)))
+    rounds = 25
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def applier(number, first, second):
+        try:
+            start.wait()
+            for i in range(rounds):
+                batch = [
+                    report(
+                        p.cl_ord_id,
+                        "F",
+                        "1",
+                        exec_id=f"D{number}-{i}-{k}",
+                        last_qty="20",
+                        last_px=str(D("10.00") + D(i % 7) / 100),
+                        cum="20",
+                        avg="10",
+                    )
+                    for k, (_, _, p) in enumerate((first, second))
+                ]
+                results = executions_apply(session_key=KEY, reports=[(r, None) for r in batch])
+                assert all(e is not None and e.last_qty == D(20) for e in results)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    # when both appliers run at once
+    threads = [
+        threading.Thread(target=applier, args=(0, x, y)),
+        threading.Thread(target=applier, args=(1, z, w)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    # then neither failed (no deadlock broken by PostgreSQL) and every fill counted once
+    assert errors == []
+    for block, _, _ in (x, y, z, w):
+        block.refresh_from_db()
+        assert (block.status, block.cum_qty) == ("filled", D(500))
+        assert [o.cum_qty for o in Order.objects.filter(block=block).order_by("pk")] == [D(100)] * 5
+    for account in (*low, *high):
+        net = sum(Allocation.objects.filter(account=account).values_list("net", flat=True))
+        assert CashBalance.objects.get(account=account).pending == -net
+        assert Position.objects.filter(account=account).count() == 2
+    assert audit_verify() == []
