@@ -7,10 +7,11 @@ benchmark run one in a thread of their own process.
 Inbound: on QuickFIX's thread of the session the raw message is committed to FixMessage (an
 application message waits for the WAL flush: from then on a crash cannot lose it), and the
 callback hands the report to one of a few applier threads and returns, so the session reads
-on while reports are applied. Appliers (own connections) run `execution_apply` (idempotent on
-session + ExecID) and the reject services; every report of one placement goes to the same
-applier, so a placement's reports are applied in arrival order while placements are applied in
-parallel. Queues are bounded (QuickFIX's thread waits when they are full), so at most
+on while reports are applied. Appliers (own connections) take whatever is queued and apply a
+session's consecutive ExecutionReports in one transaction with `executions_apply` (one by one
+with `execution_apply` if the batch fails; both idempotent on session + ExecID), and the reject
+services one by one; every report of one placement goes to the same applier, so a placement's
+reports are applied in arrival order while placements are applied in parallel. Queues are bounded (QuickFIX's thread waits when they are full), so at most
 `recovery_window` reports of a session are stored but unapplied; `recover()` applies those at
 the next start, before the sessions connect. Failing to store the raw message is re-raised so
 QuickFIX retries and finally rewinds the sequence number (the broker resends); an applier
@@ -48,7 +49,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import (
@@ -196,6 +197,9 @@ _TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 class _Applier:
     """One thread with its own database connection applying stored reports in queue order.
 
+    It takes everything queued (up to `batch_size`) and applies a session's consecutive
+    execution reports in one transaction (`executions_apply`), one by one if that fails.
+
     Every report of one placement goes to the same applier (see `partition`), so a placement's
     acknowledgement, fills and cancel are applied in the order the broker sent them, while
     different placements are applied in parallel. The queue is bounded: when the appliers fall
@@ -211,14 +215,28 @@ class _Applier:
 
     def _run(self) -> None:
         try:
-            while True:
-                item = self.queue.get()
-                try:
+            stopping = False
+            while not stopping:
+                # Whatever queued up while the last batch was applied goes in one transaction:
+                # the busier the gateway, the bigger (and cheaper per report) the batches.
+                items: list[_Inbound] = []
+                taken = 0
+                while not stopping and len(items) < self.handler.batch_size:
+                    try:
+                        item = self.queue.get() if taken == 0 else self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    taken += 1
                     if item is None:
-                        return
-                    self.handler._apply_with_retries(item)
+                        stopping = True
+                    else:
+                        items.append(item)
+                try:
+                    if items:
+                        self.handler._apply_items(items)
                 finally:
-                    self.queue.task_done()
+                    for _ in range(taken):
+                        self.queue.task_done()
         finally:
             with contextlib.suppress(Exception):
                 connection.close()
@@ -246,6 +264,7 @@ class DjangoGatewayHandler:
         appliers: int = 4,
         queue_size: int = 16,
         retry_delay: float = 0.2,
+        batch_size: int = 16,
     ) -> None:
         self.state_changed = threading.Event()
         self.fill_latencies: collections.deque[float] = collections.deque(maxlen=latency_samples)
@@ -260,6 +279,7 @@ class DjangoGatewayHandler:
         self.fills_applied = 0
         self.retry_delay = retry_delay
         self.queue_size = queue_size
+        self.batch_size = max(1, batch_size)
         self.applier_count = max(1, appliers)
         # Raw messages are stored on a thread per session (inbound) and per session (outbound):
         # sessions never wait on each other and a burst of reports never delays an order out.
@@ -279,8 +299,12 @@ class DjangoGatewayHandler:
 
     @property
     def recovery_window(self) -> int:
-        """At most this many stored reports of one session can be unapplied at any moment."""
-        return self.applier_count * (self.queue_size + 1) + 1
+        """At most this many stored reports of one session can be unapplied at any moment.
+
+        Per applier: a full queue and the batch it is applying; plus the one QuickFIX's thread
+        stored and is waiting to queue.
+        """
+        return self.applier_count * (self.queue_size + self.batch_size) + 1
 
     def _thread(self, threads: dict[str, _DbThread], session_key: str, name: str) -> _DbThread:
         thread = threads.get(session_key)
@@ -426,6 +450,66 @@ class DjangoGatewayHandler:
             return 0  # unknown orders and business rejects: one applier keeps their order
         return placement_id % self.applier_count
 
+    def _apply_items(self, items: list[_Inbound]) -> None:
+        """Apply stored reports in order: a session's consecutive ExecutionReports as a batch."""
+        by_session: dict[str, list[_Inbound]] = {}
+        for item in items:
+            by_session.setdefault(item.session_key, []).append(item)
+        for key, session_items in by_session.items():
+            run: list[_Inbound] = []
+            for item in session_items:
+                if isinstance(item.parsed, ExecReport):
+                    run.append(item)
+                    continue
+                self._apply_run(key, run)
+                run = []
+                self._apply_with_retries(item)
+            self._apply_run(key, run)
+
+    def _apply_run(self, session_key: str, run: list[_Inbound]) -> None:
+        if len(run) <= 1:
+            for item in run:
+                self._apply_with_retries(item)
+            return
+        from orders.services.executions import executions_apply
+
+        started = time.perf_counter()
+        try:
+            results = executions_apply(
+                session_key=session_key,
+                reports=[(cast(ExecReport, i.parsed), i.raw_id) for i in run],
+            )
+        except Exception as exc:
+            # All or nothing: nothing of the batch is in the book. One by one confines the
+            # failure (a report a business rule refuses, a deadlock, a lost connection) to
+            # its report, with the retries of a single report.
+            if isinstance(exc, _DB_ERRORS):
+                _drop_broken_connection()
+            logger.warning(
+                "FIX %s: a batch of %d reports failed (%s: %s); applying them one by one",
+                session_key,
+                len(run),
+                type(exc).__name__,
+                exc,
+            )
+            for item in run:
+                self._apply_with_retries(item)
+            return
+        done = time.perf_counter()
+        for item, result in zip(run, results, strict=True):
+            self._note_applied(item, result, started, done)
+
+    def _note_applied(self, item: _Inbound, result: Any, started: float, done: float) -> None:
+        self.stage_latencies["record"].append(item.recorded - item.received)
+        self.stage_latencies["queue"].append(started - item.recorded)
+        self.stage_latencies["apply"].append(done - started)
+        if isinstance(result, Execution) and result.last_qty > 0:
+            self.fill_latencies.append(done - item.received)
+            self.fills_applied += 1
+            sent = item.parsed.header.sending_time
+            if sent is not None and not item.parsed.header.poss_dup:
+                self.wire_latencies.append(time.time() - sent.timestamp())
+
     def _apply_with_retries(self, item: _Inbound) -> None:
         started = time.perf_counter()
         attempt = 0
@@ -470,16 +554,7 @@ class DjangoGatewayHandler:
                     attempt,
                 )
                 return
-        done = time.perf_counter()
-        self.stage_latencies["record"].append(item.recorded - item.received)
-        self.stage_latencies["queue"].append(started - item.recorded)
-        self.stage_latencies["apply"].append(done - started)
-        if isinstance(result, Execution) and result.last_qty > 0:
-            self.fill_latencies.append(done - item.received)
-            self.fills_applied += 1
-            sent = item.parsed.header.sending_time
-            if sent is not None and not item.parsed.header.poss_dup:
-                self.wire_latencies.append(time.time() - sent.timestamp())
+        self._note_applied(item, result, started, time.perf_counter())
 
     def _apply(self, session_key: str, parsed: ParsedMessage, raw_id: int) -> Any:
         from orders.services.executions import (
@@ -971,11 +1046,12 @@ class GatewayRunner:
         max_resend_age: float | None = None,
         background_events: bool = False,
         appliers: int = 4,
+        apply_batch: int = 16,
     ) -> None:
         self.rows = rows
         # True in the gateway process: blotter events leave from a background thread.
         self.background_events = background_events
-        self.handler = DjangoGatewayHandler(appliers=appliers)
+        self.handler = DjangoGatewayHandler(appliers=appliers, batch_size=apply_batch)
         # One QuickFIX thread per session: sessions never wait on each other's fills.
         self.gateway = Gateway(
             [r.spec for r in rows], self.handler, threaded=True, max_resend_age=max_resend_age
