@@ -416,6 +416,8 @@ def run(
     paced_seconds: float | None = None,
     kill_n: int = 1_000,
     orders_n: int | None = None,
+    appliers: int = 4,
+    apply_batch: int = 16,
 ) -> dict[str, Any]:
     """Route, fill and kill; returns the figures.
 
@@ -462,6 +464,8 @@ def run(
             session_rows(store_dir=str(tmp / "gw"), reconnect_interval=1),
             sweep_interval=0.2,
             background_events=True,
+            appliers=appliers,
+            apply_batch=apply_batch,
         )
         runner.start()
         if not runner.wait_logged_on(timeout=20):
@@ -535,6 +539,7 @@ def run(
         pool = None
         sustained = [p for p in paced_figures if p["completed"]]
         figures: dict[str, Any] = {
+            "gateway": {"appliers": appliers, "apply_batch": apply_batch},
             "burst": burst,
             "paced": paced_figures,
             "kill_switch": kill,
@@ -590,6 +595,10 @@ def main() -> None:
     parser.add_argument(
         "--kill", type=int, default=1_000, help="open orders the kill switch cancels"
     )
+    parser.add_argument("--appliers", type=int, default=4, help="gateway applier threads")
+    parser.add_argument(
+        "--apply-batch", type=int, default=16, help="reports an applier applies per transaction"
+    )
     parser.add_argument("--port", type=int, default=0, help="simulator port (default: free)")
     args = parser.parse_args()
     rates = tuple(float(r) for r in args.paced.split(",") if r.strip())
@@ -601,6 +610,8 @@ def main() -> None:
         paced_seconds=args.paced_seconds or None,
         kill_n=args.kill,
         orders_n=args.orders or None,
+        appliers=args.appliers,
+        apply_batch=args.apply_batch,
     )
     print(json.dumps(figures, indent=2))
 
