@@ -486,10 +486,13 @@ def stored_order_messages(
             messages.seek(offset)
             raw = messages.read(size).decode("latin-1")
             values: dict[int, str] = {}
-            for tag, value in split_fields(raw):
-                values.setdefault(tag, value)
-            sent = values.get(52)
-            if sent and parse_utc_timestamp(sent) < not_before:
+            try:
+                for tag, value in split_fields(raw):
+                    values.setdefault(tag, value)
+                sent = parse_utc_timestamp(values[52])
+            except (KeyError, ValueError):
+                continue  # not a message QuickFIX wrote whole: it cannot be one we look for
+            if sent < not_before:
                 break
             cl_ord_id = values.get(11)
             if values.get(35) in ORDER_MSG_TYPES and cl_ord_id in cl_ord_ids:

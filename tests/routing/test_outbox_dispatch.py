@@ -194,6 +194,16 @@ def test_the_store_is_read_back_to_not_before(tmp_path):
     }
 
 
+def test_an_unreadable_store_entry_is_skipped(tmp_path):
+    spec = _write_store(
+        tmp_path,
+        [(1, wire("A", 1)), (2, "garbage without fields"), (3, wire("B", 3))],
+        tail=b"4,0,999999 ",  # an entry whose body is not there (a store cut short)
+    )
+    found = stored_order_messages(spec, {"A", "B"}, T0 - dt.timedelta(minutes=1))
+    assert {k: v[0] for k, v in found.items()} == {"A": 1, "B": 3}
+
+
 def test_the_store_is_read_across_chunks_and_missing_files_find_nothing(tmp_path):
     messages = [(n, wire(f"N{n:05d}", n, sent=T0)) for n in range(1, 400)]
     spec = _write_store(tmp_path, messages)
