@@ -182,7 +182,9 @@ class Allocation(models.Model):
         "orders.Order", on_delete=models.PROTECT, related_name="allocations", db_index=False
     )
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="allocations")
-    instrument = models.ForeignKey("orders.Instrument", on_delete=models.PROTECT, related_name="+")
+    instrument = models.ForeignKey(
+        "orders.Instrument", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     broker = models.ForeignKey(
         "orders.Broker", on_delete=models.PROTECT, related_name="+", db_index=False
     )

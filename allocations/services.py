@@ -331,12 +331,6 @@ _POSITIONS_CREATE_SQL = (
     "SELECT a, %s, 0, 0, 0, 1, %s FROM unnest(%s::bigint[]) AS a ORDER BY a "
     'ON CONFLICT ("account_id", "instrument_id") DO NOTHING'
 )
-_POSITIONS_UPDATE_SQL = (
-    f'UPDATE "{Position._meta.db_table}" AS t SET "quantity" = v.quantity, '
-    '"avg_cost" = v.avg_cost, "realised_pnl" = v.realised_pnl, "version" = v.version, '
-    '"updated_at" = %s FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[], '
-    '%s::integer[]) AS v(id, quantity, avg_cost, realised_pnl, version) WHERE t."id" = v.id'
-)
 
 
 @dataclass(slots=True)
@@ -402,53 +396,7 @@ def _lock_cash(pairs: set[tuple[int, str]]) -> dict[tuple[int, str], SimpleNames
     return found
 
 
-_CASH_ADD_SQL = (
-    f'INSERT INTO "{CashBalance._meta.db_table}" AS c ("account_id", "currency", "settled", '
-    '"pending", "version", "updated_at") '
-    "SELECT v.account_id, %s, 0, v.delta, 1, %s FROM unnest(%s::bigint[], %s::numeric[]) "
-    "WITH ORDINALITY AS v(account_id, delta, n) ORDER BY v.n "
-    'ON CONFLICT ("account_id", "currency") DO UPDATE SET '
-    '"pending" = c."pending" + EXCLUDED."pending", "version" = c."version" + 1, '
-    '"updated_at" = EXCLUDED."updated_at"'
-)
-
-
-def _cash_add_pending(currency: str, moves: Mapping[int, Decimal], now: dt.datetime) -> None:
-    """Add to the accounts' pending cash in one currency in one upsert, by account_id.
-
-    The upsert needs no read first (pending only moves by a delta) and creates a missing
-    balance; feeding it sorted rows keeps the row-lock order fixed across transactions.
-    """
-    if not moves:
-        return
-    keys = sorted(moves)
-    params = [currency, now, _array(keys), _array(moves[k] for k in keys)]
-    with _raw_cursor() as cursor:
-        cursor.execute(_CASH_ADD_SQL, params)
-
-
 # The columns that differ between the rows of one fill; the others are parameters once.
-_INSERT_ALLOCATIONS_SQL = (
-    f'INSERT INTO "{Allocation._meta.db_table}" ("execution_id", "block_id", "order_id", '
-    '"account_id", "instrument_id", "broker_id", "side", "kind", "quantity", "price", "gross", '
-    '"commission", "fees", "net", "cum_quantity", "cum_gross", "cum_commission", "cum_fees", '
-    '"cum_net", "currency", "trade_date", "settlement_date", "method", "reversal_of_id", '
-    '"cash_settled", "created_by_id", "created_at") '
-    "SELECT %(execution)s::bigint, %(block)s::bigint, v.order_id, v.account_id, "
-    "%(instrument)s::bigint, %(broker)s::bigint, %(side)s::varchar, v.kind, v.quantity, "
-    "%(price)s::numeric, v.gross, v.commission, v.fees, v.net, v.cum_quantity, v.cum_gross, "
-    "v.cum_commission, v.cum_fees, v.cum_net, %(currency)s::varchar, %(trade_date)s::date, "
-    "%(settles)s::date, %(method)s::varchar, v.reversal_of, false, %(user)s::bigint, "
-    "%(now)s::timestamptz FROM unnest(%(order_id)s::bigint[], %(account_id)s::bigint[], "
-    "%(kind)s::varchar[], %(quantity)s::numeric[], %(gross)s::numeric[], "
-    "%(commission)s::numeric[], %(fees)s::numeric[], %(net)s::numeric[], "
-    "%(cum_quantity)s::numeric[], %(cum_gross)s::numeric[], %(cum_commission)s::numeric[], "
-    "%(cum_fees)s::numeric[], %(cum_net)s::numeric[], %(reversal_of)s::bigint[]) "
-    "WITH ORDINALITY AS v(order_id, account_id, kind, quantity, gross, commission, fees, net, "
-    "cum_quantity, cum_gross, cum_commission, cum_fees, cum_net, reversal_of, n) "
-    'ORDER BY v.n RETURNING "id"'
-)
-# Per-row columns, in the order of _AllocationRow's first fields.
 _ALLOCATION_ROW_COLUMNS = (
     "order_id",
     "account_id",
@@ -466,24 +414,55 @@ _ALLOCATION_ROW_COLUMNS = (
     "reversal_of",
 )
 
-
-def _insert_allocations(common: dict[str, Any], rows: Sequence[tuple[Any, ...]]) -> list[int]:
-    """INSERT ... SELECT FROM unnest(array literals) RETURNING id, in the rows' order."""
-    if not rows:
-        return []
-    params = dict(common)
-    for name, column in zip(_ALLOCATION_ROW_COLUMNS, zip(*rows, strict=True), strict=True):
-        params[name] = _array(column)
-    with _raw_cursor() as cursor:
-        cursor.execute(_INSERT_ALLOCATIONS_SQL, params)
-        return [r[0] for r in cursor.fetchall()]
-
-
-_ORDERS_UPDATE_SQL = (
-    f'UPDATE "{Order._meta.db_table}" AS t SET "cum_qty" = v.cum_qty, '
+# Everything a fill writes once its rows are computed, in one statement (one round trip and
+# one parse instead of five; PostgreSQL runs every data-modifying WITH part to completion):
+# the allocation rows, the locked positions, the pending cash (an upsert fed in account_id
+# order: a missing balance is created, and the row locks are taken in a fixed order), the
+# locked orders and the locked block (no block: a NULL id, nothing updated). Arrays travel as
+# text literals (see _array).
+_BOOK_WRITE_SQL = (
+    f'WITH ins AS (INSERT INTO "{Allocation._meta.db_table}" ("execution_id", "block_id", '
+    '"order_id", "account_id", "instrument_id", "broker_id", "side", "kind", "quantity", '
+    '"price", "gross", "commission", "fees", "net", "cum_quantity", "cum_gross", '
+    '"cum_commission", "cum_fees", "cum_net", "currency", "trade_date", "settlement_date", '
+    '"method", "reversal_of_id", "cash_settled", "created_by_id", "created_at") '
+    "SELECT %(execution)s::bigint, %(block)s::bigint, v.order_id, v.account_id, "
+    "%(instrument)s::bigint, %(broker)s::bigint, %(side)s::varchar, v.kind, v.quantity, "
+    "%(price)s::numeric, v.gross, v.commission, v.fees, v.net, v.cum_quantity, v.cum_gross, "
+    "v.cum_commission, v.cum_fees, v.cum_net, %(currency)s::varchar, %(trade_date)s::date, "
+    "%(settles)s::date, %(method)s::varchar, v.reversal_of, false, %(user)s::bigint, "
+    "%(now)s::timestamptz FROM unnest(%(order_id)s::bigint[], %(account_id)s::bigint[], "
+    "%(kind)s::varchar[], %(quantity)s::numeric[], %(gross)s::numeric[], "
+    "%(commission)s::numeric[], %(fees)s::numeric[], %(net)s::numeric[], "
+    "%(cum_quantity)s::numeric[], %(cum_gross)s::numeric[], %(cum_commission)s::numeric[], "
+    "%(cum_fees)s::numeric[], %(cum_net)s::numeric[], %(reversal_of)s::bigint[]) "
+    "WITH ORDINALITY AS v(order_id, account_id, kind, quantity, gross, commission, fees, net, "
+    "cum_quantity, cum_gross, cum_commission, cum_fees, cum_net, reversal_of, n) "
+    'ORDER BY v.n RETURNING "id", "order_id"), '
+    f'pos AS (UPDATE "{Position._meta.db_table}" AS t SET "quantity" = v.quantity, '
+    '"avg_cost" = v.avg_cost, "realised_pnl" = v.realised_pnl, "version" = v.version, '
+    '"updated_at" = %(now)s::timestamptz FROM unnest(%(pos_id)s::bigint[], '
+    "%(pos_quantity)s::numeric[], %(pos_avg_cost)s::numeric[], %(pos_pnl)s::numeric[], "
+    "%(pos_version)s::integer[]) AS v(id, quantity, avg_cost, realised_pnl, version) "
+    'WHERE t."id" = v.id), '
+    f'cash AS (INSERT INTO "{CashBalance._meta.db_table}" AS c ("account_id", "currency", '
+    '"settled", "pending", "version", "updated_at") '
+    "SELECT v.account_id, %(currency)s::varchar, 0, v.delta, 1, %(now)s::timestamptz "
+    "FROM unnest(%(cash_account)s::bigint[], %(cash_delta)s::numeric[]) "
+    "WITH ORDINALITY AS v(account_id, delta, n) ORDER BY v.n "
+    'ON CONFLICT ("account_id", "currency") DO UPDATE SET '
+    '"pending" = c."pending" + EXCLUDED."pending", "version" = c."version" + 1, '
+    '"updated_at" = EXCLUDED."updated_at"), '
+    f'ord AS (UPDATE "{Order._meta.db_table}" AS t SET "cum_qty" = v.cum_qty, '
     '"leaves_qty" = v.leaves_qty, "avg_px" = v.avg_px, "version" = v.version, '
-    '"updated_at" = %s FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], %s::numeric[], '
-    '%s::integer[]) AS v(id, cum_qty, leaves_qty, avg_px, version) WHERE t."id" = v.id'
+    '"updated_at" = %(now)s::timestamptz FROM unnest(%(ord_id)s::bigint[], '
+    "%(ord_cum)s::numeric[], %(ord_leaves)s::numeric[], %(ord_avg)s::numeric[], "
+    "%(ord_version)s::integer[]) AS v(id, cum_qty, leaves_qty, avg_px, version) "
+    'WHERE t."id" = v.id), '
+    f'blk AS (UPDATE "{Block._meta.db_table}" SET "cum_qty" = %(block_cum)s::numeric, '
+    '"avg_px" = %(block_avg)s::numeric, "version" = %(block_version)s::integer, '
+    '"updated_at" = %(now)s::timestamptz WHERE "id" = %(block_move)s::bigint) '
+    "SELECT id, order_id FROM ins"
 )
 
 
@@ -510,12 +489,14 @@ def _rebook(
     action: str = "allocation.created",
     audit: list[AuditEntry] | None = None,
     returning: bool = True,
+    block_fill: tuple[Decimal, Decimal] | None = None,
 ) -> list[Allocation]:
     """Book the difference between each order's target and its rows so far; move the book.
 
     `orders` are the locked orders (model instances or `_OrderRow`s); their cum_qty, avg_px,
-    leaves_qty, version and updated_at are moved in place as well as in the database. Returns
-    the rows written as model instances (none built without `returning`).
+    leaves_qty, version and updated_at are moved in place as well as in the database; so are
+    the block's cum_qty and avg_px with `block_fill` (and its version). Returns the rows
+    written as model instances (none built without `returning`).
     """
     side = block.side if block is not None else orders[0].side
     sign = _side_sign(side)
@@ -586,7 +567,6 @@ def _rebook(
         "user": user_id,
         "now": now,
     }
-    ids = _insert_allocations(common, rows)
 
     # Positions, then cash, each locked in account order.
     # Every order holding quantity is re-priced when the average moves, even when rounding to
@@ -616,26 +596,13 @@ def _rebook(
         pos.version += 1
         if state.quantity < 0 and not _short_ok(order):
             short_breach.add(order.account_id)
-    if positions:
-        locked = list(positions.values())
-        with _raw_cursor() as cursor:
-            cursor.execute(
-                _POSITIONS_UPDATE_SQL,
-                [
-                    now,
-                    _array(p.pk for p in locked),
-                    _array(p.quantity for p in locked),
-                    _array(p.avg_cost for p in locked),
-                    _array(p.realised_pnl for p in locked),
-                    _array(p.version for p in locked),
-                ],
-            )
+    locked = list(positions.values())
 
     cash_moves: dict[int, Decimal] = defaultdict(Decimal)
     for row in rows:
         # A buy pays its net, a sell receives it; pending until the settlement date.
         cash_moves[row[1]] += -sign * row[7]
-    _cash_add_pending(currency, {k: v for k, v in cash_moves.items() if v}, now)
+    cash_accounts = sorted(k for k, v in cash_moves.items() if v)
 
     # Orders: cumulative quantity and the block's average price (status is the caller's).
     changed = []
@@ -649,19 +616,42 @@ def _rebook(
         order.version += 1
         order.updated_at = now
         changed.append(order)
-    if changed:
-        with _raw_cursor() as cursor:
-            cursor.execute(
-                _ORDERS_UPDATE_SQL,
-                [
-                    now,
-                    _array(o.pk for o in changed),
-                    _array(o.cum_qty for o in changed),
-                    _array(o.leaves_qty for o in changed),
-                    _array(o.avg_px for o in changed),
-                    _array(o.version for o in changed),
-                ],
-            )
+
+    block_move = None
+    if block is not None and block_fill is not None:
+        block.cum_qty, block.avg_px = block_fill
+        block.version += 1
+        block.updated_at = now
+        block_move = block.pk
+
+    params = dict(common)
+    if rows:
+        for name, column in zip(_ALLOCATION_ROW_COLUMNS, zip(*rows, strict=True), strict=True):
+            params[name] = _array(column)
+    else:
+        params.update(dict.fromkeys(_ALLOCATION_ROW_COLUMNS, "{}"))
+    params.update(
+        pos_id=_array(p.pk for p in locked),
+        pos_quantity=_array(p.quantity for p in locked),
+        pos_avg_cost=_array(p.avg_cost for p in locked),
+        pos_pnl=_array(p.realised_pnl for p in locked),
+        pos_version=_array(p.version for p in locked),
+        cash_account=_array(cash_accounts),
+        cash_delta=_array(cash_moves[k] for k in cash_accounts),
+        ord_id=_array(o.pk for o in changed),
+        ord_cum=_array(o.cum_qty for o in changed),
+        ord_leaves=_array(o.leaves_qty for o in changed),
+        ord_avg=_array(o.avg_px for o in changed),
+        ord_version=_array(o.version for o in changed),
+        block_move=block_move,
+        block_cum=block.cum_qty if block is not None and block_move else None,
+        block_avg=block.avg_px if block is not None and block_move else None,
+        block_version=block.version if block is not None and block_move else None,
+    )
+    with _raw_cursor() as cursor:
+        cursor.execute(_BOOK_WRITE_SQL, params)
+        id_of = {order_id: pk for pk, order_id in cursor.fetchall()}
+    ids = [id_of[row[0]] for row in rows]
 
     allocations = (
         []
@@ -713,26 +703,29 @@ def _rebook(
             action=action,
             object_type="execution",
             object_id=str(execution.pk),
+            # What every row of the fill shares is said once (price, dates, method): the
+            # payload is hashed and stored as jsonb inside the fill's transaction, 1,000 rows
+            # for a big block. Decimals as json_safe writes them (str), converted here once.
             after={
+                "price": price,
+                "trade_date": trade_date,
+                "settlement_date": settles,
+                "method": method,
                 "allocations": [
                     {
                         "id": pk,
                         "order": row[0],
                         "account": row[1],
                         "kind": row[2],
-                        "quantity": row[3],
-                        "cum_quantity": row[8],
-                        "price": price,
-                        "gross": row[4],
-                        "commission": row[5],
-                        "fees": row[6],
-                        "net": row[7],
-                        "trade_date": trade_date,
-                        "settlement_date": settles,
-                        "method": method,
+                        "quantity": str(row[3]),
+                        "cum_quantity": str(row[8]),
+                        "gross": str(row[4]),
+                        "commission": str(row[5]),
+                        "fees": str(row[6]),
+                        "net": str(row[7]),
                     }
                     for pk, row in zip(ids, rows, strict=True)
-                ]
+                ],
             },
             meta={
                 "execution": execution.pk,
@@ -835,11 +828,8 @@ def fill_allocate(
         schedule=schedule,
         audit=audit,
         returning=returning,
+        block_fill=(filled, price),
     )
-    if block is not None:
-        block.cum_qty, block.avg_px = filled, price
-        block.version += 1
-        block.save(update_fields=["cum_qty", "avg_px", "version", "updated_at"])
     return rows
 
 

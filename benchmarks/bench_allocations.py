@@ -11,7 +11,9 @@ the FIX gateway calls for an ExecutionReport: ClOrdID look-up, locks, idempotent
   SQL statements it sent; target at most 50 ms.
 * ``end_to_end``: fills/s applied by several threads of one process over many small blocks
   (target at least 500 fills/s), statements per fill, and the same with every thread on one
-  block (the hot-row case: those serialise on the block's row lock).
+  block (the hot-row case: those serialise on the block's row lock). Given for the two paths
+  above one report at a time, and for ``executions_apply`` on batches of ``BATCH`` reports
+  (one transaction per batch, as a gateway applier forms them from its queue).
 
 Uses its own database (``<name>_bench_alloc`` for DATABASE_URL's ``<name>``, ``oms_bench_alloc``
 by default, on the same server; created and migrated if missing, emptied on every run). Run:
@@ -40,6 +42,8 @@ FILLS_TOTAL = 2_000
 HOT_FILLS = 600
 TARGET_MS = 50.0
 TARGET_RATE = 500.0
+BATCH = 50  # reports per executions_apply call (a gateway applier's batch)
+SESSION_KEY = "FIX.4.4:OMS->BENCH"
 
 
 def _setup_django() -> None:
@@ -203,16 +207,13 @@ def _apply_fill(placement: Any, qty: Decimal, px: Decimal) -> int:
         return len(fill_allocate(execution=execution))
 
 
-def _apply_report(placement: Any, qty: Decimal, px: Decimal) -> int:
-    """The whole service the FIX gateway calls: execution_apply of a parsed ExecutionReport
-    (ClOrdID look-up, locks, idempotent insert, allocation, positions, cash, order and
-    placement state, audit, blotter events queued for after commit)."""
+def _report(placement: Any, qty: Decimal, px: Decimal) -> Any:
+    """A parsed ExecutionReport (35=8) of a fill of the placement, as the gateway hands it on."""
     import datetime as dt
 
     from orders.fix.messages import ExecReport, FixHeader
-    from orders.services.executions import execution_apply
 
-    report = ExecReport(
+    return ExecReport(
         header=FixHeader(begin_string="FIX.4.4", msg_type="8"),
         exec_id=_next_exec_id(),
         exec_type="F",
@@ -233,9 +234,30 @@ def _apply_report(placement: Any, qty: Decimal, px: Decimal) -> int:
         transact_time=dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC),
         poss_dup=False,
     )
-    execution = execution_apply(session_key="FIX.4.4:OMS->BENCH", report=report)
+
+
+def _apply_report(placement: Any, qty: Decimal, px: Decimal) -> int:
+    """The whole service the FIX gateway calls: execution_apply of a parsed ExecutionReport
+    (ClOrdID look-up, locks, idempotent insert, allocation, positions, cash, order and
+    placement state, audit, blotter events queued for after commit)."""
+    from orders.services.executions import execution_apply
+
+    execution = execution_apply(session_key=SESSION_KEY, report=_report(placement, qty, px))
     assert execution is not None and execution.last_qty == qty
     return 1
+
+
+def _apply_batch(fills: list[tuple[Any, Decimal, Decimal]]) -> int:
+    """executions_apply of a batch of reports, one transaction, as a gateway applier forms it
+    from its queue (reports of the placements of its partition, in arrival order)."""
+    from orders.services.executions import executions_apply
+
+    reports = [(_report(placement, qty, px), None) for placement, qty, px in fills]
+    executions = executions_apply(session_key=SESSION_KEY, reports=reports)
+    assert all(
+        e is not None and e.last_qty == q for e, (_, q, _) in zip(executions, fills, strict=True)
+    )
+    return len(executions)
 
 
 def _count_statements() -> Any:
@@ -297,7 +319,8 @@ def bench_one_fill_1000_accounts(world: dict[str, Any], samples: int) -> dict[st
     return results
 
 
-def _run_threads(apply: Any, jobs: list[list[tuple[Any, Decimal, Decimal]]]) -> float:
+def _run_threads(apply: Any, jobs: list[list[tuple[Any, Decimal, Decimal]]], batch: int) -> float:
+    """Each job on its own thread: its fills one by one (`batch` 1) or in lists of `batch`."""
     from django.db import connection
 
     barrier = threading.Barrier(len(jobs) + 1)
@@ -306,8 +329,12 @@ def _run_threads(apply: Any, jobs: list[list[tuple[Any, Decimal, Decimal]]]) -> 
     def worker(job: list[tuple[Any, Decimal, Decimal]]) -> None:
         try:
             barrier.wait()
-            for placement, qty, px in job:
-                apply(placement, qty, px)
+            if batch == 1:
+                for placement, qty, px in job:
+                    apply(placement, qty, px)
+            else:
+                for i in range(0, len(job), batch):
+                    apply(job[i : i + batch])
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -325,6 +352,14 @@ def _run_threads(apply: Any, jobs: list[list[tuple[Any, Decimal, Decimal]]]) -> 
     return elapsed
 
 
+# The fills/s paths: one by one through each layer, and the gateway's batches.
+FLOW_PATHS = {
+    "fill_allocate": (_apply_fill, 1),
+    "execution_apply": (_apply_report, 1),
+    f"executions_apply (batches of {BATCH})": (_apply_batch, BATCH),
+}
+
+
 def bench_fills_per_second(world: dict[str, Any], fills_total: int, hot_fills: int) -> dict:
     """Fills/s by THREADS threads of one process, over many small blocks and one hot block.
 
@@ -339,11 +374,12 @@ def bench_fills_per_second(world: dict[str, Any], fills_total: int, hot_fills: i
         "hot_block_fills": hot_fills,
         "target_fills_per_s": TARGET_RATE,
     }
-    for name, apply in PATHS.items():
-        instrument = _instrument(world, f"FLOW{name[:4].upper()}", Decimal(1))
+    for n, (name, (apply, batch)) in enumerate(FLOW_PATHS.items()):
+        tag = f"{n}{name[:4]}"
+        instrument = _instrument(world, f"FLOW{tag.upper()}", Decimal(1))
         blocks = []
         for b in range(SMALL_BLOCKS):
-            accounts = _accounts(world, f"F{name[:4]}{b:02d}-", ORDERS_PER_SMALL_BLOCK)
+            accounts = _accounts(world, f"F{tag}{b:02d}-", ORDERS_PER_SMALL_BLOCK)
             lots = [1000 * (i + 1) for i in range(ORDERS_PER_SMALL_BLOCK)]
             blocks.append(_block(world, instrument, accounts, lots))
         per_block = fills_total // SMALL_BLOCKS
@@ -354,16 +390,16 @@ def bench_fills_per_second(world: dict[str, Any], fills_total: int, hot_fills: i
         ]
         jobs = [[f for f in fills if f[0].block_id % THREADS == t] for t in range(THREADS)]
         before = _statements[0]
-        elapsed = _run_threads(apply, jobs)
+        elapsed = _run_threads(apply, jobs, batch)
         statements = (_statements[0] - before) / len(fills)
 
-        hot_instrument = _instrument(world, f"HOT{name[:4].upper()}", Decimal(1))
-        hot_accounts = _accounts(world, f"HOT{name[:4]}", ORDERS_PER_SMALL_BLOCK)
+        hot_instrument = _instrument(world, f"HOT{tag.upper()}", Decimal(1))
+        hot_accounts = _accounts(world, f"HOT{tag}", ORDERS_PER_SMALL_BLOCK)
         hot = _block(world, hot_instrument, hot_accounts, [10_000] * ORDERS_PER_SMALL_BLOCK)
         hot_jobs = [
             (hot, Decimal(10), Decimal("10.00") + Decimal(i % 7) / 100) for i in range(hot_fills)
         ]
-        hot_elapsed = _run_threads(apply, [hot_jobs[t::THREADS] for t in range(THREADS)])
+        hot_elapsed = _run_threads(apply, [hot_jobs[t::THREADS] for t in range(THREADS)], batch)
         results[name] = {
             "fills_per_s": round(len(fills) / elapsed, 1),
             "statements_per_fill": round(statements, 1),
@@ -414,7 +450,7 @@ if __name__ == "__main__":
             f"ms, p90 {fig['p90_ms']} ms, min {fig['min_ms']} ms, "
             f"{fig['statements_per_fill']} statements (target <= {TARGET_MS} ms)"
         )
-    for name in PATHS:
+    for name in FLOW_PATHS:
         fig = flow[name]
         print(
             f"fills end to end via {name}: {fig['fills_per_s']} fills/s ({flow['fills']} fills, "

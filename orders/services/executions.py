@@ -29,6 +29,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
+import psycopg
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
@@ -36,7 +37,7 @@ from django.db.models import Field
 from django.utils import timezone
 
 from allocations.models import Account, BlockAllocationPolicy, CashBalance, Position
-from oms_site.audit import AuditEntry, audit_record_many
+from oms_site.audit import AuditEntry, audit_record_many, json_safe
 from oms_site.realtime import groups_for_account, publish_many_on_commit
 from oms_site.rows import model_from_row
 from orders.enums import (
@@ -107,6 +108,12 @@ class _Context:
         self.changed: dict[int, Order] = {}
         self.order_fields: set[str] = set()
 
+    def begin(self, entries: list[AuditEntry]) -> None:
+        """Start the next report on the same locked rows."""
+        self.entries = entries
+        self.changed = {}
+        self.order_fields = set()
+
     def transition(self, order: Order, target: str, *, action: str, meta: dict) -> bool:
         """Move an order if the state table allows it; False (and nothing done) otherwise."""
         if order.status == target or not can_transition(order.status, target):
@@ -150,7 +157,9 @@ class _Context:
         )
         block.status = status
         block.version += 1
-        block.save(update_fields=["status", "version", "updated_at"])
+        block.updated_at = timezone.now()
+        with _raw_cursor() as cursor:
+            cursor.execute(_BLOCK_STATUS_SQL, [status, block.version, block.updated_at, block.pk])
 
     def save_orders(self) -> None:
         if self.changed and self.order_fields:
@@ -349,21 +358,64 @@ def _lock(cl_ord_ids: list[str], entries: list[AuditEntry] | None = None) -> _Co
     return _Context(placement, block, orders, entries)
 
 
+def _raw_cursor() -> Any:
+    """A psycopg cursor on Django's connection (same transaction), for the constant statements
+    of the hot path: Django's cursor wrapper and ORM saves cost more than the statements."""
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
+_EXECUTION_COLUMNS = [f for f in Execution._meta.concrete_fields if not f.primary_key]
+_EXECUTION_FIELDS = [f.attname for f in _EXECUTION_COLUMNS]
+_INSERT_EXECUTION_SQL = (
+    f'INSERT INTO "{Execution._meta.db_table}" ('
+    + ", ".join(f'"{f.column}"' for f in _EXECUTION_COLUMNS)
+    + f") VALUES ({', '.join(['%s'] * len(_EXECUTION_COLUMNS))}) "
+    'ON CONFLICT ("session_key", "exec_id") DO NOTHING RETURNING "id"'
+)
+_PLACEMENT_FIELDS = (
+    "status",
+    "cum_qty",
+    "avg_px",
+    "version",
+    "broker_order_id",
+    "cl_ord_id",
+    "orig_cl_ord_id",
+    "quantity",
+    "limit_price",
+    "updated_at",
+)
+# What a report can change on its placement (under the placement's row lock).
+_PLACEMENT_SAVE_SQL = (
+    f'UPDATE "{Placement._meta.db_table}" SET '
+    + ", ".join(f'"{name}" = %s' for name in _PLACEMENT_FIELDS)
+    + ' WHERE "id" = %s'
+)
+_BLOCK_STATUS_SQL = (
+    f'UPDATE "{Block._meta.db_table}" SET "status" = %s, "version" = %s, "updated_at" = %s '
+    'WHERE "id" = %s'
+)
+
+
+def _placement_save(placement: Placement) -> None:
+    placement.updated_at = timezone.now()
+    with _raw_cursor() as cursor:
+        cursor.execute(
+            _PLACEMENT_SAVE_SQL,
+            [*(getattr(placement, name) for name in _PLACEMENT_FIELDS), placement.pk],
+        )
+
+
 def _insert_execution(execution: Execution) -> bool:
     """INSERT ... ON CONFLICT (session_key, exec_id) DO NOTHING: False when already stored.
 
     One round trip instead of a look-up and an insert (or a savepoint around the insert).
     """
-    fields = [f for f in Execution._meta.concrete_fields if not f.primary_key]
-    values = [f.get_db_prep_save(f.pre_save(execution, True), connection) for f in fields]
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    sql = (
-        f"INSERT INTO {connection.ops.quote_name(Execution._meta.db_table)} ({columns}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))}) "
-        'ON CONFLICT ("session_key", "exec_id") DO NOTHING RETURNING "id"'
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, values)
+    execution.received_at = timezone.now()
+    with _raw_cursor() as cursor:
+        cursor.execute(
+            _INSERT_EXECUTION_SQL, [getattr(execution, name) for name in _EXECUTION_FIELDS]
+        )
         row = cursor.fetchone()
     if row is None:
         return False
@@ -437,12 +489,76 @@ def executions_apply(
     with transaction.atomic(durable=True):
         _lock_batch([report for report, _ in reports])
         entries: list[AuditEntry] = []
+        contexts = _Contexts()
         results = [
-            _execution_apply(session_key, report, raw_message_id, entries)
+            _execution_apply(session_key, report, raw_message_id, entries, contexts)
             for report, raw_message_id in reports
         ]
         audit_record_many(entries=entries)
     return results
+
+
+def _normalised(obj: Any) -> None:
+    """Decimals at their column's scale, as a row read back holds them ("100.00000000")."""
+    values = obj.__dict__
+    for attname, quantum in _decimal_columns(type(obj)):
+        value = values.get(attname)
+        if value is not None:
+            values[attname] = value.quantize(quantum)
+
+
+_DECIMAL_COLUMNS: dict[type, list[tuple[str, Decimal]]] = {}
+
+
+def _decimal_columns(model: type) -> list[tuple[str, Decimal]]:
+    columns = _DECIMAL_COLUMNS.get(model)
+    if columns is None:
+        columns = _DECIMAL_COLUMNS[model] = [
+            (f.attname, Decimal(1).scaleb(-f.decimal_places))
+            for f in model._meta.concrete_fields  # type: ignore[attr-defined]
+            if getattr(f, "decimal_places", None) is not None
+        ]
+    return columns
+
+
+class _Contexts:
+    """The locked rows of a batch's placements, kept from one report to the next.
+
+    A later report of the same ClOrdIDs reuses them instead of reading them again: they hold
+    exactly what the database holds (every change a report makes is written from them, and
+    their decimals are brought to the columns' scale after each report). Only reports that
+    cannot rename a placement are followed by reuse (acknowledgements and fills); any other
+    report, or the same rows read through other ClOrdIDs, drops what was kept.
+    """
+
+    def __init__(self) -> None:
+        self.kept: dict[tuple[str, ...], _Context] = {}
+
+    def get(self, key: tuple[str, ...]) -> _Context | None:
+        return self.kept.get(key)
+
+    def forget(self, ctx: _Context) -> None:
+        """Drop what was kept of any row `ctx` holds (read again under other ClOrdIDs)."""
+        rows = _rows_of(ctx)
+        self.kept = {k: c for k, c in self.kept.items() if not rows & _rows_of(c)}
+
+    def after(self, key: tuple[str, ...], ctx: _Context | None, report: ExecReport) -> None:
+        if ctx is None:
+            return
+        if not (report.is_fill or report.exec_type == "0"):
+            self.kept.clear()
+            return
+        for obj in (ctx.placement, ctx.block, *ctx.orders):
+            if obj is not None:
+                _normalised(obj)
+        self.kept[key] = ctx
+
+
+def _rows_of(ctx: _Context) -> set[tuple[str, int]]:
+    rows = {("placement", ctx.placement.pk)} | {("order", o.pk) for o in ctx.orders}
+    if ctx.block is not None:
+        rows.add(("block", ctx.block.pk))
+    return rows
 
 
 def _lock_batch(reports: Sequence[ExecReport]) -> None:
@@ -481,9 +597,31 @@ def _execution_apply(
     report: ExecReport,
     raw_message_id: int | None,
     entries: list[AuditEntry],
+    contexts: _Contexts | None = None,
 ) -> Execution | None:
     """execution_apply inside the caller's transaction; its audit entries go to `entries`."""
-    ctx = _lock([i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i], entries)
+    ids = [i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i]
+    key = tuple(ids)
+    ctx = contexts.get(key) if contexts is not None else None
+    if ctx is None:
+        ctx = _lock(ids, entries)
+        if contexts is not None and ctx is not None:
+            contexts.forget(ctx)
+    else:
+        ctx.begin(entries)
+    execution = _execution_book(session_key, report, raw_message_id, entries, ctx)
+    if contexts is not None:
+        contexts.after(key, ctx, report)
+    return execution
+
+
+def _execution_book(
+    session_key: str,
+    report: ExecReport,
+    raw_message_id: int | None,
+    entries: list[AuditEntry],
+    ctx: _Context | None,
+) -> Execution | None:
     placement = ctx.placement if ctx else None
     fill = report.is_fill and placement is not None
     if fill and placement.cum_qty + report.last_qty > placement.quantity:  # type: ignore[union-attr,operator]
@@ -638,7 +776,7 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
             )
         )
     placement.version += 1
-    placement.save()
+    _placement_save(placement)
     ctx.entries.append(
         AuditEntry(
             action="placement.execution_report",
@@ -667,13 +805,20 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
         if len(fills) == 1:
             publish_execution_created(fills[0], data)
         elif fills:  # a block's fill: one hop after commit for all its orders' events
+            # The events' data made JSON-safe here, the shared execution once and each
+            # datetime once, so publishing only walks strings (half a big fill's event cost).
+            execution_data = json_safe(data)
+            seen: dict[Any, Any] = {}
             publish_many_on_commit(
                 events=[
                     {
                         "event_type": "execution.created",
                         "order_id": order.pk,
                         "version": order.version,
-                        "data": {"execution": data, "order": order_payload(order)},
+                        "data": {
+                            "execution": execution_data,
+                            "order": _json_ready(order_payload(order), seen),
+                        },
                         "groups": groups_for_account(order.account_id, order.account.desk_id),
                     }
                     for order in fills
@@ -685,6 +830,23 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
         publish_order_updated(rest[0])
     elif rest:
         publish_orders_updated(rest)
+
+
+def _json_ready(payload: dict[str, Any], seen: dict[Any, Any]) -> dict[str, Any]:
+    """`payload` with its Decimals and datetimes as json_safe converts them (`seen` caches
+    the conversions of equal values across payloads)."""
+    out = {}
+    for key, value in payload.items():
+        kind = type(value)
+        if kind is Decimal:
+            value = str(value)
+        elif kind is dt.datetime:
+            text = seen.get(value)
+            if text is None:
+                text = seen[value] = json_safe(value)
+            value = text
+        out[key] = value
+    return out
 
 
 def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:

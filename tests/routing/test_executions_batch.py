@@ -13,9 +13,9 @@ from django.db import connection
 from allocations.models import Allocation, CashBalance, CommissionSchedule, Position
 from oms_site.audit import audit_verify
 from oms_site.models import AuditEvent
-from orders.models import Block, Execution, FixMessage, Order, Placement
+from orders.models import Block, Broker, Execution, FixMessage, Order, OutboxMessage, Placement
 from orders.services.executions import execution_apply, executions_apply
-from orders.services.routing import block_route, order_route
+from orders.services.routing import block_route, order_replace_request, order_route
 from tests import factories as f
 from tests.allocations.support import make_block
 from tests.routing.conftest import report
@@ -65,18 +65,44 @@ class World:
             user=trader, order_id=self.orders[3].pk, broker_code="BRKA"
         )
 
-    def reports(self, specs: list[tuple[Any, ...]]) -> list[Any]:
-        """Reports from (target, exec_type, ord_status, exec_no, last_qty, last_px) specs."""
-        cl_ord_ids = {
+        self.cl_ord_ids = {
             "block": self.block_placement.cl_ord_id,
             "lone": self.lone_placement.cl_ord_id,
             "unknown": f"NOSUCH-{self.tag}",
         }
+        self.placement_names = {self.block_placement.pk: "block", self.lone_placement.pk: "lone"}
+
+    def split_block(self) -> None:
+        """A second placement of the block, at BRKB, for 40 of its 100."""
+        second = Placement.objects.create(
+            block=self.block,
+            broker=Broker.objects.get(code="BRKB"),
+            cl_ord_id=f"{self.tag}-SPLIT",
+            quantity=D(40),
+            status="working",
+        )
+        self.cl_ord_ids["block2"] = second.cl_ord_id
+        self.placement_names[second.pk] = "block2"
+
+    def replace_lone(self, trader: Any) -> None:
+        """The lone order acknowledged, then a replace (to 150) requested: ClOrdID 'new'."""
+        ack = report(self.cl_ord_ids["lone"], "0", "0", exec_id=f"{self.tag}-ACK")
+        execution_apply(session_key=KEY, report=ack)
+        order_replace_request(user=trader, order_id=self.orders[3].pk, quantity=D(150))
+        self.cl_ord_ids["new"] = OutboxMessage.objects.get(
+            msg_type="G", placement_id=self.lone_placement.pk
+        ).cl_ord_id
+
+    def reports(self, specs: list[tuple[Any, ...]]) -> list[Any]:
+        """Reports from (target, exec_type, ord_status, exec_no, last_qty, last_px[, options])
+        specs; options may name the OrigClOrdID's target ("orig") and give OrderQty ("qty")."""
         out = []
-        for target, exec_type, ord_status, number, last_qty, last_px in specs:
+        for target, exec_type, ord_status, number, last_qty, last_px, *extra in specs:
+            options = extra[0] if extra else {}
+            orig = options.get("orig")
             out.append(
                 report(
-                    cl_ord_ids[target],
+                    self.cl_ord_ids[target],
                     exec_type,
                     ord_status,
                     exec_id=f"{self.tag}-E{number}",
@@ -84,6 +110,8 @@ class World:
                     last_px=last_px,
                     cum=last_qty or "0",
                     avg=last_px or "0",
+                    orig=self.cl_ord_ids[orig] if orig else None,
+                    qty=options.get("qty", "100"),
                 )
             )
         return out
@@ -92,7 +120,7 @@ class World:
         """Everything the reports changed, keyed by position in this world (not by pk)."""
         order_index = {o.pk: i for i, o in enumerate(self.orders)}
         account_index = {a.pk: i for i, a in enumerate(self.accounts)}
-        placement_name = {self.block_placement.pk: "block", self.lone_placement.pk: "lone"}
+        placement_name = self.placement_names
         orders = [
             Order.objects.values_list(
                 "status", "cum_qty", "avg_px", "leaves_qty", "version", "quantity"
@@ -101,7 +129,7 @@ class World:
         ]
         placements = {
             name: Placement.objects.values_list(
-                "status", "cum_qty", "avg_px", "version", "broker_order_id"
+                "status", "cum_qty", "avg_px", "version", "broker_order_id", "quantity"
             ).get(pk=pk)
             for pk, name in placement_name.items()
         }
@@ -283,6 +311,67 @@ def test_batch_gives_exactly_the_one_by_one_results(
     # and the blotter events are the same, in the same order, after the one commit
     assert _event_summary(sent, batch) == single_events
     assert len(callbacks) >= 1
+    assert audit_verify() == []
+
+
+# A block split over two placements filled in turns (the same rows reached through two
+# ClOrdIDs), and a lone order replaced in the middle of the batch: pending replace, a fill
+# under the old ClOrdID, the replace confirmed, a fill under the new ClOrdID.
+SPLIT_AND_REPLACE = [
+    ("block", "0", "0", 1, None, None),
+    ("block", "F", "1", 2, "30", "100"),
+    ("block2", "F", "1", 3, "20", "101"),
+    ("block", "F", "1", 4, "10", "102"),
+    ("lone", "F", "1", 5, "20", "99"),
+    ("new", "E", "E", 6, None, None, {"orig": "lone"}),
+    ("lone", "F", "1", 7, "10", "99.2"),
+    ("new", "5", "0", 8, None, None, {"orig": "lone", "qty": "150"}),
+    ("new", "F", "1", 9, "30", "99.5", {"qty": "150"}),
+    ("block2", "0", "0", 10, None, None),
+    ("block", "F", "1", 2, "30", "100"),
+    ("new", "F", "2", 11, "90", "99.4", {"qty": "150"}),
+    ("block2", "F", "1", 12, "20", "101.5"),
+]
+
+
+def test_batch_with_a_split_block_and_a_replace_gives_the_one_by_one_results(
+    world, trader, monkeypatch, django_capture_on_commit_callbacks
+):
+    # given two identical worlds, each with its block split over two placements and its lone
+    # order acknowledged with a replace requested
+    one, batch = world(), world()
+    for w in (one, batch):
+        w.split_block()
+        w.replace_lone(trader)
+    sent = _events(monkeypatch)
+    # when one world gets the reports one by one and the other as one batch
+    with django_capture_on_commit_callbacks(execute=True):
+        singles = [
+            _result(execution_apply(session_key=KEY, report=r))
+            for r in one.reports(SPLIT_AND_REPLACE)
+        ]
+    single_events = _event_summary(sent, one)
+    sent.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        batched = [
+            _result(e)
+            for e in executions_apply(
+                session_key=KEY, reports=[(r, None) for r in batch.reports(SPLIT_AND_REPLACE)]
+            )
+        ]
+    # then results, rows, audit and events are the same
+    assert batched == singles
+    assert [r is None for r in singles] == [False] * 10 + [True, False, False]
+    expected = one.snapshot()
+    assert batch.snapshot() == expected
+    assert _event_summary(sent, batch) == single_events
+    assert [row[:2] for row in expected["orders"]] == [
+        ("partially_filled", D(48)),
+        ("partially_filled", D(24)),
+        ("partially_filled", D(8)),
+        ("filled", D(150)),
+    ]
+    assert expected["placements"]["block2"][:2] == ("filled", D(40))
     assert audit_verify() == []
 
 
