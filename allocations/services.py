@@ -320,6 +320,35 @@ def _booked(*, block_id: int | None, order_ids: Sequence[int]) -> dict[int, _Boo
         return {row[0]: _Booked(*row[1:]) for row in cursor.fetchall()}
 
 
+def _fills_and_booked(
+    *, block_id: int | None, order_id: int | None, broker_id: int | None, order_ids: list[int]
+) -> tuple[Decimal, Decimal, engine.CommissionSchedule, dict[int, _Booked]]:
+    """`_fills_of` and `_booked` of a fill in one round trip (one row per booked order, or
+    one row with the fills alone)."""
+    column, key = ("block_id", block_id) if block_id is not None else ("order_id", order_id)
+    block_match = 'a."block_id" = %s' if block_id is not None else 'a."block_id" IS NULL'
+    sql = (
+        f"SELECT fl.*, bk.* FROM ({_FILLS_SQL.replace('{column}', column)}) AS fl "
+        f"LEFT JOIN ({_BOOKED_SQL.replace('{block_match}', block_match)}) AS bk ON true"
+    )
+    params: list[Any] = [key, broker_id, _array(order_ids)]
+    if block_id is not None:
+        params.append(block_id)
+    with _raw_cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    filled, notional, bps, per_share, minimum, fees_bps = rows[0][:6]
+    schedule = (
+        engine.CommissionSchedule()
+        if bps is None
+        else engine.CommissionSchedule(
+            bps=bps, per_share=per_share, min_per_ticket=minimum, fees_bps=fees_bps
+        )
+    )
+    booked = {row[6]: _Booked(*row[7:]) for row in rows if row[6] is not None}
+    return filled or ZERO, notional or ZERO, schedule, booked
+
+
 _POSITIONS_LOCK_SQL = (
     'SELECT "id", "account_id", "quantity", "avg_cost", "realised_pnl", "version" '
     f'FROM "{Position._meta.db_table}" WHERE "instrument_id" = %s '
@@ -490,12 +519,14 @@ def _rebook(
     audit: list[AuditEntry] | None = None,
     returning: bool = True,
     block_fill: tuple[Decimal, Decimal] | None = None,
+    booked: dict[int, _Booked] | None = None,
 ) -> list[Allocation]:
     """Book the difference between each order's target and its rows so far; move the book.
 
     `orders` are the locked orders (model instances or `_OrderRow`s); their cum_qty, avg_px,
     leaves_qty, version and updated_at are moved in place as well as in the database; so are
-    the block's cum_qty and avg_px with `block_fill` (and its version). Returns the rows
+    the block's cum_qty and avg_px with `block_fill` (and its version). `booked`: each order's
+    cumulative allocation so far, when the caller read it already (`_booked`). Returns the rows
     written as model instances (none built without `returning`).
     """
     side = block.side if block is not None else orders[0].side
@@ -511,7 +542,8 @@ def _rebook(
     )
     currency = instrument.currency
     block_id = block.pk if block is not None else None
-    booked = _booked(block_id=block_id, order_ids=[o.pk for o in orders])
+    if booked is None:
+        booked = _booked(block_id=block_id, order_ids=[o.pk for o in orders])
     fill_kind, reversal_kind, reprice_kind = (
         str(AllocationKind.FILL),
         str(AllocationKind.REVERSAL),
@@ -804,10 +836,11 @@ def fill_allocate(
         old_price = locked[0].avg_px
 
     broker_id = execution.broker_id or placement.broker_id
-    filled, notional, schedule = _fills_of(
+    filled, notional, schedule, booked = _fills_and_booked(
         block_id=block.pk if block else None,
         order_id=None if block else locked[0].pk,
         broker_id=broker_id,
+        order_ids=[o.pk for o in locked],
     )
     price = _average(filled, notional)
     try:
@@ -829,6 +862,7 @@ def fill_allocate(
         audit=audit,
         returning=returning,
         block_fill=(filled, price),
+        booked=booked,
     )
     return rows
 
