@@ -27,7 +27,7 @@ applier, apply) and the CPU seconds of this (gateway) process and of the databas
 Uses its own database (``oms_bench_routing`` on the server of DATABASE_URL, or
 ``<name>_bench_routing`` for another database name; created, migrated, flushed). Run:
 ``.venv/bin/python -m benchmarks.bench_routing [--quick] [--route-batch N] [--paced 100,200]
-[--paced-seconds S] [--kill N] [--port P]``.
+[--paced-seconds S] [--kill N] [--appliers N] [--apply-batch N] [--port P]``.
 Targets: >= 200 orders/s; p99 fill-to-commit <= 20 ms (paced); 1,000 cancels out within 5 s.
 """
 
