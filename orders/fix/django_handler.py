@@ -7,25 +7,31 @@ benchmark run one in a thread of their own process.
 Inbound: on QuickFIX's thread of the session the raw message is committed to FixMessage (an
 application message waits for the WAL flush: from then on a crash cannot lose it), and the
 callback hands the report to one of a few applier threads and returns, so the session reads
-on while reports are applied. Appliers (own connections) run `execution_apply` (idempotent on
-session + ExecID) and the reject services; every report of one placement goes to the same
-applier, so a placement's reports are applied in arrival order while placements are applied in
-parallel. Queues are bounded (QuickFIX's thread waits when they are full), so at most
+on while reports are applied. Appliers (own connections) take whatever is queued and apply a
+session's consecutive ExecutionReports in one transaction with `executions_apply` (one by one
+with `execution_apply` if the batch fails; both idempotent on session + ExecID), and the reject
+services one by one; every report of one placement goes to the same applier, so a placement's
+reports are applied in arrival order while placements are applied in parallel. Queues are bounded (QuickFIX's thread waits when they are full), so at most
 `recovery_window` reports of a session are stored but unapplied; `recover()` applies those at
 the next start, before the sessions connect. Failing to store the raw message is re-raised so
 QuickFIX retries and finally rewinds the sequence number (the broker resends); an applier
 retries a database failure until it passes; a business-rule error is logged, and does not
 block the placement.
 
-Outbound: `on_outbound` stores the message (with its MsgSeqNum) before QuickFIX puts it on the
-wire; if that fails the message is not sent.
+Outbound: `on_outbound` stores a message (with its MsgSeqNum) before QuickFIX puts it on the
+wire; if that fails the message is not sent. Order messages from the outbox are the exception:
+the dispatcher recorded them already (below), so on_outbound only notes their number.
 
 Outbox (dispatcher thread): LISTEN oms_outbox and a sweep every `sweep_interval` seconds read
-pending rows of this gateway's sessions in id order; a row is marked sent only after
-`Gateway.send` returned True. Restart safety: a pending row whose message was already recorded
-outbound is sent again only if its recorded MsgSeqNum is >= the session's next sender number
-(QuickFIX never numbered it past the store: it did not leave); otherwise it did leave and
-QuickFIX's own resend answers the broker if the broker missed it, so the row is just marked sent.
+pending rows of this gateway's sessions in id order. A chunk of rows is recorded in ONE durable
+commit before any of it is sent (no MsgSeqNum yet: QuickFIX numbers a message as it sends it),
+then sent, then its numbers and wire texts are written with the rows marked sent, one commit.
+Restart safety, for a pending row: recorded with a MsgSeqNum below the session's next sender
+number, it left (QuickFIX's own resend answers the broker if the broker missed it), so it is
+only marked sent; recorded with a number QuickFIX never reached, it did not leave; recorded
+without a number (the process died between the two commits), QuickFIX's FileStore decides,
+because QuickFIX writes a message there before it writes it to the socket: found, it left;
+absent, it never left and is sent now. Never recorded: never sent.
 One gateway process owns a set of sessions: two processes must not serve the same session.
 """
 
@@ -34,6 +40,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import datetime as dt
+import json
 import logging
 import queue
 import threading
@@ -41,7 +49,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import (
@@ -56,6 +64,7 @@ from django.utils import timezone
 
 from oms_site.errors import DomainError
 from oms_site.models import AuditEvent
+from oms_site.rows import model_from_row
 from orders.enums import Direction, OrderStatus, OutboxStatus
 from orders.fix.common import seq_num_of
 from orders.fix.gateway import Gateway, SessionSpec
@@ -65,7 +74,10 @@ from orders.fix.messages import (
     CancelReject,
     ExecReport,
     MessageBuildError,
+    OutboundMessage,
+    OutboundRequest,
     ParsedMessage,
+    build_message,
     parse_message,
     split_fields,
 )
@@ -106,18 +118,32 @@ def record_message(
     return _insert_message(session_key, direction, raw, values, seq)
 
 
+_INSERT_MESSAGE_SQL = (
+    f"INSERT INTO {FixMessage._meta.db_table} "
+    "(session_key, direction, msg_type, seq_num, poss_dup, cl_ord_id, raw, received_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+)
+
+
 def _insert_message(
     session_key: str, direction: str, raw: str, values: dict[int, str], seq: str
 ) -> FixMessage:
-    return FixMessage.objects.create(
-        session_key=session_key,
-        direction=direction,
-        msg_type=values.get(35, "")[:4],
-        seq_num=int(seq) if seq.isdigit() else None,
-        poss_dup=values.get(43) == "Y",
-        cl_ord_id=values.get(11, "")[:64],
-        raw=raw,
-    )
+    # A constant INSERT: every message in and out passes here, and Model.objects.create
+    # compiles the statement each time (about 1 ms of a QuickFIX thread's time per message).
+    row = {
+        "session_key": session_key,
+        "direction": direction,
+        "msg_type": values.get(35, "")[:4],
+        "seq_num": int(seq) if seq.isdigit() else None,
+        "poss_dup": values.get(43) == "Y",
+        "cl_ord_id": values.get(11, "")[:64],
+        "raw": raw,
+        "received_at": timezone.now(),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_MESSAGE_SQL, list(row.values()))
+        (row["id"],) = cursor.fetchone()
+    return model_from_row(FixMessage, row)
 
 
 def _drop_broken_connection() -> None:
@@ -171,6 +197,9 @@ _TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 class _Applier:
     """One thread with its own database connection applying stored reports in queue order.
 
+    It takes everything queued (up to `batch_size`) and applies a session's consecutive
+    execution reports in one transaction (`executions_apply`), one by one if that fails.
+
     Every report of one placement goes to the same applier (see `partition`), so a placement's
     acknowledgement, fills and cancel are applied in the order the broker sent them, while
     different placements are applied in parallel. The queue is bounded: when the appliers fall
@@ -186,14 +215,28 @@ class _Applier:
 
     def _run(self) -> None:
         try:
-            while True:
-                item = self.queue.get()
-                try:
+            stopping = False
+            while not stopping:
+                # Whatever queued up while the last batch was applied goes in one transaction:
+                # the busier the gateway, the bigger (and cheaper per report) the batches.
+                items: list[_Inbound] = []
+                taken = 0
+                while not stopping and len(items) < self.handler.batch_size:
+                    try:
+                        item = self.queue.get() if taken == 0 else self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    taken += 1
                     if item is None:
-                        return
-                    self.handler._apply_with_retries(item)
+                        stopping = True
+                    else:
+                        items.append(item)
+                try:
+                    if items:
+                        self.handler._apply_items(items)
                 finally:
-                    self.queue.task_done()
+                    for _ in range(taken):
+                        self.queue.task_done()
         finally:
             with contextlib.suppress(Exception):
                 connection.close()
@@ -221,6 +264,7 @@ class DjangoGatewayHandler:
         appliers: int = 4,
         queue_size: int = 16,
         retry_delay: float = 0.2,
+        batch_size: int = 16,
     ) -> None:
         self.state_changed = threading.Event()
         self.fill_latencies: collections.deque[float] = collections.deque(maxlen=latency_samples)
@@ -235,6 +279,7 @@ class DjangoGatewayHandler:
         self.fills_applied = 0
         self.retry_delay = retry_delay
         self.queue_size = queue_size
+        self.batch_size = max(1, batch_size)
         self.applier_count = max(1, appliers)
         # Raw messages are stored on a thread per session (inbound) and per session (outbound):
         # sessions never wait on each other and a burst of reports never delays an order out.
@@ -246,11 +291,20 @@ class DjangoGatewayHandler:
         self._placements: dict[str, int] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # Session key -> {ClOrdID: record pk} the outbox dispatcher recorded before sending, and
+        # the (MsgSeqNum, raw) QuickFIX gave each of them (see expect_outbound).
+        self._expected: dict[str, dict[str, int]] = {}
+        self._numbered: dict[str, dict[str, tuple[int, str]]] = {}
+        self._outbound_lock = threading.Lock()
 
     @property
     def recovery_window(self) -> int:
-        """At most this many stored reports of one session can be unapplied at any moment."""
-        return self.applier_count * (self.queue_size + 1) + 1
+        """At most this many stored reports of one session can be unapplied at any moment.
+
+        Per applier: a full queue and the batch it is applying; plus the one QuickFIX's thread
+        stored and is waiting to queue.
+        """
+        return self.applier_count * (self.queue_size + self.batch_size) + 1
 
     def _thread(self, threads: dict[str, _DbThread], session_key: str, name: str) -> _DbThread:
         thread = threads.get(session_key)
@@ -307,10 +361,37 @@ class DjangoGatewayHandler:
     def on_logout(self, session_key: str) -> None:
         self.state_changed.set()
 
+    def expect_outbound(self, session_key: str, records: dict[str, int]) -> None:
+        """These ClOrdIDs are recorded already (durably): on_outbound only notes their number."""
+        with self._outbound_lock:
+            self._expected.setdefault(session_key, {}).update(records)
+
+    def take_outbound(self, session_key: str) -> dict[str, tuple[int, str]]:
+        """(MsgSeqNum, raw) of the expected messages sent since expect_outbound; forgets them."""
+        with self._outbound_lock:
+            self._expected.pop(session_key, None)
+            return self._numbered.pop(session_key, {})
+
     def on_outbound(self, session_key: str, raw: str) -> None:
+        if self._expected.get(session_key) and self._note_expected(session_key, raw):
+            return
         self._thread(self._outbound, session_key, "fix-out-db").run(
             self._record_outbound, session_key, raw
         )
+
+    def _note_expected(self, session_key: str, raw: str) -> bool:
+        values = _fields(raw)
+        if values.get(43) == "Y" or values.get(35, "") in ADMIN_MSG_TYPES:
+            return False  # a resend or an admin message: recorded as it goes
+        seq = values.get(34, "")
+        with self._outbound_lock:
+            expected = self._expected.get(session_key)
+            cl_ord_id = values.get(11, "")
+            if not expected or cl_ord_id not in expected or not seq.isdigit():
+                return False
+            del expected[cl_ord_id]
+            self._numbered.setdefault(session_key, {})[cl_ord_id] = (int(seq), raw)
+        return True
 
     def on_inbound(self, session_key: str, raw: str, parsed: ParsedMessage) -> None:
         received = time.perf_counter()
@@ -369,6 +450,66 @@ class DjangoGatewayHandler:
             return 0  # unknown orders and business rejects: one applier keeps their order
         return placement_id % self.applier_count
 
+    def _apply_items(self, items: list[_Inbound]) -> None:
+        """Apply stored reports in order: a session's consecutive ExecutionReports as a batch."""
+        by_session: dict[str, list[_Inbound]] = {}
+        for item in items:
+            by_session.setdefault(item.session_key, []).append(item)
+        for key, session_items in by_session.items():
+            run: list[_Inbound] = []
+            for item in session_items:
+                if isinstance(item.parsed, ExecReport):
+                    run.append(item)
+                    continue
+                self._apply_run(key, run)
+                run = []
+                self._apply_with_retries(item)
+            self._apply_run(key, run)
+
+    def _apply_run(self, session_key: str, run: list[_Inbound]) -> None:
+        if len(run) <= 1:
+            for item in run:
+                self._apply_with_retries(item)
+            return
+        from orders.services.executions import executions_apply
+
+        started = time.perf_counter()
+        try:
+            results = executions_apply(
+                session_key=session_key,
+                reports=[(cast(ExecReport, i.parsed), i.raw_id) for i in run],
+            )
+        except Exception as exc:
+            # All or nothing: nothing of the batch is in the book. One by one confines the
+            # failure (a report a business rule refuses, a deadlock, a lost connection) to
+            # its report, with the retries of a single report.
+            if isinstance(exc, _DB_ERRORS):
+                _drop_broken_connection()
+            logger.warning(
+                "FIX %s: a batch of %d reports failed (%s: %s); applying them one by one",
+                session_key,
+                len(run),
+                type(exc).__name__,
+                exc,
+            )
+            for item in run:
+                self._apply_with_retries(item)
+            return
+        done = time.perf_counter()
+        for item, result in zip(run, results, strict=True):
+            self._note_applied(item, result, started, done)
+
+    def _note_applied(self, item: _Inbound, result: Any, started: float, done: float) -> None:
+        self.stage_latencies["record"].append(item.recorded - item.received)
+        self.stage_latencies["queue"].append(started - item.recorded)
+        self.stage_latencies["apply"].append(done - started)
+        if isinstance(result, Execution) and result.last_qty > 0:
+            self.fill_latencies.append(done - item.received)
+            self.fills_applied += 1
+            sent = item.parsed.header.sending_time
+            if sent is not None and not item.parsed.header.poss_dup:
+                self.wire_latencies.append(time.time() - sent.timestamp())
+
     def _apply_with_retries(self, item: _Inbound) -> None:
         started = time.perf_counter()
         attempt = 0
@@ -413,16 +554,7 @@ class DjangoGatewayHandler:
                     attempt,
                 )
                 return
-        done = time.perf_counter()
-        self.stage_latencies["record"].append(item.recorded - item.received)
-        self.stage_latencies["queue"].append(started - item.recorded)
-        self.stage_latencies["apply"].append(done - started)
-        if isinstance(result, Execution) and result.last_qty > 0:
-            self.fill_latencies.append(done - item.received)
-            self.fills_applied += 1
-            sent = item.parsed.header.sending_time
-            if sent is not None and not item.parsed.header.poss_dup:
-                self.wire_latencies.append(time.time() - sent.timestamp())
+        self._note_applied(item, result, started, time.perf_counter())
 
     def _apply(self, session_key: str, parsed: ParsedMessage, raw_id: int) -> Any:
         from orders.services.executions import (
@@ -592,6 +724,60 @@ def listen_connection() -> Any:
     return conn
 
 
+# How far a message's SendingTime may lie before its record's time (clock steps) when the store
+# is searched for a recorded but unnumbered message.
+STORE_CLOCK_MARGIN = dt.timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """The first outbound record of a ClOrdID and message type."""
+
+    pk: int
+    seq: int | None
+    at: dt.datetime
+
+
+_NO_RECORD = _Record(0, 0, dt.datetime.min.replace(tzinfo=dt.UTC))
+
+
+def _unsent_raw(message: OutboundMessage) -> str:
+    """The message's type and body before QuickFIX adds its header (replaced once it is sent)."""
+    return "".join(f"{tag}={value}\x01" for tag, value in ((35, message.msg_type), *message.fields))
+
+
+_PENDING_SQL = (
+    f"SELECT id, fix_session_id, placement_id, msg_type, cl_ord_id, payload "
+    f"FROM {OutboxMessage._meta.db_table} "
+    "WHERE status = %s AND fix_session_id = ANY(%s) ORDER BY id LIMIT %s"
+)
+
+
+def _pending_rows(session_ids: list[int], limit: int) -> list[OutboxMessage]:
+    """Pending outbox rows of these sessions in id order (a constant statement: every
+    dispatcher runs it on each wake-up and sweep, mostly finding nothing)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_PENDING_SQL, [OutboxStatus.PENDING.value, session_ids, limit])
+        found = cursor.fetchall()
+    rows = []
+    for pk, session_id, placement_id, msg_type, cl_ord_id, payload in found:
+        rows.append(
+            model_from_row(
+                OutboxMessage,
+                {
+                    "id": pk,
+                    "fix_session_id": session_id,
+                    "placement_id": placement_id,
+                    "msg_type": msg_type,
+                    "cl_ord_id": cl_ord_id,
+                    "payload": json.loads(payload) if isinstance(payload, str) else payload,
+                    "status": OutboxStatus.PENDING.value,
+                },
+            )
+        )
+    return rows
+
+
 class OutboxDispatcher:
     """Sends pending outbox rows of the gateway's sessions (LISTEN + periodic sweep)."""
 
@@ -604,6 +790,8 @@ class OutboxDispatcher:
         batch: int = 500,
         listen: bool = True,
         on_send: Callable[[str, int], None] | None = None,
+        recorder: DjangoGatewayHandler | None = None,
+        chunk: int = 100,
     ) -> None:
         self.gateway = gateway
         self.sessions = sessions  # FixSession pk -> session key
@@ -613,6 +801,9 @@ class OutboxDispatcher:
         # Called with (ClOrdID, placement pk) before a row is sent: the broker's answer can
         # arrive before send() returns.
         self.on_send = on_send
+        # The handler whose on_outbound hands back the MsgSeqNum of rows recorded here.
+        self.recorder = recorder
+        self.chunk = chunk
         self.sent = 0
         self.stop_event = threading.Event()
         self.wake = threading.Event()
@@ -683,70 +874,157 @@ class OutboxDispatcher:
 
     def dispatch_once(self) -> int:
         """Send what is pending now; returns the number of rows looked at."""
-        rows = list(
-            OutboxMessage.objects.filter(
-                status=OutboxStatus.PENDING, fix_session_id__in=list(self.sessions)
-            ).order_by("pk")[: self.batch]
-        )
+        rows = _pending_rows(list(self.sessions), self.batch)
         if not rows:
             return 0
-        recorded: dict[tuple[str, str], int | None] = {}
-        for cl_ord_id, msg_type, seq in (
+        records: dict[tuple[str, str], _Record] = {}
+        for pk, cl_ord_id, msg_type, seq, at in (
             FixMessage.objects.filter(
                 direction=Direction.OUT,
                 cl_ord_id__in=[r.cl_ord_id for r in rows],
                 poss_dup=False,
             )
             .order_by("pk")
-            .values_list("cl_ord_id", "msg_type", "seq_num")
+            .values_list("pk", "cl_ord_id", "msg_type", "seq_num", "received_at")
         ):
-            recorded.setdefault((cl_ord_id, msg_type), seq)
-        statuses: dict[str, Any] = {}
-        done: list[int] = []
+            records.setdefault((cl_ord_id, msg_type), _Record(pk, seq, at))
+        by_session: dict[str, list[OutboxMessage]] = {}
         for row in rows:
-            key = self.sessions[row.fix_session_id]
-            status = statuses.get(key)
-            if status is None:
-                status = statuses[key] = self.gateway.session_status(key)
-            if not status.logged_on:
-                continue
-            seq = recorded.get((row.cl_ord_id, row.msg_type), -1)
-            nxt = status.next_sender_seq_num
-            if seq != -1 and seq is not None and nxt is not None and seq < nxt:
-                done.append(row.pk)  # it left before a restart; QuickFIX resends if needed
-                continue
-            try:
-                from orders.services.routing import outbox_request
+            by_session.setdefault(self.sessions[row.fix_session_id], []).append(row)
+        for key, session_rows in by_session.items():
+            self._dispatch_session(key, session_rows, records)
+        return len(rows)
 
+    def _dispatch_session(
+        self, key: str, rows: list[OutboxMessage], records: dict[tuple[str, str], _Record]
+    ) -> None:
+        status = self.gateway.session_status(key)
+        if not status.logged_on:
+            return
+        nxt = status.next_sender_seq_num
+        left: list[int] = []
+        unnumbered: list[OutboxMessage] = []
+        ready: list[OutboxMessage] = []
+        for row in rows:
+            record = records.get((row.cl_ord_id, row.msg_type))
+            if record is None:
+                ready.append(row)
+            elif record.seq is None:
+                unnumbered.append(row)  # recorded, then the process died before numbering it
+            elif nxt is not None and record.seq < nxt:
+                left.append(row.pk)  # it left before a restart; QuickFIX resends if needed
+            else:
+                ready.append(row)  # QuickFIX never numbered it past its store: it did not leave
+        numbers: list[tuple[int, int, str]] = []
+        if unnumbered:
+            # The store decides: QuickFIX writes a message there before it reaches the socket.
+            since = min(records[(r.cl_ord_id, r.msg_type)].at for r in unnumbered)
+            lookup = getattr(self.gateway, "stored_orders", None)
+            found = (
+                lookup(key, [r.cl_ord_id for r in unnumbered], since - STORE_CLOCK_MARGIN)
+                if lookup is not None
+                else {}
+            )
+            for row in unnumbered:
+                hit = found.get(row.cl_ord_id)
+                if hit is None:
+                    ready.append(row)  # never numbered, so it never left: send it now
+                    continue
+                left.append(row.pk)
+                numbers.append((records[(row.cl_ord_id, row.msg_type)].pk, hit[0], hit[1]))
+            ready.sort(key=lambda r: r.pk)  # a session's messages leave in outbox order
+        self._finish(left, numbers)
+        for start in range(0, len(ready), self.chunk):
+            if not self._send_chunk(key, ready[start : start + self.chunk], records):
+                return  # logged out meanwhile: the rest waits for the next logon
+
+    def _send_chunk(
+        self, key: str, rows: list[OutboxMessage], records: dict[tuple[str, str], _Record]
+    ) -> bool:
+        """Record a chunk of rows in one durable commit, send them, then mark them sent.
+
+        The records are committed (waiting for the WAL flush) before the first message of the
+        chunk reaches QuickFIX, so no message leaves unrecorded; their MsgSeqNum is known only
+        once QuickFIX numbered them, and is written with the rows marked sent. A crash between
+        the two leaves records without a number: `_dispatch_session` then asks QuickFIX's
+        store whether each one was numbered (it left) or not (it is sent now).
+        """
+        from orders.services.routing import outbox_request
+
+        messages: list[tuple[OutboxMessage, OutboundRequest, OutboundMessage]] = []
+        for row in rows:
+            try:
                 request = outbox_request(row.msg_type, row.payload)
-                if self.on_send is not None:
-                    self.on_send(row.cl_ord_id, row.placement_id)
-                ok = self.gateway.send(key, request)
+                message = build_message(request)
             except (MessageBuildError, KeyError, TypeError, ValueError) as exc:
                 self._fail(row, str(exc))
                 continue
-            if ok:
-                done.append(row.pk)
-                self.sent += 1
-            else:
-                statuses[key] = self.gateway.session_status(key)
-            if len(done) >= 100:
-                self._mark_sent(done)
-                done = []
-        self._mark_sent(done)
-        return len(rows)
+            messages.append((row, request, message))
+        if not messages:
+            return True
+        new = [
+            FixMessage(
+                session_key=key,
+                direction=Direction.OUT,
+                msg_type=row.msg_type[:4],
+                cl_ord_id=row.cl_ord_id[:64],
+                raw=_unsent_raw(message),
+            )
+            for row, _, message in messages
+            if records.get((row.cl_ord_id, row.msg_type), _NO_RECORD).seq is not None
+        ]
+        if new:
+            FixMessage.objects.bulk_create(new)  # autocommit: one durable commit
+        record_pks = {m.cl_ord_id: m.pk for m in new}
+        for row, _, _ in messages:
+            record = records.get((row.cl_ord_id, row.msg_type))
+            if record is not None and record.seq is None:
+                record_pks[row.cl_ord_id] = record.pk
+        if self.recorder is not None:
+            self.recorder.expect_outbound(key, record_pks)
+        sent: list[int] = []
+        logged_on = True
+        try:
+            for row, request, _ in messages:
+                if self.on_send is not None:
+                    self.on_send(row.cl_ord_id, row.placement_id)
+                if not self.gateway.send(key, request):
+                    logged_on = False
+                    break
+                sent.append(row.pk)
+        finally:
+            numbered = self.recorder.take_outbound(key) if self.recorder is not None else {}
+            self._finish(
+                sent,
+                [
+                    (record_pks[c], seq, raw)
+                    for c, (seq, raw) in numbered.items()
+                    if c in record_pks
+                ],
+            )
+        self.sent += len(sent)
+        return logged_on
 
-    def _mark_sent(self, ids: list[int]) -> None:
-        if not ids:
+    def _finish(self, ids: list[int], numbers: list[tuple[int, int, str]]) -> None:
+        """Mark rows sent and write the MsgSeqNum and wire text of their records, one commit."""
+        if not ids and not numbers:
             return
-        # No wait for the WAL flush: if a crash loses this update, the rows are pending again
-        # and their outbound records (flushed before they left) mark them sent without resending.
+        # No wait for the WAL flush: if a crash loses this, the rows are pending again and
+        # their records (flushed before they left) lead to QuickFIX's store, not to a resend.
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            OutboxMessage.objects.filter(pk__in=ids, status=OutboxStatus.PENDING).update(
-                status=OutboxStatus.SENT, sent_at=timezone.now(), attempts=F("attempts") + 1
-            )
+                if numbers:
+                    cursor.execute(
+                        f"UPDATE {FixMessage._meta.db_table} AS m SET seq_num = v.seq, raw = v.raw"
+                        " FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, seq, raw)"
+                        " WHERE m.id = v.id",
+                        [[n[0] for n in numbers], [n[1] for n in numbers], [n[2] for n in numbers]],
+                    )
+            if ids:
+                OutboxMessage.objects.filter(pk__in=ids, status=OutboxStatus.PENDING).update(
+                    status=OutboxStatus.SENT, sent_at=timezone.now(), attempts=F("attempts") + 1
+                )
 
     def _fail(self, row: OutboxMessage, error: str) -> None:
         from orders.services.routing import outbox_mark_failed
@@ -768,11 +1046,12 @@ class GatewayRunner:
         max_resend_age: float | None = None,
         background_events: bool = False,
         appliers: int = 4,
+        apply_batch: int = 16,
     ) -> None:
         self.rows = rows
         # True in the gateway process: blotter events leave from a background thread.
         self.background_events = background_events
-        self.handler = DjangoGatewayHandler(appliers=appliers)
+        self.handler = DjangoGatewayHandler(appliers=appliers, batch_size=apply_batch)
         # One QuickFIX thread per session: sessions never wait on each other's fills.
         self.gateway = Gateway(
             [r.spec for r in rows], self.handler, threaded=True, max_resend_age=max_resend_age
@@ -788,6 +1067,7 @@ class GatewayRunner:
                 sweep_interval=sweep_interval,
                 listen=False,
                 on_send=self.handler.remember_placement,
+                recorder=self.handler,
             )
             for r in rows
         ]

@@ -415,6 +415,21 @@ class Gateway:
         """Logged-on flag and next sender/target sequence numbers of one session."""
         return lookup_status(session_key, self._session_ids.get(session_key))
 
+    def stored_orders(
+        self, session_key: str, cl_ord_ids: Iterable[str], not_before: dt.datetime
+    ) -> dict[str, tuple[int, str]]:
+        """ClOrdID -> (MsgSeqNum, raw) of the order messages QuickFIX numbered for these ClOrdIDs.
+
+        QuickFIX writes an application message to its store before it writes it to the socket,
+        so a message found here was numbered and left (or goes out in QuickFIX's resend if the
+        broker missed it), and one not found never left. Reads the session's FileStore from
+        the newest message back, stopping at SendingTime `not_before`.
+        """
+        spec = self.specs.get(session_key)
+        if spec is None:
+            return {}
+        return stored_order_messages(spec, set(cl_ord_ids), not_before)
+
     def send(self, session_key: str, message: OutboundRequest | OutboundMessage) -> bool:
         """Send an order message now; False if the session is not logged on or refused it.
 
@@ -429,3 +444,59 @@ class Gateway:
             return False
         outbound = message if isinstance(message, OutboundMessage) else build_message(message)
         return bool(fix.Session.sendToTarget(to_quickfix(outbound), session_id))
+
+
+def _store_entries_backwards(path: Path, chunk: int = 65_536) -> Iterable[tuple[int, int, int]]:
+    """(MsgSeqNum, offset, size) of a FileStore header file, newest first.
+
+    The header file is "seq,offset,size " entries appended in sequence order; QuickFIX flushes
+    the body before the header, so every complete entry's body is there. An incomplete last
+    entry (being written) is skipped.
+    """
+    with path.open("rb") as f:
+        f.seek(0, 2)
+        pos = f.tell()
+        carry = b""
+        while pos > 0:
+            step = min(chunk, pos)
+            pos -= step
+            f.seek(pos)
+            parts = (f.read(step) + carry).split(b" ")
+            carry = parts.pop(0) if pos > 0 else b""
+            for entry in reversed(parts):
+                numbers = entry.split(b",")
+                if len(numbers) == 3 and all(n.isdigit() for n in numbers):
+                    yield int(numbers[0]), int(numbers[1]), int(numbers[2])
+
+
+def stored_order_messages(
+    spec: SessionSpec, cl_ord_ids: set[str], not_before: dt.datetime
+) -> dict[str, tuple[int, str]]:
+    """ClOrdID -> (MsgSeqNum, raw) of the order messages in a session's FileStore (see
+    `Gateway.stored_orders`); stops at the first message sent before `not_before`."""
+    prefix = (
+        Path(spec.store_dir) / f"{spec.fix_version}-{spec.sender_comp_id}-{spec.target_comp_id}"
+    )
+    header, body = Path(f"{prefix}.header"), Path(f"{prefix}.body")
+    found: dict[str, tuple[int, str]] = {}
+    if not cl_ord_ids or not header.exists() or not body.exists():
+        return found
+    with body.open("rb") as messages:
+        for seq, offset, size in _store_entries_backwards(header):
+            messages.seek(offset)
+            raw = messages.read(size).decode("latin-1")
+            values: dict[int, str] = {}
+            try:
+                for tag, value in split_fields(raw):
+                    values.setdefault(tag, value)
+                sent = parse_utc_timestamp(values[52])
+            except (KeyError, ValueError):
+                continue  # not a message QuickFIX wrote whole: it cannot be one we look for
+            if sent < not_before:
+                break
+            cl_ord_id = values.get(11)
+            if values.get(35) in ORDER_MSG_TYPES and cl_ord_id in cl_ord_ids:
+                found.setdefault(cl_ord_id, (seq, raw))
+                if len(found) == len(cl_ord_ids):
+                    break
+    return found

@@ -126,3 +126,122 @@ def test_recover_applies_what_a_killed_gateway_stored_but_never_applied(routed):
     assert handler.recover([KEY]) == 0
     assert (Execution.objects.count(), AuditEvent.objects.count()) == (2, events)
     assert Order.objects.get(pk=order.pk).version == order.version
+
+
+def _items(handler, raws):
+    """Store raw reports as QuickFIX's callback would, returning the queued items in order."""
+    items = []
+    for raw in raws:
+        parsed = parse_message(raw)
+        item = handler._store_inbound(KEY, raw, parsed, False, 0.0)
+        items.append(item[1])
+    return items
+
+
+@pytest.fixture
+def batches(monkeypatch):
+    """Spy on executions_apply: the ExecIDs of each batch it was called with."""
+    from orders.services import executions
+
+    calls: list[list[str]] = []
+    real = executions.executions_apply
+
+    def spy(*, session_key, reports):
+        calls.append([r.exec_id for r, _ in reports])
+        return real(session_key=session_key, reports=reports)
+
+    monkeypatch.setattr(executions, "executions_apply", spy)
+    return calls
+
+
+@pytest.mark.django_db
+def test_queued_reports_are_applied_as_batches_split_at_other_messages(routed, batches):
+    order, placement = routed
+    handler = DjangoGatewayHandler()
+    cl = placement.cl_ord_id
+    # given an ack, a fill, a business reject, a fill and a duplicate of that fill, all queued
+    raws = [
+        wire_report(cl, "0", "0", exec_id="A1"),
+        wire_report(cl, "F", "1", exec_id="F1", cum="40", avg="100", last_qty="40", last_px="100"),
+        business_reject(cl),
+        wire_report(cl, "F", "2", exec_id="F2", cum="100", avg="100", last_qty="60", last_px="100"),
+        wire_report(cl, "F", "2", exec_id="F2", cum="100", avg="100", last_qty="60", last_px="100"),
+    ]
+    # when an applier takes them at once
+    handler._apply_items(_items(handler, raws))
+    # then the reports on either side of the reject went as two batches, in order
+    assert batches == [["A1", "F1"], ["F2", "F2"]]
+    # and the book is exactly as one by one: both fills once, the reject audited once
+    order.refresh_from_db()
+    assert (order.status, order.cum_qty) == (OrderStatus.FILLED, Decimal("100"))
+    assert list(Execution.objects.order_by("pk").values_list("exec_id", "last_qty")) == [
+        ("A1", Decimal("0")),
+        ("F1", Decimal("40")),
+        ("F2", Decimal("60")),
+    ]
+    assert AuditEvent.objects.filter(action="fix.business_reject").count() == 1
+    assert (len(handler.fill_latencies), handler.fills_applied) == (2, 2)
+    assert len(handler.stage_latencies["apply"]) == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_batch_is_applied_one_by_one(routed, monkeypatch):
+    from django.db import OperationalError
+
+    from orders.services import executions
+
+    order, placement = routed
+    handler = DjangoGatewayHandler()
+    cl = placement.cl_ord_id
+    raws = [
+        wire_report(cl, "0", "0", exec_id="A1"),
+        wire_report(
+            cl, "F", "2", exec_id="F1", cum="100", avg="100", last_qty="100", last_px="100"
+        ),
+    ]
+    items = _items(handler, raws)
+
+    def broken(**kw):
+        raise OperationalError("deadlock detected")
+
+    monkeypatch.setattr(executions, "executions_apply", broken)
+    # when the batch fails
+    handler._apply_items(items)
+    # then each report was applied on its own, once
+    order.refresh_from_db()
+    assert (order.status, order.cum_qty) == (OrderStatus.FILLED, Decimal("100"))
+    assert list(Execution.objects.order_by("pk").values_list("exec_id", flat=True)) == ["A1", "F1"]
+    assert handler.fills_applied == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_falling_back_one_by_one_never_books_a_report_twice(routed, monkeypatch):
+    from orders.services import executions
+
+    order, placement = routed
+    handler = DjangoGatewayHandler()
+    cl = placement.cl_ord_id
+    items = _items(
+        handler,
+        [
+            wire_report(cl, "0", "0", exec_id="A1"),
+            wire_report(
+                cl, "F", "1", exec_id="F1", cum="40", avg="100", last_qty="40", last_px="100"
+            ),
+        ],
+    )
+    seen: list[int] = []
+    real = executions.executions_apply
+
+    def fails_after_applying(*, session_key, reports):
+        real(session_key=session_key, reports=reports[:1])  # commits the ack alone
+        seen.append(Execution.objects.count())
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(executions, "executions_apply", fails_after_applying)
+    handler._apply_items(items)
+    # then the ack applied before the failure is not applied again, and the fill is booked once
+    assert seen == [1]
+    assert list(Execution.objects.order_by("pk").values_list("exec_id", flat=True)) == ["A1", "F1"]
+    order.refresh_from_db()
+    assert order.cum_qty == Decimal("40")

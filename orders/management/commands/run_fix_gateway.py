@@ -30,6 +30,12 @@ class Command(BaseCommand):
             help="threads applying execution reports (each placement's reports stay in order)",
         )
         parser.add_argument(
+            "--apply-batch",
+            type=int,
+            default=16,
+            help="at most this many queued reports an applier applies in one transaction",
+        )
+        parser.add_argument(
             "--max-resend-age",
             type=float,
             default=None,
@@ -57,6 +63,7 @@ class Command(BaseCommand):
             max_resend_age=options["max_resend_age"],
             background_events=True,
             appliers=options["appliers"],
+            apply_batch=options["apply_batch"],
         )
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
