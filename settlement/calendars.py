@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import threading
 import warnings
 from functools import lru_cache
 
@@ -69,8 +70,18 @@ def _calendar(name: str, first_year: int, last_year: int) -> xcals.ExchangeCalen
         raise ValueError(f"calendar {name} cannot cover {first_year}-{last_year}: {exc}") from exc
 
 
-@lru_cache(maxsize=128)
+# lru_cache does not stop concurrent first calls: the gateway's applier threads all reached the
+# first fill of the day together and each built the same calendar (1-3 s of CPU in all).
+_BUILD_LOCK = threading.Lock()
+
+
 def _session_dates(name: str, first_year: int, last_year: int) -> tuple[dt.date, ...]:
+    with _BUILD_LOCK:
+        return _session_dates_built(name, first_year, last_year)
+
+
+@lru_cache(maxsize=128)
+def _session_dates_built(name: str, first_year: int, last_year: int) -> tuple[dt.date, ...]:
     # Plain dates with bisect answer a lookup in about a microsecond; the calendar's own pandas
     # methods take tens of microseconds, too slow for a million allocations.
     return tuple(_calendar(name, first_year, last_year).sessions.date)

@@ -96,3 +96,39 @@ def test_lookups_are_fast_once_the_calendar_is_built():
     elapsed = time.perf_counter() - started
     # then it takes well under a second (it would take minutes on pandas per call)
     assert elapsed < 1.0
+
+
+def test_threads_reaching_an_unbuilt_calendar_together_build_it_once(monkeypatch) -> None:
+    # Given a calendar window no test has built yet, and a build slow enough to overlap
+    import threading
+
+    from settlement import calendars
+
+    builds: list[tuple[str, int, int]] = []
+    real = calendars._calendar
+
+    def slow_calendar(name: str, first_year: int, last_year: int):  # type: ignore[no-untyped-def]
+        builds.append((name, first_year, last_year))
+        time.sleep(0.2)
+        return real(name, first_year, last_year)
+
+    monkeypatch.setattr(calendars, "_calendar", slow_calendar)
+    calendars._session_dates_built.cache_clear()
+    calendars._settlement_date.cache_clear()
+    start = threading.Barrier(4)
+    answers: list[dt.date] = []
+
+    def settle() -> None:
+        start.wait()
+        answers.append(settlement_date(D(2031, 3, 3), cycle_days=1, calendar_code="XNYS"))
+
+    # When four threads ask for a settlement date in it at once
+    threads = [threading.Thread(target=settle) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    # Then the window was built exactly once and every thread got the same answer
+    assert builds == [("XNYS", 2031, 2032)]
+    assert answers == [D(2031, 3, 4)] * 4
