@@ -144,7 +144,7 @@ def _rows(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
 
 
 def lock_cash(*, account_ids: Iterable[int]) -> dict[int, tuple[Decimal, Decimal]]:
-    """Lock the accounts' base-currency cash rows (by pk) and return {account: (settled, pending)}.
+    """Lock the accounts' base-currency cash rows (in account order); {account: (settled, pending)}.
 
     Why: two orders of one account checked at once must not both see the same buying power. The
     lock is taken before anything else is read, so the second checker waits for the first to

@@ -76,3 +76,65 @@ def test_fifty_concurrent_buys_never_exceed_buying_power(
     assert set(
         ComplianceResult.objects.filter(outcome="block").values_list("measured", flat=True)
     ) == {Decimal("1020000")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cash_locks_follow_account_order_not_row_order(desk: Any) -> None:
+    # given two accounts whose cash rows were created in the opposite order to the accounts
+    # (so the row ids disagree with the account ids), and a transaction that, like a fill,
+    # locks cash account by account in account order and holds the first while it works
+    from django.db import transaction
+
+    from allocations.models import CashBalance
+    from compliance.context import lock_cash
+    from tests import factories as f
+
+    first = f.AccountFactory(code="LOCK-1", desk=desk)
+    second = f.AccountFactory(code="LOCK-2", desk=desk)
+    CashBalance.objects.filter(account__in=[first, second]).delete()
+    f.CashBalanceFactory(account=second, settled=Decimal("2"))
+    f.CashBalanceFactory(account=first, settled=Decimal("1"))
+    assert CashBalance.objects.get(account=second).pk < CashBalance.objects.get(account=first).pk
+    holds_first = threading.Event()
+    checker_waiting = threading.Event()
+    errors: list[BaseException] = []
+    seen: list[dict[int, tuple[Decimal, Decimal]]] = []
+
+    def filler() -> None:
+        try:
+            with transaction.atomic():
+                lock_cash(account_ids=[first.pk])
+                holds_first.set()
+                checker_waiting.wait(timeout=10)
+                lock_cash(account_ids=[second.pk])
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def checker() -> None:
+        try:
+            holds_first.wait(timeout=10)
+            with transaction.atomic():
+                # when a compliance check locks both accounts' cash while the filler holds one
+                timer = threading.Timer(0.3, checker_waiting.set)
+                timer.start()
+                seen.append(lock_cash(account_ids=[second.pk, first.pk]))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=filler), threading.Thread(target=checker)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # then neither waits on the other crosswise: no deadlock, and the checker got both rows
+    assert errors == []
+    assert seen == [
+        {
+            first.pk: (Decimal("1.00"), Decimal("0.00")),
+            second.pk: (Decimal("2.00"), Decimal("0.00")),
+        }
+    ]
