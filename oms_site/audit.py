@@ -157,7 +157,7 @@ _LOCK_HEADS_SQL = (
 # The events and the new heads in one statement (one round trip, one parse). Arrays go in
 # PostgreSQL's binary format (%b): in text format psycopg escapes every quote of every JSON
 # document in Python, which cost ~45 ms per 1,000 events.
-_INSERT_SQL = (
+_INSERT_EVENTS = (
     "WITH ev AS ("
     " INSERT INTO oms_site_auditevent (stream, seq, occurred_at, actor_id, actor_name, action,"
     " object_type, object_id, before, after, meta, prev_hash, hash)"
@@ -169,9 +169,19 @@ _INSERT_SQL = (
     " meta, prev, hash)"
     " RETURNING id, stream, seq"
     "), heads AS ("
-    " UPDATE oms_site_auditstream AS s SET last_seq = h.seq, last_hash = h.hash"
+)
+_INSERT_SQL = (
+    _INSERT_EVENTS + " UPDATE oms_site_auditstream AS s SET last_seq = h.seq, last_hash = h.hash"
     " FROM unnest(%b::text[], %b::bigint[], %b::text[]) AS h(stream, seq, hash)"
     " WHERE s.stream = h.stream"
+    ") SELECT id, stream, seq FROM ev"
+)
+# Streams of objects created in this very transaction have no head yet: the heads are inserted
+# with the events (a head that exists after all violates its primary key, and nothing is
+# written), so such a batch costs one statement instead of two.
+_INSERT_NEW_SQL = (
+    _INSERT_EVENTS + " INSERT INTO oms_site_auditstream (stream, last_seq, last_hash)"
+    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[])"
     ") SELECT id, stream, seq FROM ev"
 )
 
@@ -286,8 +296,15 @@ def audit_record(
     return audit_record_many(entries=[entry])[0]
 
 
-def audit_record_many(*, entries: Sequence[AuditEntry]) -> list[AuditEvent]:
-    """Append many events with two statements, whatever their number (baskets, bulk fills)."""
+def audit_record_many(
+    *, entries: Sequence[AuditEntry], new_streams: bool = False
+) -> list[AuditEvent]:
+    """Append many events with two statements, whatever their number (baskets, bulk fills).
+
+    `new_streams=True` says every stream belongs to an object created in this transaction (a
+    new order, a new basket): their heads are created with the events, in one statement; a
+    stream that has a head after all makes the statement fail, so no chain is ever forked.
+    """
     if not entries:
         return []
     if not connection.in_atomic_block:
@@ -296,14 +313,18 @@ def audit_record_many(*, entries: Sequence[AuditEntry]) -> list[AuditEvent]:
     at = now.astimezone(dt.UTC).isoformat()
     streams = sorted({e.stream_name() for e in entries})
     with connection.cursor() as cursor:
-        # Creates missing heads and locks every head in one statement. The rows go in sorted
-        # order, so two writers of overlapping streams lock them in the same order and cannot
-        # deadlock; DO UPDATE (not DO NOTHING) also waits for and returns a head that a
-        # concurrent transaction has just inserted.
-        cursor.execute(_LOCK_HEADS_SQL, [streams])
-        heads: dict[str, tuple[int, str]] = {
-            name: (seq, last_hash or GENESIS_HASH) for name, seq, last_hash in cursor.fetchall()
-        }
+        heads: dict[str, tuple[int, str]]
+        if new_streams:
+            heads = dict.fromkeys(streams, (0, GENESIS_HASH))
+        else:
+            # Creates missing heads and locks every head in one statement. The rows go in
+            # sorted order, so two writers of overlapping streams lock them in the same order
+            # and cannot deadlock; DO UPDATE (not DO NOTHING) also waits for and returns a head
+            # that a concurrent transaction has just inserted.
+            cursor.execute(_LOCK_HEADS_SQL, [streams])
+            heads = {
+                name: (seq, last_hash or GENESIS_HASH) for name, seq, last_hash in cursor.fetchall()
+            }
         rows = _Rows()
         actors: dict[int, tuple[int | None, str]] = {}
         for entry in entries:
@@ -349,7 +370,7 @@ def audit_record_many(*, entries: Sequence[AuditEntry]) -> list[AuditEvent]:
             heads[stream] = (seq, digest)
         names = list(heads)
         cursor.execute(
-            _INSERT_SQL,
+            _INSERT_NEW_SQL if new_streams else _INSERT_SQL,
             [
                 now,
                 rows.stream,

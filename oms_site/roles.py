@@ -219,7 +219,12 @@ def role_keys(user: Any) -> set[str]:
     cached = getattr(user, "_oms_role_keys", None)
     if cached is not None:
         return cached
-    keys = {ROLE_KEYS[g] for g in user.groups.values_list("name", flat=True) if g in ROLE_KEYS}
+    return remember_roles(user, user.groups.values_list("name", flat=True))
+
+
+def remember_roles(user: Any, group_names: Any) -> set[str]:
+    """Cache on the user object the roles of these group names (read with the user, by auth)."""
+    keys = {ROLE_KEYS[g] for g in group_names if g in ROLE_KEYS}
     if user.is_superuser:
         keys.add("admin")
     user._oms_role_keys = keys

@@ -110,6 +110,14 @@ if DB_POOL_MAX_SIZE > 0:
         "max_size": DB_POOL_MAX_SIZE,
         "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "30")),
     }
+    # A pooled connection serves many requests, so psycopg prepares a statement it has run
+    # DB_PREPARE_THRESHOLD times on it: PostgreSQL then skips parsing and planning the hot
+    # path's fixed statements. Django turns this off by default for external poolers
+    # (PgBouncer in transaction mode), which this in-process pool is not; "off" disables it.
+    _prepare = os.environ.get("DB_PREPARE_THRESHOLD", "5").strip().lower()
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = (
+        None if _prepare == "off" else int(_prepare)
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -149,7 +157,7 @@ FIX_STORE_DIR = Path(os.environ.get("FIX_STORE_DIR", VAR_DIR / "fix"))
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "oms_site.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": os.environ.get("CACHE_PREFIX", "oms"),
     }
@@ -157,7 +165,7 @@ CACHES = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "oms_site.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

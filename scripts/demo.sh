@@ -36,7 +36,11 @@ start() {  # name, command...
     echo "[demo] started $name (pid $!, log var/log/$name.log)"
 }
 
-start web .venv/bin/uvicorn oms_site.asgi:application --host 127.0.0.1 --port "$PORT"
+# Two processes (one per core here, as benchmarks/bench_orders.py measures) with a bounded
+# connection pool each: every ASGI request runs in a thread of its own, which without the pool
+# opens a new PostgreSQL connection per request; pooled connections also keep prepared statements.
+start web env DB_POOL_MAX_SIZE="${DB_POOL_MAX_SIZE:-8}" .venv/bin/uvicorn oms_site.asgi:application \
+    --host 127.0.0.1 --port "$PORT" --workers "${WEB_WORKERS:-2}"
 start worker .venv/bin/celery -A oms_site worker -Q default,routing,executions,settlement -c 2 --loglevel INFO
 start beat .venv/bin/celery -A oms_site beat --loglevel INFO -s "$RUN/celerybeat-schedule" \
     --scheduler django_celery_beat.schedulers:DatabaseScheduler

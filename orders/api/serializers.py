@@ -7,11 +7,15 @@ messages. Output serializers are plain `Serializer`s with decimals as normalised
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
+from django.db.models.manager import BaseManager
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.fields import SkipField, is_simple_callable
 
 from orders.enums import OrderType, Side, TimeInForce
 
@@ -291,3 +295,69 @@ class BlockSerializer(serializers.Serializer):
     @extend_schema_field(serializers.ListField(child=serializers.IntegerField()))
     def get_orders(self, obj: Any) -> list[int]:
         return sorted(o.pk for o in obj.orders.all())
+
+
+# ----------------------------------------------------------------------------- fast rendering
+
+
+# Fields whose value is not a plain attribute path rendered by the field itself.
+_NOT_COMPILED = (
+    serializers.SerializerMethodField,
+    serializers.HiddenField,
+    serializers.RelatedField,
+    serializers.ManyRelatedField,
+)
+
+
+class CompiledRepresentation:
+    """Renders exactly what `serializer.to_representation(instance)` renders, faster.
+
+    Why: DRF walks each field through generic lookups (Mapping checks, callables, nested
+    serializers' field iterators); for the answer to a new order that cost about half a
+    millisecond, as much as the order's own SQL. The plan is built once from the serializer's
+    fields; each field still renders through its own `to_representation`, and any lookup
+    that does not resolve plainly goes back to the field's own `get_attribute` (defaults,
+    nulls, skipped fields). Only plain fields, nested serializers and lists of them are
+    accepted: anything else is refused when the plan is built, not rendered differently.
+    """
+
+    def __init__(self, serializer: serializers.Serializer) -> None:
+        self.plan: list[tuple[str, Any, tuple[str, ...], Callable[[Any], Any]]] = []
+        for name, field in serializer.fields.items():
+            if field.write_only:
+                continue
+            render: Callable[[Any], Any]
+            if isinstance(field, serializers.ListSerializer):
+                render = _list_renderer(CompiledRepresentation(field.child))  # type: ignore[arg-type]
+            elif isinstance(field, serializers.Serializer):
+                render = CompiledRepresentation(field)
+            elif isinstance(field, _NOT_COMPILED):
+                raise TypeError(f"{name}: {type(field).__name__} is not supported here")
+            else:
+                render = field.to_representation
+            self.plan.append((name, field, tuple(field.source_attrs), render))
+
+    def __call__(self, instance: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, field, attrs, render in self.plan:
+            value = instance
+            try:
+                for attr in attrs:
+                    value = getattr(value, attr)
+                    if callable(value) and is_simple_callable(value):
+                        value = value()
+            except (AttributeError, ObjectDoesNotExist):
+                try:
+                    value = field.get_attribute(instance)
+                except SkipField:
+                    continue
+            out[name] = None if value is None else render(value)
+        return out
+
+
+def _list_renderer(child: CompiledRepresentation) -> Callable[[Any], list[Any]]:
+    def render(data: Any) -> list[Any]:
+        items = data.all() if isinstance(data, BaseManager) else data
+        return [child(item) for item in items]
+
+    return render

@@ -39,8 +39,8 @@ def _sliding_window() -> tuple[Any, Any] | None:
     get_client = getattr(backend, "get_client", None)
     if get_client is None or not hasattr(cache, "make_and_validate_key"):
         return None
-    # Django builds a light client over its shared pool on each call; the script object is
-    # independent of the client (it is sent by SHA, then loaded if the server lacks it).
+    # The cache backend (oms_site.cache) hands out one client per pool; the script object is
+    # independent of the client anyway (it is sent by SHA, then loaded if the server lacks it).
     client = get_client(write=True)
     if _script is None:
         _script = client.register_script(_SLIDING_WINDOW)

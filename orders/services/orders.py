@@ -904,7 +904,8 @@ def _create_many(
                     actor=user,
                 )
             )
-        audit_record_many(entries=entries)
+        # Every stream is a new order's (or the new basket's): heads come with the events.
+        audit_record_many(entries=entries, new_streams=True)
         publish_orders_updated(orders, event_type="order.created")
     return orders
 

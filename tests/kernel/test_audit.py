@@ -198,3 +198,49 @@ def test_many_events_of_many_streams_written_in_two_statements(
     assert AuditStream.objects.get(stream="test.thing:9").last_seq == 5
     assert AuditStream.objects.get(stream="test.thing:10").last_hash == events[3].hash
     assert audit_verify() == []
+
+
+def test_events_of_new_streams_are_written_with_their_heads_in_one_statement(
+    django_assert_num_queries,
+) -> None:
+    # given two objects created in this transaction (no heads yet)
+    entries = [
+        AuditEntry(action="a", object_type="test.new", object_id="1", after={"k": 1}),
+        AuditEntry(action="b", object_type="test.new", object_id="1", after={"k": 2}),
+        AuditEntry(action="c", object_type="test.new", object_id="2", meta={"m": 1}),
+    ]
+    # when
+    with transaction.atomic(), django_assert_num_queries(1):
+        events = audit_record_many(entries=entries, new_streams=True)
+    # then: chains start at 1 from the genesis hash, heads point at their last events
+    assert [(e.stream, e.seq) for e in events] == [
+        ("test.new:1", 1),
+        ("test.new:1", 2),
+        ("test.new:2", 1),
+    ]
+    assert events[0].prev_hash == GENESIS_HASH and events[1].prev_hash == events[0].hash
+    assert events[2].prev_hash == GENESIS_HASH
+    heads = {h.stream: (h.last_seq, h.last_hash) for h in AuditStream.objects.all()}
+    assert heads == {"test.new:1": (2, events[1].hash), "test.new:2": (1, events[2].hash)}
+    assert AuditEvent.objects.count() == 3
+    assert audit_verify() == []
+
+
+def test_a_stream_said_to_be_new_that_has_a_head_fails_and_writes_nothing() -> None:
+    # given a stream with a history
+    earlier = _write(2, stream_id="7")
+    # when a batch claims it is new
+    with pytest.raises(DatabaseError), transaction.atomic():
+        audit_record_many(
+            entries=[
+                AuditEntry(action="x", object_type="test.other", object_id="1"),
+                AuditEntry(action="y", object_type="test.thing", object_id="7"),
+            ],
+            new_streams=True,
+        )
+    # then nothing was written and the existing chain is intact
+    assert AuditEvent.objects.count() == 2
+    assert list(AuditStream.objects.values_list("stream", "last_seq", "last_hash")) == [
+        ("test.thing:7", 2, earlier[1].hash)
+    ]
+    assert audit_verify() == []
