@@ -61,7 +61,6 @@ from types import SimpleNamespace
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
@@ -83,7 +82,7 @@ from allocations.selectors import account_ids_visible_to
 from oms_site.audit import AuditEntry, audit_record_many
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
 from oms_site.roles import has_role
-from oms_site.rows import model_from_row
+from oms_site.rows import model_from_row, raw_cursor
 from orders.enums import BUY_SIDES, OrderStatus
 from orders.models import Block, Execution, Instrument, Order, Placement
 from settlement.calendars import settlement_date as calendar_settlement_date
@@ -128,16 +127,6 @@ def _schedule(broker_id: int) -> engine.CommissionSchedule:
     )
 
 
-def _raw_cursor() -> Any:
-    """A server-side-binding psycopg cursor on Django's connection (same transaction).
-
-    The hot statements below are constant strings sent with few parameters; going around
-    Django's cursor wrapper saves its per-statement work (they are not in `connection.queries`).
-    """
-    connection.ensure_connection()
-    return psycopg.Cursor(connection.connection)
-
-
 def _array(values: Iterable[Any]) -> str:
     """A PostgreSQL array literal of numbers, ids or plain words (None as NULL).
 
@@ -174,7 +163,7 @@ def _update_rows(model: Any, fields: Sequence[str], rows: Sequence[tuple[Any, ..
         f"FROM unnest({arrays}) AS v({names}) "
         f'WHERE t."id" = v."id"'
     )
-    with _raw_cursor() as cursor:
+    with raw_cursor() as cursor:
         cursor.execute(sql, [list(col) for col in zip(*rows, strict=True)])
 
 
@@ -211,7 +200,7 @@ _ORDERS_LOCK_SQL = (
 def _lock_orders(*, block_id: int | None = None, order_id: int | None = None) -> list[_OrderRow]:
     """Lock a block's orders (or one lone order) by pk; plain rows with their account's fields."""
     column, key = ("block_id", block_id) if block_id is not None else ("id", order_id)
-    with _raw_cursor() as cursor:
+    with raw_cursor() as cursor:
         cursor.execute(_ORDERS_LOCK_SQL.replace("{column}", column), [key])
         return [_OrderRow(*row) for row in cursor.fetchall()]
 
@@ -231,7 +220,7 @@ def _fills_of(
     """Filled quantity and exact notional of a block's (or lone order's) fills; the broker's
     commission schedule (free when it has none). One round trip."""
     column, key = ("block_id", block_id) if block_id is not None else ("order_id", order_id)
-    with _raw_cursor() as cursor:
+    with raw_cursor() as cursor:
         cursor.execute(_FILLS_SQL.replace("{column}", column), [key, broker_id])
         filled, notional, bps, per_share, minimum, fees_bps = cursor.fetchone()
     schedule = (
@@ -315,7 +304,7 @@ def _booked(*, block_id: int | None, order_ids: Sequence[int]) -> dict[int, _Boo
     params: list[Any] = [_array(order_ids)]
     if block_id is not None:
         params.append(block_id)
-    with _raw_cursor() as cursor:
+    with raw_cursor() as cursor:
         cursor.execute(_BOOKED_SQL.replace("{block_match}", block_match), params)
         return {row[0]: _Booked(*row[1:]) for row in cursor.fetchall()}
 
@@ -334,7 +323,7 @@ def _fills_and_booked(
     params: list[Any] = [key, broker_id, _array(order_ids)]
     if block_id is not None:
         params.append(block_id)
-    with _raw_cursor() as cursor:
+    with raw_cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     filled, notional, bps, per_share, minimum, fees_bps = rows[0][:6]
@@ -384,7 +373,7 @@ def _lock_positions(
         cursor.execute(_POSITIONS_LOCK_SQL, [instrument_id, ids])
         return {row[1]: _PositionRow(*row) for row in cursor.fetchall()}
 
-    with _raw_cursor() as cursor:
+    with raw_cursor() as cursor:
         found = select()
         missing = sorted(account_ids - found.keys())
         if missing:
@@ -680,7 +669,7 @@ def _rebook(
         block_avg=block.avg_px if block is not None and block_move else None,
         block_version=block.version if block is not None and block_move else None,
     )
-    with _raw_cursor() as cursor:
+    with raw_cursor() as cursor:
         cursor.execute(_BOOK_WRITE_SQL, params)
         id_of = {order_id: pk for pk, order_id in cursor.fetchall()}
     ids = [id_of[row[0]] for row in rows]

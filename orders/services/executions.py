@@ -29,7 +29,6 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-import psycopg
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
@@ -39,7 +38,7 @@ from django.utils import timezone
 from allocations.models import Account, BlockAllocationPolicy, CashBalance, Position
 from oms_site.audit import AuditEntry, audit_record_many, json_safe
 from oms_site.realtime import groups_for_account, publish_many_on_commit
-from oms_site.rows import model_from_row
+from oms_site.rows import model_from_row, raw_cursor
 from orders.enums import (
     TERMINAL_STATUSES,
     BlockStatus,
@@ -158,7 +157,7 @@ class _Context:
         block.status = status
         block.version += 1
         block.updated_at = timezone.now()
-        with _raw_cursor() as cursor:
+        with raw_cursor() as cursor:
             cursor.execute(_BLOCK_STATUS_SQL, [status, block.version, block.updated_at, block.pk])
 
     def save_orders(self) -> None:
@@ -358,13 +357,6 @@ def _lock(cl_ord_ids: list[str], entries: list[AuditEntry] | None = None) -> _Co
     return _Context(placement, block, orders, entries)
 
 
-def _raw_cursor() -> Any:
-    """A psycopg cursor on Django's connection (same transaction), for the constant statements
-    of the hot path: Django's cursor wrapper and ORM saves cost more than the statements."""
-    connection.ensure_connection()
-    return psycopg.Cursor(connection.connection)
-
-
 _EXECUTION_COLUMNS = [f for f in Execution._meta.concrete_fields if not f.primary_key]
 _EXECUTION_FIELDS = [f.attname for f in _EXECUTION_COLUMNS]
 _INSERT_EXECUTION_SQL = (
@@ -399,7 +391,7 @@ _BLOCK_STATUS_SQL = (
 
 def _placement_save(placement: Placement) -> None:
     placement.updated_at = timezone.now()
-    with _raw_cursor() as cursor:
+    with raw_cursor() as cursor:
         cursor.execute(
             _PLACEMENT_SAVE_SQL,
             [*(getattr(placement, name) for name in _PLACEMENT_FIELDS), placement.pk],
@@ -412,7 +404,7 @@ def _insert_execution(execution: Execution) -> bool:
     One round trip instead of a look-up and an insert (or a savepoint around the insert).
     """
     execution.received_at = timezone.now()
-    with _raw_cursor() as cursor:
+    with raw_cursor() as cursor:
         cursor.execute(
             _INSERT_EXECUTION_SQL, [getattr(execution, name) for name in _EXECUTION_FIELDS]
         )

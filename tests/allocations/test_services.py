@@ -469,11 +469,12 @@ def test_settle_cash_task_calls_the_service(three_accounts, instrument, broker, 
 def test_array_literals_carry_decimals_exactly():
     # given values as the services send them: Decimals (some printing with an exponent),
     # ids, kinds and NULLs joined into PostgreSQL array literals
-    from allocations.services import _array, _raw_cursor
+    from allocations.services import _array
+    from oms_site.rows import raw_cursor
 
     decimals = [D("6E+2"), D("1.05E+1"), D("-0E-8"), D("-12.34000000"), D("0.00000001"), None]
     # when PostgreSQL parses them
-    with transaction.atomic(), _raw_cursor() as cursor:
+    with transaction.atomic(), raw_cursor() as cursor:
         cursor.execute(
             "SELECT %s::numeric[], %s::bigint[], %s::varchar[]",
             [_array(decimals), _array([1, None, 3]), _array(["fill", "reversal", "reprice"])],
