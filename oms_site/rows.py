@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -32,3 +33,40 @@ def raw_cursor() -> Any:
     """
     connection.ensure_connection()
     return psycopg.Cursor(connection.connection)
+
+
+_UPDATE_PLANS: dict[tuple[str, tuple[str, ...]], tuple[str, list[str]]] = {}
+
+
+def rows_update(model: Any, objs: Sequence[Any], fields: Sequence[str]) -> None:
+    """Write `fields` of many (locked) rows of `model` in one `UPDATE ... FROM unnest(arrays)`.
+
+    Why not bulk_update: its CASE WHEN per row and field costs 1-2 ms of Python per row (a
+    1,000-order kill switch spent half its time there); this statement is constant for a given
+    field list, so it is built once.
+    """
+    if not objs:
+        return
+    key = (model._meta.label, tuple(fields))
+    plan = _UPDATE_PLANS.get(key)
+    if plan is None:
+        meta = model._meta
+        columns: list[Any] = [meta.get_field(name) for name in fields]
+        types = [
+            str((c.target_field if c.is_relation else c).db_type(connection)).split("(")[0]
+            for c in columns
+        ]
+        pk = meta.pk.column
+        sets = ", ".join(f'"{c.column}" = v."{c.column}"' for c in columns)
+        names = ", ".join(f'"{c.column}"' for c in columns)
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        sql = (
+            f'UPDATE "{meta.db_table}" AS t SET {sets} FROM unnest(%s::bigint[], {arrays})'
+            f' AS v("{pk}", {names}) WHERE t."{pk}" = v."{pk}"'
+        )
+        plan = _UPDATE_PLANS[key] = (sql, [c.attname for c in columns])
+    sql, attnames = plan
+    params: list[list[Any]] = [[o.pk for o in objs]]
+    params.extend([getattr(o, name) for o in objs] for name in attnames)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)

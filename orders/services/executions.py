@@ -38,7 +38,7 @@ from django.utils import timezone
 from allocations.models import Account, BlockAllocationPolicy, CashBalance, Position
 from oms_site.audit import AuditEntry, audit_record_many, json_safe
 from oms_site.realtime import groups_for_account, publish_many_on_commit
-from oms_site.rows import model_from_row, raw_cursor
+from oms_site.rows import model_from_row, raw_cursor, rows_update
 from orders.enums import (
     TERMINAL_STATUSES,
     BlockStatus,
@@ -162,30 +162,7 @@ class _Context:
 
     def save_orders(self) -> None:
         if self.changed and self.order_fields:
-            _orders_update(list(self.changed.values()), sorted(self.order_fields))
-
-
-_orders_update_sql: dict[tuple[str, ...], str] = {}
-
-
-def _orders_update(orders: list[Order], fields: list[str]) -> None:
-    """One `UPDATE ... FROM unnest(arrays)` of the orders' `fields` (bulk_update's CASE WHEN
-    costs ~1 ms of Python per order field; this is a constant statement)."""
-    key = tuple(fields)
-    sql = _orders_update_sql.get(key)
-    if sql is None:
-        columns = [cast(Field, Order._meta.get_field(name)) for name in fields]
-        types = ", ".join(f"%s::{str(c.db_type(connection)).split('(')[0]}[]" for c in columns)
-        sets = ", ".join(f'"{c.column}" = v."{c.column}"' for c in columns)
-        names = ", ".join(f'"{c.column}"' for c in columns)
-        sql = _orders_update_sql[key] = (
-            f'UPDATE "{Order._meta.db_table}" AS t SET {sets} '
-            f"FROM unnest(%s::bigint[], {types}) AS v(id, {names}) WHERE t.id = v.id"
-        )
-    params = [[o.pk for o in orders]]
-    params.extend([getattr(o, name) for o in orders] for name in fields)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+            rows_update(Order, list(self.changed.values()), sorted(self.order_fields))
 
 
 def _select(model: Any, alias: str) -> tuple[str, list[str]]:
