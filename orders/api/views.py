@@ -345,10 +345,13 @@ class BlockListCreateView(generics.ListAPIView):
         return super().get_permissions()
 
     def get_queryset(self) -> QuerySet[Block]:
+        user = self.request.user
+        # A PM sees a block because one of its orders is theirs; the other accounts' orders in
+        # it stay invisible, so the block lists only the order ids the user may see.
         return (
-            blocks_visible_to(user=self.request.user)
+            blocks_visible_to(user=user)
             .select_related("instrument", "created_by")
-            .prefetch_related("orders")
+            .prefetch_related(Prefetch("orders", queryset=orders_visible_to(user=user).only("pk")))
         )
 
     @extend_schema(operation_id="blocks_list", tags=["blocks"])

@@ -546,6 +546,28 @@ def test_dissolve_of_invisible_block_is_404(
     assert Block.objects.get().status == "open"
 
 
+def test_a_pm_sees_only_their_own_orders_in_a_shared_block(
+    book: Any, make_order: Any, desk: Any, pm_other: Any, trader: Any, clients: dict[str, APIClient]
+) -> None:
+    # Given a block holding pm_a's order and pm_b's order (pm_b's account on the same desk)
+    shared = f.AccountFactory(code="ACC-D", desk=desk)
+    shared.managers.add(pm_other)
+    f.CashBalanceFactory(account=shared)
+    mine = make_order()
+    theirs = make_order(user=pm_other, account="ACC-D", quantity="40")
+    block = block_create(user=trader, order_ids=[mine.pk, theirs.pk])
+
+    # Then each PM's view of the block lists only their own order ids; the desk sees both
+    def seen(role: str) -> list[tuple[int, list[int]]]:
+        rows = clients[role].get("/api/v1/blocks/").json()["results"]
+        return [(b["id"], b["orders"]) for b in rows]
+
+    assert seen("pm") == [(block.pk, [mine.pk])]
+    assert seen("pm_other") == [(block.pk, [theirs.pk])]
+    assert seen("trader") == [(block.pk, sorted([mine.pk, theirs.pk]))]
+    assert seen("compliance") == [(block.pk, sorted([mine.pk, theirs.pk]))]
+
+
 def test_block_validation_400(blockable: list[Order], clients: dict[str, APIClient]) -> None:
     r = clients["trader"].post("/api/v1/blocks/", {"orders": "x"}, format="json")
     assert r.status_code == 400
