@@ -27,6 +27,7 @@ from oms_site import refcache
 from oms_site.audit import AuditEntry, audit_record_many, json_safe
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
 from oms_site.roles import has_role, role_keys
+from oms_site.rows import model_from_row
 from orders.enums import (
     BUY_SIDES,
     BlockStatus,
@@ -825,6 +826,46 @@ def _insert_orders(orders: Sequence[Order]) -> None:
         order._state.db = "default"
 
 
+def _order_defaults(now: dt.datetime) -> dict[str, Any]:
+    """Every column of a new pending-compliance order as Order(...) would set it."""
+    values = {f.attname: f.get_default() for f in Order._meta.concrete_fields}
+    values.update(status=OrderStatus.PENDING_COMPLIANCE, version=1, created_at=now, updated_at=now)
+    return values
+
+
+def _new_order(
+    base: dict[str, Any],
+    *,
+    account: Account,
+    instrument: Instrument,
+    created_by: Any,
+    basket: Basket | None,
+    values: dict[str, Any],
+) -> Order:
+    """An unsaved Order equal to Order(**fields), without its __init__ (~35 us an order)."""
+    order = model_from_row(
+        Order,
+        {
+            **base,
+            **values,
+            "account_id": account.pk,
+            "instrument_id": instrument.pk,
+            "created_by_id": created_by.pk,
+            "basket_id": basket.pk if basket is not None else None,
+        },
+    )
+    order._state.adding = True
+    order._state.db = None
+    # The related objects, cached as Order(account=..., ...) caches them.
+    cache = order._state.fields_cache
+    cache["account"] = account
+    cache["instrument"] = instrument
+    cache["created_by"] = created_by
+    if basket is not None:
+        cache["basket"] = basket
+    return order
+
+
 def _create_many(
     *,
     user: Any,
@@ -847,25 +888,25 @@ def _create_many(
             basket.save()
         now = timezone.now()
         orders = [
-            Order(
+            _new_order(
+                base,
                 account=ref.accounts[r.account],
                 instrument=ref.instruments[r.instrument],
-                side=r.side,
-                quantity=r.quantity,
-                order_type=r.order_type,
-                limit_price=r.limit_price,
-                stop_price=r.stop_price,
-                time_in_force=r.time_in_force,
-                expire_date=r.expire_date,
-                status=OrderStatus.PENDING_COMPLIANCE,
-                leaves_qty=r.quantity,
                 created_by=user,
-                client_order_id=r.client_order_id,
                 basket=basket,
-                version=1,
-                created_at=now,
-                updated_at=now,
+                values={
+                    "side": r.side,
+                    "quantity": r.quantity,
+                    "order_type": r.order_type,
+                    "limit_price": r.limit_price,
+                    "stop_price": r.stop_price,
+                    "time_in_force": r.time_in_force,
+                    "expire_date": r.expire_date,
+                    "leaves_qty": r.quantity,
+                    "client_order_id": r.client_order_id,
+                },
             )
+            for base in [_order_defaults(now)]
             for r in rows
         ]
         _insert_orders(orders)
