@@ -359,10 +359,10 @@ def _book_rows(
         return cursor.fetchall()
 
 
-def order_intent(order: Order) -> engine.OrderIntent:
-    """The engine's view of an order row (key = primary key)."""
+def order_intent(order: Order, *, key: int | None = None) -> engine.OrderIntent:
+    """The engine's view of an order row (key = primary key unless given)."""
     return engine.OrderIntent(
-        key=order.pk,
+        key=order.pk if key is None else key,
         account_id=order.account_id,
         instrument_id=order.instrument_id,
         side=order.side,
@@ -384,7 +384,11 @@ class LoadedCheck:
 
 
 def build_pretrade(
-    *, orders: Sequence[Order], as_of: datetime | None = None, lock: bool = True
+    *,
+    orders: Sequence[Order],
+    as_of: datetime | None = None,
+    lock: bool = True,
+    keys: Sequence[int] | None = None,
 ) -> LoadedCheck:
     """Lock the accounts' cash rows, then load the engine's inputs for these orders.
 
@@ -392,7 +396,8 @@ def build_pretrade(
     version, and one statement for holdings, open orders and the firm's issuer holdings
     (`_BOOK_SQL`); reference data (rules,
     instruments, accounts, restricted list) comes from the per-process cache when its version
-    is current, else with a few more queries.
+    is current, else with a few more queries. `keys` name orders not inserted yet (default:
+    their primary keys).
     """
     as_of = as_of or firm_now()
     day = as_of.date()
@@ -490,8 +495,12 @@ def build_pretrade(
         ),
         firm_issuer_holdings=firm_issuer_holdings,
     )
+    if keys is None:
+        intents = [order_intent(o) for o in orders]
+    else:
+        intents = [order_intent(o, key=k) for o, k in zip(orders, keys, strict=True)]
     return LoadedCheck(
-        intents=[order_intent(o) for o in orders],
+        intents=intents,
         context=context,
         rules=load_rules(day=day, version=version),
     )

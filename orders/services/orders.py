@@ -27,6 +27,7 @@ from oms_site import refcache
 from oms_site.audit import AuditEntry, audit_record_many, json_safe
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
 from oms_site.roles import has_role, role_keys
+from oms_site.rows import model_from_row
 from orders.enums import (
     BUY_SIDES,
     BlockStatus,
@@ -495,6 +496,55 @@ def _optional_function(module: str, name: str) -> Callable[..., Any] | None:
     return getattr(importlib.import_module(module), name, None)
 
 
+def _check_and_insert(orders: Sequence[Order], *, attach_results: bool) -> dict[int, str]:
+    """Check new orders, insert them with their outcome, store the results; {pk: outcome}.
+
+    Compliance runs before the insert (it locks the accounts' cash first, as before), so each
+    row is written once, already moved by its outcome (version 2), instead of inserted pending
+    and updated right after: one statement and 500 row versions less for a basket.
+    """
+    from compliance.services import compliance_check_new, compliance_results_store
+
+    if not _insert_orders_supported():
+        # The model has changed: the ORM inserts pending orders, checked and updated after.
+        _insert_orders(orders)
+        outcomes = _run_compliance(orders, attach_results=attach_results)
+        _set_outcomes(orders, outcomes)
+        return outcomes
+    check = compliance_check_new(orders=orders)
+    final = [
+        ComplianceOutcome(check.outcomes.get(n, ComplianceOutcome.BLOCK))
+        for n in range(len(orders))
+    ]
+    _insert_orders(
+        orders,
+        statuses=[OUTCOME_STATUS[outcome].value for outcome in final],
+        outcomes=[outcome.value for outcome in final],
+    )
+    stored = compliance_results_store(check=check, order_ids=[o.pk for o in orders])
+    if attach_results:
+        rows = stored.result_rows()
+        for order in orders:
+            _set_prefetched(order, "compliance_results", rows.get(order.pk, []))
+    return {o.pk: outcome.value for o, outcome in zip(orders, final, strict=True)}
+
+
+def _set_outcomes(orders: Sequence[Order], outcomes: Mapping[int, str]) -> None:
+    """Move inserted pending orders by their outcomes: one UPDATE per outcome (at most three)."""
+    # bulk_update's CASE per row cost ~8 ms/order.
+    by_outcome: dict[str, list[int]] = {}
+    for o in orders:
+        outcome = ComplianceOutcome(outcomes.get(o.pk, ComplianceOutcome.BLOCK))
+        by_outcome.setdefault(outcome.value, []).append(o.pk)
+    now = orders[0].updated_at
+    with connection.cursor() as cursor:
+        for value, pks in sorted(by_outcome.items()):
+            cursor.execute(
+                _SET_OUTCOME_SQL,
+                [OUTCOME_STATUS[ComplianceOutcome(value)].value, value, now, pks],
+            )
+
+
 def _run_compliance(orders: Sequence[Order], *, attach_results: bool = False) -> dict[int, str]:
     check = _optional_function("compliance.services", "compliance_check_detailed")
     if check is None:
@@ -778,10 +828,10 @@ _INSERT_COLUMNS = (
 )
 _INSERT_ORDERS_SQL = (
     f"INSERT INTO {Order._meta.db_table} ({', '.join(_INSERT_COLUMNS)})"
-    " SELECT v.a, v.i, v.s, v.q, v.t, v.lp, v.sp, v.tif, v.ed, %s, 0, v.q, 0, NULL, %s, v.c, %s,"
-    " NULL, 1, %s, %s FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::numeric[],"
-    " %b::text[], %b::numeric[], %b::numeric[], %b::text[], %b::date[], %b::text[])"
-    " AS v(a, i, s, q, t, lp, sp, tif, ed, c) RETURNING id"
+    " SELECT v.a, v.i, v.s, v.q, v.t, v.lp, v.sp, v.tif, v.ed, v.st, 0, v.q, 0, v.co, %s, v.c,"
+    " %s, NULL, %s, %s, %s FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::numeric[],"
+    " %b::text[], %b::numeric[], %b::numeric[], %b::text[], %b::date[], %b::text[], %b::text[],"
+    " %b::text[]) AS v(a, i, s, q, t, lp, sp, tif, ed, c, st, co) RETURNING id"
 )
 _SET_OUTCOME_SQL = (
     f"UPDATE {Order._meta.db_table} SET status = %s, compliance_outcome = %s, version = 2,"
@@ -789,21 +839,36 @@ _SET_OUTCOME_SQL = (
 )
 
 
-def _insert_orders(orders: Sequence[Order]) -> None:
-    """Insert new pending-compliance orders of one creator, basket and time; set their pks."""
+def _insert_orders_supported() -> bool:
+    """Whether _INSERT_COLUMNS still lists the model's columns (else the ORM inserts)."""
     columns = {f.column for f in Order._meta.concrete_fields if not f.primary_key}
-    if columns != set(_INSERT_COLUMNS):
-        # The model has changed: let the ORM write it until the list above follows.
+    return columns == set(_INSERT_COLUMNS)
+
+
+def _insert_orders(
+    orders: Sequence[Order],
+    *,
+    statuses: Sequence[str] | None = None,
+    outcomes: Sequence[str | None] | None = None,
+) -> None:
+    """Insert new orders of one creator, basket and time; set their pks.
+
+    Without `statuses` they are written as they are (pending compliance, version 1); with them,
+    each row is written with its status and compliance outcome at version 2, as the outcome's
+    transition leaves it (the objects themselves are moved by that transition afterwards).
+    """
+    if not _insert_orders_supported():
         Order.objects.bulk_create(orders)
         return
     first = orders[0]
+    n = len(orders)
     with connection.cursor() as cursor:
         cursor.execute(
             _INSERT_ORDERS_SQL,
             [
-                OrderStatus.PENDING_COMPLIANCE.value,
                 first.created_by_id,
                 first.basket_id,
+                1 if statuses is None else 2,
                 first.created_at,
                 first.updated_at,
                 [o.account_id for o in orders],
@@ -816,6 +881,8 @@ def _insert_orders(orders: Sequence[Order]) -> None:
                 [o.time_in_force for o in orders],
                 [o.expire_date for o in orders],
                 [o.client_order_id for o in orders],
+                [OrderStatus.PENDING_COMPLIANCE.value] * n if statuses is None else list(statuses),
+                [None] * n if outcomes is None else list(outcomes),
             ],
         )
         ids = cursor.fetchall()
@@ -823,6 +890,46 @@ def _insert_orders(orders: Sequence[Order]) -> None:
         order.pk = pk
         order._state.adding = False
         order._state.db = "default"
+
+
+def _order_defaults(now: dt.datetime) -> dict[str, Any]:
+    """Every column of a new pending-compliance order as Order(...) would set it."""
+    values = {f.attname: f.get_default() for f in Order._meta.concrete_fields}
+    values.update(status=OrderStatus.PENDING_COMPLIANCE, version=1, created_at=now, updated_at=now)
+    return values
+
+
+def _new_order(
+    base: dict[str, Any],
+    *,
+    account: Account,
+    instrument: Instrument,
+    created_by: Any,
+    basket: Basket | None,
+    values: dict[str, Any],
+) -> Order:
+    """An unsaved Order equal to Order(**fields), without its __init__ (~35 us an order)."""
+    order = model_from_row(
+        Order,
+        {
+            **base,
+            **values,
+            "account_id": account.pk,
+            "instrument_id": instrument.pk,
+            "created_by_id": created_by.pk,
+            "basket_id": basket.pk if basket is not None else None,
+        },
+    )
+    order._state.adding = True
+    order._state.db = None
+    # The related objects, cached as Order(account=..., ...) caches them.
+    cache = order._state.fields_cache
+    cache["account"] = account
+    cache["instrument"] = instrument
+    cache["created_by"] = created_by
+    if basket is not None:
+        cache["basket"] = basket
+    return order
 
 
 def _create_many(
@@ -847,53 +954,45 @@ def _create_many(
             basket.save()
         now = timezone.now()
         orders = [
-            Order(
+            _new_order(
+                base,
                 account=ref.accounts[r.account],
                 instrument=ref.instruments[r.instrument],
-                side=r.side,
-                quantity=r.quantity,
-                order_type=r.order_type,
-                limit_price=r.limit_price,
-                stop_price=r.stop_price,
-                time_in_force=r.time_in_force,
-                expire_date=r.expire_date,
-                status=OrderStatus.PENDING_COMPLIANCE,
-                leaves_qty=r.quantity,
                 created_by=user,
-                client_order_id=r.client_order_id,
                 basket=basket,
-                version=1,
-                created_at=now,
-                updated_at=now,
+                values={
+                    "side": r.side,
+                    "quantity": r.quantity,
+                    "order_type": r.order_type,
+                    "limit_price": r.limit_price,
+                    "stop_price": r.stop_price,
+                    "time_in_force": r.time_in_force,
+                    "expire_date": r.expire_date,
+                    "leaves_qty": r.quantity,
+                    "client_order_id": r.client_order_id,
+                },
             )
+            for base in [_order_defaults(now)]
             for r in rows
         ]
-        _insert_orders(orders)
+        # Snapshots as created (pending compliance, version 1), before the outcome moves them.
+        created = [_order_snapshot(o) for o in orders]
+        outcomes = _check_and_insert(orders, attach_results=single)
         entries = [
             AuditEntry(
                 action="order.created",
                 object_type=ORDER_TYPE,
                 object_id=str(o.pk),
                 before={"status": OrderStatus.NEW.value},
-                after=_order_snapshot(o),
+                after=snapshot,
                 meta={"basket": basket.pk} if basket is not None else {},
                 actor=user,
             )
-            for o in orders
+            for o, snapshot in zip(orders, created, strict=True)
         ]
-        outcomes = _run_compliance(orders, attach_results=single)
         _apply_outcomes(orders, outcomes, entries=entries, actor=user)
-        # One UPDATE per outcome (at most three): bulk_update's CASE per row costs ~8 ms/order.
-        by_outcome: dict[str, list[int]] = {}
         for o in orders:
             o.updated_at = now
-            by_outcome.setdefault(o.compliance_outcome or "", []).append(o.pk)
-        with connection.cursor() as cursor:
-            for outcome, pks in sorted(by_outcome.items()):
-                cursor.execute(
-                    _SET_OUTCOME_SQL,
-                    [OUTCOME_STATUS[ComplianceOutcome(outcome)].value, outcome, now, pks],
-                )
         if basket is not None:
             entries.append(
                 AuditEntry(

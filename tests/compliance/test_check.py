@@ -426,9 +426,17 @@ def test_query_count_does_not_grow_with_basket_size(
     assert count(large, cold=False) == 3
 
 
+@pytest.mark.parametrize("insert_at_most", [64, 0], ids=["insert", "copy"])
 def test_result_text_survives_copy_escaping(
-    account: Any, instrument: Any, make_rule: Any, make_order: Any
+    account: Any,
+    instrument: Any,
+    make_rule: Any,
+    make_order: Any,
+    monkeypatch: Any,
+    insert_at_most: int,
 ) -> None:
+    # Few rows go in one INSERT, more by COPY: both ways must store the text exactly.
+    monkeypatch.setattr("compliance.services._INSERT_AT_MOST", insert_at_most)
     # given a restriction reason with a tab, a newline, a backslash and non-ASCII text
     reason = "Deal\tteam\nC:\\lists\\Q3 — Zürich"
     make_rule("restricted_list", name="Restricted\tlist \\ v2")
@@ -586,3 +594,32 @@ def test_other_accounts_orders_summed_in_sql_give_the_rows_of_every_order_loaded
     twin = rows[(checked[0].pk, "duplicate_orders 8")]
     gap = checked[0].created_at - twin_order.created_at
     assert (twin.outcome, twin.measured) == ("warn", D(gap.seconds) + D(gap.microseconds) / 10**6)
+
+
+def test_a_check_before_insert_stores_nothing_until_told_the_order_ids(
+    account: Any, instrument: Any, make_rule: Any, make_order: Any
+) -> None:
+    from compliance.services import compliance_check_new, compliance_results_store
+
+    # given a size rule and two orders, the first one already stored as its template
+    make_rule("fat_finger", params={"max_quantity": "10"}, name="size")
+    small, large = (
+        make_order(account, instrument, quantity="5"),
+        make_order(account, instrument, quantity="50"),
+    )
+    with transaction.atomic():
+        # when both are checked as not yet inserted (keys are their positions)
+        check = compliance_check_new(orders=[small, large])
+        # then nothing is stored yet and the outcomes are keyed 0 and 1
+        assert check.outcomes == {0: "pass", 1: "block"}
+        assert ComplianceResult.objects.count() == 0
+        # and a store with the wrong number of ids is refused
+        with pytest.raises(ValueError, match="one order id per checked order"):
+            compliance_results_store(check=check, order_ids=[small.pk])
+        # when the results are stored under the orders' ids
+        stored = compliance_results_store(check=check, order_ids=[small.pk, large.pk])
+    # then they are keyed and stored by order id
+    assert stored.outcomes == {small.pk: "pass", large.pk: "block"}
+    assert [(r.rule_name, r.outcome) for r in results_of(small)] == [("size", "pass")]
+    assert [(r.rule_name, r.outcome) for r in results_of(large)] == [("size", "block")]
+    assert [r.checked_at for r in results_of(large)] == [stored.checked_at]

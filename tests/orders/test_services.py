@@ -321,6 +321,49 @@ def test_basket_query_count_does_not_grow_with_size(
         orders_create_bulk(user=pm, rows=[order_data(quantity="1") for _ in range(500)])
 
 
+def test_new_orders_are_written_once_with_their_outcome(book: Any, pm: Any) -> None:
+    # given a rule that blocks large orders
+    Rule.objects.create(
+        name="size", rule_type="fat_finger", severity="block", params={"max_quantity": "100"}
+    )
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    # when a basket with one passing and one blocked order is entered
+    with CaptureQueriesContext(connection) as ctx:
+        orders, summary = orders_create_bulk(
+            user=pm, rows=[order_data(quantity="10"), order_data(quantity="500")]
+        )
+    # then no statement updates the new orders: they were inserted as the outcome left them
+    assert [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("UPDATE")] == []
+    stored = {
+        o.pk: (o.status, o.compliance_outcome, o.version)
+        for o in Order.objects.filter(pk__in=[o.pk for o in orders])
+    }
+    assert stored == {
+        orders[0].pk: (OrderStatus.APPROVED, "pass", 2),
+        orders[1].pk: (OrderStatus.BLOCKED, "block", 2),
+    }
+    assert [(o.status, o.compliance_outcome, o.version) for o in orders] == [
+        (OrderStatus.APPROVED, "pass", 2),
+        (OrderStatus.BLOCKED, "block", 2),
+    ]
+    assert (summary.passed, summary.blocked) == (1, 1)
+    # and each order's results are stored under its own id, its audit trail unchanged
+    assert {r.order_id: (r.rule_name, r.outcome) for r in ComplianceResult.objects.all()} == {
+        orders[0].pk: ("size", "pass"),
+        orders[1].pk: ("size", "block"),
+    }
+    trail = list(
+        AuditEvent.objects.filter(object_type="order", object_id=str(orders[1].pk))
+        .order_by("seq")
+        .values_list("action", "after")
+    )
+    assert [action for action, _ in trail] == ["order.created", "order.compliance_checked"]
+    assert (trail[0][1]["status"], trail[0][1]["version"]) == ("pending_compliance", 1)
+    assert trail[1][1] == {"status": "blocked", "version": 2, "compliance_outcome": "block"}
+
+
 # ------------------------------------------------------------------------------ amend
 
 
