@@ -82,7 +82,7 @@ from allocations.selectors import account_ids_visible_to
 from oms_site.audit import AuditEntry, audit_record_many
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
 from oms_site.roles import has_role
-from oms_site.rows import model_from_row, raw_cursor
+from oms_site.rows import fast_datetimes, model_from_row, raw_cursor
 from orders.enums import BUY_SIDES, OrderStatus
 from orders.models import Block, Execution, Instrument, Order, Placement
 from settlement.calendars import settlement_date as calendar_settlement_date
@@ -171,7 +171,7 @@ def _update_rows(model: Any, fields: Sequence[str], rows: Sequence[tuple[Any, ..
 class _OrderRow:
     """The locked columns of an order that allocation reads and moves (not a model instance)."""
 
-    pk: int
+    id: int
     account_id: int
     instrument_id: int
     side: str
@@ -187,6 +187,10 @@ class _OrderRow:
     account_short_ok: bool
     updated_at: dt.datetime | None = None  # set when the order moves
 
+    @property
+    def pk(self) -> int:
+        return self.id
+
 
 _ORDERS_LOCK_SQL = (
     'SELECT o."id", o."account_id", o."instrument_id", o."side", o."quantity", o."created_at", '
@@ -200,7 +204,7 @@ _ORDERS_LOCK_SQL = (
 def _lock_orders(*, block_id: int | None = None, order_id: int | None = None) -> list[_OrderRow]:
     """Lock a block's orders (or one lone order) by pk; plain rows with their account's fields."""
     column, key = ("block_id", block_id) if block_id is not None else ("id", order_id)
-    with raw_cursor() as cursor:
+    with fast_datetimes(raw_cursor()) as cursor:
         cursor.execute(_ORDERS_LOCK_SQL.replace("{column}", column), [key])
         return [_OrderRow(*row) for row in cursor.fetchall()]
 
@@ -241,7 +245,7 @@ def _average(filled: Decimal, notional: Decimal) -> Decimal:
 
 def _entry_target(order: Any, *, requested: Decimal, weight: Decimal | None = None) -> Any:
     return engine.AllocationTarget(
-        key=order.pk, requested=requested, weight=weight, entry_seq=(order.created_at, order.pk)
+        key=order.id, requested=requested, weight=weight, entry_seq=(order.created_at, order.id)
     )
 
 
@@ -532,7 +536,7 @@ def _rebook(
     currency = instrument.currency
     block_id = block.pk if block is not None else None
     if booked is None:
-        booked = _booked(block_id=block_id, order_ids=[o.pk for o in orders])
+        booked = _booked(block_id=block_id, order_ids=[o.id for o in orders])
     fill_kind, reversal_kind, reprice_kind = (
         str(AllocationKind.FILL),
         str(AllocationKind.REVERSAL),
@@ -542,21 +546,31 @@ def _rebook(
     # (order_id, account_id, kind, quantity, gross, commission, fees, net, cum_quantity,
     #  cum_gross, cum_commission, cum_fees, cum_net, reversal_of): _ALLOCATION_ROW_COLUMNS.
     rows: list[tuple[Any, ...]] = []
-    for order in orders:
-        quantity = targets.get(order.pk, ZERO)
-        money = engine.commission_for(schedule, quantity, price, sign)
-        before = booked.get(order.pk, _NOTHING_BOOKED)
-        delta = quantity - before.quantity
-        gross = money.gross - before.gross
-        commission = money.commission - before.commission
-        fees = money.fees - before.fees
-        net = money.net - before.net
+    # Every order holding quantity is re-priced when the average moves, even when rounding to
+    # the cent left it without a row, so position cost stays exactly at the block's average:
+    # (order, quantity held before, quantity change) of each order whose position moves.
+    moves: list[tuple[Any, Decimal, Decimal]] = []
+    repriced = price != old_price
+    ids = [o.id for o in orders]
+    quantities = [targets.get(pk, ZERO) for pk in ids]
+    monies = engine.commissions_for(schedule, quantities, price, sign)
+    for order, pk, quantity, money in zip(orders, ids, quantities, monies, strict=True):
+        before = booked.get(pk, _NOTHING_BOOKED)
+        cum_gross, cum_commission, cum_fees, cum_net = money
+        held = before.quantity
+        delta = quantity - held
+        gross = cum_gross - before.gross
+        commission = cum_commission - before.commission
+        fees = cum_fees - before.fees
+        net = cum_net - before.net
         if not (delta or gross or commission or fees or net):
+            if repriced and held:
+                moves.append((order, held, ZERO))
             continue
         kind = fill_kind if delta > 0 else reversal_kind if delta < 0 else reprice_kind
         rows.append(
             (
-                order.pk,
+                pk,
                 order.account_id,
                 kind,
                 delta,
@@ -565,13 +579,14 @@ def _rebook(
                 fees,
                 net,
                 quantity,
-                money.gross,
-                money.commission,
-                money.fees,
-                money.net,
+                cum_gross,
+                cum_commission,
+                cum_fees,
+                cum_net,
                 before.last_id if delta < 0 else None,
             )
         )
+        moves.append((order, held, delta))
     now = timezone.now()
     user_id = user.pk if user is not None else None
     common = {
@@ -590,15 +605,6 @@ def _rebook(
     }
 
     # Positions, then cash, each locked in account order.
-    # Every order holding quantity is re-priced when the average moves, even when rounding to
-    # the cent left it without a row, so position cost stays exactly at the block's average.
-    deltas = {row[0]: row[3] for row in rows}
-    moves = [
-        (order, booked.get(order.pk, _NOTHING_BOOKED).quantity, deltas.get(order.pk, ZERO))
-        for order in orders
-        if order.pk in deltas
-        or (price != old_price and booked.get(order.pk, _NOTHING_BOOKED).quantity)
-    ]
     positions = _lock_positions(instrument.pk, {o.account_id for o, _, _ in moves}, now)
     short_breach: set[int] = set()
     for order, held, delta in moves:
@@ -627,8 +633,7 @@ def _rebook(
 
     # Orders: cumulative quantity and the block's average price (status is the caller's).
     changed = []
-    for order in orders:
-        quantity = targets.get(order.pk, ZERO)
+    for order, quantity in zip(orders, quantities, strict=True):
         avg = price if quantity else ZERO
         leaves = ZERO if order.status in _CLOSED_STATUSES else order.quantity - quantity
         if (order.cum_qty, order.avg_px, order.leaves_qty) == (quantity, avg, leaves):
@@ -829,7 +834,7 @@ def fill_allocate(
         block_id=block.pk if block else None,
         order_id=None if block else locked[0].pk,
         broker_id=broker_id,
-        order_ids=[o.pk for o in locked],
+        order_ids=[o.id for o in locked],
     )
     price = _average(filled, notional)
     try:

@@ -237,3 +237,24 @@ def send_in_background() -> None:
 
     threading.Thread(target=run, name="blotter-sender", daemon=True).start()
     _background = pending
+
+
+# Added by the fills helper (additive): publish_many_on_commit for events whose data is already
+# JSON-safe (built with json_safe's conversions by the caller). A 1,000-order block fill spent
+# about a tenth of its Python time walking its events' data again in json_safe.
+def publish_many_json_on_commit(*, events: Iterable[dict[str, Any]]) -> None:
+    """publish_many_on_commit for events whose `data` is already JSON-safe (not re-checked)."""
+    items: list[tuple[str, dict[str, Any]]] = []
+    for e in events:
+        message = {
+            "type": "blotter.event",
+            "event": {
+                "type": e["event_type"],
+                "order_id": e["order_id"],
+                "version": e["version"],
+                "data": e["data"],
+            },
+        }
+        items.extend((g, message) for g in dict.fromkeys(e["groups"]))
+    if items:
+        transaction.on_commit(lambda: _send_many(items))
