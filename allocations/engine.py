@@ -446,9 +446,7 @@ def commissions_for(
     out: list[tuple[Decimal, Decimal, Decimal, Decimal]] = []
     append = out.append
     for quantity in quantities:
-        qty = quantity if type(quantity) is Decimal else _as_decimal(quantity, "quantity")
-        if not qty.is_finite():
-            raise ValueError(f"quantity must be finite, got {qty}")
+        qty = _as_decimal(quantity, "quantity")
         if qty < 0:
             raise ValueError(f"quantity must be >= 0, got {qty}")
         if qty == 0:

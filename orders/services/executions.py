@@ -744,8 +744,9 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
                 meta=meta,
             )
         )
-    placement.version += 1
-    _placement_save(placement)
+    if not fill:  # a fill's placement was written with its allocation (_apply_fill)
+        placement.version += 1
+        _placement_save(placement)
     ctx.entries.append(
         AuditEntry(
             action="placement.execution_report",
@@ -863,6 +864,10 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
     elif placement.status not in (P.PENDING_CANCEL, P.PENDING_REPLACE, *PLACEMENT_DONE):
         placement.status = P.PARTIALLY_FILLED
     versions = [order.version for order in ctx.orders]
+    # The placement's changes for this report are all made: fill_allocate's statement writes
+    # it with the fill (_apply does not save it again).
+    placement.version += 1
+    placement.updated_at = timezone.now()
     # fill_allocate works on the rows locked here and moves them in place (cum_qty, avg_px,
     # leaves_qty, version; the block's cum_qty and avg_px); its audit entry joins ctx.entries.
     _fill_allocate()(
@@ -871,6 +876,7 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
         orders=ctx.orders,
         audit=ctx.entries,
         returning=False,
+        placement=placement,
     )
     touched: list[Order] = []
     for order, version in zip(ctx.orders, versions, strict=True):
