@@ -245,6 +245,7 @@ def send_in_background() -> None:
 def publish_many_json_on_commit(*, events: Iterable[dict[str, Any]]) -> None:
     """publish_many_on_commit for events whose `data` is already JSON-safe (not re-checked)."""
     items: list[tuple[str, dict[str, Any]]] = []
+    append = items.append
     for e in events:
         message = {
             "type": "blotter.event",
@@ -255,6 +256,8 @@ def publish_many_json_on_commit(*, events: Iterable[dict[str, Any]]) -> None:
                 "data": e["data"],
             },
         }
-        items.extend((g, message) for g in dict.fromkeys(e["groups"]))
+        groups = e["groups"]
+        for group in dict.fromkeys(groups) if len(groups) > 1 else groups:
+            append((group, message))
     if items:
         transaction.on_commit(lambda: _send_many(items))

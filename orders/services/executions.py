@@ -77,6 +77,7 @@ CENT = Decimal("0.01")
 ZERO = Decimal(0)
 PENDING_REQUEST = frozenset({S.PENDING_CANCEL, S.PENDING_REPLACE})
 PLACEMENT_DONE = frozenset({P.FILLED, P.CANCELED, P.REJECTED, P.EXPIRED})
+_SIDES = frozenset(Side.values)  # Side.values builds a new list on every access
 
 
 def _plain(value: Decimal | None) -> str | None:
@@ -613,7 +614,7 @@ def _execution_book(
             if ctx and (ctx.block or ctx.orders)
             else None
         ),
-        side=side if side in Side.values else "",
+        side=side if side in _SIDES else "",
         exec_type=report.exec_type_name,
         ord_status=report.ord_status_name,
         last_qty=last_qty or ZERO,
