@@ -98,6 +98,7 @@ __all__ = [
     "allocate_fill",
     "apply_trade",
     "commission_for",
+    "commissions_for",
     "manual_allocation_validate",
 ]
 
@@ -417,6 +418,49 @@ def commission_for(
     # Net from the rounded parts so a settlement line always adds up to the cent.
     net = gross + commission + fees if side_sign == 1 else gross - commission - fees
     return Commission(gross=gross, commission=commission, fees=fees, net=net)
+
+
+def commissions_for(
+    schedule: CommissionSchedule,
+    quantities: Iterable[Decimal],
+    price: Decimal,
+    side_sign: int,
+    *,
+    quantum: Decimal = MONEY_QUANTUM,
+) -> list[tuple[Decimal, Decimal, Decimal, Decimal]]:
+    """`commission_for` of many quantities at one price: (gross, commission, fees, net) each.
+
+    The same arithmetic in the same order (so the same values to the last digit), with the
+    price, side and schedule checked once: a 1,000-account fill prices every account.
+    """
+    if side_sign not in (1, -1):
+        raise ValueError(f"side_sign must be +1 (buy) or -1 (sell), got {side_sign!r}")
+    px = _as_decimal(price, "price")
+    if px < 0:
+        raise ValueError(f"price must be >= 0, got {px}")
+    zero = _ZERO.quantize(quantum)
+    nothing = (zero, zero, zero, zero)
+    bps, per_share = schedule.bps, schedule.per_share
+    minimum, fees_bps = schedule.min_per_ticket, schedule.fees_bps
+    buy = side_sign == 1
+    out: list[tuple[Decimal, Decimal, Decimal, Decimal]] = []
+    append = out.append
+    for quantity in quantities:
+        qty = _as_decimal(quantity, "quantity")
+        if qty < 0:
+            raise ValueError(f"quantity must be >= 0, got {qty}")
+        if qty == 0:
+            append(nothing)
+            continue
+        gross_exact = qty * px
+        commission_exact = max(gross_exact * bps / _BPS + qty * per_share, minimum)
+        fees_exact = gross_exact * fees_bps / _BPS
+        gross = gross_exact.quantize(quantum, rounding=ROUND_HALF_UP)
+        commission = commission_exact.quantize(quantum, rounding=ROUND_HALF_UP)
+        fees = fees_exact.quantize(quantum, rounding=ROUND_HALF_UP)
+        net = gross + commission + fees if buy else gross - commission - fees
+        append((gross, commission, fees, net))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

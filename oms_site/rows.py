@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from django.db import connection
 from django.db.models.base import ModelState
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 
 
 def model_from_row(model: Any, values: dict[str, Any]) -> Any:
@@ -33,6 +36,43 @@ def raw_cursor() -> Any:
     """
     connection.ensure_connection()
     return psycopg.Cursor(connection.connection)
+
+
+_TIMESTAMPTZ_OID = 1184
+
+
+class _TimestamptzLoader(Loader):
+    """timestamptz text read by `datetime.fromisoformat` (C), as an aware UTC datetime.
+
+    Django's loader parses the text with a regular expression in Python (about 10 µs a
+    value): a 1,000-order lock read two timestamps per order. Text it does not read (BC
+    dates, infinity) goes to the connection's own loader.
+    """
+
+    def __init__(self, oid: int, context: Any = None) -> None:
+        super().__init__(oid, context)
+        self._context = context
+        self._fallback: Loader | None = None
+
+    def load(self, data: Any) -> Any:
+        try:
+            value = dt.datetime.fromisoformat(bytes(data).decode())
+        except ValueError:
+            if self._fallback is None:
+                loader = connection.connection.adapters.get_loader(self.oid, Format.TEXT)
+                self._fallback = loader(self.oid, self._context)  # type: ignore[misc]
+            return self._fallback.load(data)
+        if value.tzinfo is not dt.UTC:
+            value = value.astimezone(dt.UTC)
+        return value
+
+
+def fast_datetimes(cursor: Any) -> Any:
+    """`cursor` (psycopg's, or Django's wrapping one) reading timestamptz columns with
+    `datetime.fromisoformat`: for hot reads of many rows with timestamps."""
+    raw = getattr(cursor, "cursor", cursor)
+    raw.adapters.register_loader(_TIMESTAMPTZ_OID, _TimestamptzLoader)
+    return cursor
 
 
 _UPDATE_PLANS: dict[tuple[str, tuple[str, ...]], tuple[str, list[str]]] = {}

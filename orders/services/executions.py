@@ -37,8 +37,8 @@ from django.utils import timezone
 
 from allocations.models import Account, BlockAllocationPolicy, CashBalance, Position
 from oms_site.audit import AuditEntry, audit_record_many, json_safe
-from oms_site.realtime import groups_for_account, publish_many_on_commit
-from oms_site.rows import model_from_row, raw_cursor, rows_update
+from oms_site.realtime import groups_for_account, publish_many_json_on_commit
+from oms_site.rows import fast_datetimes, model_from_row, raw_cursor, rows_update
 from orders.enums import (
     TERMINAL_STATUSES,
     BlockStatus,
@@ -47,7 +47,6 @@ from orders.enums import (
     Side,
 )
 from orders.events import (
-    order_payload,
     publish_execution_created,
     publish_order_updated,
     publish_orders_updated,
@@ -78,6 +77,7 @@ CENT = Decimal("0.01")
 ZERO = Decimal(0)
 PENDING_REQUEST = frozenset({S.PENDING_CANCEL, S.PENDING_REPLACE})
 PLACEMENT_DONE = frozenset({P.FILLED, P.CANCELED, P.REJECTED, P.EXPIRED})
+_SIDES = frozenset(Side.values)  # Side.values builds a new list on every access
 
 
 def _plain(value: Decimal | None) -> str | None:
@@ -274,6 +274,7 @@ def _lock(cl_ord_ids: list[str], entries: list[AuditEntry] | None = None) -> _Co
         return None
     q = _lock_sql_get()
     with connection.cursor() as cursor:
+        fast_datetimes(cursor)
         cursor.execute(q.placement_sql, [cl_ord_ids, cl_ord_ids])
         row = cursor.fetchone()
         if row is None:
@@ -613,7 +614,7 @@ def _execution_book(
             if ctx and (ctx.block or ctx.orders)
             else None
         ),
-        side=side if side in Side.values else "",
+        side=side if side in _SIDES else "",
         exec_type=report.exec_type_name,
         ord_status=report.ord_status_name,
         last_qty=last_qty or ZERO,
@@ -744,8 +745,9 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
                 meta=meta,
             )
         )
-    placement.version += 1
-    _placement_save(placement)
+    if not fill:  # a fill's placement was written with its allocation (_apply_fill)
+        placement.version += 1
+        _placement_save(placement)
     ctx.entries.append(
         AuditEntry(
             action="placement.execution_report",
@@ -774,21 +776,17 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
         if len(fills) == 1:
             publish_execution_created(fills[0], data)
         elif fills:  # a block's fill: one hop after commit for all its orders' events
-            # The events' data made JSON-safe here, the shared execution once and each
-            # datetime once, so publishing only walks strings (half a big fill's event cost).
+            # The events' data made JSON-safe here (the shared execution once) and published
+            # as it is: json_safe would walk it all again.
             execution_data = json_safe(data)
-            seen: dict[Any, Any] = {}
-            publish_many_on_commit(
+            publish_many_json_on_commit(
                 events=[
                     {
                         "event_type": "execution.created",
-                        "order_id": order.pk,
+                        "order_id": order.id,
                         "version": order.version,
-                        "data": {
-                            "execution": execution_data,
-                            "order": _json_ready(order_payload(order), seen),
-                        },
-                        "groups": groups_for_account(order.account_id, order.account.desk_id),
+                        "data": {"execution": execution_data, "order": _order_json(order)},
+                        "groups": groups_for_account(order.account_id, _desk_id(order)),
                     }
                     for order in fills
                 ]
@@ -801,21 +799,57 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
         publish_orders_updated(rest)
 
 
-def _json_ready(payload: dict[str, Any], seen: dict[Any, Any]) -> dict[str, Any]:
-    """`payload` with its Decimals and datetimes as json_safe converts them (`seen` caches
-    the conversions of equal values across payloads)."""
-    out = {}
-    for key, value in payload.items():
-        kind = type(value)
-        if kind is Decimal:
-            value = str(value)
-        elif kind is dt.datetime:
-            text = seen.get(value)
-            if text is None:
-                text = seen[value] = json_safe(value)
-            value = text
-        out[key] = value
-    return out
+def _desk_id(order: Order) -> int | None:
+    account = order._state.fields_cache.get("account")
+    return (account if account is not None else order.account).desk_id
+
+
+def _order_json(order: Order) -> dict[str, Any]:
+    """`json_safe(order_payload(order))` written directly (one per order of a block fill).
+
+    The columns are read from the instance's dict and its cached relations; Decimals become
+    their text and datetimes their UTC ISO text.
+    """
+    values = order.__dict__
+    cache = order._state.fields_cache
+    account = cache.get("account") or order.account
+    instrument = cache.get("instrument") or order.instrument
+    created_at, updated_at = values["created_at"], values["updated_at"]
+    # json_safe's text of an aware UTC datetime is its isoformat(); others take its path.
+    if created_at is not None and created_at.tzinfo is dt.UTC:
+        created = created_at.isoformat()
+    else:
+        created = json_safe(created_at)
+    if updated_at is not None and updated_at.tzinfo is dt.UTC:
+        updated = updated_at.isoformat()
+    else:
+        updated = json_safe(updated_at)
+    limit_price, stop_price = values["limit_price"], values["stop_price"]
+    creator = None
+    if values["created_by_id"] is not None:
+        user = cache.get("created_by") or order.created_by
+        creator = user.get_username()
+    return {
+        "id": values["id"],
+        "account": account.code,
+        "instrument": instrument.symbol,
+        "side": values["side"],
+        "quantity": str(values["quantity"]),
+        "order_type": values["order_type"],
+        "limit_price": None if limit_price is None else str(limit_price),
+        "stop_price": None if stop_price is None else str(stop_price),
+        "time_in_force": values["time_in_force"],
+        "status": values["status"],
+        "cum_qty": str(values["cum_qty"]),
+        "leaves_qty": str(values["leaves_qty"]),
+        "avg_px": str(values["avg_px"]),
+        "compliance_outcome": values["compliance_outcome"],
+        "block": values["block_id"],
+        "version": values["version"],
+        "created_by": creator,
+        "created_at": created,
+        "updated_at": updated,
+    }
 
 
 def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
@@ -830,7 +864,11 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
         placement.status = P.FILLED
     elif placement.status not in (P.PENDING_CANCEL, P.PENDING_REPLACE, *PLACEMENT_DONE):
         placement.status = P.PARTIALLY_FILLED
-    versions = {order.pk: order.version for order in ctx.orders}
+    versions = [order.version for order in ctx.orders]
+    # The placement's changes for this report are all made: fill_allocate's statement writes
+    # it with the fill (_apply does not save it again).
+    placement.version += 1
+    placement.updated_at = timezone.now()
     # fill_allocate works on the rows locked here and moves them in place (cum_qty, avg_px,
     # leaves_qty, version; the block's cum_qty and avg_px); its audit entry joins ctx.entries.
     _fill_allocate()(
@@ -839,10 +877,11 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
         orders=ctx.orders,
         audit=ctx.entries,
         returning=False,
+        placement=placement,
     )
     touched: list[Order] = []
-    for order in ctx.orders:
-        moved = order.version != versions[order.pk]
+    for order, version in zip(ctx.orders, versions, strict=True):
+        moved = order.version != version
         if moved:  # as the columns hold them (8 decimals), like a row read back
             order.cum_qty = order.cum_qty.quantize(PRICE_QUANTUM)
             order.leaves_qty = order.leaves_qty.quantize(PRICE_QUANTUM)
@@ -854,7 +893,7 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
                 ctx.transition(
                     order, S.PARTIALLY_FILLED, action="order.partially_filled", meta=meta
                 )
-        if moved or order.pk in ctx.changed:
+        if moved or order.id in ctx.changed:
             touched.append(order)
     if ctx.block is not None and ctx.block.status != BlockStatus.CANCELED:
         if ctx.block.cum_qty >= ctx.block.quantity:

@@ -18,6 +18,7 @@ from allocations.engine import (
     allocate_fill,
     apply_trade,
     commission_for,
+    commissions_for,
     manual_allocation_validate,
 )
 
@@ -607,3 +608,48 @@ def test_property_positions_reconcile_with_trades(trade_list):
             assert state.avg_cost == 0
         else:
             assert state.avg_cost > 0
+
+
+@PROPS
+@given(
+    quantities=st.lists(
+        st.decimals(min_value=0, max_value=10**7, places=4, allow_nan=False), max_size=30
+    ),
+    price=st.decimals(min_value=0, max_value=10**5, places=8, allow_nan=False),
+    bps=st.decimals(min_value=0, max_value=100, places=3, allow_nan=False),
+    per_share=st.decimals(min_value=0, max_value=1, places=4, allow_nan=False),
+    minimum=st.decimals(min_value=0, max_value=20, places=2, allow_nan=False),
+    fees_bps=st.decimals(min_value=0, max_value=5, places=3, allow_nan=False),
+    sign=st.sampled_from([1, -1]),
+)
+def test_commissions_for_many_equals_commission_for_each(
+    quantities, price, bps, per_share, minimum, fees_bps, sign
+):
+    # given a schedule, a price and many quantities (zeros included)
+    schedule = CommissionSchedule(
+        bps=bps, per_share=per_share, min_per_ticket=minimum, fees_bps=fees_bps
+    )
+    # when they are priced in one call
+    many = commissions_for(schedule, quantities, price, sign)
+    # then each is exactly what commission_for gives it alone, digits and exponent alike
+    one_by_one = [commission_for(schedule, q, price, sign) for q in quantities]
+    assert many == [(c.gross, c.commission, c.fees, c.net) for c in one_by_one]
+    assert [tuple(map(str, m)) for m in many] == [
+        (str(c.gross), str(c.commission), str(c.fees), str(c.net)) for c in one_by_one
+    ]
+
+
+def test_commissions_for_refuses_what_commission_for_refuses():
+    schedule = CommissionSchedule(bps=D("5"))
+    with pytest.raises(ValueError, match="side_sign"):
+        commissions_for(schedule, [D("1")], D("10"), 0)
+    with pytest.raises(ValueError, match="price must be >= 0"):
+        commissions_for(schedule, [D("1")], D("-1"), 1)
+    with pytest.raises(ValueError, match="quantity must be >= 0"):
+        commissions_for(schedule, [D("1"), D("-1")], D("10"), 1)
+    with pytest.raises(TypeError, match="quantity must be a Decimal"):
+        commissions_for(schedule, [1.5], D("10"), 1)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="quantity must be finite"):
+        commissions_for(schedule, [D("NaN")], D("10"), 1)
+    # and no quantities is no money
+    assert commissions_for(schedule, [], D("10"), 1) == []

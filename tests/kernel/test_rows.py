@@ -42,3 +42,54 @@ def test_rows_update_of_no_rows_sends_nothing() -> None:
     with CaptureQueriesContext(connection) as queries:
         rows_update(CashBalance, [], ["settled"])
     assert len(queries) == 0
+
+
+@pytest.mark.django_db
+def test_fast_datetimes_reads_timestamps_as_djangos_cursor_does() -> None:
+    import datetime as dt
+
+    from oms_site.rows import fast_datetimes, raw_cursor
+
+    # given timestamps with and without fractions, given off UTC, and a NULL
+    sql = (
+        "SELECT '2026-11-20 15:00:00+00'::timestamptz, "
+        "'2026-11-20 15:00:00.5-05:00'::timestamptz, '1999-12-31 23:59:59.999999+01'::timestamptz, "
+        "NULL::timestamptz"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        expected = cursor.fetchone()
+    # when they are read through a raw cursor and a Django cursor with fast_datetimes
+    with fast_datetimes(raw_cursor()) as cursor:
+        cursor.execute(sql)
+        raw = cursor.fetchone()
+    with connection.cursor() as cursor:
+        fast_datetimes(cursor)
+        cursor.execute(sql)
+        wrapped = cursor.fetchone()
+    # then the values are the same aware UTC datetimes
+    assert raw == wrapped == expected
+    assert raw[0] == dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC)
+    assert raw[1] == dt.datetime(2026, 11, 20, 20, 0, 0, 500000, tzinfo=dt.UTC)
+    assert all(v.tzinfo is dt.UTC for v in raw[:3])
+    assert [v.isoformat() for v in raw[:3]] == [v.isoformat() for v in expected[:3]]
+    assert raw[3] is None
+
+
+@pytest.mark.django_db
+def test_fast_datetimes_leaves_text_it_cannot_read_to_djangos_loader() -> None:
+    import psycopg
+    from django.db import DataError
+
+    from oms_site.rows import fast_datetimes, raw_cursor
+
+    # given a timestamp fromisoformat cannot read (infinity), which Django's loader refuses
+    sql = "SELECT 'infinity'::timestamptz"
+    with connection.cursor() as cursor, pytest.raises(DataError) as django_error:
+        cursor.execute(sql)
+        cursor.fetchone()
+    # when it is read with fast_datetimes, then the same refusal comes from the same loader
+    with fast_datetimes(raw_cursor()) as cursor, pytest.raises(psycopg.DataError) as fast_error:
+        cursor.execute(sql)
+        cursor.fetchone()
+    assert str(fast_error.value) == str(django_error.value)

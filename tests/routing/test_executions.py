@@ -332,3 +332,52 @@ def test_unknown_cl_ord_id_resent_is_stored_once(routed):
     assert first is not None and again is None
     assert Execution.objects.filter(exec_id="U1").count() == 1
     assert AuditEvent.objects.filter(action="execution.unknown_order").count() == 1
+
+
+def test_block_fill_event_order_data_is_exactly_json_safe_of_the_order_payload(
+    trader, brokers, make_order
+):
+    # given a block of a limit order and a market order, filled once (versions, prices and
+    # timestamps moved), and loaded as the fill loads them
+    from oms_site.audit import json_safe
+    from orders.events import order_payload
+    from orders.services.executions import _lock, _order_json
+
+    _, orders, p = _block_of(trader, make_order, [60, 40])
+    Order.objects.filter(pk=orders[0].pk).update(order_type="limit", limit_price=Decimal("101.5"))
+    apply(report(p.cl_ord_id, "F", "1", cum="50", avg="100", last_qty="50", last_px="100.3"))
+    ctx = _lock([p.cl_ord_id])
+    assert ctx is not None and len(ctx.orders) == 2
+    for order in ctx.orders:
+        # when its event data is written directly
+        data = _order_json(order)
+        # then it is exactly what json_safe makes of the order's payload, key for key
+        assert data == json_safe(order_payload(order))
+        assert list(data) == list(order_payload(order))
+    limit = next(o for o in ctx.orders if o.pk == orders[0].pk)
+    assert _order_json(limit)["limit_price"] == "101.50000000"
+    assert _order_json(limit)["stop_price"] is None
+    creator = Order.objects.select_related("created_by").get(pk=limit.pk).created_by
+    assert creator is not None and _order_json(limit)["created_by"] == creator.get_username()
+
+
+def test_a_fill_writes_its_placement_with_the_allocation_statement(
+    trader, brokers, make_order, monkeypatch
+):
+    # given an acknowledged block of two orders, partly filled once
+    _, _, p = _block_of(trader, make_order, [60, 40])
+    apply(report(p.cl_ord_id, "F", "1", cum="20", avg="100", last_qty="20", last_px="100"))
+    p.refresh_from_db()
+    version = p.version
+    sent = _statements(monkeypatch)
+    # when a second fill is applied
+    apply(report(p.cl_ord_id, "F", "2", cum="50", avg="101.2", last_qty="30", last_px="102"))
+    # then no statement of its own updated the placement, and the row holds the fill's state
+    assert not [s for s in sent if str(s).startswith('UPDATE "orders_placement"')]
+    p.refresh_from_db()
+    assert (p.status, p.cum_qty, p.avg_px, p.version) == (
+        "partially_filled",
+        Decimal("50"),
+        Decimal("101.2"),
+        version + 1,
+    )
