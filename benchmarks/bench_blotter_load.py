@@ -22,6 +22,7 @@ queue), and CPU seconds (and % of one core) of the web process, the publisher, t
 clients and the HTTP clients over the measured window, with the load average.
 
     .venv/bin/python -m benchmarks.bench_blotter_load [--seconds 40] [--rate 100] [--no-http]
+        [--no-deflate]
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def _publisher(env: dict[str, str], rate: float, control: load.Control, out: Any
     out.put({"sent": sent, "started": started_at, "events": n})
 
 
-def run(seconds: float, rate: float, http: bool) -> dict[str, Any]:
+def run(seconds: float, rate: float, http: bool, deflate: bool = True) -> dict[str, Any]:
     """Run the reproduction; returns the figures."""
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/oms")
     parsed = urlparse(base)
@@ -213,6 +214,7 @@ def run(seconds: float, rate: float, http: bool) -> dict[str, Any]:
                 "--no-access-log",
                 "--log-level",
                 "warning",
+                *([] if deflate else ["--ws-per-message-deflate", "false"]),
             ],
             cwd=ROOT,
             env={**env, "DB_POOL_MAX_SIZE": "8", "DB_CONN_MAX_AGE": "0"},
@@ -315,6 +317,7 @@ def run(seconds: float, rate: float, http: bool) -> dict[str, Any]:
             "seconds": round(wall, 1),
             "rate_per_s": rate,
             "http_load": http,
+            "permessage_deflate": deflate,
             "events_published": published["events"],
             "fills_stamped": len(sent),
             "frames_received": len(latencies),
@@ -364,8 +367,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--rate", type=float, default=100.0, help="events a second")
     parser.add_argument("--no-http", action="store_true", help="no API load on the web process")
+    parser.add_argument(
+        "--no-deflate", action="store_true", help="uvicorn --ws-per-message-deflate false"
+    )
     args = parser.parse_args()
-    print(json.dumps(run(args.seconds, args.rate, not args.no_http), indent=2))
+    print(json.dumps(run(args.seconds, args.rate, not args.no_http, not args.no_deflate), indent=2))
 
 
 if __name__ == "__main__":
