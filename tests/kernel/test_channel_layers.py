@@ -41,6 +41,11 @@ def test_a_slow_channel_receives_layer_lost_instead_of_its_backlog() -> None:
         await layer.group_add("g", channel)
         # when: three messages are published before the consumer reads
         await layer.group_send_many([("g", {"type": "m", "n": n}) for n in range(3)])
+        queue = layer._get_layer().channels[channel]
+        for _ in range(300):  # the subscription delivers them asynchronously
+            if queue.overflowed:
+                break
+            await asyncio.sleep(0.01)
         got = [await asyncio.wait_for(layer.receive(channel), 3)]
         await layer.flush()
         return got
