@@ -100,9 +100,21 @@ async def _send_all(layer: Any, items: list[tuple[str, dict[str, Any]]]) -> None
                 except Exception:  # a full channel or Redis outage must not break the write
                     log.exception("blotter event to %s not delivered", group)
 
+    send_many = getattr(layer, "group_send_many", None)
     # Batches (one per commit) are sent one after another, in the order they were queued.
     async with _batch_lock:
-        await asyncio.gather(*(one_group(g, m) for g, m in by_group.items()))
+        if send_many is None:
+            await asyncio.gather(*(one_group(g, m) for g, m in by_group.items()))
+            return
+        # The pub/sub layer publishes the whole batch in one pipelined round trip (a group's
+        # messages in order) instead of one per group.
+        batch = [
+            (g, message) for g, messages in by_group.items() for message in _coalesce(messages)
+        ]
+        try:
+            await send_many(batch)
+        except Exception:  # a Redis outage must not break the write
+            log.exception("%d blotter messages not delivered", len(batch))
 
 
 # Events per coalesced message: keeps one Redis message well under a megabyte.

@@ -199,10 +199,12 @@ SPECTACULAR_SETTINGS = {
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Redis pub/sub (oms_site/channel_layers.py says why): the core layer's per-process
+        # receive queue fell ~30 s behind under the system run's load.
+        "BACKEND": "oms_site.channel_layers.PubSubChannelLayer",
         "CONFIG": {
-            # redis-py 8 reads with a 5 s socket timeout by default, exactly channels_redis's 5 s
-            # BZPOPMIN: every idle websocket consumer died after 5 s. Reads must outlast it.
+            # redis-py 8 reads with a 5 s socket timeout by default; commands get 30 s (the
+            # subscription itself reads with its own short timeout, so idling is fine).
             "hosts": [
                 {
                     "address": REDIS_URL,
@@ -211,9 +213,9 @@ CHANNEL_LAYERS = {
                     "socket_connect_timeout": 5,
                 }
             ],
-            # Blotters burst on busy days: the default of 100 queued messages drops events.
+            # Messages waiting per connection in the web process; past it the connection is
+            # told it lost events (it closes, the client refetches) instead of growing memory.
             "capacity": int(os.environ.get("CHANNEL_CAPACITY", "2000")),
-            "expiry": 30,
             "prefix": os.environ.get("CHANNEL_PREFIX", "oms-ws"),
         },
     }

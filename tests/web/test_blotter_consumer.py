@@ -290,20 +290,21 @@ def roles_group(name: str) -> Any:
 def test_many_events_of_one_commit_travel_coalesced_and_arrive_one_frame_each_in_order(
     pm: Any, account: Any, instrument: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # given: a PM connected, and a count of the group_send calls the channel layer receives
+    # given: a PM connected, and a record of the group messages the channel layer publishes
+    # (realtime hands a batch to group_send_many: one pipelined round trip)
     from channels.layers import get_channel_layer
 
     order = make_order(account=account, instrument=instrument, created_by=pm)
     cookie = session_cookie(pm)
     layer = get_channel_layer()
     sent: list[tuple[str, str]] = []
-    original = layer.group_send
+    original = layer.group_send_many
 
-    async def counting(group: str, message: dict[str, Any]) -> None:
-        sent.append((group, message["type"]))
-        await original(group, message)
+    async def counting(items: list[tuple[str, dict[str, Any]]]) -> None:
+        sent.extend((group, message["type"]) for group, message in items)
+        await original(items)
 
-    monkeypatch.setattr(layer, "group_send", counting)
+    monkeypatch.setattr(layer, "group_send_many", counting)
 
     def five_changes_in_one_commit() -> None:
         # As services publish a batch (a basket, a block fill): one call, one hop after commit.
@@ -355,3 +356,71 @@ def test_coalesce_keeps_order_and_splits_long_runs() -> None:
     assert [m["type"] for m in long] == ["blotter.events", "blotter.event"]
     assert len(long[0]["events"]) == realtime.MAX_EVENTS_PER_MESSAGE
     assert long[1]["event"] == {"n": realtime.MAX_EVENTS_PER_MESSAGE}
+
+
+def test_a_layer_lost_message_closes_the_connection_for_a_resync(
+    compliance_officer: Any, account: Any, instrument: Any, pm: Any
+) -> None:
+    # given: a compliance officer connected (firm group) and an order to publish about
+    from channels.layers import get_channel_layer
+
+    from orders.consumers import CLOSE_RESYNC
+
+    order = make_order(account=account, instrument=instrument, created_by=pm)
+    cookie = session_cookie(compliance_officer)
+
+    async def scenario() -> tuple[dict[str, Any], bool]:
+        comm = await _open(cookie)
+        # when: the channel layer reports it may have lost this process's messages, then an
+        # event is published
+        await get_channel_layer().group_send("firm", {"type": "layer.lost"})
+        closed = await comm.receive_output(timeout=3)
+        await database_sync_to_async(_touch)(order.pk)
+        nothing_after = await comm.receive_nothing(timeout=QUIET)
+        await comm.disconnect()
+        return closed, nothing_after
+
+    closed, nothing_after = async_to_sync(scenario)()
+
+    # then: the connection closes with the resync code and forwards nothing more
+    assert closed == {"type": "websocket.close", "code": CLOSE_RESYNC}
+    assert nothing_after is True
+
+
+def test_blotter_events_are_forwarded_without_a_database_thread_hop(
+    pm: Any, account: Any, instrument: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: a PM connected, and a count of Channels' per-message database clean-ups
+    import channels.consumer
+
+    order = make_order(account=account, instrument=instrument, created_by=pm)
+    cookie = session_cookie(pm)
+    cleanups: list[int] = []
+    original = channels.consumer.aclose_old_connections
+
+    async def counting() -> None:
+        cleanups.append(1)
+        await original()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counting)
+
+    async def scenario() -> tuple[list[tuple[str, int]], int, dict[str, Any], int]:
+        comm = await _open(cookie)
+        before = len(cleanups)
+        # when: an event is published, then the client pings
+        await database_sync_to_async(_touch)(order.pk)
+        msg = await comm.receive_json_from(timeout=3)
+        for_event = len(cleanups) - before
+        await comm.send_json_to({"type": "ping"})
+        pong = await comm.receive_json_from(timeout=3)
+        for_ping = len(cleanups) - before - for_event
+        await comm.disconnect()
+        return [(msg["type"], msg["seq"])], for_event, pong, for_ping
+
+    frames, for_event, pong, for_ping = async_to_sync(scenario)()
+
+    # then: the event arrives with no clean-up hop; the ping still gets Channels' dispatch
+    assert frames == [("order.updated", 1)]
+    assert for_event == 0
+    assert pong == {"type": "pong", "seq": 1}
+    assert for_ping == 1
