@@ -68,6 +68,7 @@ from orders.models import (
     Block,
     Broker,
     FixSession,
+    Instrument,
     KillSwitch,
     Order,
     OutboxMessage,
@@ -405,6 +406,42 @@ def _lock_order(pk: int) -> Order:
     )
 
 
+def _accounts_by_pk(ids: list[int]) -> dict[int, Account]:
+    return {a.pk: a for a in Account.objects.select_related("desk").filter(pk__in=ids)}
+
+
+def _instruments_by_pk(ids: list[int]) -> dict[int, Instrument]:
+    return {i.pk: i for i in Instrument.objects.select_related("price").filter(pk__in=ids)}
+
+
+def _lock_orders_to_route(pks: list[int]) -> tuple[list[Order], dict[Hashable, Any]]:
+    """Lock orders in pk order; their accounts (desk) and instruments (price) from the cache.
+
+    Returns the reference-data cache of the version read after the locks (kill switches,
+    brokers and sessions are read from it too). Joining the four reference tables in the
+    locking statement cost about half of a small route call's Python (compiling it); cached
+    rows are as current as the version, which every change to them bumps. Shared instances:
+    read them, never change them.
+    """
+    orders = list(
+        Order.objects.select_for_update(of=("self",))
+        .select_related("created_by")
+        .filter(pk__in=pks)
+        .order_by("pk")
+    )
+    values = refcache.generation()
+    accounts = refcache.cached_many(
+        values, "routing.account_by_pk", {o.account_id for o in orders}, _accounts_by_pk
+    )
+    instruments = refcache.cached_many(
+        values, "routing.instrument_by_pk", {o.instrument_id for o in orders}, _instruments_by_pk
+    )
+    for order in orders:
+        order.account = cast(Account, accounts[order.account_id])
+        order.instrument = cast(Instrument, instruments[order.instrument_id])
+    return orders, values
+
+
 def _new_order_request(
     parent: Order | Block, placement: Placement, quantity: Decimal, account: str | None
 ) -> NewOrder:
@@ -467,7 +504,10 @@ def order_route(*, user: Any, order_id: Any, broker_code: str | None = None) -> 
     if not orders_visible_to(user=user).filter(pk=pk).exists():
         raise NotFound("No such order.")
     with transaction.atomic(durable=True):
-        order = _lock_order(pk)
+        locked, values = _lock_orders_to_route([pk])
+        if not locked:
+            raise NotFound("No such order.")
+        order = locked[0]
         if order.block_id is not None:
             raise ConflictError(
                 f"The order is in block B{order.block_id}; route the block.",
@@ -480,7 +520,6 @@ def order_route(*, user: Any, order_id: Any, broker_code: str | None = None) -> 
                 code="not_routable",
                 errors={"status": [f"order is {order.status}"]},
             )
-        values = refcache.generation()
         _ensure_no_kill_switch([order.account], values)
         choice = route_choose(
             instrument=order.instrument, side=order.side, broker_code=broker_code, values=values
@@ -520,12 +559,7 @@ def orders_route(
     if len(visible) != len(pks):
         raise NotFound("No such order.", errors={"orders": [p for p in pks if p not in visible]})
     with transaction.atomic(durable=True):
-        orders = list(
-            Order.objects.select_for_update(of=("self",))
-            .select_related("account__desk", "instrument__price", "created_by")
-            .filter(pk__in=pks)
-            .order_by("pk")
-        )
+        orders, values = _lock_orders_to_route(pks)
         in_block = [o.pk for o in orders if o.block_id is not None]
         if in_block:
             raise ConflictError(
@@ -540,7 +574,6 @@ def orders_route(
                 code="not_routable",
                 errors={"orders": [f"not approved: {not_ready}"]},
             )
-        values = refcache.generation()
         _ensure_no_kill_switch((o.account for o in orders), values)
         choices: dict[tuple[int, str], RouteChoice] = {}
         picked: list[RouteChoice] = []

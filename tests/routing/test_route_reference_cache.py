@@ -12,12 +12,28 @@ from django.utils import timezone
 from oms_site import refcache
 from oms_site.errors import ConflictError
 from orders.enums import OrderStatus
-from orders.models import Broker, FixSession, KillSwitch, Order, OutboxMessage, Placement
+from orders.models import (
+    Broker,
+    FixSession,
+    KillSwitch,
+    Order,
+    OutboxMessage,
+    Placement,
+    ReferencePrice,
+)
 from orders.services.routing import order_route, orders_route
 
 pytestmark = pytest.mark.django_db
 
-REFERENCE_TABLES = ("orders_broker", "orders_fixsession", "orders_killswitch")
+REFERENCE_TABLES = (
+    "orders_broker",
+    "orders_fixsession",
+    "orders_killswitch",
+    "allocations_account",
+    "allocations_desk",
+    "orders_instrument",
+    "orders_referenceprice",
+)
 
 
 def _bumped(change) -> bool:
@@ -33,7 +49,7 @@ def _nothing_routed(orders: list[Order]) -> None:
     )
 
 
-def test_a_warm_route_reads_no_broker_session_or_kill_switch_row(trader, brokers, make_order):
+def test_a_warm_route_reads_no_reference_row(trader, brokers, make_order):
     # given a first route (the cache is filled)
     first, *rest = [make_order().pk for _ in range(5)]
     orders_route(user=trader, order_ids=[first], broker_code="BRKA")
@@ -41,9 +57,12 @@ def test_a_warm_route_reads_no_broker_session_or_kill_switch_row(trader, brokers
     sells = [make_order(side="sell").pk for _ in range(2)]
     with CaptureQueriesContext(connection) as queries:
         placements = orders_route(user=trader, order_ids=rest + sells)
-    # then no statement reads brokers, sessions or kill switches, and the choice is the same
+    # then no statement reads brokers, sessions, kill switches, accounts or instruments (the
+    # order visibility check joins accounts: it is not reference data of the cache)
     sql = [q["sql"] for q in queries.captured_queries]
-    assert [s for s in sql if any(t in s for t in REFERENCE_TABLES)] == []
+    visibility, *others = sql
+    assert "DISTINCT" in visibility
+    assert [s for s in others if any(t in s for t in REFERENCE_TABLES)] == []
     assert sum("oms_refdata_version" in s for s in sql) == 1
     assert [p.broker.code for p in placements] == ["BRKA"] * 6
     assert [p.fix_session_id for p in placements] == [
@@ -121,3 +140,20 @@ def test_session_live_state_does_not_bump_the_version_but_configuration_does(bro
         )
     )
     assert _bumped(lambda: FixSession.objects.filter(sender_comp_id="OMS2").delete())
+
+
+def test_a_price_moved_after_a_route_is_used_by_the_next_one(
+    trader, instrument, brokers, make_order
+):
+    order_route(user=trader, order_id=make_order().pk)
+    order = make_order()
+    # when the market moves after the cache was filled
+    ReferencePrice.objects.filter(instrument=instrument).update(
+        bid=Decimal("109.95"), ask=Decimal("110.05"), last=Decimal("110")
+    )
+    # then best execution quotes the new price
+    placement = order_route(user=trader, order_id=order.pk)
+    assert placement.route_reason == (
+        "best execution: buy at BRKA ask 110.05 (vs BRKB 110.1, BRKC 110.07); ties by broker rank"
+    )
+    assert placement.order.instrument.price.last == Decimal("110")
