@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db.models import QuerySet
 
 from allocations.selectors import account_scope_q
 from oms_site.roles import role_keys, sees_everything
-from orders.models import Order
+from orders.enums import KillScope
+from orders.models import KillSwitch, Order
 
 
 def orders_visible_to(*, user: Any) -> QuerySet[Order]:
@@ -19,3 +21,29 @@ def orders_visible_to(*, user: Any) -> QuerySet[Order]:
     if not role_keys(user) & {"pm", "trader"}:
         return qs.none()
     return qs.filter(account_scope_q(user, prefix="account__")).distinct()
+
+
+def active_kill_switches() -> list[tuple[str, str]]:
+    """(scope, target) of every engaged kill switch, oldest first."""
+    return list(
+        KillSwitch.objects.filter(active=True).order_by("pk").values_list("scope", "target")
+    )
+
+
+def kill_switch_covering(
+    accounts: Iterable[Any], switches: Sequence[tuple[str, str]]
+) -> tuple[str, str] | None:
+    """The oldest of these switches covering any of the accounts (firm, their desk or them)."""
+    if not switches:
+        return None
+    accounts = list(accounts)
+    codes = {a.code for a in accounts}
+    desks = {a.desk.code for a in accounts}
+    for scope, target in switches:
+        if (
+            scope == KillScope.FIRM
+            or (scope == KillScope.DESK and target in desks)
+            or (scope == KillScope.ACCOUNT and target in codes)
+        ):
+            return scope, target
+    return None

@@ -39,8 +39,8 @@ from orders.enums import (
     TimeInForce,
 )
 from orders.events import publish_orders_updated
-from orders.models import Basket, Block, Instrument, KillSwitch, Order
-from orders.selectors import orders_visible_to
+from orders.models import Basket, Block, Instrument, Order
+from orders.selectors import active_kill_switches, kill_switch_covering, orders_visible_to
 from orders.state import (
     AMENDABLE_BEFORE_ROUTING,
     AT_BROKER,
@@ -415,7 +415,7 @@ def _load_reference(*, user: Any, rows: Sequence[_Clean]) -> _Reference:
         instruments={s: i for s, i in instruments.items() if i is not None},
         accounts=found,
         managed_ids={hit[0].pk for hit in accounts.values() if hit is not None and hit[1]},
-        kill_switches=refcache.cached(values, "orders.kill_switches", _active_kill_switches),
+        kill_switches=refcache.cached(values, "orders.kill_switches", active_kill_switches),
     )
 
 
@@ -458,30 +458,23 @@ def _validate_rows(
     return ref
 
 
-def _active_kill_switches() -> list[tuple[str, str]]:
-    return list(
-        KillSwitch.objects.filter(active=True).order_by("pk").values_list("scope", "target")
-    )
-
-
 def _ensure_no_kill_switch(
     accounts: Iterable[Account], switches: Sequence[tuple[str, str]]
 ) -> None:
-    accounts = list(accounts)
-    codes = {a.code for a in accounts}
-    desk_codes = {a.desk.code for a in accounts}
-    for scope, target in switches:
-        if (
-            scope == KillScope.FIRM
-            or (scope == KillScope.DESK and target in desk_codes)
-            or (scope == KillScope.ACCOUNT and target in codes)
-        ):
-            where = "the firm" if scope == KillScope.FIRM else f"{scope} {target}"
-            raise ConflictError(
-                f"A kill switch is active for {where}: no new orders.",
-                code="kill_switch_active",
-                errors={"kill_switch": [f"{scope}:{target}".rstrip(":")]},
-            )
+    hit = kill_switch_covering(accounts, switches)
+    if hit is not None:
+        raise kill_switch_conflict(hit, "no new orders")
+
+
+def kill_switch_conflict(hit: tuple[str, str], consequence: str) -> ConflictError:
+    """The 409 for a request refused by the engaged kill switch `hit` (scope, target)."""
+    scope, target = hit
+    where = "the firm" if scope == KillScope.FIRM else f"{scope} {target}"
+    return ConflictError(
+        f"A kill switch is active for {where}: {consequence}.",
+        code="kill_switch_active",
+        errors={"kill_switch": [f"{scope}:{target}".rstrip(":")]},
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ from orders.models import (
     RouteRequest,
     RouteRequestStatus,
 )
-from orders.selectors import orders_visible_to
+from orders.selectors import active_kill_switches, kill_switch_covering, orders_visible_to
 from orders.state import AT_BROKER, CANCELABLE_BEFORE_ROUTING, ensure_transition
 
 OUTBOX_CHANNEL = "oms_outbox"
@@ -144,29 +144,6 @@ def _ensure_version(obj: Any, version: Any) -> None:
         )
 
 
-def kill_switch_hit(accounts: Iterable[Account]) -> KillSwitch | None:
-    """The active kill switch covering any of these accounts (firm, their desk or them), if any."""
-    accounts = list(accounts)
-    codes = {a.code for a in accounts}
-    desks = {a.desk.code for a in accounts}
-    return (
-        KillSwitch.objects.filter(active=True)
-        .filter(
-            Q(scope=KillScope.FIRM)
-            | Q(scope=KillScope.DESK, target__in=desks)
-            | Q(scope=KillScope.ACCOUNT, target__in=codes)
-        )
-        .order_by("pk")
-        .first()
-    )
-
-
-def _active_kill_switches() -> list[tuple[str, str]]:
-    return list(
-        KillSwitch.objects.filter(active=True).order_by("pk").values_list("scope", "target")
-    )
-
-
 def _ensure_no_kill_switch(
     accounts: Iterable[Account], values: dict[Hashable, Any] | None = None
 ) -> None:
@@ -175,24 +152,12 @@ def _ensure_no_kill_switch(
     # it, so a route sees a switch exactly when that query would have.
     if values is None:
         values = refcache.generation()
-    switches = refcache.cached(values, "routing.kill_switches", _active_kill_switches)
-    if not switches:
-        return
-    accounts = list(accounts)
-    codes = {a.code for a in accounts}
-    desks = {a.desk.code for a in accounts}
-    for scope, target in switches:  # by pk: the first hit is the one reported
-        if (
-            scope == KillScope.FIRM
-            or (scope == KillScope.DESK and target in desks)
-            or (scope == KillScope.ACCOUNT and target in codes)
-        ):
-            where = "the firm" if scope == KillScope.FIRM else f"{scope} {target}"
-            raise ConflictError(
-                f"A kill switch is active for {where}: routing is stopped.",
-                code="kill_switch_active",
-                errors={"kill_switch": [f"{scope}:{target}".rstrip(":")]},
-            )
+    switches = refcache.cached(values, "orders.kill_switches", active_kill_switches)
+    hit = kill_switch_covering(accounts, switches)
+    if hit is not None:
+        from orders.services.orders import kill_switch_conflict
+
+        raise kill_switch_conflict(hit, "routing is stopped")
 
 
 # ----------------------------------------------------------------------------------------------
