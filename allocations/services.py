@@ -84,7 +84,14 @@ from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationErr
 from oms_site.roles import has_role
 from oms_site.rows import fast_datetimes, model_from_row, raw_cursor
 from orders.enums import BUY_SIDES, OrderStatus
-from orders.models import Block, Execution, Instrument, Order, Placement
+from orders.models import (
+    PLACEMENT_REPORT_FIELDS,
+    Block,
+    Execution,
+    Instrument,
+    Order,
+    Placement,
+)
 from settlement.calendars import settlement_date as calendar_settlement_date
 
 __all__ = [
@@ -496,18 +503,7 @@ _BOOK_WRITE_SQL = (
 )
 # The placement columns a caller's locked placement has written with the fill (plc above),
 # as one text array: psycopg parses a statement once only while it has at most 50 parameters.
-_PLACEMENT_WRITTEN = (
-    "status",
-    "cum_qty",
-    "avg_px",
-    "version",
-    "broker_order_id",
-    "cl_ord_id",
-    "orig_cl_ord_id",
-    "quantity",
-    "limit_price",
-    "updated_at",
-)
+_PLACEMENT_WRITTEN = PLACEMENT_REPORT_FIELDS
 
 
 def _placement_texts(placement: Placement) -> list[str | None]:

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
+from benchmarks.web import wait_healthy
+
 ROOT = Path(__file__).resolve().parents[1]
 BLOTTERS = 50
 TARGET_P99_MS = 100.0
@@ -249,18 +251,7 @@ def run(quick: bool = False, fills: int | None = None) -> dict[str, Any]:
             cwd=ROOT,
             env=env,
         )
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz/", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass  # not listening yet
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.2)
+        wait_healthy(server, port, timeout=60)
 
         ctx = multiprocessing.get_context("spawn")
         ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()

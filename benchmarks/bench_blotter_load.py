@@ -41,6 +41,7 @@ from urllib.parse import urlparse, urlunparse
 
 from benchmarks.bench_blotter import _free_port, _percentile, _recreate_database
 from benchmarks.system import load
+from benchmarks.web import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "bench-blotter-load"
@@ -219,18 +220,7 @@ def run(seconds: float, rate: float, http: bool, deflate: bool = True) -> dict[s
             cwd=ROOT,
             env={**env, "DB_POOL_MAX_SIZE": "8", "DB_CONN_MAX_AGE": "0"},
         )
-        import httpx
-
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz/", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass  # not listening yet
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.2)
+        wait_healthy(server, port, timeout=90)
 
         ctx = mp.get_context("spawn")
         control = load.Control(

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
+from benchmarks.web import wait_healthy
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"orders_per_s": 300.0, "basket_500_ms": 250.0, "p50_ms": 20.0, "p99_ms": 100.0}
 CLIENTS = 16
@@ -160,20 +162,8 @@ def _start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Po
         env=env,
         stderr=open(LOG_PATH, "wb"),  # noqa: SIM115 - the server owns it until it exits
     )
-    import httpx
-
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("uvicorn exited during start-up")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz/", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass  # not listening yet
-        time.sleep(0.3)
-    proc.terminate()
-    raise RuntimeError("uvicorn did not become healthy in 180 s")
+    wait_healthy(proc, port, timeout=180)
+    return proc
 
 
 class _Orders:

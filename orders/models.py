@@ -287,6 +287,23 @@ class Order(models.Model):
         return f"O{self.pk}"
 
 
+# What an execution report can change on its placement (written under the placement's row lock,
+# by orders.services.executions or, for a fill, by the allocation statement of
+# allocations.services).
+PLACEMENT_REPORT_FIELDS = (
+    "status",
+    "cum_qty",
+    "avg_px",
+    "version",
+    "broker_order_id",
+    "cl_ord_id",
+    "orig_cl_ord_id",
+    "quantity",
+    "limit_price",
+    "updated_at",
+)
+
+
 class Placement(models.Model):
     """One piece of an order or block sent to one broker, identified on the wire by ClOrdID."""
 

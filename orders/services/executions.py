@@ -59,6 +59,7 @@ from orders.fix.messages import (
     ExecReport,
 )
 from orders.models import (
+    PLACEMENT_REPORT_FIELDS,
     Block,
     Broker,
     Execution,
@@ -343,18 +344,7 @@ _INSERT_EXECUTION_SQL = (
     + f") VALUES ({', '.join(['%s'] * len(_EXECUTION_COLUMNS))}) "
     'ON CONFLICT ("session_key", "exec_id") DO NOTHING RETURNING "id"'
 )
-_PLACEMENT_FIELDS = (
-    "status",
-    "cum_qty",
-    "avg_px",
-    "version",
-    "broker_order_id",
-    "cl_ord_id",
-    "orig_cl_ord_id",
-    "quantity",
-    "limit_price",
-    "updated_at",
-)
+_PLACEMENT_FIELDS = PLACEMENT_REPORT_FIELDS
 # What a report can change on its placement (under the placement's row lock).
 _PLACEMENT_SAVE_SQL = (
     f'UPDATE "{Placement._meta.db_table}" SET '

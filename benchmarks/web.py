@@ -1,0 +1,25 @@
+"""What the benchmarks that start their own web server share."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+
+def wait_healthy(proc: subprocess.Popen, port: int, *, timeout: float) -> None:
+    """Wait until the web server `proc` answers /healthz/ on `port`; stop it on failure."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError("uvicorn exited during start-up")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz/", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise RuntimeError(f"uvicorn did not become healthy in {timeout:.0f} s")
+        time.sleep(0.2)
