@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"orders_per_s": 300.0, "basket_500_ms": 250.0, "p50_ms": 20.0, "p99_ms": 100.0}
 CLIENTS = 16
 OPEN_LOOP_RATE = 200.0
+# Idle keep-alive connections older than this are not reused (uvicorn closes them at 5 s).
+IDLE_REUSE_SECONDS = 4.0
 OPEN_LOOP_TIMEOUT = 15.0  # a request not answered by then counts as failed (status 0)
 BASKET_SIZE = 500
 LOG_PATH = Path(os.environ.get("BENCH_ORDERS_LOG", "/tmp/bench_orders_server.log"))
@@ -201,7 +203,7 @@ class _Http:
             f"Host: {host}:{port}\r\nAuthorization: Token {token}\r\n"
             "Content-Type: application/json\r\nConnection: keep-alive\r\n"
         ).encode()
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
     def post(self, path: str, body: bytes) -> bytes:
         return (
@@ -213,9 +215,16 @@ class _Http:
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
         """Send one pre-encoded request on an idle connection (or a new one)."""
-        if self.idle:
-            reader, writer = self.idle.pop()
-        else:
+        reader = writer = None
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if time.monotonic() - since < IDLE_REUSE_SECONDS:
+                break
+            # uvicorn closes a keep-alive connection idle for 5 s: a request sent on it meets a
+            # closed socket and would count as a failure of the server.
+            writer.close()
+            reader = writer = None
+        if reader is None or writer is None:
             reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
             writer.write(request)
@@ -239,11 +248,11 @@ class _Http:
         except BaseException:
             writer.close()
             raise
-        self.idle.append((reader, writer))
+        self.idle.append((reader, writer, time.monotonic()))
         return status, body
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for _, writer, _ in self.idle:
             writer.close()
         self.idle.clear()
 
