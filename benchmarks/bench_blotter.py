@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-from benchmarks.web import wait_healthy
+from benchmarks.web import uvicorn_command, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOTTERS = 50
@@ -235,19 +235,7 @@ def run(quick: bool = False, fills: int | None = None) -> dict[str, Any]:
             os.environ, PYTHONPATH=str(ROOT), CSRF_TRUSTED_ORIGINS=f"http://127.0.0.1:{port}"
         )
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "oms_site.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
+            uvicorn_command(port),
             cwd=ROOT,
             env=env,
         )

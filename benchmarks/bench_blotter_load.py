@@ -41,7 +41,7 @@ from urllib.parse import urlparse, urlunparse
 
 from benchmarks.bench_blotter import _free_port, _percentile, _recreate_database
 from benchmarks.system import load
-from benchmarks.web import wait_healthy
+from benchmarks.web import uvicorn_command, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "bench-blotter-load"
@@ -203,20 +203,7 @@ def run(seconds: float, rate: float, http: bool, deflate: bool = True) -> dict[s
         )
         seed = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("SEED"))[4:])
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "oms_site.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-                *([] if deflate else ["--ws-per-message-deflate", "false"]),
-            ],
+            uvicorn_command(port, *([] if deflate else ["--ws-per-message-deflate", "false"])),
             cwd=ROOT,
             env={**env, "DB_POOL_MAX_SIZE": "8", "DB_CONN_MAX_AGE": "0"},
         )

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-from benchmarks.web import wait_healthy
+from benchmarks.web import uvicorn_command, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"orders_per_s": 300.0, "basket_500_ms": 250.0, "p50_ms": 20.0, "p99_ms": 100.0}
@@ -145,21 +145,7 @@ def _seed(env: dict[str, str]) -> dict[str, Any]:
 
 def _start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "oms_site.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
+        uvicorn_command(port, "--workers", str(workers)),
         cwd=ROOT,
         env=env,
         stderr=open(LOG_PATH, "wb"),  # noqa: SIM115 - the server owns it until it exits

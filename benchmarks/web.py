@@ -3,7 +3,26 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
+
+
+def uvicorn_command(port: int, *extra: str) -> list[str]:
+    """The command line of one quiet uvicorn serving the OMS on 127.0.0.1:`port`."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "oms_site.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        *extra,
+    ]
 
 
 def wait_healthy(proc: subprocess.Popen, port: int, *, timeout: float) -> None:

@@ -196,9 +196,17 @@ def _send_now(items: list[tuple[str, dict[str, Any]]]) -> Any:
         return None
 
 
-def publish_many_on_commit(*, events: Iterable[dict[str, Any]]) -> None:
-    """Queue many blotter events (keys of publish_on_commit) to be sent in one hop after commit."""
+def publish_many_on_commit(
+    *, events: Iterable[dict[str, Any]], data_json_safe: bool = False
+) -> None:
+    """Queue many blotter events (keys of publish_on_commit) to be sent in one hop after commit.
+
+    `data_json_safe=True` is for callers that built each event's data with json_safe's
+    conversions already: a 1,000-order block fill spent about a tenth of its Python time
+    walking its events' data a second time.
+    """
     items: list[tuple[str, dict[str, Any]]] = []
+    append = items.append
     for e in events:
         message = {
             "type": "blotter.event",
@@ -206,10 +214,12 @@ def publish_many_on_commit(*, events: Iterable[dict[str, Any]]) -> None:
                 "type": e["event_type"],
                 "order_id": e["order_id"],
                 "version": e["version"],
-                "data": json_safe(e["data"]),
+                "data": e["data"] if data_json_safe else json_safe(e["data"]),
             },
         }
-        items.extend((g, message) for g in dict.fromkeys(e["groups"]))
+        groups = e["groups"]
+        for group in dict.fromkeys(groups) if len(groups) > 1 else groups:
+            append((group, message))
     if items:
         transaction.on_commit(lambda: _send_many(items))
 
@@ -249,27 +259,3 @@ def send_in_background() -> None:
 
     threading.Thread(target=run, name="blotter-sender", daemon=True).start()
     _background = pending
-
-
-# Added by the fills helper (additive): publish_many_on_commit for events whose data is already
-# JSON-safe (built with json_safe's conversions by the caller). A 1,000-order block fill spent
-# about a tenth of its Python time walking its events' data again in json_safe.
-def publish_many_json_on_commit(*, events: Iterable[dict[str, Any]]) -> None:
-    """publish_many_on_commit for events whose `data` is already JSON-safe (not re-checked)."""
-    items: list[tuple[str, dict[str, Any]]] = []
-    append = items.append
-    for e in events:
-        message = {
-            "type": "blotter.event",
-            "event": {
-                "type": e["event_type"],
-                "order_id": e["order_id"],
-                "version": e["version"],
-                "data": e["data"],
-            },
-        }
-        groups = e["groups"]
-        for group in dict.fromkeys(groups) if len(groups) > 1 else groups:
-            append((group, message))
-    if items:
-        transaction.on_commit(lambda: _send_many(items))

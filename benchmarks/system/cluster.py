@@ -28,6 +28,7 @@ from benchmarks.system.infra import (
     wait_for,
 )
 from benchmarks.system.proxy import FixLineProxy
+from benchmarks.web import uvicorn_command
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -227,19 +228,7 @@ class Cluster:
         for n, port in enumerate(self.web_ports):
             self._service(
                 f"web{n + 1}",
-                [
-                    PY,
-                    "-m",
-                    "uvicorn",
-                    "oms_site.asgi:application",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--no-access-log",
-                    "--log-level",
-                    "warning",
-                ],
+                uvicorn_command(port),
                 DB_POOL_MAX_SIZE="8",
                 DB_CONN_MAX_AGE="0",
             ).start()

@@ -37,7 +37,7 @@ from django.utils import timezone
 
 from allocations.models import Account, BlockAllocationPolicy, CashBalance, Position
 from oms_site.audit import AuditEntry, audit_record_many, json_safe
-from oms_site.realtime import groups_for_account, publish_many_json_on_commit
+from oms_site.realtime import groups_for_account, publish_many_on_commit
 from oms_site.rows import fast_datetimes, model_from_row, raw_cursor, rows_update
 from orders.enums import (
     TERMINAL_STATUSES,
@@ -769,7 +769,8 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
             # The events' data made JSON-safe here (the shared execution once) and published
             # as it is: json_safe would walk it all again.
             execution_data = json_safe(data)
-            publish_many_json_on_commit(
+            publish_many_on_commit(
+                data_json_safe=True,
                 events=[
                     {
                         "event_type": "execution.created",
@@ -779,7 +780,7 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
                         "groups": groups_for_account(order.account_id, _desk_id(order)),
                     }
                     for order in fills
-                ]
+                ],
             )
     published = {o.pk for o in fills}
     rest = [o for o in ctx.changed.values() if o.pk not in published]
