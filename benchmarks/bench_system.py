@@ -23,7 +23,9 @@ PASSes when the system recovered and every invariant holds after it.
 
 Figures (steady phase unless said): orders/s accepted by the API, orders/s routed and filled,
 API latency p50/p99 per request kind, fill-to-blotter latency p50/p99 (from the gateway writing
-the fill's Execution row to each blotter receiving its frame; same host, same wall clock), and
+the fill's Execution row to each blotter receiving its frame; same host, same wall clock) and its
+stages (venue TransactTime → raw report stored by the gateway → Execution stamped by the apply's
+transaction → PostgreSQL's commit timestamp of that row → frame), and
 CPU seconds, CPU % of one core and memory (PSS at the end and its maximum, sampled every
 second) of every process group over the measured period (warm-up and set-up excluded, killed
 instances included), from /proc/<pid>/stat, status and smaps_rollup.
@@ -350,17 +352,38 @@ class Run:
             if phase == steady and 200 <= status < 300:
                 lat[kind].append(ms)
                 lat["all"].append(ms)
+        # Each fill's stages, from four clocks of one host: the venue's TransactTime (60), the
+        # gateway storing the raw report, the apply's transaction stamping the Execution, and
+        # PostgreSQL's commit timestamp of the row (track_commit_timestamp is on in this cluster).
         rows = self.cluster.sql(
-            "SELECT id, extract(epoch FROM received_at) FROM orders_execution WHERE last_qty > 0"
+            "SELECT e.id, extract(epoch FROM e.received_at), extract(epoch FROM e.transact_time),"
+            " extract(epoch FROM m.received_at),"
+            " extract(epoch FROM pg_xact_commit_timestamp(e.xmin))"
+            " FROM orders_execution e LEFT JOIN orders_fixmessage m ON m.id = e.raw_message_id"
+            " WHERE e.last_qty > 0"
         )
-        fill_at = {int(pk): float(t) for pk, t in rows}
+        fill_at = {int(r[0]): float(r[1]) for r in rows}
         window = [ph["start"], ph["end"]]
+        stages: dict[str, list[float]] = defaultdict(list)
+        committed_at: dict[int, float] = {}
+        for pk, applied, venue, stored, committed in rows:
+            if not window[0] <= float(applied) <= window[1]:
+                continue
+            if venue is not None and stored is not None:
+                stages["venue_to_stored"].append((float(stored) - float(venue)) * 1000)
+            if stored is not None:
+                stages["stored_to_applied"].append((float(applied) - float(stored)) * 1000)
+            if committed is not None:
+                committed_at[int(pk)] = float(committed)
+                stages["applied_to_committed"].append((float(committed) - float(applied)) * 1000)
         to_blotter: dict[str, list[float]] = defaultdict(list)
         for _phase, pk, at in blotters["frames"]:
             if pk in fill_at:
                 # A fill belongs to the phase in which it was booked, whenever it arrived.
                 in_steady = window[0] <= fill_at[pk] <= window[1]
                 to_blotter["steady" if in_steady else "all"].append((at - fill_at[pk]) * 1000)
+                if pk in committed_at:
+                    stages["committed_to_frame"].append((at - committed_at[pk]) * 1000)
         to_blotter["all"] += to_blotter["steady"]
         routed = self.cluster.sql(
             "SELECT (SELECT count(DISTINCT order_id) FROM orders_placement WHERE order_id IS NOT"
@@ -402,6 +425,10 @@ class Run:
                 },
                 "blotters": self.cfg["blotters"],
                 "reconnects": blotters["drops"],
+                "stages_steady": {
+                    name: {"n": len(v), "p50": _pct(v, 50), "p99": _pct(v, 99)}
+                    for name, v in stages.items()
+                },
             },
             "http_statuses": {k: dict(v) for k, v in statuses.items()},
             "totals": dict(
@@ -461,6 +488,8 @@ def report(result: dict[str, Any]) -> str:
         f"(n={b['steady']['n']}), {b['whole_run']['p50']} / {b['whole_run']['p99']} whole run, "
         f"{b['blotters']} blotters, {b['reconnects']} reconnects"
     )
+    for name, v in b["stages_steady"].items():
+        lines.append(f"    {name:<28} {v['p50']} / {v['p99']}  (n={v['n']})")
     lines.append(f"  HTTP statuses                  {f['http_statuses']}")
     lines.append(f"  totals                         {f['totals']}")
     lines += ["", f"  {'process':<18}{'CPU s':>8}{'CPU %':>8}{'PSS MB':>9}{'max MB':>9}  restarts"]

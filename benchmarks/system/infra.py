@@ -356,6 +356,8 @@ class PrivatePostgres:
                 "-c",
                 "shared_buffers=128MB",
                 "-c",
+                "track_commit_timestamp=on",
+                "-c",
                 "log_min_messages=warning",
             ],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},

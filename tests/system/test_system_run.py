@@ -39,4 +39,12 @@ def test_short_system_run_passes_every_fault_and_invariant(
     assert figures["orders_accepted_per_s"] > 0
     assert figures["orders_filled_per_s"] > 0
     assert figures["fill_to_blotter_ms"]["steady"]["n"] > 0
+    stages = figures["fill_to_blotter_ms"]["stages_steady"]
+    assert set(stages) == {
+        "venue_to_stored",
+        "stored_to_applied",
+        "applied_to_committed",
+        "committed_to_frame",
+    }
+    assert all(stage["n"] > 0 and stage["p50"] is not None for stage in stages.values())
     assert set(result["processes"]) >= {"postgres", "redis", "web1", "worker", "beat", "gateway"}
