@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 LOST = "layer.lost"
 # Seconds between attempts to read again after the subscription connection failed.
 RETRY_SECONDS = 0.5
+# Seconds a subscribe waits for Redis to confirm it before it fails (the websocket then closes).
+SUBSCRIBE_TIMEOUT_SECONDS = 5.0
 
 
 class _BoundedQueue(asyncio.Queue[Any]):
@@ -57,7 +59,48 @@ class _BoundedQueue(asyncio.Queue[Any]):
 
 
 class _Shard(RedisSingleShardConnection):
-    """One host's pub/sub connection; a failed read tells every local channel once."""
+    """One host's pub/sub connection; a failed read tells every local channel once.
+
+    `subscribe` returns only once Redis has confirmed the subscription. Why: the blotter sends
+    "hello" (the client's cue to fetch its snapshot) after joining its groups. An event
+    published after SUBSCRIBE was sent but before Redis processed it would never reach this
+    process, while the snapshot the client fetches may predate it: a gap nothing reports.
+    """
+
+    def __init__(self, host: Any, channel_layer: Any) -> None:
+        super().__init__(host, channel_layer)
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+
+    async def subscribe(self, channel: str) -> None:
+        waiter = self._confirmed.get(channel)
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._confirmed[channel] = waiter
+        try:
+            await super().subscribe(channel)
+            # shield: a caller timing out must not cancel the waiter other callers share
+            await asyncio.wait_for(asyncio.shield(waiter), SUBSCRIBE_TIMEOUT_SECONDS)
+        except BaseException:
+            if self._confirmed.get(channel) is waiter and not waiter.done():
+                del self._confirmed[channel]
+                self._subscribed_to.discard(channel)  # the next subscribe sends it again
+            raise
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._confirmed.pop(channel, None)
+        await super().unsubscribe(channel)
+
+    async def flush(self) -> None:
+        self._confirmed.clear()
+        await super().flush()
+
+    def _confirm(self, message: dict[str, Any]) -> None:
+        name = message["channel"]
+        if isinstance(name, bytes):
+            name = name.decode()
+        waiter = self._confirmed.get(name)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _do_receiving(self) -> None:
         failed = False
@@ -65,9 +108,14 @@ class _Shard(RedisSingleShardConnection):
             try:
                 if self._pubsub is not None and self._pubsub.subscribed:
                     message = await self._pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=0.1
+                        ignore_subscribe_messages=False, timeout=0.1
                     )
-                    self._receive_message(message)
+                    if message is not None:
+                        kind = message.get("type")
+                        if kind == "subscribe":
+                            self._confirm(message)
+                        elif kind == "message":
+                            self._receive_message(message)
                 else:
                     await asyncio.sleep(0.1)
                 failed = False

@@ -128,3 +128,75 @@ def test_a_failed_subscription_read_tells_every_local_channel_once() -> None:
 
     # then: each channel holds exactly one `layer.lost`
     assert async_to_sync(scenario)() == ([{"type": LOST}, {"type": LOST}], [1, 1])
+
+
+def test_group_add_returns_only_once_redis_confirmed_the_subscription() -> None:
+    # given: a fresh layer and a channel
+    layer = _layer()
+
+    async def scenario() -> tuple[bool, bool, dict[str, Any]]:
+        channel = await layer.new_channel()
+        shard = layer._get_layer()._shards[0]
+        group_channel = layer._get_layer()._get_group_channel_name("g-confirmed")
+        # when: the channel joins a group
+        await layer.group_add("g-confirmed", channel)
+        # then: Redis had already confirmed the subscription when group_add returned, so a
+        # message published right away, from another connection, reaches the channel
+        confirmed = shard._confirmed[group_channel].done()
+        own_confirmed = shard._confirmed[channel].done()
+        publisher = layer._get_layer()._shards[0]._redis
+        await publisher.publish(group_channel, layer.serialize({"type": "m", "n": 7}))
+        got = await asyncio.wait_for(layer.receive(channel), 3)
+        await layer.flush()
+        return confirmed, own_confirmed, got
+
+    assert async_to_sync(scenario)() == (True, True, {"type": "m", "n": 7})
+
+
+class _SilentPubSub:
+    """A pub/sub connection whose SUBSCRIBE Redis never answers."""
+
+    subscribed = False
+    channels: dict[Any, Any] = {}
+
+    async def subscribe(self, channel: str) -> None:
+        return None
+
+    async def get_message(self, **kwargs: Any) -> None:
+        await asyncio.sleep(0.01)
+
+
+def test_an_unconfirmed_subscription_fails_and_is_sent_again_next_time(monkeypatch: Any) -> None:
+    # given: a layer whose subscription connection never confirms, and a short timeout
+    from oms_site import channel_layers
+
+    monkeypatch.setattr(channel_layers, "SUBSCRIBE_TIMEOUT_SECONDS", 0.2)
+    layer = _layer()
+
+    async def scenario() -> tuple[bool, bool, dict[str, Any], bool]:
+        channel = await layer.new_channel()
+        loop_layer = layer._get_layer()
+        shard = loop_layer._shards[0]
+        real_pubsub = shard._pubsub
+        shard._pubsub = _SilentPubSub()
+        group_channel = loop_layer._get_group_channel_name("g-silent")
+        # when: the channel joins a group
+        try:
+            await layer.group_add("g-silent", channel)
+            raised = False
+        except TimeoutError:
+            raised = True
+        # then: nothing is remembered as subscribed, so the next attempt sends SUBSCRIBE again
+        remembered = group_channel in shard._subscribed_to
+        waiters = {k: v for k, v in shard._confirmed.items() if k == group_channel}
+        shard._pubsub = real_pubsub
+        await layer.group_add("g-silent", channel)
+        again = shard._confirmed[group_channel].done()
+        await layer.flush()
+        return raised, remembered, waiters, again
+
+    raised, remembered, waiters, again = async_to_sync(scenario)()
+    assert raised is True
+    assert remembered is False
+    assert waiters == {}
+    assert again is True
