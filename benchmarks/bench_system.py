@@ -425,6 +425,8 @@ class Run:
                 },
                 "blotters": self.cfg["blotters"],
                 "reconnects": blotters["drops"],
+                "reconnects_steady": sum(1 for p in blotters["drop_phases"] if p == steady),
+                "reconnect_errors": blotters["errors"],
                 "stages_steady": {
                     name: {"n": len(v), "p50": _pct(v, 50), "p99": _pct(v, 99)}
                     for name, v in stages.items()
@@ -486,7 +488,8 @@ def report(result: dict[str, Any]) -> str:
     lines.append(
         f"  fill-to-blotter p50/p99 ms     {b['steady']['p50']} / {b['steady']['p99']} steady "
         f"(n={b['steady']['n']}), {b['whole_run']['p50']} / {b['whole_run']['p99']} whole run, "
-        f"{b['blotters']} blotters, {b['reconnects']} reconnects"
+        f"{b['blotters']} blotters, {b['reconnects']} reconnects ({b['reconnects_steady']} in the "
+        f"steady phase; {b['reconnect_errors']})"
     )
     for name, v in b["stages_steady"].items():
         lines.append(f"    {name:<28} {v['p50']} / {v['p99']}  (n={v['n']})")

@@ -303,6 +303,7 @@ async def _blotter(
         except Exception as exc:  # a dropped connection: count it and reconnect
             rec["connected"].discard(index)
             rec["drops"] += 1
+            rec["drop_phases"].append(control.phase.value)
             rec["errors"][type(exc).__name__] += 1
             with contextlib.suppress(Exception):
                 await asyncio.sleep(1.0)
@@ -316,6 +317,7 @@ async def _blotters_main(
         "seen": set(),
         "frames": [],
         "drops": 0,
+        "drop_phases": [],
         "errors": defaultdict(int),
     }
     tasks = [
@@ -327,7 +329,12 @@ async def _blotters_main(
         await asyncio.sleep(0.1)
     ready.set()
     await asyncio.gather(*tasks)
-    return {"frames": rec["frames"], "drops": rec["drops"], "errors": dict(rec["errors"])}
+    return {
+        "frames": rec["frames"],
+        "drops": rec["drops"],
+        "drop_phases": rec["drop_phases"],
+        "errors": dict(rec["errors"]),
+    }
 
 
 def blotter_process(
