@@ -362,13 +362,18 @@ async def _baskets(http: _Http, gen: _Orders, runs: int) -> dict[str, Any]:
 
 
 def _cpu_ns(pids: list[int]) -> int:
-    """CPU time so far of these processes (all their threads), in ns, from /proc schedstat."""
+    """CPU time so far of these processes' live threads, in ns, from /proc schedstat.
+
+    Per thread: a process's own schedstat counts its main thread only, and Django runs each
+    request in a worker thread.
+    """
     total = 0
     for pid in pids:
-        try:
-            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-        except (OSError, ValueError):
-            continue
+        for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                total += int(task.read_text().split()[0])
+            except (OSError, ValueError):
+                continue
     return total
 
 
