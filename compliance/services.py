@@ -133,10 +133,6 @@ def _array_text(value: str) -> str:
     return '"' + value + '"'
 
 
-def _number_text(value: Decimal | None) -> str:
-    return "NULL" if value is None else str(value)
-
-
 _SETS_TABLE = ComplianceResultSet._meta.db_table
 _QUOTED_COLUMNS = ", ".join('"' + c + '"' for c in SET_COLUMNS)
 
@@ -228,8 +224,8 @@ def _copy_results(
         else:
             messages = '"' + messages + '"'
         messages = _copy_text(messages)
-        measured = ",".join([_number_text(r.measured) for r in per_order])
-        limits = ",".join([_number_text(r.limit) for r in per_order])
+        measured = ",".join(["NULL" if r.measured is None else str(r.measured) for r in per_order])
+        limits = ",".join(["NULL" if r.limit is None else str(r.limit) for r in per_order])
         append(
             f"{order_id}\t{at}\t{head}\t{{{outcomes}}}\t{{{messages}}}\t{{{measured}}}\t"
             f"{{{limits}}}\n"
