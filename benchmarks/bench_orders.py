@@ -19,6 +19,7 @@ half the measured capacity instead.
 
     .venv/bin/python benchmarks/bench_orders.py            # full run (~1 min)
     .venv/bin/python benchmarks/bench_orders.py --quick    # shorter phases
+    .venv/bin/python benchmarks/bench_orders.py --baskets 15   # baskets only, with CPU figures
 """
 
 from __future__ import annotations
@@ -360,12 +361,86 @@ async def _baskets(http: _Http, gen: _Orders, runs: int) -> dict[str, Any]:
     }
 
 
+def _cpu_ns(pids: list[int]) -> int:
+    """CPU time so far of these processes' live threads, in ns, from /proc schedstat.
+
+    Per thread: a process's own schedstat counts its main thread only, and Django runs each
+    request in a worker thread.
+    """
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                total += int(task.read_text().split()[0])
+            except (OSError, ValueError):
+                continue
+    return total
+
+
+def _server_pids(server: subprocess.Popen[bytes]) -> list[int]:
+    """The uvicorn supervisor and its worker processes."""
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+    try:
+        return [server.pid, *(int(p) for p in children.read_text().split())]
+    except OSError:
+        return [server.pid]
+
+
+def _backend_pids(admin_url: str, db_name: str) -> list[int]:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [db_name],
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+def _baskets_only(
+    http: _Http, gen: _Orders, runs: int, server: subprocess.Popen[bytes], admin_url: str, db: str
+) -> dict[str, Any]:
+    """Only baskets, one at a time: wall time, and CPU of the web workers and of PostgreSQL's
+    backends per basket (load-independent, unlike the wall time on a shared machine)."""
+    _run(http, _baskets(http, gen, 2))  # warm-up: connections, caches, the pool's backends
+    web, backends = _server_pids(server), _backend_pids(admin_url, db)
+    web_cpu: list[float] = []
+    pg_cpu: list[float] = []
+    times: list[float] = []
+    for _ in range(runs):
+        w, p = _cpu_ns(web), _cpu_ns(backends)
+        times.append(_run(http, _baskets(http, gen, 1))["median_ms"])
+        web_cpu.append((_cpu_ns(web) - w) / 1e6)
+        pg_cpu.append((_cpu_ns(backends) - p) / 1e6)
+        # Backends the pool opened meanwhile count from the next basket on.
+        backends = _backend_pids(admin_url, db)
+    return {
+        "size": BASKET_SIZE,
+        "runs": runs,
+        "median_ms": round(statistics.median(times), 1),
+        "min_ms": round(min(times), 1),
+        "max_ms": round(max(times), 1),
+        "web_cpu_median_ms": round(statistics.median(web_cpu), 1),
+        "postgres_cpu_median_ms": round(statistics.median(pg_cpu), 1),
+    }
+
+
+def _load() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return [float("nan")] * 3
+
+
 def _progress(phase: str, figures: dict[str, Any]) -> None:
     print(f"[bench_orders] {phase}: {json.dumps(figures)}", file=sys.stderr, flush=True)
 
 
-def run(*, quick: bool = False) -> dict[str, Any]:
-    """Seed a fresh database, start uvicorn, measure; returns the figures and the targets."""
+def run(*, quick: bool = False, baskets_only: int = 0) -> dict[str, Any]:
+    """Seed a fresh database, start uvicorn, measure; returns the figures and the targets.
+
+    `baskets_only=N` measures N baskets alone (no single-order phases), with CPU per basket.
+    """
     admin_url, db_url, db_name = _bench_database_url()
     workers = int(os.environ.get("BENCH_WORKERS", "2"))
     _recreate_database(admin_url, db_name)
@@ -377,6 +452,15 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         server = _start_server(env, port, workers)
         http = _Http("127.0.0.1", port, seed["token"])
         gen = _Orders(seed)
+        if baskets_only:
+            only = _baskets_only(http, gen, baskets_only, server, admin_url, db_name)
+            return {
+                "basket_500_median_ms": only["median_ms"],
+                "targets": {"basket_500_ms": TARGETS["basket_500_ms"]},
+                "met": {"basket_500_ms": only["median_ms"] <= TARGETS["basket_500_ms"]},
+                "detail": {"baskets": only},
+                "setup": {"uvicorn_workers": workers, "load_avg_at_end": _load()},
+            }
         closed_seconds = 5.0 if quick else 10.0
         open_seconds = 5.0 if quick else 10.0
         # Enough pre-encoded orders for any rate this machine could reach (~2,500/s).
@@ -406,10 +490,6 @@ def run(*, quick: bool = False) -> dict[str, Any]:
             fresh = _bodies(gen, http, int(rate * open_seconds) + 1)
             sustainable = _run(http, _open_loop(http, fresh, open_seconds, rate=rate))
             _progress("open loop at half capacity", sustainable)
-        try:
-            load = os.getloadavg()
-        except OSError:
-            load = (float("nan"),) * 3
         return {
             "orders_per_s_16_clients": throughput["orders_per_s"],
             "basket_500_median_ms": baskets["median_ms"],
@@ -433,7 +513,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
             "setup": {
                 "uvicorn_workers": workers,
                 "cpus": os.cpu_count(),
-                "load_avg_at_end": [round(x, 2) for x in load],
+                "load_avg_at_end": _load(),
                 "accounts": len(seed["accounts"]),
                 "instruments": len(seed["instruments"]),
             },
@@ -451,5 +531,12 @@ def run(*, quick: bool = False) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--baskets",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure only N baskets (with web and PostgreSQL CPU per basket)",
+    )
     args = parser.parse_args()
-    print(json.dumps(run(quick=args.quick), indent=2))
+    print(json.dumps(run(quick=args.quick, baskets_only=args.baskets), indent=2))

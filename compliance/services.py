@@ -29,6 +29,7 @@ from compliance.context import (
 from compliance.models import (
     BreachReport,
     ComplianceResult,
+    ComplianceResultSet,
     Override,
     RestrictedEntry,
     Rule,
@@ -45,17 +46,18 @@ from orders.enums import OrderStatus
 from orders.models import Instrument, Issuer, Order
 from orders.state import ensure_transition
 
-RESULT_COLUMNS = (
+# The stored form of a check's results: one row per order, one array element per rule.
+SET_COLUMNS = (
     "order_id",
-    "rule_id",
-    "rule_name",
-    "rule_type",
-    "rule_version",
-    "outcome",
-    "message",
-    "measured",
-    "limit",
     "checked_at",
+    "rule_ids",
+    "rule_names",
+    "rule_types",
+    "rule_versions",
+    "outcomes",
+    "messages",
+    "measured",
+    "limits",
 )
 
 
@@ -124,18 +126,22 @@ def _copy_text(value: str) -> str:
     return value
 
 
-_QUOTED_COLUMNS = ", ".join('"' + c + '"' for c in RESULT_COLUMNS)
+def _array_text(value: str) -> str:
+    """A string as a quoted element of an array literal (before COPY's own escaping)."""
+    if "\\" in value or '"' in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + value + '"'
 
-# A single order's results (one per rule) go in one INSERT: a COPY costs a second round trip
-# (the server's go-ahead before the data) and more client work, which only pays off in bulk.
+
+_SETS_TABLE = ComplianceResultSet._meta.db_table
+_QUOTED_COLUMNS = ", ".join('"' + c + '"' for c in SET_COLUMNS)
+
+# A few orders' results go in one INSERT: a COPY costs a second round trip (the server's
+# go-ahead before the data) and more client work, which only pays off in bulk.
 _INSERT_AT_MOST = 64
-_INSERT_RESULTS_SQL = (
-    f"INSERT INTO {ComplianceResult._meta.db_table}"
-    f" ({_QUOTED_COLUMNS})"
-    " SELECT v.*, %s FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[],"
-    " %b::integer[], %b::text[], %b::text[], %b::numeric[], %b::numeric[])"
-    " AS v(order_id, rule_id, rule_name, rule_type, rule_version, outcome, message, measured,"
-    " lim)"
+_SET_VALUES = (
+    "(%s, %s, %b::bigint[], %b::text[], %b::text[], %b::integer[], %b::text[], %b::text[],"
+    " %b::numeric[], %b::numeric[])"
 )
 
 
@@ -144,32 +150,34 @@ def _insert_results(
     checked_at: datetime,
     order_ids: Mapping[Any, int] | None,
 ) -> None:
-    """A few result rows in one INSERT of arrays (binary parameters, no quoting)."""
-    columns: list[list[Any]] = [[] for _ in range(9)]
+    """Few results: one INSERT, a row of arrays per order (binary parameters, no quoting)."""
+    rows = []
     for key, per_order in results.items():
-        order_id = key if order_ids is None else order_ids[key]
-        for r in per_order:
-            for column, value in zip(
-                columns,
-                (
-                    order_id,
-                    r.rule_id,
-                    r.rule_name,
-                    r.rule_type,
-                    r.rule_version,
-                    r.outcome,
-                    r.message,
-                    r.measured,
-                    r.limit,
-                ),
-                strict=True,
-            ):
-                column.append(value)
-    if not columns[0]:
+        if not per_order:
+            continue
+        rows.append(
+            [
+                key if order_ids is None else order_ids[key],
+                checked_at,
+                [r.rule_id for r in per_order],
+                [r.rule_name for r in per_order],
+                [r.rule_type for r in per_order],
+                [r.rule_version for r in per_order],
+                [r.outcome for r in per_order],
+                [r.message for r in per_order],
+                [r.measured for r in per_order],
+                [r.limit for r in per_order],
+            ]
+        )
+    if not rows:
         return
     # Django's cursor wrapper would only add its bookkeeping: like the COPY, a plain statement.
     with connection.cursor() as cursor:
-        cursor.cursor.execute(_INSERT_RESULTS_SQL, [checked_at, *columns])
+        cursor.cursor.execute(
+            f"INSERT INTO {_SETS_TABLE} ({_QUOTED_COLUMNS}) VALUES "
+            + ", ".join([_SET_VALUES] * len(rows)),
+            [value for row in rows for value in row],
+        )
 
 
 def _copy_results(
@@ -177,39 +185,56 @@ def _copy_results(
     checked_at: datetime,
     order_ids: Mapping[Any, int] | None = None,
 ) -> None:
-    """Insert every result row with one COPY (text format, built in one pass).
+    """Store each order's results as one row of arrays; many go in one COPY (text format).
 
-    Why: 500 orders x 20 rules is 10,000 rows; a multi-row INSERT spent most of the check's
-    time building and parsing SQL, and per-row COPY calls most of the rest. `order_ids` maps
-    the check's keys to the orders' primary keys when they differ.
+    Why: 500 orders x 20 rules is 10,000 results; as 10,000 rows their COPY, index entries
+    and checks were most of a basket's PostgreSQL time, as 500 rows a fraction. The rule
+    columns of a check mostly repeat from order to order, so their text is built once per
+    distinct list of rules. `order_ids` maps the check's keys to the orders' primary keys when
+    they differ.
     """
     if sum(len(rows) for rows in results.values()) <= _INSERT_AT_MOST:
         _insert_results(results, checked_at, order_ids)
         return
     at = checked_at.isoformat()
-    heads: dict[tuple[int, int], str] = {}
+    heads: dict[tuple[tuple[int, int], ...], str] = {}
     lines: list[str] = []
     append = lines.append
     for key, per_order in results.items():
+        if not per_order:
+            continue
         order_id = key if order_ids is None else order_ids[key]
-        for r in per_order:
-            head = heads.get((r.rule_id, r.rule_version))
-            if head is None:
-                head = heads[(r.rule_id, r.rule_version)] = (
-                    f"{r.rule_id}\t{_copy_text(r.rule_name)}\t{r.rule_type}\t{r.rule_version}"
+        rules = tuple([(r.rule_id, r.rule_version) for r in per_order])
+        head = heads.get(rules)
+        if head is None:
+            head = heads[rules] = "\t".join(
+                _copy_text("{" + ",".join(column) + "}")
+                for column in (
+                    ["NULL" if r.rule_id is None else str(r.rule_id) for r in per_order],
+                    [_array_text(r.rule_name) for r in per_order],
+                    [_array_text(r.rule_type) for r in per_order],
+                    [str(r.rule_version) for r in per_order],
                 )
-            measured = "\\N" if r.measured is None else str(r.measured)
-            limit = "\\N" if r.limit is None else str(r.limit)
-            append(
-                f"{order_id}\t{head}\t{r.outcome}\t{_copy_text(r.message)}\t{measured}\t"
-                f"{limit}\t{at}\n"
             )
+        outcomes = ",".join([r.outcome for r in per_order])
+        texts = [r.message for r in per_order]
+        messages = '","'.join(texts)
+        if "\\" in messages or messages.count('"') != 2 * len(texts) - 2:
+            messages = ",".join([_array_text(text) for text in texts])
+        else:
+            messages = '"' + messages + '"'
+        messages = _copy_text(messages)
+        measured = ",".join(["NULL" if r.measured is None else str(r.measured) for r in per_order])
+        limits = ",".join(["NULL" if r.limit is None else str(r.limit) for r in per_order])
+        append(
+            f"{order_id}\t{at}\t{head}\t{{{outcomes}}}\t{{{messages}}}\t{{{measured}}}\t"
+            f"{{{limits}}}\n"
+        )
     if not lines:
         return
-    table = ComplianceResult._meta.db_table
     with (
         connection.cursor() as cursor,
-        cursor.cursor.copy(f"COPY {table} ({_QUOTED_COLUMNS}) FROM STDIN") as copy,
+        cursor.cursor.copy(f"COPY {_SETS_TABLE} ({_QUOTED_COLUMNS}) FROM STDIN") as copy,
     ):
         copy.write("".join(lines))
 

@@ -163,6 +163,15 @@ PERMISSION_TABLE: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
         BACK_OFFICE: (V,),
         ADMINISTRATOR: (V,),
     },
+    # The stored form of the same results (one row of arrays per checked order): the same
+    # readers, and nobody writes it but the check.
+    ("compliance", "complianceresultset"): {
+        PM: (V,),
+        TRADER: (V,),
+        COMPLIANCE: (V,),
+        BACK_OFFICE: (V,),
+        ADMINISTRATOR: (V,),
+    },
     ("compliance", "override"): {
         PM: (V,),
         TRADER: (V,),

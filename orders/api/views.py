@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from compliance.models import ComplianceResult
 from oms_site.errors import NotFound, ValidationError
+from oms_site.gcpause import collection_paused
 from oms_site.models import AuditEvent
 from oms_site.parsers import FormParser, JSONParser, MultiPartParser
 from orders.api.idempotency import IDEMPOTENCY_PARAMETER, idempotent
@@ -23,6 +24,7 @@ from orders.api.permissions import IsPM, IsPMOrTrader, IsTrader
 from orders.api.serializers import (
     BasketErrorSerializer,
     BasketJsonInputSerializer,
+    BasketOrderSerializer,
     BasketResultSerializer,
     BasketUploadInputSerializer,
     BlockCreateInputSerializer,
@@ -80,6 +82,8 @@ _COMPLIANCE_RESULTS = Prefetch(
 # generic lookups cost as much as the order's SQL). The plan keeps no request state, so
 # threads share it.
 _ORDER_OUTPUT = CompiledRepresentation(OrderSerializer())
+# A basket's orders, rendered as BasketResultSerializer renders its "orders" list.
+_BASKET_ORDER_OUTPUT = CompiledRepresentation(BasketOrderSerializer())
 
 
 def _order_queryset(qs: QuerySet[Order]) -> QuerySet[Order]:
@@ -308,6 +312,7 @@ class BasketCreateView(OrderEntryThrottleMixin, APIView):
         ],
     )
     @idempotent
+    @collection_paused()
     def post(self, request: Request) -> Response:
         upload = request.FILES.get("file") if hasattr(request, "FILES") else None
         if upload is not None:
@@ -323,9 +328,7 @@ class BasketCreateView(OrderEntryThrottleMixin, APIView):
         orders_out, summary = orders_create_bulk(user=request.user, rows=rows, source=source)
         body = {
             "id": summary.basket_id,
-            "orders": BasketResultSerializer(
-                {"id": summary.basket_id, "orders": orders_out, "summary": summary.as_dict()}
-            ).data["orders"],
+            "orders": [_BASKET_ORDER_OUTPUT(order) for order in orders_out],
             "summary": summary.as_dict(),
         }
         code = status.HTTP_201_CREATED if summary.created else status.HTTP_200_OK

@@ -26,6 +26,7 @@ from allocations.selectors import accounts_visible_to
 from oms_site import refcache
 from oms_site.audit import AuditEntry, audit_record_many, json_safe
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
+from oms_site.gcpause import collection_paused
 from oms_site.roles import has_role, role_keys
 from oms_site.rows import model_from_row
 from orders.enums import (
@@ -701,6 +702,7 @@ def _replayed(order: Order) -> Order:
     return order
 
 
+@collection_paused()
 def orders_create_bulk(
     *,
     user: Any,

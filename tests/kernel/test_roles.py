@@ -33,6 +33,13 @@ EXPECTED = {
         "backoffice": "v",
         "admin": "v",
     },
+    ("compliance", "complianceresultset"): {
+        "pm": "v",
+        "trader": "v",
+        "compliance": "v",
+        "backoffice": "v",
+        "admin": "v",
+    },
     ("orders", "fixsession"): {
         "pm": "",
         "trader": "v",

@@ -647,3 +647,67 @@ def test_decimal_strings_are_exact(book: Any, clients: dict[str, APIClient]) -> 
     )
     assert (r.json()["quantity"], r.json()["limit_price"]) == ("12345.5", "0.01")
     assert Order.objects.get().quantity == Decimal("12345.5")
+
+
+def test_a_basket_is_created_with_the_garbage_collector_paused_and_answered_as_drf_renders(
+    book: Any, clients: dict[str, APIClient], monkeypatch: Any
+) -> None:
+    import gc
+
+    from compliance.models import Rule
+    from orders.api.serializers import BasketResultSerializer
+    from orders.services import orders as services
+
+    # given a basket with a named, an unnamed and a blocked order; the collector observed
+    # while the orders are checked
+    Rule.objects.create(name="size", rule_type="fat_finger", params={"max_quantity": "500"})
+    rows = [
+        order_data(client_order_id="g1"),
+        order_data(side="sell", order_type="market", limit_price=None),
+        order_data(quantity="1000"),
+    ]
+    seen: list[bool] = []
+    check_new = services._check_and_insert
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return check_new(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_check_and_insert", observed)
+    gc.enable()
+    # when
+    r = clients["pm"].post("/api/v1/baskets/", {"orders": rows}, format="json")
+    # then the collector was off during the work and is on again
+    assert r.status_code == 201, r.json()
+    assert seen == [False]
+    assert gc.isenabled()
+    # and the orders are rendered exactly as the serializer renders them
+    orders = list(
+        Order.objects.filter(basket_id=r.json()["id"])
+        .select_related("account", "instrument")
+        .order_by("pk")
+    )
+    summary = r.json()["summary"]
+    expected = BasketResultSerializer(
+        {"id": r.json()["id"], "orders": orders, "summary": summary}
+    ).data["orders"]
+    assert r.json()["orders"] == [dict(o) for o in expected]
+    assert [o["client_order_id"] for o in r.json()["orders"]] == ["g1", None, None]
+    assert [o["compliance_outcome"] for o in r.json()["orders"]] == ["pass", "pass", "block"]
+
+
+def test_an_invalid_basket_leaves_the_garbage_collector_on(
+    book: Any, clients: dict[str, APIClient]
+) -> None:
+    import gc
+
+    # given
+    gc.enable()
+    # when
+    r = clients["pm"].post(
+        "/api/v1/baskets/", {"orders": [order_data(quantity="-1")]}, format="json"
+    )
+    # then
+    assert r.status_code == 400
+    assert gc.isenabled()
+    assert Order.objects.count() == 0
