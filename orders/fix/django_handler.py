@@ -59,6 +59,7 @@ from django.db import (
     connection,
     transaction,
 )
+from django.db.backends.signals import connection_created
 from django.db.models import F
 from django.utils import timezone
 
@@ -146,6 +147,33 @@ def _insert_message(
     return model_from_row(FixMessage, row)
 
 
+_gateway_thread = threading.local()
+
+
+def _prepare_statements() -> None:
+    """Let this gateway thread's database connection prepare the statements it repeats.
+
+    Each gateway thread (QuickFIX's database threads, appliers, dispatchers) keeps one
+    connection for the life of the process and runs a handful of constant statements on it
+    thousands of times: after `DB_PREPARE_THRESHOLD` runs psycopg prepares one, and PostgreSQL
+    no longer parses and plans it (the applier's locking reads cost 3-4 times as long to plan
+    as to run). Django turns preparing off by default (for PgBouncer in transaction mode);
+    `DB_PREPARE_THRESHOLD=off` keeps it off here too. A connection opened later on this
+    thread (after a database failure) is set up the same way (`_on_connection_created`).
+    """
+    _gateway_thread.prepare = True
+    if connection.connection is not None:
+        connection.connection.prepare_threshold = settings.DB_PREPARE_THRESHOLD
+
+
+def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
+    if getattr(_gateway_thread, "prepare", False):
+        connection.connection.prepare_threshold = settings.DB_PREPARE_THRESHOLD
+
+
+connection_created.connect(_on_connection_created, dispatch_uid="orders.fix.prepare_statements")
+
+
 def _drop_broken_connection() -> None:
     try:
         connection.close()
@@ -163,7 +191,9 @@ class _DbThread:
     """
 
     def __init__(self, name: str) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=name, initializer=_prepare_statements
+        )
 
     def run(self, fn: Any, *args: Any) -> Any:
         """Run fn(*args) on the thread; re-raise its exception here."""
@@ -214,6 +244,7 @@ class _Applier:
         self.thread.start()
 
     def _run(self) -> None:
+        _prepare_statements()
         try:
             stopping = False
             while not stopping:
@@ -825,6 +856,7 @@ class OutboxDispatcher:
         return listen_connection()
 
     def _run(self) -> None:
+        _prepare_statements()
         listener = None
         try:
             while not self.stop_event.is_set():
@@ -1164,6 +1196,7 @@ class GatewayRunner:
                 listener.close()
 
     def _status_loop(self) -> None:
+        _prepare_statements()
         try:
             while not self._stop.is_set():
                 try:
