@@ -38,7 +38,13 @@ from django.utils import timezone
 from allocations.models import Account, BlockAllocationPolicy, CashBalance, Position
 from oms_site.audit import AuditEntry, audit_record_many, json_safe
 from oms_site.realtime import groups_for_account, publish_many_on_commit
-from oms_site.rows import fast_datetimes, model_from_row, raw_cursor, rows_update
+from oms_site.rows import (
+    fast_datetimes,
+    model_from_row,
+    raw_cursor,
+    rows_update,
+    rows_update_statement,
+)
 from orders.enums import (
     TERMINAL_STATUSES,
     BlockStatus,
@@ -164,6 +170,22 @@ class _Context:
     def save_orders(self) -> None:
         if self.changed and self.order_fields:
             rows_update(Order, list(self.changed.values()), sorted(self.order_fields))
+
+    def save_placement_and_orders(self) -> None:
+        """Write the placement and the changed orders: one statement when both change."""
+        if not (self.changed and self.order_fields):
+            _placement_save(self.placement)
+            return
+        placement = self.placement
+        placement.updated_at = timezone.now()
+        sql, params = rows_update_statement(
+            Order, list(self.changed.values()), sorted(self.order_fields)
+        )
+        with raw_cursor() as cursor:
+            cursor.execute(
+                f"WITH placement AS ({_PLACEMENT_SAVE_SQL}) {sql}",
+                [*(getattr(placement, name) for name in _PLACEMENT_FIELDS), placement.pk, *params],
+            )
 
 
 def _select(model: Any, alias: str) -> tuple[str, list[str]]:
@@ -745,7 +767,6 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
         )
     if not fill:  # a fill's placement was written with its allocation (_apply_fill)
         placement.version += 1
-        _placement_save(placement)
     ctx.entries.append(
         AuditEntry(
             action="placement.execution_report",
@@ -760,7 +781,10 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
             meta=meta,
         )
     )
-    ctx.save_orders()
+    if fill:
+        ctx.save_orders()
+    else:
+        ctx.save_placement_and_orders()
     if fill:
         data = {
             "id": execution.pk,

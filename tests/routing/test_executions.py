@@ -475,3 +475,58 @@ def test_the_placement_is_locked_before_the_order(trader, brokers, make_order):
     # and once the order is free the report is applied
     order.refresh_from_db()
     assert order.status == "working"
+
+
+def _writes_rows(statement: str) -> bool:
+    return statement.startswith(("UPDATE", "WITH placement AS (UPDATE"))
+
+
+def test_an_acknowledgement_writes_its_placement_and_orders_in_one_statement(
+    trader, brokers, make_order, monkeypatch
+):
+    # given a routed block of two orders (pending new)
+    orders = [make_order(quantity=Decimal(q)) for q in (60, 40)]
+    block = Block.objects.create(
+        instrument=orders[0].instrument,
+        side="buy",
+        order_type="market",
+        quantity=Decimal(100),
+        created_by=trader,
+    )
+    Order.objects.filter(pk__in=[o.pk for o in orders]).update(block=block)
+    p = block_route(user=trader, block_id=block.pk, broker_code="BRKA")
+    p.refresh_from_db()
+    before = [(o.pk, Order.objects.get(pk=o.pk).version) for o in orders]
+    sent = _statements(monkeypatch)
+    # when the broker acknowledges it
+    apply(report(p.cl_ord_id, "0", "0"))
+    # then one statement wrote the placement and both orders
+    updates = [str(s) for s in sent if _writes_rows(str(s))]
+    assert len(updates) == 1
+    assert updates[0].startswith('WITH placement AS (UPDATE "orders_placement"')
+    assert 'UPDATE "orders_order"' in updates[0]
+    stored = Placement.objects.get(pk=p.pk)
+    assert (stored.status, stored.version, stored.broker_order_id) == (
+        "working",
+        p.version + 1,
+        "BRK-ORD-1",
+    )
+    assert [
+        (o.pk, o.status, o.version) for o in Order.objects.filter(block=block).order_by("pk")
+    ] == [(pk, "working", version + 1) for pk, version in before]
+
+
+def test_a_report_that_moves_no_order_writes_the_placement_alone(routed, monkeypatch):
+    order, placement = routed
+    apply(report(placement.cl_ord_id, "0", "0"))
+    placement.refresh_from_db()
+    order.refresh_from_db()
+    sent = _statements(monkeypatch)
+    # when a restatement arrives (recorded; no order changes state)
+    apply(report(placement.cl_ord_id, "D", "0", text="restated"))
+    # then only the placement is written, and the order is untouched
+    updates = [str(s) for s in sent if _writes_rows(str(s))]
+    assert [u.split(" SET ")[0] for u in updates] == ['UPDATE "orders_placement"']
+    stored = Placement.objects.get(pk=placement.pk)
+    assert (stored.status, stored.version) == ("working", placement.version + 1)
+    assert Order.objects.get(pk=order.pk).version == order.version
