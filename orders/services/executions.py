@@ -466,7 +466,9 @@ def executions_apply(
     Every row the batch can touch is locked first, each kind in a fixed order (placements,
     blocks, orders by pk; positions by (account, instrument); cash by (account, currency)),
     the order `execution_apply` follows for one report, so two appliers cannot deadlock; the
-    audit events of the whole batch are written at the end, in report order.
+    audit events of the whole batch are written at the end, in report order. Reports that
+    all name the same ClOrdIDs (one placement) skip that: the first takes the locks one
+    report takes, in the same order, and the rest find them held.
 
     All or nothing: any exception rolls the whole batch back. The caller then applies the same
     reports one by one with `execution_apply`, which confines the failure to its report: a
@@ -477,7 +479,10 @@ def executions_apply(
     if not reports:
         return []
     with transaction.atomic(durable=True):
-        _lock_batch([report for report, _ in reports])
+        # Reports naming one placement alone (an acknowledgement and its fill) take their
+        # locks as the first of them would alone: in the fixed order, the same rows each time.
+        if len({(r.cl_ord_id, r.orig_cl_ord_id) for r, _ in reports}) > 1:
+            _lock_batch([report for report, _ in reports])
         entries: list[AuditEntry] = []
         contexts = _Contexts()
         results = [
