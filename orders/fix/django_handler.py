@@ -252,11 +252,18 @@ class _Applier:
                 # the busier the gateway, the bigger (and cheaper per report) the batches.
                 items: list[_Inbound] = []
                 taken = 0
+                lingered = False
                 while not stopping and len(items) < self.handler.batch_size:
                     try:
                         item = self.queue.get() if taken == 0 else self.queue.get_nowait()
                     except queue.Empty:
-                        break
+                        # A message of these sessions being stored right now (a fill right
+                        # behind its acknowledgement) joins this transaction instead of
+                        # waiting for it to commit: wait for that store, once, briefly.
+                        if lingered or not self.handler.wait_stored(items):
+                            break
+                        lingered = True
+                        continue
                     taken += 1
                     if item is None:
                         stopping = True
@@ -296,6 +303,7 @@ class DjangoGatewayHandler:
         queue_size: int = 16,
         retry_delay: float = 0.2,
         batch_size: int = 16,
+        linger: float = 0.005,
     ) -> None:
         self.state_changed = threading.Event()
         self.fill_latencies: collections.deque[float] = collections.deque(maxlen=latency_samples)
@@ -327,6 +335,11 @@ class DjangoGatewayHandler:
         self._expected: dict[str, dict[str, int]] = {}
         self._numbered: dict[str, dict[str, tuple[int, str]]] = {}
         self._outbound_lock = threading.Lock()
+        # Session key -> application messages being stored on QuickFIX's thread now, so an
+        # applier about to commit can take a report that is moments from its queue.
+        self._storing: dict[str, int] = {}
+        self._storing_changed = threading.Condition()
+        self.linger = linger
 
     @property
     def recovery_window(self) -> int:
@@ -427,12 +440,39 @@ class DjangoGatewayHandler:
     def on_inbound(self, session_key: str, raw: str, parsed: ParsedMessage) -> None:
         received = time.perf_counter()
         admin = parsed.header.msg_type in ADMIN_MSG_TYPES
-        item = self._thread(self._inbound, session_key, "fix-in-db").run(
-            self._store_inbound, session_key, raw, parsed, admin, received
-        )
-        if item is not None:
-            # Queued after the raw row is committed: from here a crash loses nothing (recover).
-            self._applier_list()[item[0]].queue.put(item[1])
+        if admin:
+            self._thread(self._inbound, session_key, "fix-in-db").run(
+                self._store_inbound, session_key, raw, parsed, admin, received
+            )
+            return
+        with self._storing_changed:
+            self._storing[session_key] = self._storing.get(session_key, 0) + 1
+        try:
+            item = self._thread(self._inbound, session_key, "fix-in-db").run(
+                self._store_inbound, session_key, raw, parsed, admin, received
+            )
+            if item is not None:
+                # Queued after the raw row is committed: from here a crash loses nothing
+                # (recover).
+                self._applier_list()[item[0]].queue.put(item[1])
+        finally:
+            with self._storing_changed:
+                self._storing[session_key] -= 1
+                self._storing_changed.notify_all()
+
+    def wait_stored(self, items: list[_Inbound]) -> bool:
+        """Wait (at most `linger` seconds) while an application message of the sessions of
+        `items` is being stored; True if one was (it may be queued now)."""
+        if not items or self.linger <= 0:
+            return False
+        sessions = {item.session_key for item in items}
+        with self._storing_changed:
+            if not any(self._storing.get(key) for key in sessions):
+                return False
+            self._storing_changed.wait_for(
+                lambda: not any(self._storing.get(key) for key in sessions), self.linger
+            )
+        return True
 
     def _record_outbound(self, session_key: str, raw: str) -> None:
         try:
