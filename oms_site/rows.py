@@ -87,6 +87,15 @@ def rows_update(model: Any, objs: Sequence[Any], fields: Sequence[str]) -> None:
     """
     if not objs:
         return
+    sql, params = rows_update_statement(model, objs, fields)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def rows_update_statement(
+    model: Any, objs: Sequence[Any], fields: Sequence[str]
+) -> tuple[str, list[list[Any]]]:
+    """`rows_update`'s statement and parameters, for a caller that sends it with another."""
     key = (model._meta.label, tuple(fields))
     plan = _UPDATE_PLANS.get(key)
     if plan is None:
@@ -108,5 +117,4 @@ def rows_update(model: Any, objs: Sequence[Any], fields: Sequence[str]) -> None:
     sql, attnames = plan
     params: list[list[Any]] = [[o.pk for o in objs]]
     params.extend([getattr(o, name) for o in objs] for name in attnames)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    return sql, params

@@ -103,6 +103,10 @@ DATABASES["default"]["TEST"] = {"NAME": os.environ.get("TEST_DATABASE_NAME") or 
 # (needs psycopg-pool). Under ASGI every request runs in its own thread, so without a pool each
 # request opens a connection and concurrent bursts exhaust max_connections.
 DB_POOL_MAX_SIZE = int(os.environ.get("DB_POOL_MAX_SIZE", "0"))
+# psycopg prepares a statement a connection has run this many times (None: never). Used by the
+# pooled connections below and by the FIX gateway's long-lived per-thread connections.
+_prepare = os.environ.get("DB_PREPARE_THRESHOLD", "5").strip().lower()
+DB_PREPARE_THRESHOLD: int | None = None if _prepare == "off" else int(_prepare)
 if DB_POOL_MAX_SIZE > 0:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool, not Django, keeps connections
     DATABASES["default"]["OPTIONS"]["pool"] = {
@@ -114,10 +118,7 @@ if DB_POOL_MAX_SIZE > 0:
     # DB_PREPARE_THRESHOLD times on it: PostgreSQL then skips parsing and planning the hot
     # path's fixed statements. Django turns this off by default for external poolers
     # (PgBouncer in transaction mode), which this in-process pool is not; "off" disables it.
-    _prepare = os.environ.get("DB_PREPARE_THRESHOLD", "5").strip().lower()
-    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = (
-        None if _prepare == "off" else int(_prepare)
-    )
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = DB_PREPARE_THRESHOLD
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

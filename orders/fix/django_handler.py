@@ -59,6 +59,7 @@ from django.db import (
     connection,
     transaction,
 )
+from django.db.backends.signals import connection_created
 from django.db.models import F
 from django.utils import timezone
 
@@ -146,6 +147,33 @@ def _insert_message(
     return model_from_row(FixMessage, row)
 
 
+_gateway_thread = threading.local()
+
+
+def _prepare_statements() -> None:
+    """Let this gateway thread's database connection prepare the statements it repeats.
+
+    Each gateway thread (QuickFIX's database threads, appliers, dispatchers) keeps one
+    connection for the life of the process and runs a handful of constant statements on it
+    thousands of times: after `DB_PREPARE_THRESHOLD` runs psycopg prepares one, and PostgreSQL
+    no longer parses and plans it (the applier's locking reads cost 3-4 times as long to plan
+    as to run). Django turns preparing off by default (for PgBouncer in transaction mode);
+    `DB_PREPARE_THRESHOLD=off` keeps it off here too. A connection opened later on this
+    thread (after a database failure) is set up the same way (`_on_connection_created`).
+    """
+    _gateway_thread.prepare = True
+    if connection.connection is not None:
+        connection.connection.prepare_threshold = settings.DB_PREPARE_THRESHOLD
+
+
+def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
+    if getattr(_gateway_thread, "prepare", False):
+        connection.connection.prepare_threshold = settings.DB_PREPARE_THRESHOLD
+
+
+connection_created.connect(_on_connection_created, dispatch_uid="orders.fix.prepare_statements")
+
+
 def _drop_broken_connection() -> None:
     try:
         connection.close()
@@ -163,7 +191,9 @@ class _DbThread:
     """
 
     def __init__(self, name: str) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=name, initializer=_prepare_statements
+        )
 
     def run(self, fn: Any, *args: Any) -> Any:
         """Run fn(*args) on the thread; re-raise its exception here."""
@@ -214,6 +244,7 @@ class _Applier:
         self.thread.start()
 
     def _run(self) -> None:
+        _prepare_statements()
         try:
             stopping = False
             while not stopping:
@@ -221,11 +252,18 @@ class _Applier:
                 # the busier the gateway, the bigger (and cheaper per report) the batches.
                 items: list[_Inbound] = []
                 taken = 0
+                lingered = False
                 while not stopping and len(items) < self.handler.batch_size:
                     try:
                         item = self.queue.get() if taken == 0 else self.queue.get_nowait()
                     except queue.Empty:
-                        break
+                        # A message of these sessions being stored right now (a fill right
+                        # behind its acknowledgement) joins this transaction instead of
+                        # waiting for it to commit: wait for that store, once, briefly.
+                        if lingered or not self.handler.wait_stored(items):
+                            break
+                        lingered = True
+                        continue
                     taken += 1
                     if item is None:
                         stopping = True
@@ -265,6 +303,7 @@ class DjangoGatewayHandler:
         queue_size: int = 16,
         retry_delay: float = 0.2,
         batch_size: int = 16,
+        linger: float = 0.005,
     ) -> None:
         self.state_changed = threading.Event()
         self.fill_latencies: collections.deque[float] = collections.deque(maxlen=latency_samples)
@@ -296,6 +335,11 @@ class DjangoGatewayHandler:
         self._expected: dict[str, dict[str, int]] = {}
         self._numbered: dict[str, dict[str, tuple[int, str]]] = {}
         self._outbound_lock = threading.Lock()
+        # Session key -> application messages being stored on QuickFIX's thread now, so an
+        # applier about to commit can take a report that is moments from its queue.
+        self._storing: dict[str, int] = {}
+        self._storing_changed = threading.Condition()
+        self.linger = linger
 
     @property
     def recovery_window(self) -> int:
@@ -396,12 +440,39 @@ class DjangoGatewayHandler:
     def on_inbound(self, session_key: str, raw: str, parsed: ParsedMessage) -> None:
         received = time.perf_counter()
         admin = parsed.header.msg_type in ADMIN_MSG_TYPES
-        item = self._thread(self._inbound, session_key, "fix-in-db").run(
-            self._store_inbound, session_key, raw, parsed, admin, received
-        )
-        if item is not None:
-            # Queued after the raw row is committed: from here a crash loses nothing (recover).
-            self._applier_list()[item[0]].queue.put(item[1])
+        if admin:
+            self._thread(self._inbound, session_key, "fix-in-db").run(
+                self._store_inbound, session_key, raw, parsed, admin, received
+            )
+            return
+        with self._storing_changed:
+            self._storing[session_key] = self._storing.get(session_key, 0) + 1
+        try:
+            item = self._thread(self._inbound, session_key, "fix-in-db").run(
+                self._store_inbound, session_key, raw, parsed, admin, received
+            )
+            if item is not None:
+                # Queued after the raw row is committed: from here a crash loses nothing
+                # (recover).
+                self._applier_list()[item[0]].queue.put(item[1])
+        finally:
+            with self._storing_changed:
+                self._storing[session_key] -= 1
+                self._storing_changed.notify_all()
+
+    def wait_stored(self, items: list[_Inbound]) -> bool:
+        """Wait (at most `linger` seconds) while an application message of the sessions of
+        `items` is being stored; True if one was (it may be queued now)."""
+        if not items or self.linger <= 0:
+            return False
+        sessions = {item.session_key for item in items}
+        with self._storing_changed:
+            if not any(self._storing.get(key) for key in sessions):
+                return False
+            self._storing_changed.wait_for(
+                lambda: not any(self._storing.get(key) for key in sessions), self.linger
+            )
+        return True
 
     def _record_outbound(self, session_key: str, raw: str) -> None:
         try:
@@ -825,6 +896,7 @@ class OutboxDispatcher:
         return listen_connection()
 
     def _run(self) -> None:
+        _prepare_statements()
         listener = None
         try:
             while not self.stop_event.is_set():
@@ -1164,6 +1236,7 @@ class GatewayRunner:
                 listener.close()
 
     def _status_loop(self) -> None:
+        _prepare_statements()
         try:
             while not self._stop.is_set():
                 try:

@@ -38,7 +38,13 @@ from django.utils import timezone
 from allocations.models import Account, BlockAllocationPolicy, CashBalance, Position
 from oms_site.audit import AuditEntry, audit_record_many, json_safe
 from oms_site.realtime import groups_for_account, publish_many_on_commit
-from oms_site.rows import fast_datetimes, model_from_row, raw_cursor, rows_update
+from oms_site.rows import (
+    fast_datetimes,
+    model_from_row,
+    raw_cursor,
+    rows_update,
+    rows_update_statement,
+)
 from orders.enums import (
     TERMINAL_STATUSES,
     BlockStatus,
@@ -165,6 +171,22 @@ class _Context:
         if self.changed and self.order_fields:
             rows_update(Order, list(self.changed.values()), sorted(self.order_fields))
 
+    def save_placement_and_orders(self) -> None:
+        """Write the placement and the changed orders: one statement when both change."""
+        if not (self.changed and self.order_fields):
+            _placement_save(self.placement)
+            return
+        placement = self.placement
+        placement.updated_at = timezone.now()
+        sql, params = rows_update_statement(
+            Order, list(self.changed.values()), sorted(self.order_fields)
+        )
+        with raw_cursor() as cursor:
+            cursor.execute(
+                f"WITH placement AS ({_PLACEMENT_SAVE_SQL}) {sql}",
+                [*(getattr(placement, name) for name in _PLACEMENT_FIELDS), placement.pk, *params],
+            )
+
 
 def _select(model: Any, alias: str) -> tuple[str, list[str]]:
     """The select list of every concrete column of `model` under `alias`, and their attnames."""
@@ -185,42 +207,41 @@ class _LockSql:
         o_cols, self.order = _select(Order, "o")
         self.user_name = user_model.USERNAME_FIELD
         user_column = cast(Field, user_model._meta.get_field(self.user_name)).column
-        self.placement_sql = (
-            f"SELECT {p_cols}, {b_cols} FROM {Placement._meta.db_table} AS p "
-            f"JOIN {Broker._meta.db_table} AS br ON br.id = p.broker_id WHERE p.id = COALESCE("
-            f"(SELECT m.placement_id FROM {OutboxMessage._meta.db_table} AS m "
-            "WHERE m.cl_ord_id = ANY(%s) ORDER BY m.id LIMIT 1), "
-            f"(SELECT x.id FROM {Placement._meta.db_table} AS x "
-            "WHERE x.cl_ord_id = ANY(%s) ORDER BY x.id LIMIT 1)) FOR UPDATE OF p"
-        )
         self.block_sql = (
             f"SELECT {k_cols}, {i_cols}, pol.id FROM {Block._meta.db_table} AS k "
             f"JOIN {Instrument._meta.db_table} AS i ON i.id = k.instrument_id "
             f"LEFT JOIN {BlockAllocationPolicy._meta.db_table} AS pol ON pol.block_id = k.id "
             "WHERE k.id = %s FOR UPDATE OF k"
         )
-        orders_sql = (
-            f'SELECT {o_cols}, a.code, a.desk_id, a.short_selling_allowed, u."{user_column}"'
-            "{instrument_cols} "
+        # A block's orders share its instrument (loaded with the block), so their rows do not
+        # carry the instrument's columns.
+        self.block_orders_sql = (
+            f'SELECT {o_cols}, a.code, a.desk_id, a.short_selling_allowed, u."{user_column}" '
             f"FROM {Order._meta.db_table} AS o "
             f"JOIN {Account._meta.db_table} AS a ON a.id = o.account_id "
             f"LEFT JOIN {user_model._meta.db_table} AS u ON u.id = o.created_by_id "
-            "{instrument_join}WHERE o.{column} = %s ORDER BY o.id FOR UPDATE OF o"
+            "WHERE o.block_id = %s ORDER BY o.id FOR UPDATE OF o"
         )
-        # A block's orders share its instrument (loaded with the block), so only a lone
-        # order's row carries the instrument's columns.
-        self.block_orders_sql = (
-            orders_sql.replace("{instrument_cols}", "")
-            .replace("{instrument_join}", "")
-            .replace("{column}", "block_id")
-        )
-        self.order_sql = (
-            orders_sql.replace("{instrument_cols}", f", {i_cols}")
-            .replace(
-                "{instrument_join}",
-                f"JOIN {Instrument._meta.db_table} AS i ON i.id = o.instrument_id ",
-            )
-            .replace("{column}", "id")
+        # The placement and, when it is a lone order's, the order: one round trip. The order is
+        # locked by the second CTE, which reads the first (already locked) placement row, so
+        # the placement is always locked before the order, the order every writer follows. A
+        # block's placement comes with empty order columns (its block and orders are read
+        # next, in that order).
+        self.placement_order_sql = (
+            f"WITH p AS MATERIALIZED (SELECT * FROM {Placement._meta.db_table} AS p "
+            "WHERE p.id = COALESCE("
+            f"(SELECT m.placement_id FROM {OutboxMessage._meta.db_table} AS m "
+            "WHERE m.cl_ord_id = ANY(%s) ORDER BY m.id LIMIT 1), "
+            f"(SELECT x.id FROM {Placement._meta.db_table} AS x "
+            "WHERE x.cl_ord_id = ANY(%s) ORDER BY x.id LIMIT 1)) FOR UPDATE OF p), "
+            f"o AS MATERIALIZED (SELECT {o_cols}, a.code, a.desk_id, a.short_selling_allowed, "
+            f'u."{user_column}", {i_cols} FROM {Order._meta.db_table} AS o '
+            "JOIN p ON o.id = p.order_id "
+            f"JOIN {Account._meta.db_table} AS a ON a.id = o.account_id "
+            f"LEFT JOIN {user_model._meta.db_table} AS u ON u.id = o.created_by_id "
+            f"JOIN {Instrument._meta.db_table} AS i ON i.id = o.instrument_id FOR UPDATE OF o) "
+            f"SELECT {p_cols}, {b_cols}, o.* FROM p "
+            f"JOIN {Broker._meta.db_table} AS br ON br.id = p.broker_id LEFT JOIN o ON true"
         )
         # executions_apply's up-front locks: each kind in the order one report takes them.
         self.batch_placements_sql = (
@@ -276,15 +297,17 @@ def _lock(cl_ord_ids: list[str], entries: list[AuditEntry] | None = None) -> _Co
     q = _lock_sql_get()
     with connection.cursor() as cursor:
         fast_datetimes(cursor)
-        cursor.execute(q.placement_sql, [cl_ord_ids, cl_ord_ids])
+        cursor.execute(q.placement_order_sql, [cl_ord_ids, cl_ord_ids])
         row = cursor.fetchone()
         if row is None:
             return None
-        n = len(q.placement)
+        n, m = len(q.placement), len(q.placement) + len(q.broker)
         placement = model_from_row(Placement, dict(zip(q.placement, row[:n], strict=True)))
         placement._state.fields_cache["broker"] = model_from_row(
-            Broker, dict(zip(q.broker, row[n:], strict=True))
+            Broker, dict(zip(q.broker, row[n:m], strict=True))
         )
+        if row[m] is not None:  # a lone order's placement: the order came with it
+            return _Context(placement, None, _orders_from_rows(q, [row[m:]], None), entries)
         block = None
         if placement.block_id is not None:
             cursor.execute(q.block_sql, [placement.block_id])
@@ -297,13 +320,20 @@ def _lock(cl_ord_ids: list[str], entries: list[AuditEntry] | None = None) -> _Co
             if row[m] is None:  # no policy: pro-rata (what select_related would cache)
                 block._state.fields_cache["allocation_policy"] = None
             cursor.execute(q.block_orders_sql, [placement.block_id])
+            rows = cursor.fetchall()
         else:
-            cursor.execute(q.order_sql, [placement.order_id])
-        rows = cursor.fetchall()
+            rows = []  # no order (its row is gone): what the order's own read would find
+
+    shared = block._state.fields_cache["instrument"] if block is not None else None
+    return _Context(placement, block, _orders_from_rows(q, rows, shared), entries)
+
+
+def _orders_from_rows(q: _LockSql, rows: Sequence[Any], shared: Instrument | None) -> list[Order]:
+    """Orders (with the account, creator and instrument fields the fill reads) from the rows of
+    an orders locking read; `shared`: the block's instrument (the rows then carry none)."""
     n = len(q.order)
     user_model = get_user_model()
     users: dict[int, Any] = {}
-    shared = block._state.fields_cache["instrument"] if block is not None else None
     orders = []
     for row in rows:
         order = model_from_row(Order, dict(zip(q.order, row[:n], strict=True)))
@@ -333,7 +363,7 @@ def _lock(cl_ord_ids: list[str], entries: list[AuditEntry] | None = None) -> _Co
                 )
             cache["created_by"] = user
         orders.append(order)
-    return _Context(placement, block, orders, entries)
+    return orders
 
 
 _EXECUTION_COLUMNS = [f for f in Execution._meta.concrete_fields if not f.primary_key]
@@ -436,7 +466,9 @@ def executions_apply(
     Every row the batch can touch is locked first, each kind in a fixed order (placements,
     blocks, orders by pk; positions by (account, instrument); cash by (account, currency)),
     the order `execution_apply` follows for one report, so two appliers cannot deadlock; the
-    audit events of the whole batch are written at the end, in report order.
+    audit events of the whole batch are written at the end, in report order. Reports that
+    all name the same ClOrdIDs (one placement) skip that: the first takes the locks one
+    report takes, in the same order, and the rest find them held.
 
     All or nothing: any exception rolls the whole batch back. The caller then applies the same
     reports one by one with `execution_apply`, which confines the failure to its report: a
@@ -447,7 +479,10 @@ def executions_apply(
     if not reports:
         return []
     with transaction.atomic(durable=True):
-        _lock_batch([report for report, _ in reports])
+        # Reports naming one placement alone (an acknowledgement and its fill) take their
+        # locks as the first of them would alone: in the fixed order, the same rows each time.
+        if len({(r.cl_ord_id, r.orig_cl_ord_id) for r, _ in reports}) > 1:
+            _lock_batch([report for report, _ in reports])
         entries: list[AuditEntry] = []
         contexts = _Contexts()
         results = [
@@ -737,7 +772,6 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
         )
     if not fill:  # a fill's placement was written with its allocation (_apply_fill)
         placement.version += 1
-        _placement_save(placement)
     ctx.entries.append(
         AuditEntry(
             action="placement.execution_report",
@@ -752,7 +786,10 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
             meta=meta,
         )
     )
-    ctx.save_orders()
+    if fill:
+        ctx.save_orders()
+    else:
+        ctx.save_placement_and_orders()
     if fill:
         data = {
             "id": execution.pk,

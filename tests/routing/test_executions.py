@@ -381,3 +381,152 @@ def test_a_fill_writes_its_placement_with_the_allocation_statement(
         Decimal("101.2"),
         version + 1,
     )
+
+
+def test_a_lone_orders_report_locks_its_placement_and_order_in_one_statement(routed, monkeypatch):
+    order, placement = routed
+    sent = _statements(monkeypatch)
+    # when the broker acknowledges the order
+    apply(report(placement.cl_ord_id, "0", "0"))
+    # then one statement read and locked both rows (no separate read of the order)
+    locking = [str(s) for s in sent if "FOR UPDATE" in str(s)]
+    assert len(locking) == 1
+    assert "FOR UPDATE OF p)" in locking[0] and "FOR UPDATE OF o)" in locking[0]
+    # and the report was applied from what it read
+    order.refresh_from_db()
+    placement.refresh_from_db()
+    assert (order.status, order.version, placement.status) == ("working", 3, "working")
+    assert Execution.objects.get(exec_type="new").order_id == order.pk
+
+
+def test_a_block_placement_is_locked_then_its_block_then_its_orders(
+    trader, brokers, make_order, monkeypatch
+):
+    # given an acknowledged block of two orders
+    _, orders, p = _block_of(trader, make_order, [60, 40])
+    sent = _statements(monkeypatch)
+    # when it is filled
+    apply(report(p.cl_ord_id, "F", "2", cum="100", avg="100", last_qty="100", last_px="100"))
+    # then the placement's statement found no lone order, and the block and its orders followed
+    locking = [str(s) for s in sent if "FOR UPDATE" in str(s)]
+    assert [s.split(" FROM ", 2)[1].split()[0] for s in locking[:3]] == [
+        "orders_placement",
+        "orders_block",
+        "orders_order",
+    ]
+    assert [state(o)[:2] for o in orders] == [
+        ("filled", Decimal("60")),
+        ("filled", Decimal("40")),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_placement_is_locked_before_the_order(trader, brokers, make_order):
+    import threading
+
+    import psycopg
+    from django.db import connection
+
+    order = make_order(quantity=Decimal("100"))
+    placement = order_route(user=trader, order_id=order.pk, broker_code="BRKA")
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("prepare_threshold", None)
+    # given another transaction holding the order's row lock
+    holder = psycopg.connect(**params)
+    holder.execute("SELECT 1 FROM orders_order WHERE id = %s FOR UPDATE", [order.pk])
+    done = threading.Event()
+
+    def ack() -> None:
+        try:
+            apply(report(placement.cl_ord_id, "0", "0"))
+        finally:
+            connection.close()
+            done.set()
+
+    # when a report of the order is applied meanwhile
+    applier = threading.Thread(target=ack)
+    applier.start()
+    probe = psycopg.connect(**params, autocommit=True)
+    try:
+        deadline = 0
+        while deadline < 200:  # until the applier waits on a row lock
+            waiting = probe.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ).fetchone()
+            if waiting and waiting[0]:
+                break
+            deadline += 1
+            done.wait(0.05)
+        assert not done.is_set()
+        # then it holds the placement's lock while it waits for the order's
+        with pytest.raises(psycopg.errors.LockNotAvailable), probe.transaction():
+            probe.execute(
+                "SELECT 1 FROM orders_placement WHERE id = %s FOR UPDATE NOWAIT",
+                [placement.pk],
+            )
+    finally:
+        holder.rollback()
+        holder.close()
+        applier.join(timeout=30)
+        probe.close()
+    # and once the order is free the report is applied
+    order.refresh_from_db()
+    assert order.status == "working"
+
+
+def _writes_rows(statement: str) -> bool:
+    return statement.startswith(("UPDATE", "WITH placement AS (UPDATE"))
+
+
+def test_an_acknowledgement_writes_its_placement_and_orders_in_one_statement(
+    trader, brokers, make_order, monkeypatch
+):
+    # given a routed block of two orders (pending new)
+    orders = [make_order(quantity=Decimal(q)) for q in (60, 40)]
+    block = Block.objects.create(
+        instrument=orders[0].instrument,
+        side="buy",
+        order_type="market",
+        quantity=Decimal(100),
+        created_by=trader,
+    )
+    Order.objects.filter(pk__in=[o.pk for o in orders]).update(block=block)
+    p = block_route(user=trader, block_id=block.pk, broker_code="BRKA")
+    p.refresh_from_db()
+    before = [(o.pk, Order.objects.get(pk=o.pk).version) for o in orders]
+    sent = _statements(monkeypatch)
+    # when the broker acknowledges it
+    apply(report(p.cl_ord_id, "0", "0"))
+    # then one statement wrote the placement and both orders
+    updates = [str(s) for s in sent if _writes_rows(str(s))]
+    assert len(updates) == 1
+    assert updates[0].startswith('WITH placement AS (UPDATE "orders_placement"')
+    assert 'UPDATE "orders_order"' in updates[0]
+    stored = Placement.objects.get(pk=p.pk)
+    assert (stored.status, stored.version, stored.broker_order_id) == (
+        "working",
+        p.version + 1,
+        "BRK-ORD-1",
+    )
+    assert [
+        (o.pk, o.status, o.version) for o in Order.objects.filter(block=block).order_by("pk")
+    ] == [(pk, "working", version + 1) for pk, version in before]
+
+
+def test_a_report_that_moves_no_order_writes_the_placement_alone(routed, monkeypatch):
+    order, placement = routed
+    apply(report(placement.cl_ord_id, "0", "0"))
+    placement.refresh_from_db()
+    order.refresh_from_db()
+    sent = _statements(monkeypatch)
+    # when a restatement arrives (recorded; no order changes state)
+    apply(report(placement.cl_ord_id, "D", "0", text="restated"))
+    # then only the placement is written, and the order is untouched
+    updates = [str(s) for s in sent if _writes_rows(str(s))]
+    assert [u.split(" SET ")[0] for u in updates] == ['UPDATE "orders_placement"']
+    stored = Placement.objects.get(pk=placement.pk)
+    assert (stored.status, stored.version) == ("working", placement.version + 1)
+    assert Order.objects.get(pk=order.pk).version == order.version

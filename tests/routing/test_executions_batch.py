@@ -532,3 +532,36 @@ def test_two_appliers_batching_blocks_that_share_accounts_neither_deadlock_nor_l
         assert CashBalance.objects.get(account=account).pending == -net
         assert Position.objects.filter(account=account).count() == 2
     assert audit_verify() == []
+
+
+def test_a_batch_of_one_placements_reports_locks_as_one_report_does(world, monkeypatch):
+    import psycopg
+
+    # given two identical worlds, and an acknowledgement and two fills of one lone order
+    one, batch = world(), world()
+    plan = [("lone", "0", "0", 1, None, None), ("lone", "F", "1", 2, "40", "99")]
+    plan.append(("lone", "F", "2", 3, "60", "99.5"))
+    sent: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, *args, **kwargs):
+        sent.append(str(query))
+        return original(self, query, *args, **kwargs)
+
+    singles = [
+        _result(execution_apply(session_key=KEY, report=r, raw_message_id=None))
+        for r in one.reports(plan)
+    ]
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    # when the other world gets them as one batch
+    batched = [
+        _result(e)
+        for e in executions_apply(session_key=KEY, reports=[(r, None) for r in batch.reports(plan)])
+    ]
+    # then no up-front locking read ran (the first report's lock covers its placement and
+    # order), and the results and rows are those of one by one
+    assert not [s for s in sent if s.startswith("SELECT p.block_id, p.order_id")]
+    assert len([s for s in sent if "FOR UPDATE OF p)" in s]) == 1
+    assert batched == singles == [("E1", D(0), False), ("E2", D(40), False), ("E3", D(60), False)]
+    assert batch.snapshot() == one.snapshot()
+    assert audit_verify() == []

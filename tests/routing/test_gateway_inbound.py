@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
+import time
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 
 from oms_site.models import AuditEvent
 from orders.enums import OrderStatus
-from orders.fix.django_handler import DjangoGatewayHandler, record_message
+from orders.fix.django_handler import DjangoGatewayHandler, _DbThread, record_message
 from orders.fix.messages import encode_message, exec_report_fields, parse_message
 from orders.models import Execution, FixMessage, Order
 from orders.services.executions import execution_apply
@@ -245,3 +248,112 @@ def test_falling_back_one_by_one_never_books_a_report_twice(routed, monkeypatch)
     assert list(Execution.objects.order_by("pk").values_list("exec_id", flat=True)) == ["A1", "F1"]
     order.refresh_from_db()
     assert order.cum_qty == Decimal("40")
+
+
+def _prepared_on_thread(thread: _DbThread, runs: int) -> tuple[int | None, list[str]]:
+    """Run one constant statement `runs` times on the thread; its threshold and what is prepared."""
+
+    def work() -> tuple[int | None, list[str]]:
+        with connection.cursor() as cursor:
+            for _ in range(runs):
+                cursor.execute("SELECT count(*) FROM orders_fixmessage WHERE seq_num = %s", [7])
+            cursor.execute("SELECT statement FROM pg_prepared_statements")
+            return connection.connection.prepare_threshold, [r[0] for r in cursor.fetchall()]
+
+    return thread.run(work)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gateway_threads_prepare_the_statements_they_repeat(settings):
+    settings.DB_PREPARE_THRESHOLD = 3
+    thread = _DbThread("test-db")
+    try:
+        # when a gateway thread runs a statement more often than the threshold
+        threshold, prepared = _prepared_on_thread(thread, 4)
+        # then its connection prepared it
+        assert threshold == 3
+        assert prepared == ["SELECT count(*) FROM orders_fixmessage WHERE seq_num = $1"]
+        # and a connection the thread opens again (after a database failure) does the same
+        thread.run(lambda: connection.close())
+        threshold, prepared = _prepared_on_thread(thread, 4)
+        assert threshold == 3
+        assert prepared == ["SELECT count(*) FROM orders_fixmessage WHERE seq_num = $1"]
+    finally:
+        thread.close()
+    # while another thread's connection prepares nothing
+    with concurrent.futures.ThreadPoolExecutor(1) as other:
+
+        def elsewhere() -> tuple[int | None, list[str]]:
+            try:
+                with connection.cursor() as cursor:
+                    for _ in range(4):
+                        cursor.execute("SELECT count(*) FROM orders_fixmessage WHERE seq_num = 7")
+                    cursor.execute("SELECT statement FROM pg_prepared_statements")
+                    return connection.connection.prepare_threshold, [
+                        r[0] for r in cursor.fetchall()
+                    ]
+            finally:
+                connection.close()
+
+        assert other.submit(elsewhere).result() == (None, [])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gateway_threads_prepare_nothing_when_turned_off(settings):
+    settings.DB_PREPARE_THRESHOLD = None  # DB_PREPARE_THRESHOLD=off (PgBouncer, transaction mode)
+    thread = _DbThread("test-db")
+    try:
+        assert _prepared_on_thread(thread, 6) == (None, [])
+    finally:
+        thread.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_applier_waits_for_a_report_being_stored_and_applies_both_at_once(routed, batches):
+    order, placement = routed
+    cl = placement.cl_ord_id
+    handler = DjangoGatewayHandler(appliers=1, linger=5.0)
+    try:
+        # given a fill of the session being stored on QuickFIX's thread (not queued yet)
+        with handler._storing_changed:
+            handler._storing[KEY] = 1
+        # when its acknowledgement, stored before it, reaches the applier
+        ack = wire_report(cl, "0", "0", exec_id="A1")
+        handler.on_inbound(KEY, ack, parse_message(ack))
+        time.sleep(0.3)
+        # then nothing is applied while the fill is being stored
+        assert batches == []
+        assert Execution.objects.count() == 0
+        fill = wire_report(
+            cl, "F", "2", exec_id="F1", cum="100", avg="100", last_qty="100", last_px="100"
+        )
+        (item,) = _items(handler, [fill])
+        handler._applier_list()[0].queue.put(item)
+        with handler._storing_changed:
+            handler._storing[KEY] = 0
+            handler._storing_changed.notify_all()
+        assert handler.wait_idle(timeout=30)
+    finally:
+        handler.close_connections()
+    # and once it is queued both go in one transaction, in order
+    assert batches == [["A1", "F1"]]
+    order.refresh_from_db()
+    assert (order.status, order.cum_qty) == (OrderStatus.FILLED, Decimal("100"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_applier_does_not_wait_when_nothing_is_being_stored(routed, batches):
+    _, placement = routed
+    handler = DjangoGatewayHandler(appliers=1, linger=30.0)
+    try:
+        # when a lone acknowledgement arrives and nothing else is being stored
+        ack = wire_report(placement.cl_ord_id, "0", "0", exec_id="A1")
+        started = time.monotonic()
+        handler.on_inbound(KEY, ack, parse_message(ack))
+        assert handler.wait_idle(timeout=10)
+        # then it is applied at once (not after the 30 s a waiting applier could wait)
+        assert time.monotonic() - started < 10
+    finally:
+        handler.close_connections()
+    assert batches == [] and Execution.objects.get().exec_id == "A1"
+    assert handler._storing == {KEY: 0}
