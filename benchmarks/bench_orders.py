@@ -19,6 +19,9 @@ half the measured capacity instead.
 
     .venv/bin/python benchmarks/bench_orders.py            # full run (~1 min)
     .venv/bin/python benchmarks/bench_orders.py --quick    # shorter phases
+
+Environment: BENCH_ORDERS_PORT=N serves on port N instead of a free one (so benchmarks run side
+by side never meet); BENCH_ORDERS_DB names the database; BENCH_WORKERS, BENCH_DB_POOL as above.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ print("SEED" + json.dumps({"token": token.key, "accounts": accounts, "instrument
 
 
 def _free_port() -> int:
+    if os.environ.get("BENCH_ORDERS_PORT"):
+        return int(os.environ["BENCH_ORDERS_PORT"])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -360,6 +365,59 @@ async def _baskets(http: _Http, gen: _Orders, runs: int) -> dict[str, Any]:
     }
 
 
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of one process, 0 if it is gone or /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_pids(pid: int) -> list[int]:
+    """A process and its descendants (uvicorn's workers)."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                children = (task / "children").read_text().split()
+                todo.extend(int(c) for c in children)
+        except OSError:
+            continue
+    return pids
+
+
+def _cpu_snapshot(server_pid: int, admin_url: str, db_name: str) -> dict[str, dict[int, float]]:
+    """CPU seconds so far of the web processes and of PostgreSQL's backends of the bench db."""
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        backends = [
+            r[0]
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                [db_name],
+            )
+        ]
+    return {
+        "web": {p: _process_cpu(p) for p in _tree_pids(server_pid)},
+        "postgres": {p: _process_cpu(p) for p in backends},
+    }
+
+
+def _cpu_per_order(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]], orders: int
+) -> dict[str, float]:
+    """Milliseconds of CPU per created order in each kind of process over a phase."""
+    out = {}
+    for kind in ("web", "postgres"):
+        spent = sum(t - before[kind].get(p, 0.0) for p, t in after[kind].items())
+        out[f"{kind}_cpu_ms_per_order"] = round(spent * 1000 / max(orders, 1), 2)
+    return out
+
+
 def _progress(phase: str, figures: dict[str, Any]) -> None:
     print(f"[bench_orders] {phase}: {json.dumps(figures)}", file=sys.stderr, flush=True)
 
@@ -382,7 +440,13 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         # Enough pre-encoded orders for any rate this machine could reach (~2,500/s).
         requests = _bodies(gen, http, int(2500 * (closed_seconds + 2)))
         _run(http, _closed_loop(http, requests[:4000], 2.0))  # warm-up: connections, caches
+        cpu_before = _cpu_snapshot(server.pid, admin_url, db_name)
         throughput = _run(http, _closed_loop(http, requests[4000:], closed_seconds))
+        throughput.update(
+            _cpu_per_order(
+                cpu_before, _cpu_snapshot(server.pid, admin_url, db_name), throughput["created"]
+            )
+        )
         _progress("closed loop", throughput)
         baskets = _run(http, _baskets(http, gen, 3 if quick else 7))
         _progress("baskets", baskets)
