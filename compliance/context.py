@@ -518,12 +518,27 @@ def build_pretrade(
 # orders with the order's instrument, side and quantity; 'c' open orders per account and
 # direction in the instrument; 'i' open buy leaves of all accounts in the issuer; 'h' the
 # account's non-zero positions; 'f' the firm's long holding of the issuer.
+
+
+def _literal(values: Iterable[str]) -> str:
+    """A constant text array written into a statement (enum values: letters and underscores)."""
+    items = sorted(str(v) for v in values)
+    if not all(item.replace("_", "").isalnum() for item in items):
+        raise ValueError(f"not a plain enum value: {items}")
+    return "'{" + ",".join(items) + "}'::text[]"
+
+
+# The constant arrays are written into the statement: psycopg would otherwise dump the same
+# lists of strings on every call.
+_BUYS = _literal(engine.BUY_SIDES)
+_OPEN = _literal(OPEN_STATUSES)
+_AT_LIMIT = _literal(_LIMIT_TYPES)
 _ONE_SQL = (
     "WITH book AS (SELECT o.instrument_id, o.side, o.quantity, o.created_at, i.issuer_id,"
-    " i.sector, o.side = ANY(%(buy_sides)b::text[]) AS buy, o.quantity - o.cum_qty AS leaves,"
-    " (o.limit_price IS NOT NULL AND o.order_type = ANY(%(limit_types)b::text[])) AS at_limit,"
+    f" i.sector, o.side = ANY({_BUYS}) AS buy, o.quantity - o.cum_qty AS leaves,"
+    f" (o.limit_price IS NOT NULL AND o.order_type = ANY({_AT_LIMIT})) AS at_limit,"
     " o.limit_price FROM orders_order o JOIN orders_instrument i ON i.id = o.instrument_id"
-    " WHERE o.account_id = %(account)b::bigint AND o.status = ANY(%(statuses)b::text[])"
+    f" WHERE o.account_id = %(account)b::bigint AND o.status = ANY({_OPEN})"
     " AND o.quantity > o.cum_qty AND o.id <> %(exclude)b::bigint)"
     " SELECT 'v', NULL::boolean, v.version, NULL::numeric, NULL::numeric, NULL::numeric,"
     " NULL::numeric, NULL::numeric FROM oms_refdata_version v WHERE v.id = 1"
@@ -533,24 +548,26 @@ _ONE_SQL = (
     " AND b.instrument_id = %(instrument)b::bigint),"
     " SUM(b.leaves * b.limit_price) FILTER (WHERE b.at_limit AND b.issuer_id = %(issuer)b::bigint),"
     " SUM(b.leaves * b.limit_price) FILTER (WHERE b.at_limit AND b.sector = %(sector)b::text),"
-    " SUM(b.leaves) FILTER (WHERE b.instrument_id = %(instrument)b::bigint) FROM book b GROUP BY b.buy"
+    " SUM(b.leaves) FILTER (WHERE b.instrument_id = %(instrument)b::bigint)"
+    " FROM book b GROUP BY b.buy"
     " UNION ALL"
     " SELECT 'm', b.buy, b.instrument_id, SUM(b.leaves), NULL, NULL, NULL, NULL FROM book b"
     " WHERE NOT b.at_limit GROUP BY b.buy, b.instrument_id"
     " UNION ALL"
     " SELECT 'd', NULL, (EXTRACT(EPOCH FROM b.created_at) * 1000000)::bigint, NULL, NULL, NULL,"
-    " NULL, NULL FROM book b WHERE b.instrument_id = %(instrument)b::bigint AND b.side = %(side)b::text"
+    " NULL, NULL FROM book b WHERE b.instrument_id = %(instrument)b::bigint"
+    " AND b.side = %(side)b::text"
     " AND b.quantity = %(quantity)b::numeric"
     " UNION ALL"
-    " SELECT 'c', o.side = ANY(%(buy_sides)b::text[]), o.account_id, COUNT(*), NULL, NULL, NULL,"
+    f" SELECT 'c', o.side = ANY({_BUYS}), o.account_id, COUNT(*), NULL, NULL, NULL,"
     " NULL FROM orders_order o WHERE o.instrument_id = %(instrument)b::bigint"
-    " AND o.status = ANY(%(statuses)b::text[]) AND o.quantity > o.cum_qty"
+    f" AND o.status = ANY({_OPEN}) AND o.quantity > o.cum_qty"
     " AND o.id <> %(exclude)b::bigint GROUP BY 2, 3"
     " UNION ALL"
     " SELECT 'i', NULL, NULL, SUM(o.quantity - o.cum_qty), NULL, NULL, NULL, NULL"
     " FROM orders_order o WHERE o.instrument_id IN (SELECT i.id FROM orders_instrument i"
-    " WHERE i.issuer_id = %(issuer)b::bigint) AND o.side = ANY(%(buy_sides)b::text[])"
-    " AND o.status = ANY(%(statuses)b::text[]) AND o.quantity > o.cum_qty"
+    f" WHERE i.issuer_id = %(issuer)b::bigint) AND o.side = ANY({_BUYS})"
+    f" AND o.status = ANY({_OPEN}) AND o.quantity > o.cum_qty"
     " AND o.id <> %(exclude)b::bigint"
     " UNION ALL"
     " SELECT 'h', NULL, p.instrument_id, p.quantity, NULL, NULL, NULL, NULL"
@@ -560,7 +577,6 @@ _ONE_SQL = (
     " FROM allocations_position p JOIN orders_instrument i ON i.id = p.instrument_id"
     " WHERE i.issuer_id = %(issuer)b::bigint AND p.quantity > 0"
 )
-_LIMIT_TYPE_VALUES = sorted(str(t) for t in _LIMIT_TYPES)
 
 
 def _one_rows(order: Order, inst: engine.InstrumentInfo) -> list[tuple[Any, ...]]:
@@ -568,9 +584,6 @@ def _one_rows(order: Order, inst: engine.InstrumentInfo) -> list[tuple[Any, ...]
         cursor.execute(
             _ONE_SQL,
             {
-                "buy_sides": _BUY_SIDES,
-                "limit_types": _LIMIT_TYPE_VALUES,
-                "statuses": _OPEN_STATUSES,
                 "account": int(order.account_id),
                 "instrument": int(inst.id),
                 # No issuer or sector: nothing else shares the bucket (NULL matches no row).
