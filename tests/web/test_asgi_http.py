@@ -1,0 +1,131 @@
+"""HTTP through oms_site.asgi: each request on one reused thread (a lane), Django's steps intact."""
+
+from __future__ import annotations
+
+import json
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import HttpCommunicator
+from django.core.signals import request_finished, request_started
+from rest_framework.authtoken.models import Token
+
+from oms_site import asgi
+from orders.models import Order
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _post_order(token: str, quantity: str) -> dict[str, Any]:
+    body = json.dumps(
+        {
+            "account": "ACC-A",
+            "instrument": "ACME",
+            "side": "buy",
+            "quantity": quantity,
+            "order_type": "limit",
+            "limit_price": "100.00",
+        }
+    ).encode()
+    communicator = HttpCommunicator(
+        asgi.application,
+        "POST",
+        "/api/v1/orders/",
+        body=body,
+        headers=[
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"authorization", f"Token {token}".encode()),
+        ],
+    )
+    return async_to_sync(communicator.get_response)(timeout=30)  # type: ignore[no-any-return]
+
+
+def test_requests_reuse_one_thread_and_run_every_step_on_it(
+    pm: Any, account: Any, instrument: Any
+) -> None:
+    # given a PM's token and a record of the thread of each request's steps
+    token = Token.objects.create(user=pm).key
+    seen: list[tuple[str, str]] = []
+
+    def started(**kwargs: Any) -> None:
+        seen.append(("started", threading.current_thread().name))
+
+    def finished(**kwargs: Any) -> None:
+        seen.append(("finished", threading.current_thread().name))
+
+    _post_order(token, "1")  # the first request may start the lane
+    lanes_before = asgi.LANES.started
+
+    request_started.connect(started)
+    request_finished.connect(finished)
+    try:
+        # when three orders are entered one after another through the ASGI application
+        responses = [_post_order(token, q) for q in ("10", "20", "30")]
+    finally:
+        request_started.disconnect(started)
+        request_finished.disconnect(finished)
+    # then each is created and answered as by Django's own handler
+    assert [r["status"] for r in responses] == [201, 201, 201]
+    bodies = [json.loads(r["body"]) for r in responses]
+    assert [(b["quantity"], b["status"], b["version"]) for b in bodies] == [
+        ("10", "approved", 2),
+        ("20", "approved", 2),
+        ("30", "approved", 2),
+    ]
+    assert sorted(Order.objects.values_list("quantity", flat=True)) == [
+        Decimal("1"),
+        Decimal("10"),
+        Decimal("20"),
+        Decimal("30"),
+    ]
+    # and every request started and finished (its connection handed back) on one thread,
+    # the same thread for all three: no thread is started per request
+    assert [step for step, _ in seen] == ["started", "finished"] * 3
+    assert len({name for _, name in seen}) == 1
+    assert seen[0][1].startswith("oms-http")
+    assert asgi.LANES.started == lanes_before
+
+
+def test_an_error_answer_also_finishes_on_the_requests_thread(db: Any) -> None:
+    # given no credentials
+    seen: list[str] = []
+
+    def finished(**kwargs: Any) -> None:
+        seen.append(threading.current_thread().name)
+
+    request_finished.connect(finished)
+    try:
+        # when an order is posted with an unknown token
+        response = _post_order("not-a-token", "10")
+    finally:
+        request_finished.disconnect(finished)
+    # then the API's error answer comes back and the request finished once, on a lane
+    assert response["status"] == 401
+    assert json.loads(response["body"])["code"] == "authentication_failed"
+    assert len(seen) == 1
+    assert seen[0].startswith("oms-http")
+    assert Order.objects.count() == 0
+
+
+def test_lanes_are_reused_and_only_keep_idle_ones_survive() -> None:
+    # given a pool keeping at most one idle lane
+    lanes = asgi.Lanes(keep=1)
+    # when two requests run at once, then they get two lanes
+    first, second = lanes.take(), lanes.take()
+    assert first is not second
+    assert lanes.started == 2
+    # when both finish, then one lane is kept and the other is shut down
+    lanes.give(first)
+    lanes.give(second)
+    assert list(lanes.idle) == [first]
+    with pytest.raises(RuntimeError):
+        second.submit(int)
+    # and the next request takes the kept lane without starting a thread
+    assert lanes.take() is first
+    assert lanes.started == 2
+    first.shutdown()
