@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from asgiref.testing import ApplicationCommunicator
 from channels.testing import HttpCommunicator
 from django.core.signals import request_finished, request_started
+from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework.authtoken.models import Token
 
 from oms_site import asgi
@@ -129,3 +132,85 @@ def test_lanes_are_reused_and_only_keep_idle_ones_survive() -> None:
     assert lanes.take() is first
     assert lanes.started == 2
     first.shutdown()
+
+
+def _scope(path: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+
+
+async def _exchange(app: Any, scope: dict[str, Any], *, disconnect: bool) -> list[Any]:
+    """Send one request (then a disconnect if asked); every message the app sent back."""
+    communicator = ApplicationCommunicator(app, scope)
+    await communicator.send_input({"type": "http.request", "body": b""})
+    if disconnect:
+        await communicator.send_input({"type": "http.disconnect"})
+    await communicator.wait(timeout=30)
+    sent = []
+    while not communicator.output_queue.empty():
+        sent.append(await communicator.receive_output())
+    return sent
+
+
+def _finished_on(names: list[str]) -> Any:
+    def finished(**kwargs: Any) -> None:
+        names.append(threading.current_thread().name)
+
+    return finished
+
+
+def test_a_streaming_answer_is_sent_whole_and_finished_after_sending() -> None:
+    # given a handler whose view streams two chunks and records what it has sent
+    handler = asgi.SyncChainASGIHandler()
+    handler.get_response = lambda request: StreamingHttpResponse(  # type: ignore[method-assign]
+        iter([b"first,", b"second"]), content_type="text/csv"
+    )
+    names: list[str] = []
+    finished = _finished_on(names)
+    request_finished.connect(finished)
+    try:
+        # when it is requested
+        messages = async_to_sync(_exchange)(handler, _scope("/report.csv"), disconnect=False)
+    finally:
+        request_finished.disconnect(finished)
+    # then the whole body arrives and the request finishes once, on its lane
+    assert messages[0]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in messages[1:]) == b"first,second"
+    assert messages[-1].get("more_body", False) is False
+    assert len(names) == 1
+    assert names[0].startswith("oms-http")
+
+
+def test_a_client_that_leaves_early_still_gets_its_request_finished_once() -> None:
+    # given a view that takes a while, and a client that disconnects right after sending
+    handler = asgi.SyncChainASGIHandler()
+
+    def slow(request: Any) -> HttpResponse:
+        time.sleep(0.3)
+        return HttpResponse(b"late")
+
+    handler.get_response = slow  # type: ignore[method-assign]
+    names: list[str] = []
+    finished = _finished_on(names)
+    request_finished.connect(finished)
+    try:
+        # when the request is served
+        sent = async_to_sync(_exchange)(handler, _scope("/slow/"), disconnect=True)
+    finally:
+        request_finished.disconnect(finished)
+    # then nothing is sent to the departed client, and the request finished exactly once,
+    # on its lane, after the view was done
+    assert sent == []
+    assert len(names) == 1
+    assert names[0].startswith("oms-http")
