@@ -170,6 +170,8 @@ def _finished_on(names: list[str]) -> Any:
     return finished
 
 
+# Django warns that it consumes a synchronous iterator whole under ASGI (FileResponse does too).
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
 def test_a_streaming_answer_is_sent_whole_and_finished_after_sending() -> None:
     # given a handler whose view streams two chunks and records what it has sent
     handler = asgi.SyncChainASGIHandler()
