@@ -20,6 +20,9 @@ half the measured capacity instead.
     .venv/bin/python benchmarks/bench_orders.py            # full run (~1 min)
     .venv/bin/python benchmarks/bench_orders.py --quick    # shorter phases
     .venv/bin/python benchmarks/bench_orders.py --baskets 15   # baskets only, with CPU figures
+
+Environment: BENCH_ORDERS_PORT=N serves on port N instead of a free one (so benchmarks run side
+by side never meet); BENCH_ORDERS_DB names the database; BENCH_WORKERS, BENCH_DB_POOL as above.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ print("SEED" + json.dumps({"token": token.key, "accounts": accounts, "instrument
 
 
 def _free_port() -> int:
+    if os.environ.get("BENCH_ORDERS_PORT"):
+        return int(os.environ["BENCH_ORDERS_PORT"])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -361,59 +366,81 @@ async def _baskets(http: _Http, gen: _Orders, runs: int) -> dict[str, Any]:
     }
 
 
-def _cpu_ns(pids: list[int]) -> int:
-    """CPU time so far of these processes' live threads, in ns, from /proc schedstat.
-
-    Per thread: a process's own schedstat counts its main thread only, and Django runs each
-    request in a worker thread.
-    """
-    total = 0
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-            try:
-                total += int(task.read_text().split()[0])
-            except (OSError, ValueError):
-                continue
-    return total
-
-
-def _server_pids(server: subprocess.Popen[bytes]) -> list[int]:
-    """The uvicorn supervisor and its worker processes."""
-    children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of one process, 0 if it is gone or /proc is missing."""
     try:
-        return [server.pid, *(int(p) for p in children.read_text().split())]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return [server.pid]
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _backend_pids(admin_url: str, db_name: str) -> list[int]:
+def _tree_pids(pid: int) -> list[int]:
+    """A process and its descendants (uvicorn's workers)."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                children = (task / "children").read_text().split()
+                todo.extend(int(c) for c in children)
+        except OSError:
+            continue
+    return pids
+
+
+def _cpu_snapshot(server_pid: int, admin_url: str, db_name: str) -> dict[str, dict[int, float]]:
+    """CPU seconds so far of the web processes and of PostgreSQL's backends of the bench db."""
     import psycopg
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            [db_name],
-        ).fetchall()
-    return [pid for (pid,) in rows]
+        backends = [
+            r[0]
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                [db_name],
+            )
+        ]
+    return {
+        "web": {p: _process_cpu(p) for p in _tree_pids(server_pid)},
+        "postgres": {p: _process_cpu(p) for p in backends},
+    }
+
+
+def _cpu_per_order(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]], orders: int
+) -> dict[str, float]:
+    """Milliseconds of CPU per created order in each kind of process over a phase."""
+    spent = _cpu_spent_ms(before, after)
+    return {f"{kind}_cpu_ms_per_order": round(ms / max(orders, 1), 2) for kind, ms in spent.items()}
+
+
+def _cpu_spent_ms(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+) -> dict[str, float]:
+    """Milliseconds of CPU spent between two snapshots, per kind of process."""
+    return {
+        kind: sum(t - before[kind].get(p, 0.0) for p, t in after[kind].items()) * 1000
+        for kind in ("web", "postgres")
+    }
 
 
 def _baskets_only(
-    http: _Http, gen: _Orders, runs: int, server: subprocess.Popen[bytes], admin_url: str, db: str
+    http: _Http, gen: _Orders, runs: int, server_pid: int, admin_url: str, db_name: str
 ) -> dict[str, Any]:
     """Only baskets, one at a time: wall time, and CPU of the web workers and of PostgreSQL's
     backends per basket (load-independent, unlike the wall time on a shared machine)."""
     _run(http, _baskets(http, gen, 2))  # warm-up: connections, caches, the pool's backends
-    web, backends = _server_pids(server), _backend_pids(admin_url, db)
     web_cpu: list[float] = []
     pg_cpu: list[float] = []
     times: list[float] = []
     for _ in range(runs):
-        w, p = _cpu_ns(web), _cpu_ns(backends)
+        before = _cpu_snapshot(server_pid, admin_url, db_name)
         times.append(_run(http, _baskets(http, gen, 1))["median_ms"])
-        web_cpu.append((_cpu_ns(web) - w) / 1e6)
-        pg_cpu.append((_cpu_ns(backends) - p) / 1e6)
-        # Backends the pool opened meanwhile count from the next basket on.
-        backends = _backend_pids(admin_url, db)
+        spent = _cpu_spent_ms(before, _cpu_snapshot(server_pid, admin_url, db_name))
+        web_cpu.append(spent["web"])
+        pg_cpu.append(spent["postgres"])
     return {
         "size": BASKET_SIZE,
         "runs": runs,
@@ -453,7 +480,7 @@ def run(*, quick: bool = False, baskets_only: int = 0) -> dict[str, Any]:
         http = _Http("127.0.0.1", port, seed["token"])
         gen = _Orders(seed)
         if baskets_only:
-            only = _baskets_only(http, gen, baskets_only, server, admin_url, db_name)
+            only = _baskets_only(http, gen, baskets_only, server.pid, admin_url, db_name)
             return {
                 "basket_500_median_ms": only["median_ms"],
                 "targets": {"basket_500_ms": TARGETS["basket_500_ms"]},
@@ -466,7 +493,13 @@ def run(*, quick: bool = False, baskets_only: int = 0) -> dict[str, Any]:
         # Enough pre-encoded orders for any rate this machine could reach (~2,500/s).
         requests = _bodies(gen, http, int(2500 * (closed_seconds + 2)))
         _run(http, _closed_loop(http, requests[:4000], 2.0))  # warm-up: connections, caches
+        cpu_before = _cpu_snapshot(server.pid, admin_url, db_name)
         throughput = _run(http, _closed_loop(http, requests[4000:], closed_seconds))
+        throughput.update(
+            _cpu_per_order(
+                cpu_before, _cpu_snapshot(server.pid, admin_url, db_name), throughput["created"]
+            )
+        )
         _progress("closed loop", throughput)
         baskets = _run(http, _baskets(http, gen, 3 if quick else 7))
         _progress("baskets", baskets)

@@ -504,3 +504,227 @@ def build_pretrade(
         context=context,
         rules=load_rules(day=day, version=version),
     )
+
+
+# One order's check reads only a few sums of its account's open orders (buy notional; sells,
+# notional and creation times in its instrument; notional in its issuer and sector), all
+# accounts' open orders in its instrument (conflicts) and buys in its issuer (ownership).
+# PostgreSQL sums them here in the statement that also reads the refdata version (same
+# snapshot, after the cash lock), so the work no longer grows with the account's open orders.
+# Tags: 'v' the version; 'a' per direction (column 2: is_buy) the limit-priced notional in
+# total, in the instrument, issuer and sector, and the leaves in the instrument; 'm' leaves of
+# orders valued at the reference price, per direction and instrument (priced from the
+# refdata cache, as the full loader prices them); 'd' creation times of the account's open
+# orders with the order's instrument, side and quantity; 'c' open orders per account and
+# direction in the instrument; 'i' open buy leaves of all accounts in the issuer; 'h' the
+# account's non-zero positions; 'f' the firm's long holding of the issuer.
+
+
+def _literal(values: Iterable[str]) -> str:
+    """A constant text array written into a statement (enum values: letters and underscores)."""
+    items = sorted(str(v) for v in values)
+    if not all(item.replace("_", "").isalnum() for item in items):
+        raise ValueError(f"not a plain enum value: {items}")
+    return "'{" + ",".join(items) + "}'::text[]"
+
+
+# The constant arrays are written into the statement: psycopg would otherwise dump the same
+# lists of strings on every call.
+_BUYS = _literal(engine.BUY_SIDES)
+_OPEN = _literal(OPEN_STATUSES)
+_AT_LIMIT = _literal(_LIMIT_TYPES)
+_ONE_SQL = (
+    "WITH book AS (SELECT o.instrument_id, o.side, o.quantity, o.created_at, i.issuer_id,"
+    f" i.sector, o.side = ANY({_BUYS}) AS buy, o.quantity - o.cum_qty AS leaves,"
+    f" (o.limit_price IS NOT NULL AND o.order_type = ANY({_AT_LIMIT})) AS at_limit,"
+    # Each row's notional once (numeric products are the statement's main cost).
+    f" CASE WHEN o.limit_price IS NOT NULL AND o.order_type = ANY({_AT_LIMIT})"
+    " THEN (o.quantity - o.cum_qty) * o.limit_price END AS notional"
+    " FROM orders_order o JOIN orders_instrument i ON i.id = o.instrument_id"
+    f" WHERE o.account_id = %(account)b::bigint AND o.status = ANY({_OPEN})"
+    " AND o.quantity > o.cum_qty AND o.id <> %(exclude)b::bigint)"
+    " SELECT 'v', NULL::boolean, v.version, NULL::numeric, NULL::numeric, NULL::numeric,"
+    " NULL::numeric, NULL::numeric FROM oms_refdata_version v WHERE v.id = 1"
+    " UNION ALL"
+    " SELECT 'a', b.buy, NULL, SUM(b.notional),"
+    " SUM(b.notional) FILTER (WHERE b.instrument_id = %(instrument)b::bigint),"
+    " SUM(b.notional) FILTER (WHERE b.issuer_id = %(issuer)b::bigint),"
+    " SUM(b.notional) FILTER (WHERE b.sector = %(sector)b::text),"
+    " SUM(b.leaves) FILTER (WHERE b.instrument_id = %(instrument)b::bigint)"
+    " FROM book b GROUP BY b.buy"
+    " UNION ALL"
+    " SELECT 'm', b.buy, b.instrument_id, SUM(b.leaves), NULL, NULL, NULL, NULL FROM book b"
+    " WHERE NOT b.at_limit GROUP BY b.buy, b.instrument_id"
+    " UNION ALL"
+    " SELECT 'd', NULL, (EXTRACT(EPOCH FROM b.created_at) * 1000000)::bigint, NULL, NULL, NULL,"
+    " NULL, NULL FROM book b WHERE b.instrument_id = %(instrument)b::bigint"
+    " AND b.side = %(side)b::text"
+    " AND b.quantity = %(quantity)b::numeric"
+    " UNION ALL"
+    f" SELECT 'c', o.side = ANY({_BUYS}), o.account_id, COUNT(*), NULL, NULL, NULL,"
+    " NULL FROM orders_order o WHERE o.instrument_id = %(instrument)b::bigint"
+    f" AND o.status = ANY({_OPEN}) AND o.quantity > o.cum_qty"
+    " AND o.id <> %(exclude)b::bigint GROUP BY 2, 3"
+    " UNION ALL"
+    " SELECT 'i', NULL, NULL, SUM(o.quantity - o.cum_qty), NULL, NULL, NULL, NULL"
+    " FROM orders_order o WHERE o.instrument_id IN (SELECT i.id FROM orders_instrument i"
+    f" WHERE i.issuer_id = %(issuer)b::bigint) AND o.side = ANY({_BUYS})"
+    f" AND o.status = ANY({_OPEN}) AND o.quantity > o.cum_qty"
+    " AND o.id <> %(exclude)b::bigint"
+    " UNION ALL"
+    " SELECT 'h', NULL, p.instrument_id, p.quantity, NULL, NULL, NULL, NULL"
+    " FROM allocations_position p WHERE p.account_id = %(account)b::bigint AND p.quantity <> 0"
+    " UNION ALL"
+    " SELECT 'f', NULL, NULL, SUM(p.quantity), NULL, NULL, NULL, NULL"
+    " FROM allocations_position p JOIN orders_instrument i ON i.id = p.instrument_id"
+    " WHERE i.issuer_id = %(issuer)b::bigint AND p.quantity > 0"
+)
+
+
+def _one_rows(order: Order, inst: engine.InstrumentInfo) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _ONE_SQL,
+            {
+                "account": int(order.account_id),
+                "instrument": int(inst.id),
+                # No issuer or sector: nothing else shares the bucket (NULL matches no row).
+                "issuer": inst.issuer_id,
+                "sector": inst.sector or None,
+                "side": order.side,
+                "quantity": order.quantity,
+                "exclude": int(order.pk) if order.pk is not None else 0,
+            },
+        )
+        return cursor.fetchall()
+
+
+def _summary(
+    order: Order,
+    inst: engine.InstrumentInfo,
+    rows: list[tuple[Any, ...]],
+    instruments: dict[int, engine.InstrumentInfo],
+) -> engine.OpenOrderSummary:
+    """The engine's open-order sums for one order, from `_ONE_SQL`'s 'a', 'm', 'd', 'c', 'i'."""
+    acct = int(order.account_id)
+    keys = inst.buckets
+    buy_notional = ZERO
+    # [instrument, issuer, sector] notional per direction.
+    buckets = {True: [ZERO, ZERO, ZERO], False: [ZERO, ZERO, ZERO]}
+    sell_qty = ZERO
+    issuer_buy = None
+    side_accounts: dict[tuple[int, bool], dict[int, int]] = {}
+    times: list[datetime] = []
+    for tag, buy, number, a, b, c, d, e in rows:
+        if tag == "a":
+            per_dim = buckets[buy]
+            if a is not None:
+                if buy:
+                    buy_notional += a
+                per_dim[0] += b or ZERO
+                # An instrument without issuer or sector is its own bucket (engine._bucket_keys).
+                per_dim[1] += (c or ZERO) if inst.issuer_id is not None else (b or ZERO)
+                per_dim[2] += (d or ZERO) if inst.sector else (b or ZERO)
+            if not buy and e is not None:
+                sell_qty += e
+        elif tag == "m":
+            other = instruments[number]
+            notional = a * other.reference_price
+            if buy:
+                buy_notional += notional
+            per_dim = buckets[buy]
+            for dim in range(3):
+                if other.buckets[dim] == keys[dim]:
+                    per_dim[dim] += notional
+        elif tag == "d":
+            times.append(_EPOCH + timedelta(microseconds=number))
+        elif tag == "c":
+            side_accounts.setdefault((inst.id, buy), {})[number] = int(a)
+        elif tag == "i":
+            issuer_buy = a
+    # The 'a' rows count every sell's leaves in the instrument, limit-priced or not.
+    return engine.OpenOrderSummary(
+        buy_notional={acct: buy_notional} if buy_notional else {},
+        sell_qty={(acct, inst.id): sell_qty} if sell_qty else {},
+        bucket_notional={
+            (acct, dim, keys[dim], buy): value
+            for buy, per_dim in buckets.items()
+            for dim, value in enumerate(per_dim)
+            if value
+        },
+        issuer_buy_qty=(
+            {inst.issuer_id: issuer_buy}
+            if inst.issuer_id is not None and issuer_buy is not None
+            else {}
+        ),
+        side_accounts=side_accounts,
+        times=({(acct, inst.id, order.side, order.quantity): sorted(times)} if times else {}),
+    )
+
+
+def build_pretrade_one(*, order: Order, key: int = 0, as_of: datetime | None = None) -> LoadedCheck:
+    """Lock the account's cash row, then load what the rules read for this one order.
+
+    The same inputs to the engine as `build_pretrade` (the same results, see
+    tests/compliance/test_pretrade_one.py), in two statements whatever the account's book: the
+    cash lock, and `_ONE_SQL`, which also reads the refdata version. The instrument's issuer
+    and sector, needed to write that statement, come from the cache of the version this
+    process saw last; if the statement finds another version, it runs again with the
+    instrument of that version (one more statement, only right after a change).
+    """
+    as_of = as_of or firm_now()
+    day = as_of.date()
+    account_id = int(order.account_id)
+    cash = lock_cash(account_ids=[account_id])
+    version = refcache.last_version()
+    while True:
+        found = load_instruments([order.instrument_id], version=version)
+        inst = found.get(order.instrument_id)
+        if inst is None:
+            raise engine.ComplianceDataError(
+                f"Order instrument {order.instrument_id} is not in the database"
+            )
+        rows = _one_rows(order, inst)
+        seen = next(int(r[2]) for r in rows if r[0] == "v")
+        if seen == version:
+            break
+        version = seen
+    instruments = dict(found)
+    holdings: dict[tuple[int, int], Decimal] = {}
+    firm_issuer_holdings: dict[int, Decimal] = {}
+    for row in rows:
+        if row[0] == "h":
+            holdings[(account_id, row[2])] = row[3]
+        elif row[0] == "f" and row[3] is not None and inst.issuer_id is not None:
+            firm_issuer_holdings[inst.issuer_id] = row[3]
+    extra = ({i for (_, i) in holdings} | {r[2] for r in rows if r[0] == "m"}) - instruments.keys()
+    if extra:
+        instruments.update(load_instruments(extra, version=version))
+    accounts = load_accounts(
+        account_ids=[account_id],
+        cash=cash,
+        holdings=holdings,
+        instruments=instruments,
+        version=version,
+    )
+    issuer_ids = [inst.issuer_id] if inst.issuer_id is not None else []
+    context = engine.ComplianceContext(
+        instruments=instruments,
+        accounts=accounts,
+        as_of=as_of,
+        holdings=holdings,
+        open_summary=_summary(order, inst, rows, instruments),
+        restricted=load_restricted(
+            day=day,
+            instrument_ids=[inst.id],
+            issuer_ids=issuer_ids,
+            account_ids=[account_id],
+            version=version,
+        ),
+        firm_issuer_holdings=firm_issuer_holdings,
+    )
+    return LoadedCheck(
+        intents=[order_intent(order, key=key)],
+        context=context,
+        rules=load_rules(day=day, version=version),
+    )

@@ -45,6 +45,15 @@ Open orders of other accounts
     the results are the same. A tally of an account that does have an order in the call
     raises ``ValueError`` (its orders would be missing from that account's own checks).
 
+Open orders summed in advance
+    A caller checking few orders may hand over, instead of the open orders one by one, an
+    :class:`OpenOrderSummary`: the same sums the context would index (buy notional per
+    account, sell quantity per account and instrument, notional per account, concentration
+    bucket and direction, open buy quantity per issuer, open orders per instrument, side and
+    account, creation times per account, instrument, side and quantity), computed elsewhere
+    (e.g. by the database) for the keys the checked orders read. Keys it leaves out count as
+    no open orders. Open orders and tallies given as well are added on top of it.
+
 Rule types and parameters (``params`` values are decimal strings; unknown names are rejected)
     ``restricted_list`` (no params): fails if the instrument is flagged not tradable, or a
     restricted entry in effect names the instrument, or names its issuer (issuer look-through),
@@ -265,6 +274,25 @@ class OpenOrderTally:
             raise ValueError(f"Open order tally: unknown side {self.side!r}")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenOrderSummary:
+    """Open orders (those with positive leaves) already summed per key the rules read.
+
+    Keys as the context indexes them: ``bucket_notional`` by (account, dimension 0/1/2,
+    the instrument's bucket key from :attr:`InstrumentInfo.buckets`, is_buy);
+    ``side_accounts`` by (instrument, is_buy) to {account: count}; ``times`` by (account,
+    instrument, side, original quantity) to creation times. Notional is leaves x the price
+    the caller values an open order at.
+    """
+
+    buy_notional: Mapping[int, Decimal] = field(default_factory=dict)
+    sell_qty: Mapping[tuple[int, int], Decimal] = field(default_factory=dict)
+    bucket_notional: Mapping[tuple[int, int, Any, bool], Decimal] = field(default_factory=dict)
+    issuer_buy_qty: Mapping[int, Decimal] = field(default_factory=dict)
+    side_accounts: Mapping[tuple[int, bool], Mapping[int, int]] = field(default_factory=dict)
+    times: Mapping[tuple[int, int, str, Decimal], Sequence[datetime]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class RestrictedEntry:
     """One restricted-list line: exactly one of instrument or issuer; account None = firm-wide."""
@@ -371,6 +399,7 @@ class ComplianceContext:
     holdings: Mapping[tuple[int, int], Decimal] = field(default_factory=dict)
     open_orders: Sequence[OpenOrder] = ()
     open_tallies: Sequence[OpenOrderTally] = ()
+    open_summary: OpenOrderSummary | None = None
     restricted: Sequence[RestrictedEntry] = ()
     firm_issuer_holdings: Mapping[int, Decimal] = field(default_factory=dict)
 
@@ -398,6 +427,17 @@ class ComplianceContext:
         side_accounts: dict[tuple[int, bool], dict[int, int]] = {}
         side_count: dict[tuple[int, bool], int] = {}
         times: dict[tuple[int, int, str, Decimal], list[datetime]] = {}
+        summary = self.open_summary
+        if summary is not None:
+            buy_notional.update(summary.buy_notional)
+            sell_qty.update(summary.sell_qty)
+            bucket.update(summary.bucket_notional)
+            issuer_buy.update(summary.issuer_buy_qty)
+            for side_key, counts in summary.side_accounts.items():
+                side_accounts[side_key] = dict(counts)
+                side_count[side_key] = sum(counts.values())
+            for times_key, at in summary.times.items():
+                times[times_key] = list(at)
         missing: set[int] = set()
         instruments = self.instruments
         for oo in self.open_orders:

@@ -48,6 +48,14 @@ def refdata_version() -> int:
     return int(row[0])
 
 
+def last_version() -> int:
+    """The version this process cached under last (-1 before any): a guess, not a read.
+
+    For callers that read the version in a statement of their own and check the guess.
+    """
+    return _current.version
+
+
 def generation(version: int | None = None) -> dict[Hashable, Any]:
     """The cache of this version (read now if not given): a fresh, empty one when it changed."""
     global _current

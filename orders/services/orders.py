@@ -828,6 +828,12 @@ _INSERT_ORDERS_SQL = (
     " %b::text[], %b::numeric[], %b::numeric[], %b::text[], %b::date[], %b::text[], %b::text[],"
     " %b::text[]) AS v(a, i, s, q, t, lp, sp, tif, ed, c, st, co) RETURNING id"
 )
+# One order (the API's single entry): plain values, not one-element arrays, whose element
+# types psycopg would have to inspect on every call.
+_INSERT_ONE_SQL = (
+    f"INSERT INTO {Order._meta.db_table} ({', '.join(_INSERT_COLUMNS)}) VALUES"
+    f" ({', '.join(['%s'] * len(_INSERT_COLUMNS))}) RETURNING id"
+)
 _SET_OUTCOME_SQL = (
     f"UPDATE {Order._meta.db_table} SET status = %s, compliance_outcome = %s, version = 2,"
     " updated_at = %s WHERE id = ANY(%b::bigint[])"
@@ -857,6 +863,37 @@ def _insert_orders(
         return
     first = orders[0]
     n = len(orders)
+    if n == 1:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _INSERT_ONE_SQL,
+                [
+                    first.account_id,
+                    first.instrument_id,
+                    first.side,
+                    first.quantity,
+                    first.order_type,
+                    first.limit_price,
+                    first.stop_price,
+                    first.time_in_force,
+                    first.expire_date,
+                    OrderStatus.PENDING_COMPLIANCE.value if statuses is None else statuses[0],
+                    0,
+                    first.quantity,
+                    0,
+                    None if outcomes is None else outcomes[0],
+                    first.created_by_id,
+                    first.client_order_id,
+                    first.basket_id,
+                    None,
+                    1 if statuses is None else 2,
+                    first.created_at,
+                    first.updated_at,
+                ],
+            )
+            ids = cursor.fetchall()
+        _saved(orders, ids)
+        return
     with connection.cursor() as cursor:
         cursor.execute(
             _INSERT_ORDERS_SQL,
@@ -881,6 +918,11 @@ def _insert_orders(
             ],
         )
         ids = cursor.fetchall()
+    _saved(orders, ids)
+
+
+def _saved(orders: Sequence[Order], ids: Sequence[tuple[int]]) -> None:
+    """Give inserted orders their primary keys and mark them saved."""
     for order, (pk,) in zip(orders, ids, strict=True):
         order.pk = pk
         order._state.adding = False

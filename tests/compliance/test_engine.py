@@ -15,6 +15,7 @@ from compliance.engine import (
     ComplianceDataError,
     InstrumentInfo,
     OpenOrder,
+    OpenOrderSummary,
     OpenOrderTally,
     OrderIntent,
     RestrictedEntry,
@@ -1160,3 +1161,68 @@ def test_a_tally_of_an_unknown_instrument_is_a_data_error() -> None:
     )
     with pytest.raises(ComplianceDataError, match=r"\[99\]"):
         context(open_tallies=[tally])
+
+
+# --- open orders summed in advance ---------------------------------------------------------
+
+
+def test_a_summary_of_open_orders_gives_the_same_rows_as_the_orders_themselves() -> None:
+    # given account 1's open orders one by one (two buys in instrument 1, a sell in 1 and a
+    # buy in 2 of the same issuer and sector) and another account's sell in instrument 1
+    inst1, inst2 = instrument(1, issuer_id=9), instrument(2, issuer_id=9)
+    opens = (
+        open_order(account_id=1, leaves="10", price="100", quantity="10"),
+        open_order(account_id=1, leaves="20", price="50", quantity="30"),
+        open_order(account_id=1, side="sell", leaves="5", price="100", quantity="5"),
+        open_order(account_id=1, instrument_id=2, leaves="4", price="25", quantity="4"),
+        open_order(account_id=2, side="sell", leaves="7", price="100", quantity="7"),
+    )
+    rules = [
+        rule("buying_power", id=1),
+        rule("concentration", id=2, params={"dimension": "instrument", "max_pct": "1"}),
+        rule("concentration", id=3, params={"dimension": "issuer", "max_pct": "1"}),
+        rule("concentration", id=4, params={"dimension": "sector", "max_pct": "1"}),
+        rule("short_selling", id=5),
+        rule("ownership", id=6, params={"max_pct": "1"}),
+        rule("conflicting_orders", id=7),
+        rule("duplicate_orders", id=8, params={"window_seconds": "7200"}),
+    ]
+    orders = [order(side="buy", quantity="10"), order("o2", side="sell", quantity="5")]
+    full = context((inst1, inst2), open_orders=opens)
+    # when the same book is handed over as sums (plus the other account's order on top)
+    summary = OpenOrderSummary(
+        buy_notional={1: D("2100")},
+        sell_qty={(1, 1): D("5")},
+        bucket_notional={
+            (1, 0, 1, True): D("2000"),
+            (1, 1, 9, True): D("2100"),
+            (1, 2, "Tech", True): D("2100"),
+            (1, 0, 1, False): D("500"),
+            (1, 1, 9, False): D("500"),
+            (1, 2, "Tech", False): D("500"),
+        },
+        issuer_buy_qty={9: D("34")},
+        side_accounts={(1, True): {1: 2}, (1, False): {1: 1}, (2, True): {1: 1}},
+        times={
+            (1, 1, "buy", D("10")): [AS_OF - timedelta(hours=1)],
+            (1, 1, "sell", D("5")): [AS_OF - timedelta(hours=1)],
+        },
+    )
+    summed = context((inst1, inst2), open_summary=summary, open_orders=opens[4:])
+    # then every row is the same
+    expected = evaluate(orders, full, rules)
+    assert evaluate(orders, summed, rules) == expected
+    assert {r.rule_type: r.measured for r in expected["o1"]}["buying_power"] == D("3100")
+
+
+def test_keys_a_summary_leaves_out_count_as_no_open_orders() -> None:
+    # given an empty summary
+    ctx = context(open_summary=OpenOrderSummary())
+    # when an order is checked for buying power and conflicts, then nothing else is open
+    results = evaluate(
+        [order(quantity="10")], ctx, [rule("buying_power", id=1), rule("conflicting_orders", id=2)]
+    )
+    assert [(r.outcome, r.measured) for r in results["o1"]] == [
+        ("pass", D("1000")),
+        ("pass", D("0")),
+    ]

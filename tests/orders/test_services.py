@@ -21,6 +21,7 @@ from orders.services import orders as svc
 from orders.services.orders import (
     block_create,
     block_dissolve,
+    firm_today,
     order_amend,
     order_cancel,
     order_create,
@@ -694,3 +695,50 @@ def test_amend_of_an_order_in_an_open_block_is_refused(
     with pytest.raises(ConflictError) as exc:
         order_amend(user=trader, order_id=a.pk, version=3, quantity="5")
     assert exc.value.code == "in_block"
+
+
+def test_a_single_order_is_stored_as_a_basket_row_with_the_same_terms(book: Any, pm: Any) -> None:
+    # given terms that fill every optional column (stop-limit, gtd, client order id)
+    Rule.objects.create(
+        name="size", rule_type="fat_finger", severity="warn", params={"max_quantity": "50"}
+    )
+    expire = (firm_today() + dt.timedelta(days=3)).isoformat()
+    terms = order_data(
+        order_type="stop_limit",
+        stop_price="100.50",
+        limit_price="101.25",
+        time_in_force="gtd",
+        expire_date=expire,
+    )
+    # when one is entered alone (one-row insert) and one in a basket (array insert)
+    single = order_create(user=pm, data={**terms, "client_order_id": "one"})
+    (in_basket,), _ = orders_create_bulk(user=pm, rows=[{**terms, "client_order_id": "two"}])
+    # then both rows hold the same values, apart from identity, basket and times
+    skip = {"id", "client_order_id", "basket_id", "created_at", "updated_at"}
+
+    def row(pk: int) -> dict[str, Any]:
+        return {k: v for k, v in Order.objects.filter(pk=pk).values()[0].items() if k not in skip}
+
+    assert row(single.pk) == row(in_basket.pk)
+    assert row(single.pk) | {"client_order_id": "one"} == {
+        "account_id": book["account"].pk,
+        "instrument_id": book["instrument"].pk,
+        "side": "buy",
+        "quantity": Decimal("100"),
+        "order_type": "stop_limit",
+        "limit_price": Decimal("101.25"),
+        "stop_price": Decimal("100.5"),
+        "time_in_force": "gtd",
+        "expire_date": dt.date.fromisoformat(expire),
+        "status": OrderStatus.AWAITING_OVERRIDE,
+        "cum_qty": Decimal("0"),
+        "leaves_qty": Decimal("100"),
+        "avg_px": Decimal("0"),
+        "compliance_outcome": "warn",
+        "created_by_id": pm.pk,
+        "client_order_id": "one",
+        "block_id": None,
+        "version": 2,
+    }
+    assert Order.objects.get(pk=single.pk).client_order_id == "one"
+    assert Order.objects.get(pk=single.pk).basket_id is None

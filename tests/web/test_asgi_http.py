@@ -1,0 +1,218 @@
+"""HTTP through oms_site.asgi: each request on one reused thread (a lane), Django's steps intact."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from asgiref.testing import ApplicationCommunicator
+from channels.testing import HttpCommunicator
+from django.core.signals import request_finished, request_started
+from django.http import HttpResponse, StreamingHttpResponse
+from rest_framework.authtoken.models import Token
+
+from oms_site import asgi
+from orders.models import Order
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _post_order(token: str, quantity: str) -> dict[str, Any]:
+    body = json.dumps(
+        {
+            "account": "ACC-A",
+            "instrument": "ACME",
+            "side": "buy",
+            "quantity": quantity,
+            "order_type": "limit",
+            "limit_price": "100.00",
+        }
+    ).encode()
+    communicator = HttpCommunicator(
+        asgi.application,
+        "POST",
+        "/api/v1/orders/",
+        body=body,
+        headers=[
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"authorization", f"Token {token}".encode()),
+        ],
+    )
+    return async_to_sync(communicator.get_response)(timeout=30)  # type: ignore[no-any-return]
+
+
+def test_requests_reuse_one_thread_and_run_every_step_on_it(
+    pm: Any, account: Any, instrument: Any
+) -> None:
+    # given a PM's token and a record of the thread of each request's steps
+    token = Token.objects.create(user=pm).key
+    seen: list[tuple[str, str]] = []
+
+    def started(**kwargs: Any) -> None:
+        seen.append(("started", threading.current_thread().name))
+
+    def finished(**kwargs: Any) -> None:
+        seen.append(("finished", threading.current_thread().name))
+
+    _post_order(token, "1")  # the first request may start the lane
+    lanes_before = asgi.LANES.started
+
+    request_started.connect(started)
+    request_finished.connect(finished)
+    try:
+        # when three orders are entered one after another through the ASGI application
+        responses = [_post_order(token, q) for q in ("10", "20", "30")]
+    finally:
+        request_started.disconnect(started)
+        request_finished.disconnect(finished)
+    # then each is created and answered as by Django's own handler
+    assert [r["status"] for r in responses] == [201, 201, 201]
+    bodies = [json.loads(r["body"]) for r in responses]
+    assert [(b["quantity"], b["status"], b["version"]) for b in bodies] == [
+        ("10", "approved", 2),
+        ("20", "approved", 2),
+        ("30", "approved", 2),
+    ]
+    assert sorted(Order.objects.values_list("quantity", flat=True)) == [
+        Decimal("1"),
+        Decimal("10"),
+        Decimal("20"),
+        Decimal("30"),
+    ]
+    # and every request started and finished (its connection handed back) on one thread,
+    # the same thread for all three: no thread is started per request
+    assert [step for step, _ in seen] == ["started", "finished"] * 3
+    assert len({name for _, name in seen}) == 1
+    assert seen[0][1].startswith("oms-http")
+    assert asgi.LANES.started == lanes_before
+
+
+def test_an_error_answer_also_finishes_on_the_requests_thread(db: Any) -> None:
+    # given no credentials
+    seen: list[str] = []
+
+    def finished(**kwargs: Any) -> None:
+        seen.append(threading.current_thread().name)
+
+    request_finished.connect(finished)
+    try:
+        # when an order is posted with an unknown token
+        response = _post_order("not-a-token", "10")
+    finally:
+        request_finished.disconnect(finished)
+    # then the API's error answer comes back and the request finished once, on a lane
+    assert response["status"] == 401
+    assert json.loads(response["body"])["code"] == "authentication_failed"
+    assert len(seen) == 1
+    assert seen[0].startswith("oms-http")
+    assert Order.objects.count() == 0
+
+
+def test_lanes_are_reused_and_only_keep_idle_ones_survive() -> None:
+    # given a pool keeping at most one idle lane
+    lanes = asgi.Lanes(keep=1)
+    # when two requests run at once, then they get two lanes
+    first, second = lanes.take(), lanes.take()
+    assert first is not second
+    assert lanes.started == 2
+    # when both finish, then one lane is kept and the other is shut down
+    lanes.give(first)
+    lanes.give(second)
+    assert list(lanes.idle) == [first]
+    with pytest.raises(RuntimeError):
+        second.submit(int)
+    # and the next request takes the kept lane without starting a thread
+    assert lanes.take() is first
+    assert lanes.started == 2
+    first.shutdown()
+
+
+def _scope(path: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+
+
+async def _exchange(app: Any, scope: dict[str, Any], *, disconnect: bool) -> list[Any]:
+    """Send one request (then a disconnect if asked); every message the app sent back."""
+    communicator = ApplicationCommunicator(app, scope)
+    await communicator.send_input({"type": "http.request", "body": b""})
+    if disconnect:
+        await communicator.send_input({"type": "http.disconnect"})
+    await communicator.wait(timeout=30)
+    sent = []
+    while not communicator.output_queue.empty():
+        sent.append(await communicator.receive_output())
+    return sent
+
+
+def _finished_on(names: list[str]) -> Any:
+    def finished(**kwargs: Any) -> None:
+        names.append(threading.current_thread().name)
+
+    return finished
+
+
+# Django warns that it consumes a synchronous iterator whole under ASGI (FileResponse does too).
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
+def test_a_streaming_answer_is_sent_whole_and_finished_after_sending() -> None:
+    # given a handler whose view streams two chunks and records what it has sent
+    handler = asgi.SyncChainASGIHandler()
+    handler.get_response = lambda request: StreamingHttpResponse(  # type: ignore[method-assign]
+        iter([b"first,", b"second"]), content_type="text/csv"
+    )
+    names: list[str] = []
+    finished = _finished_on(names)
+    request_finished.connect(finished)
+    try:
+        # when it is requested
+        messages = async_to_sync(_exchange)(handler, _scope("/report.csv"), disconnect=False)
+    finally:
+        request_finished.disconnect(finished)
+    # then the whole body arrives and the request finishes once, on its lane
+    assert messages[0]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in messages[1:]) == b"first,second"
+    assert messages[-1].get("more_body", False) is False
+    assert len(names) == 1
+    assert names[0].startswith("oms-http")
+
+
+def test_a_client_that_leaves_early_still_gets_its_request_finished_once() -> None:
+    # given a view that takes a while, and a client that disconnects right after sending
+    handler = asgi.SyncChainASGIHandler()
+
+    def slow(request: Any) -> HttpResponse:
+        time.sleep(0.3)
+        return HttpResponse(b"late")
+
+    handler.get_response = slow  # type: ignore[method-assign]
+    names: list[str] = []
+    finished = _finished_on(names)
+    request_finished.connect(finished)
+    try:
+        # when the request is served
+        sent = async_to_sync(_exchange)(handler, _scope("/slow/"), disconnect=True)
+    finally:
+        request_finished.disconnect(finished)
+    # then nothing is sent to the departed client, and the request finished exactly once,
+    # on its lane, after the view was done
+    assert sent == []
+    assert len(names) == 1
+    assert names[0].startswith("oms-http")
