@@ -64,7 +64,8 @@ def statement_references_sql(
     checks = "".join(
         f"""    IF ids_{i} IS NOT NULL THEN
         SELECT count(*) INTO found FROM (
-            SELECT 1 FROM {r.parent_table} WHERE id = ANY(ids_{i}) FOR KEY SHARE
+            SELECT 1 FROM {r.parent_table} AS p JOIN unnest(ids_{i}) AS u(id) ON p.id = u.id
+            FOR KEY SHARE OF p
         ) AS locked;
         IF found <> cardinality(ids_{i}) THEN
             RAISE EXCEPTION '{child_noun} names {r.parent_noun} that does not exist'
@@ -79,8 +80,9 @@ CREATE OR REPLACE FUNCTION {prefix}_refs_check() RETURNS trigger AS $$
 DECLARE
 {declares}    found bigint;
 BEGIN
-    -- One pass over the new rows; the distinct ids then go through the parents' primary keys
-    -- (a join against the transition table would have no statistics and may scan a table).
+    -- One pass over the new rows; the distinct ids are then joined to their parents (by
+    -- primary key, or a hash of a small table): `id = ANY(ids)` with the array as a parameter
+    -- compares each row scanned with every id (1,000 accounts: 17 ms instead of 1.7).
     SELECT {aggregates}
         INTO {into}
         FROM new_rows;
@@ -114,8 +116,7 @@ BEGIN
         RETURN NULL;
     END IF;
     IF EXISTS (
-        SELECT 1 FROM {child_table}
-        WHERE {r.column} = ANY(ARRAY(SELECT id FROM old_rows))
+        SELECT 1 FROM {child_table} AS c JOIN old_rows AS o ON c.{r.column} = o.id
     ) THEN
         RAISE EXCEPTION '{r.parent_plural} still referenced by {child_plural}'
             USING ERRCODE = 'foreign_key_violation';
