@@ -5,9 +5,10 @@ parent (``SELECT 1 FROM parent WHERE id = $1 FOR KEY SHARE``): a statement that 
 rows naming six parents queues and runs 6,000 of them. The triggers written here keep the same
 guarantees with one set-based check per statement:
 
-- inserting or updating child rows: every (non-null) parent id they name must exist, and is
-  locked ``FOR KEY SHARE`` as a foreign-key check locks it, so a concurrent delete of that parent
-  waits for this transaction and then sees its rows;
+- inserting child rows: every (non-null) parent id they name must exist, and is locked ``FOR
+  KEY SHARE`` as a foreign-key check locks it, so a concurrent delete of that parent waits for
+  this transaction and then sees its rows; updating a child row's reference: the same, row by
+  row and only where the reference changes (as a foreign key checks an update);
 - deleting parents (or changing their ids) that child rows still reference is refused, and so is
   truncating a parent table while the child table still has rows (truncating both together is
   allowed, as with a foreign key).
@@ -75,6 +76,19 @@ def statement_references_sql(
 """
         for i, r in enumerate(references)
     )
+    row_checks = "".join(
+        f"""    IF NEW.{r.column} IS NOT NULL AND NEW.{r.column} IS DISTINCT FROM OLD.{r.column} THEN
+        PERFORM 1 FROM {r.parent_table} WHERE id = NEW.{r.column} FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION '{child_noun} names {r.parent_noun} that does not exist'
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END IF;
+"""
+        for r in references
+    )
+    columns = ", ".join(r.column for r in references)
+    changed = " OR ".join(f"OLD.{r.column} IS DISTINCT FROM NEW.{r.column}" for r in references)
     forward = f"""
 CREATE OR REPLACE FUNCTION {prefix}_refs_check() RETURNS trigger AS $$
 DECLARE
@@ -95,13 +109,23 @@ CREATE TRIGGER {prefix}_refs_insert
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION {prefix}_refs_check();
 
+-- An update is checked only where it changes a reference, row by row, as a foreign key is:
+-- an update of other columns (settling cash, say) must not lock the parents, which could
+-- deadlock with a writer holding a parent FOR UPDATE and waiting for a row this one holds.
+CREATE OR REPLACE FUNCTION {prefix}_refs_check_row() RETURNS trigger AS $$
+BEGIN
+{row_checks}    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
 CREATE TRIGGER {prefix}_refs_update
-    AFTER UPDATE ON {child_table}
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION {prefix}_refs_check();
+    AFTER UPDATE OF {columns} ON {child_table}
+    FOR EACH ROW WHEN ({changed})
+    EXECUTE FUNCTION {prefix}_refs_check_row();
 """
     backward = [
         f"DROP TRIGGER IF EXISTS {prefix}_refs_update ON {child_table};",
+        f"DROP FUNCTION IF EXISTS {prefix}_refs_check_row();",
         f"DROP TRIGGER IF EXISTS {prefix}_refs_insert ON {child_table};",
         f"DROP FUNCTION IF EXISTS {prefix}_refs_check();",
     ]

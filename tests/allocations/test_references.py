@@ -8,8 +8,9 @@ import threading
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
-from django.db import IntegrityError, connection, connections, transaction
+from django.db import IntegrityError, OperationalError, connection, connections, transaction
 
 from allocations.models import Account, Allocation
 from orders.models import Block, Broker, Execution, Instrument, Order
@@ -208,3 +209,47 @@ def test_a_parent_named_by_an_uncommitted_fill_waits_for_it_and_is_then_refused(
     assert outcome == ["brokers still referenced by allocations"]
     assert Broker.objects.filter(pk=broker.pk).exists()
     assert [r.quantity for r in rows] == [D(50)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_update_that_keeps_the_references_locks_no_parent(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given committed allocation rows, and another transaction holding their order FOR UPDATE
+    # (as a fill of that block does while it waits for a cash row)
+    rows = _filled(three_accounts, instrument, broker, trader)
+    other = psycopg.connect(_dsn())
+    try:
+        other.execute("SELECT 1 FROM orders_order WHERE id = %s FOR UPDATE", [rows[0].order_id])
+        # when the rows' cash is settled (no reference changes)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '3s'")
+            settled = Allocation.objects.filter(pk__in=[r.pk for r in rows]).update(
+                cash_settled=True
+            )
+        # then it did not wait for the order's lock
+        assert settled == 3
+        # while moving a row to that order does wait for it (the reference's check locks it)
+        with (
+            pytest.raises(OperationalError, match="lock timeout"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("SET LOCAL lock_timeout = '500ms'")
+            Allocation.objects.filter(pk=rows[1].pk).update(order_id=rows[0].order_id)
+    finally:
+        other.rollback()
+        other.close()
+    assert Allocation.objects.filter(cash_settled=True).count() == 3
+    assert Allocation.objects.get(pk=rows[1].pk).order_id == rows[1].order_id
+
+
+def _dsn() -> str:
+    s = connection.settings_dict
+    return psycopg.conninfo.make_conninfo(
+        dbname=s["NAME"],
+        user=s["USER"] or None,
+        password=s["PASSWORD"] or None,
+        host=s["HOST"] or None,
+        port=s["PORT"] or None,
+    )
