@@ -205,12 +205,19 @@ def allocate_cumulative(
         return {}
 
     # Integer arithmetic throughout: exact, and several times faster than Fraction.
-    places = _scale_exponent([lot_dec, filled_dec, *(t.requested for t in targets)])
-    w_places = _scale_exponent(_weight_of(t) for t in targets)
+    req_places = _scale_exponent(t.requested for t in targets)
+    places = max(req_places, _scale_exponent([lot_dec, filled_dec]))
+    # Pro-rata by quantity: each weight is its request (the same object), so its scale and,
+    # at the same scale, its integers are the requests' (computed once: a 1,000-order block).
+    by_request = all(t.weight is t.requested for t in targets)
+    w_places = req_places if by_request else _scale_exponent(_weight_of(t) for t in targets)
     lot = _to_int(lot_dec, places)
     filled = _to_int(filled_dec, places)
     req = [_to_int(t.requested, places) for t in targets]
-    wts = [_to_int(_weight_of(t), w_places) for t in targets]
+    if by_request and w_places == places:
+        wts = req
+    else:
+        wts = [_to_int(_weight_of(t), w_places) for t in targets]
     n = len(targets)
 
     # Step 1, water-filling. An order is capped iff its exact share at the current level

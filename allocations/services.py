@@ -67,7 +67,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from allocations import engine
-from allocations.book import position_reprice, position_reverse
+from allocations.book import position_move
 from allocations.models import (
     Account,
     Allocation,
@@ -644,19 +644,13 @@ def _rebook(
     short_breach: set[int] = set()
     for order, held, delta in moves:
         pos = positions[order.account_id]
-        state = engine.PositionState(pos.quantity, pos.avg_cost, pos.realised_pnl)
-        state = position_reprice(state, sign, held, old_price, price)
-        if delta > 0:
-            state = engine.apply_trade(state, sign, delta, price)
-        elif delta < 0:
-            state = position_reverse(state, sign, -delta, price)
-        pos.quantity, pos.avg_cost, pos.realised_pnl = (
-            state.quantity,
-            state.avg_cost,
-            state.realised_pnl,
+        # book.position_reprice, then engine.apply_trade or book.position_reverse, in one call.
+        quantity, pos.avg_cost, pos.realised_pnl = position_move(
+            pos.quantity, pos.avg_cost, pos.realised_pnl, sign, held, old_price, price, delta
         )
+        pos.quantity = quantity
         pos.version += 1
-        if state.quantity < 0 and not _short_ok(order):
+        if quantity < 0 and not _short_ok(order):
             short_breach.add(order.account_id)
     locked = list(positions.values())
 

@@ -43,6 +43,25 @@ def _targets(*requested: str, weights: tuple[str, ...] | None = None) -> list[Al
 # ---------------------------------------------------------------------------------------------
 
 
+def test_results_carry_the_widest_scale_of_lot_fill_and_requests():
+    # given requests written with different scales (pro-rata: the weights are the requests)
+    targets = _targets("100", "200.0", "300.000")
+    # when 300 (lot 100) or 300.00 (lot 1.0) are allocated
+    coarse = allocate_cumulative(targets, D("300"), D("100"))
+    fine = allocate_cumulative(targets, D("300.00"), D("1.0"))
+    # then the values are 100/100/100 and 50/100/150, written with three decimals (the
+    # requests' widest) whatever the scale of the lot and the fill
+    assert [str(v) for v in coarse.values()] == ["100.000", "100.000", "100.000"]
+    assert [str(v) for v in fine.values()] == ["50.000", "100.000", "150.000"]
+    # and fixed ratios with their own scale give the same values at the requests' scale
+    ratios = _targets("100", "200.0", "300.000", weights=("1", "2.00", "3"))
+    assert [str(v) for v in allocate_cumulative(ratios, D("300.00"), D("1.0")).values()] == [
+        "50.000",
+        "100.000",
+        "150.000",
+    ]
+
+
 def test_tie_on_remainder_goes_to_the_order_entered_first():
     # given orders of 100/200/300 entered in that order, lot 100
     targets = _targets("100", "200", "300")

@@ -131,3 +131,25 @@ def test_django_deletes_keep_their_on_delete_behaviour(
     Order.objects.filter(pk=dropped.pk).delete()
     # then the kept order's result remains without its rule, the dropped order's is gone
     assert [(r.order_id, r.rule_id) for r in ComplianceResult.objects.all()] == [(kept.pk, None)]
+
+
+def test_truncating_orders_or_rules_while_results_remain_is_refused(
+    account: Any, instrument: Any, make_rule: Any, make_order: Any
+) -> None:
+    # given a checked order (compliance 0004: the generic triggers of oms_site.references)
+    rule = make_rule("fat_finger", params={"max_quantity": "10"})
+    order = make_order(account, instrument)
+    check([order])
+    # when the orders' or the rules' table is truncated under the results' feet (the pending
+    # deferred checks of the set-up run first: TRUNCATE refuses to run with them pending)
+    for table in ("orders_order", "compliance_rule"):
+        with (
+            pytest.raises(IntegrityError, match="still referenced by compliance results"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(f"SET CONSTRAINTS ALL IMMEDIATE; TRUNCATE {table} CASCADE")
+    # then the order, the rule and the result are still there
+    assert Order.objects.filter(pk=order.pk).exists()
+    assert Rule.objects.filter(pk=rule.pk).exists()
+    assert [(r.order_id, r.rule_id) for r in results_of(order)] == [(order.pk, rule.pk)]

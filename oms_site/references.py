@@ -1,0 +1,198 @@
+"""Foreign keys enforced by statement-level triggers: SQL for migrations.
+
+A foreign-key constraint checks each inserted row at commit with one locking look-up of its
+parent (``SELECT 1 FROM parent WHERE id = $1 FOR KEY SHARE``): a statement that inserts 1,000
+rows naming six parents queues and runs 6,000 of them. The triggers written here keep the same
+guarantees with one set-based check per statement:
+
+- inserting child rows: every (non-null) parent id they name must exist, and is locked ``FOR
+  KEY SHARE`` as a foreign-key check locks it, so a concurrent delete of that parent waits for
+  this transaction and then sees its rows; updating a child row's reference: the same, row by
+  row and only where the reference changes (as a foreign key checks an update);
+- deleting parents (or changing their ids) that child rows still reference is refused, and so is
+  truncating a parent table while the child table still has rows (truncating both together is
+  allowed, as with a foreign key).
+
+Violations raise SQLSTATE 23503 (``foreign_key_violation``), which Django reports as
+IntegrityError. Django's own ``on_delete`` handling is unchanged (the fields keep their
+``on_delete``; only ``db_constraint=False``). Unlike a constraint declared ``DEFERRABLE
+INITIALLY DEFERRED`` (Django's default), the check runs at the end of the statement: a child row
+must be written after its parents, which every service here does.
+
+The SQL is built from the arguments only: migrations call this, so a change to the text below
+changes what older migrations create on a new database; add a parameter instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One foreign key of the child table: its column, the parent table and how to name it."""
+
+    column: str
+    parent_table: str
+    # "an order": in "<child> names an order that does not exist"
+    parent_noun: str
+    # "orders": in "orders still referenced by <children>"
+    parent_plural: str
+
+
+def statement_references_sql(
+    *,
+    prefix: str,
+    child_table: str,
+    child_noun: str,
+    child_plural: str,
+    references: Sequence[Reference],
+) -> tuple[str, str]:
+    """(forward, backward) SQL of the triggers enforcing `references` of `child_table`.
+
+    `prefix` names the functions and triggers (unique per child table, at most 40 characters).
+    """
+    if len(prefix) > 40:
+        raise ValueError("prefix too long for PostgreSQL identifiers")
+    if not references:
+        raise ValueError("no references")
+    declares = "".join(f"    ids_{i} bigint[];\n" for i in range(len(references)))
+    aggregates = ",\n           ".join(
+        f"array_agg(DISTINCT {r.column}) FILTER (WHERE {r.column} IS NOT NULL)" for r in references
+    )
+    into = ", ".join(f"ids_{i}" for i in range(len(references)))
+    checks = "".join(
+        f"""    IF ids_{i} IS NOT NULL THEN
+        SELECT count(*) INTO found FROM (
+            SELECT 1 FROM {r.parent_table} AS p JOIN unnest(ids_{i}) AS u(id) ON p.id = u.id
+            FOR KEY SHARE OF p
+        ) AS locked;
+        IF found <> cardinality(ids_{i}) THEN
+            RAISE EXCEPTION '{child_noun} names {r.parent_noun} that does not exist'
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END IF;
+"""
+        for i, r in enumerate(references)
+    )
+    row_checks = "".join(
+        f"""    IF NEW.{r.column} IS NOT NULL AND NEW.{r.column} IS DISTINCT FROM OLD.{r.column} THEN
+        PERFORM 1 FROM {r.parent_table} WHERE id = NEW.{r.column} FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION '{child_noun} names {r.parent_noun} that does not exist'
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END IF;
+"""
+        for r in references
+    )
+    columns = ", ".join(r.column for r in references)
+    changed = " OR ".join(f"OLD.{r.column} IS DISTINCT FROM NEW.{r.column}" for r in references)
+    forward = f"""
+CREATE OR REPLACE FUNCTION {prefix}_refs_check() RETURNS trigger AS $$
+DECLARE
+{declares}    found bigint;
+BEGIN
+    -- One pass over the new rows; the distinct ids are then joined to their parents (by
+    -- primary key, or a hash of a small table): `id = ANY(ids)` with the array as a parameter
+    -- compares each row scanned with every id (1,000 accounts: 17 ms instead of 1.7).
+    SELECT {aggregates}
+        INTO {into}
+        FROM new_rows;
+{checks}    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER {prefix}_refs_insert
+    AFTER INSERT ON {child_table}
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {prefix}_refs_check();
+
+-- An update is checked only where it changes a reference, row by row, as a foreign key is:
+-- an update of other columns (settling cash, say) must not lock the parents, which could
+-- deadlock with a writer holding a parent FOR UPDATE and waiting for a row this one holds.
+CREATE OR REPLACE FUNCTION {prefix}_refs_check_row() RETURNS trigger AS $$
+BEGIN
+{row_checks}    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER {prefix}_refs_update
+    AFTER UPDATE OF {columns} ON {child_table}
+    FOR EACH ROW WHEN ({changed})
+    EXECUTE FUNCTION {prefix}_refs_check_row();
+"""
+    backward = [
+        f"DROP TRIGGER IF EXISTS {prefix}_refs_update ON {child_table};",
+        f"DROP FUNCTION IF EXISTS {prefix}_refs_check_row();",
+        f"DROP TRIGGER IF EXISTS {prefix}_refs_insert ON {child_table};",
+        f"DROP FUNCTION IF EXISTS {prefix}_refs_check();",
+    ]
+    for i, r in enumerate(references):
+        name = f"{prefix}_{i}"
+        forward += f"""
+CREATE OR REPLACE FUNCTION {name}_gone() RETURNS trigger AS $$
+BEGIN
+    -- A statement that deleted nothing fires too; without an index on the column the look-up
+    -- below would scan the child table.
+    IF NOT EXISTS (SELECT 1 FROM old_rows) THEN
+        RETURN NULL;
+    END IF;
+    IF EXISTS (
+        SELECT 1 FROM {child_table} AS c JOIN old_rows AS o ON c.{r.column} = o.id
+    ) THEN
+        RAISE EXCEPTION '{r.parent_plural} still referenced by {child_plural}'
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER {name}_delete
+    AFTER DELETE ON {r.parent_table}
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {name}_gone();
+
+-- Ids never change in this application; refuse it for referenced rows as a foreign key would.
+-- Row-level and limited to UPDATE OF id, so ordinary updates of the parent never fire it.
+CREATE OR REPLACE FUNCTION {name}_id_change() RETURNS trigger AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM {child_table} WHERE {r.column} = OLD.id) THEN
+        RAISE EXCEPTION '% % is still referenced by {child_plural}', TG_TABLE_NAME, OLD.id
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER {name}_id_change
+    AFTER UPDATE OF id ON {r.parent_table}
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
+    EXECUTE FUNCTION {name}_id_change();
+
+-- TRUNCATE fires no delete trigger: refuse emptying the parent while children remain (after
+-- a TRUNCATE of both tables in one statement, the child is empty by then).
+CREATE OR REPLACE FUNCTION {name}_truncated() RETURNS trigger AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM {child_table} WHERE {r.column} IS NOT NULL) THEN
+        RAISE EXCEPTION '{r.parent_plural} still referenced by {child_plural}'
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER {name}_truncate
+    AFTER TRUNCATE ON {r.parent_table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {name}_truncated();
+"""
+        backward += [
+            f"DROP TRIGGER IF EXISTS {name}_truncate ON {r.parent_table};",
+            f"DROP FUNCTION IF EXISTS {name}_truncated();",
+            f"DROP TRIGGER IF EXISTS {name}_id_change ON {r.parent_table};",
+            f"DROP FUNCTION IF EXISTS {name}_id_change();",
+            f"DROP TRIGGER IF EXISTS {name}_delete ON {r.parent_table};",
+            f"DROP FUNCTION IF EXISTS {name}_gone();",
+        ]
+    return forward, "\n".join(backward) + "\n"

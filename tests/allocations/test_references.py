@@ -1,0 +1,255 @@
+"""Allocation rows reference their execution, block, order, account, instrument and broker
+through statement-level triggers (migration 0006, oms_site.references): the guarantees of the
+foreign keys they replace, checked once per statement."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import IntegrityError, OperationalError, connection, connections, transaction
+
+from allocations.models import Account, Allocation
+from orders.models import Block, Broker, Execution, Instrument, Order
+from tests.allocations.support import fill, make_block
+
+D = Decimal
+
+_PARENTS = {
+    "execution_id": (Execution, "orders_execution", "an execution"),
+    "block_id": (Block, "orders_block", "a block"),
+    "order_id": (Order, "orders_order", "an order"),
+    "account_id": (Account, "allocations_account", "an account"),
+    "instrument_id": (Instrument, "orders_instrument", "an instrument"),
+    "broker_id": (Broker, "orders_broker", "a broker"),
+}
+
+
+def _missing_id(model: Any) -> int:
+    return (model.objects.order_by("-pk").values_list("pk", flat=True).first() or 0) + 1000
+
+
+def _filled(three_accounts: Any, instrument: Any, broker: Any, trader: Any) -> list[Allocation]:
+    _, _, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts,
+        quantities=[100, 200, 300],
+        user=trader,
+        broker=broker,
+    )
+    return fill(placement, 60, "10.00")
+
+
+def _copy_sql(column: str) -> str:
+    """Copies of the given rows with one reference replaced (everything else as stored)."""
+    fields = [
+        f.column
+        for f in Allocation._meta.concrete_fields
+        if not f.primary_key and f.column != column
+    ]
+    names = ", ".join(f'"{c}"' for c in fields)
+    return (
+        f'INSERT INTO allocations_allocation ("{column}", {names}) '
+        f"SELECT %s, {names} FROM allocations_allocation WHERE id = ANY(%s)"
+    )
+
+
+@pytest.mark.parametrize("column", sorted(_PARENTS))
+def test_a_row_naming_a_missing_parent_is_refused(
+    column: str, three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's three allocation rows
+    rows = _filled(three_accounts, instrument, broker, trader)
+    model, _, noun = _PARENTS[column]
+    # when two copies are inserted in one statement, one naming a parent that does not exist
+    with (
+        pytest.raises(IntegrityError, match=f"allocation names {noun} that does not exist"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(_copy_sql(column), [_missing_id(model), [rows[0].pk]])
+    # then nothing was stored
+    assert Allocation.objects.count() == 3
+
+
+@pytest.mark.parametrize("column", sorted(_PARENTS))
+def test_moving_a_row_to_a_missing_parent_is_refused(
+    column: str, three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's allocation rows
+    rows = _filled(three_accounts, instrument, broker, trader)
+    model, _, noun = _PARENTS[column]
+    before = getattr(rows[0], column)
+    # when one is moved to a parent that does not exist
+    with (
+        pytest.raises(IntegrityError, match=f"allocation names {noun} that does not exist"),
+        transaction.atomic(),
+    ):
+        Allocation.objects.filter(pk=rows[0].pk).update(**{column: _missing_id(model)})
+    # then it still names its parent
+    assert getattr(Allocation.objects.get(pk=rows[0].pk), column) == before
+
+
+def test_rows_naming_existing_parents_are_accepted_and_a_null_block_too(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's allocation rows
+    rows = _filled(three_accounts, instrument, broker, trader)
+    # when a copy names another existing account, and another names no block
+    other = three_accounts[2].pk
+    with connection.cursor() as cursor:
+        cursor.execute(_copy_sql("account_id"), [other, [rows[0].pk]])
+        cursor.execute(_copy_sql("block_id"), [None, [rows[1].pk]])
+    # then both are stored
+    copies = Allocation.objects.exclude(pk__in=[r.pk for r in rows]).order_by("pk")
+    assert [(c.account_id, c.block_id) for c in copies] == [
+        (other, rows[0].block_id),
+        (rows[1].account_id, None),
+    ]
+
+
+@pytest.mark.parametrize("column", sorted(_PARENTS))
+def test_deleting_renumbering_or_truncating_a_referenced_parent_is_refused(
+    column: str, three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's allocation rows
+    rows = _filled(three_accounts, instrument, broker, trader)
+    model, table, _ = _PARENTS[column]
+    parent = getattr(rows[0], column)
+    # when the parent is deleted, renumbered or its table truncated in SQL
+    for sql, params in (
+        (f"DELETE FROM {table} WHERE id = %s", [parent]),
+        (f"UPDATE {table} SET id = id + 100000 WHERE id = %s", [parent]),
+        # (TRUNCATE refuses to run while deferred constraint checks of this test's set-up
+        # are pending: run them first)
+        (f"SET CONSTRAINTS ALL IMMEDIATE; TRUNCATE {table} CASCADE", []),
+    ):
+        with (
+            pytest.raises(IntegrityError, match="still referenced by allocations"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(sql, params)
+    # then the parent and the rows are still there
+    assert model.objects.filter(pk=parent).exists()
+    assert sorted(Allocation.objects.values_list("pk", flat=True)) == sorted(r.pk for r in rows)
+
+
+def test_a_delete_of_an_unreferenced_parent_goes_through(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill, and a broker nobody's allocation names
+    _filled(three_accounts, instrument, broker, trader)
+    spare = Broker.objects.create(code="SPARE", name="Spare")
+    # when it is deleted in SQL (and a delete that matches nothing runs)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM orders_broker WHERE id = %s", [spare.pk])
+        cursor.execute("DELETE FROM orders_broker WHERE id = %s", [_missing_id(Broker)])
+    # then it is gone
+    assert not Broker.objects.filter(pk=spare.pk).exists()
+
+
+def test_django_protects_the_parents_as_before(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's allocation rows
+    rows = _filled(three_accounts, instrument, broker, trader)
+    # when Django deletes the filled order (on_delete=PROTECT)
+    from django.db.models import ProtectedError
+
+    with pytest.raises(ProtectedError), transaction.atomic():
+        Order.objects.get(pk=rows[0].order_id).delete()
+    # then nothing was deleted
+    assert Order.objects.filter(pk=rows[0].order_id).exists()
+    assert Allocation.objects.count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_parent_named_by_an_uncommitted_fill_waits_for_it_and_is_then_refused(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a broker that an allocation inserted but not yet committed names (the row lock
+    # FOR KEY SHARE taken by the statement's check)
+    _, _, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts[:1],
+        quantities=[100],
+        user=trader,
+        broker=broker,
+    )
+    outcome: list[Any] = []
+    started = threading.Event()
+
+    def delete_broker() -> None:
+        # a second connection deletes the broker in SQL while the fill is open
+        try:
+            started.wait(10)
+            with transaction.atomic(), connections["default"].cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '20s'")
+                cursor.execute("DELETE FROM orders_broker WHERE id = %s", [broker.pk])
+            outcome.append("deleted")
+        except IntegrityError as exc:
+            outcome.append(str(exc).splitlines()[0])
+        finally:
+            connections["default"].close()
+
+    worker = threading.Thread(target=delete_broker)
+    worker.start()
+    with transaction.atomic():
+        rows = fill(placement, 50, "10.00")
+        started.set()
+        # the delete is blocked on the broker's row lock while this fill is open
+        worker.join(0.5)
+        assert worker.is_alive()
+    worker.join(20)
+    # then, once the fill committed, the delete saw its rows and was refused
+    assert outcome == ["brokers still referenced by allocations"]
+    assert Broker.objects.filter(pk=broker.pk).exists()
+    assert [r.quantity for r in rows] == [D(50)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_update_that_keeps_the_references_locks_no_parent(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given committed allocation rows, and another transaction holding their order FOR UPDATE
+    # (as a fill of that block does while it waits for a cash row)
+    rows = _filled(three_accounts, instrument, broker, trader)
+    other = psycopg.connect(_dsn())
+    try:
+        other.execute("SELECT 1 FROM orders_order WHERE id = %s FOR UPDATE", [rows[0].order_id])
+        # when the rows' cash is settled (no reference changes)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '3s'")
+            settled = Allocation.objects.filter(pk__in=[r.pk for r in rows]).update(
+                cash_settled=True
+            )
+        # then it did not wait for the order's lock
+        assert settled == 3
+        # while moving a row to that order does wait for it (the reference's check locks it)
+        with (
+            pytest.raises(OperationalError, match="lock timeout"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("SET LOCAL lock_timeout = '500ms'")
+            Allocation.objects.filter(pk=rows[1].pk).update(order_id=rows[0].order_id)
+    finally:
+        other.rollback()
+        other.close()
+    assert Allocation.objects.filter(cash_settled=True).count() == 3
+    assert Allocation.objects.get(pk=rows[1].pk).order_id == rows[1].order_id
+
+
+def _dsn() -> str:
+    s = connection.settings_dict
+    return psycopg.conninfo.make_conninfo(
+        dbname=s["NAME"],
+        user=s["USER"] or None,
+        password=s["PASSWORD"] or None,
+        host=s["HOST"] or None,
+        port=s["PORT"] or None,
+    )
