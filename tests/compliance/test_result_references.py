@@ -136,7 +136,7 @@ def test_django_deletes_keep_their_on_delete_behaviour(
 def test_truncating_orders_or_rules_while_results_remain_is_refused(
     account: Any, instrument: Any, make_rule: Any, make_order: Any
 ) -> None:
-    # given a checked order (compliance 0004: the generic triggers of oms_site.references)
+    # given a checked order (compliance 0005: TRUNCATE fires no delete trigger)
     rule = make_rule("fat_finger", params={"max_quantity": "10"})
     order = make_order(account, instrument)
     check([order])
