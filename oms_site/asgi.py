@@ -97,7 +97,7 @@ class SyncChainASGIHandler(ASGIHandler):
                 try:
                     task.result()
                 except RequestAborted:
-                    pass
+                    continue  # the client left: nothing more is owed to it
                 except AssertionError:
                     body_file.close()
                     raise
