@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-from benchmarks.web import uvicorn_command, wait_healthy
+from benchmarks.web import stop_process, uvicorn_command, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOTTERS = 50
@@ -335,12 +335,7 @@ def run(quick: bool = False, fills: int | None = None) -> dict[str, Any]:
     finally:
         if clients is not None and clients.is_alive():
             clients.terminate()
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_process(server)
         try:
             from django.db import connections
 

@@ -41,7 +41,7 @@ from urllib.parse import urlparse, urlunparse
 
 from benchmarks.bench_blotter import _free_port, _percentile, _recreate_database
 from benchmarks.system import load
-from benchmarks.web import uvicorn_command, wait_healthy
+from benchmarks.web import stop_process, uvicorn_command, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "bench-blotter-load"
@@ -329,12 +329,7 @@ def run(seconds: float, rate: float, http: bool, deflate: bool = True) -> dict[s
             p.join(10)
             if p.is_alive():
                 p.terminate()
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_process(server)
         _recreate_database(admin_url, db_name, drop_only=True)
 
 

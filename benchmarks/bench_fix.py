@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a plain script from another directory
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.web import stop_process  # noqa: E402
 from orders.fix.gateway import Gateway, SessionSpec  # noqa: E402
 from orders.fix.messages import ExecReport, NewOrder  # noqa: E402
 
@@ -182,11 +183,7 @@ def run(burst_orders: int = BURST_ORDERS, paced_orders: int = PACED_ORDERS) -> d
             paced = _run_batch(gateway, clock, "P", paced_orders, TARGET_ORDERS_PER_S)
         finally:
             gateway.stop()
-            simulator.terminate()
-            try:
-                simulator.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                simulator.kill()
+            stop_process(simulator)
     throughput = burst["routed_and_filled_per_s"]
     figures: dict[str, object] = {
         "burst": burst,

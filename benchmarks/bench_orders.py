@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-from benchmarks.web import uvicorn_command, wait_healthy
+from benchmarks.web import stop_process, uvicorn_command, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"orders_per_s": 300.0, "basket_500_ms": 250.0, "p50_ms": 20.0, "p99_ms": 100.0}
@@ -356,14 +356,7 @@ async def _baskets(http: _Http, gen: _Orders, runs: int) -> dict[str, Any]:
         statuses[status] = statuses.get(status, 0) + 1
         if status != 201:
             raise RuntimeError(f"basket failed: {status} {answer[:500]!r}")
-    return {
-        "size": BASKET_SIZE,
-        "runs": runs,
-        "median_ms": round(statistics.median(times), 1),
-        "min_ms": round(min(times), 1),
-        "max_ms": round(max(times), 1),
-        "statuses": statuses,
-    }
+    return {**_basket_summary(times), "statuses": statuses}
 
 
 def _process_cpu(pid: int) -> float:
@@ -416,6 +409,17 @@ def _cpu_per_order(
     return {f"{kind}_cpu_ms_per_order": round(ms / max(orders, 1), 2) for kind, ms in spent.items()}
 
 
+def _basket_summary(times: list[float]) -> dict[str, Any]:
+    """Size, number and median/min/max wall milliseconds of the baskets timed."""
+    return {
+        "size": BASKET_SIZE,
+        "runs": len(times),
+        "median_ms": round(statistics.median(times), 1),
+        "min_ms": round(min(times), 1),
+        "max_ms": round(max(times), 1),
+    }
+
+
 def _cpu_spent_ms(
     before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
 ) -> dict[str, float]:
@@ -442,11 +446,7 @@ def _baskets_only(
         web_cpu.append(spent["web"])
         pg_cpu.append(spent["postgres"])
     return {
-        "size": BASKET_SIZE,
-        "runs": runs,
-        "median_ms": round(statistics.median(times), 1),
-        "min_ms": round(min(times), 1),
-        "max_ms": round(max(times), 1),
+        **_basket_summary(times),
         "web_cpu_median_ms": round(statistics.median(web_cpu), 1),
         "postgres_cpu_median_ms": round(statistics.median(pg_cpu), 1),
     }
@@ -552,12 +552,7 @@ def run(*, quick: bool = False, baskets_only: int = 0) -> dict[str, Any]:
             },
         }
     finally:
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_process(server, timeout=15)
         _recreate_database(admin_url, db_name, drop_only=True)
 
 

@@ -583,11 +583,9 @@ def run(
             pool.terminate()
         if runner is not None:
             runner.stop()
-        simulator.terminate()
-        try:
-            simulator.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            simulator.kill()
+        from benchmarks.web import stop_process
+
+        stop_process(simulator)
 
 
 def main() -> None:

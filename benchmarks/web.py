@@ -1,4 +1,4 @@
-"""What the benchmarks that start their own web server share."""
+"""What the benchmarks that start their own servers (web, simulator) share."""
 
 from __future__ import annotations
 
@@ -42,3 +42,14 @@ def wait_healthy(proc: subprocess.Popen, port: int, *, timeout: float) -> None:
             proc.terminate()
             raise RuntimeError(f"uvicorn did not become healthy in {timeout:.0f} s")
         time.sleep(0.2)
+
+
+def stop_process(proc: subprocess.Popen | None, *, timeout: float = 10) -> None:
+    """Stop a server the benchmark started: SIGTERM, then SIGKILL if it has not exited in time."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
