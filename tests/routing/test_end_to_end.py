@@ -130,9 +130,11 @@ def test_cancel_reject_when_the_order_filled_meanwhile(make_fix_env, trader, mak
 
 
 def test_fill_while_cancel_pending_counts(make_fix_env, trader, make_order):
-    # given a venue that answers slowly (fills still flow before our cancel is handled)
+    # given a venue that answers slowly (fills still flow before our cancel is handled); the
+    # order takes 100 slices (about 2 s) to fill, so a loaded machine still sends the cancel
+    # while it is working (with 10 slices it was sometimes filled before the cancel was sent)
     env = make_fix_env(slice_qty=Decimal(10), slice_interval_ms=20, latency_ms=150)
-    order = make_order(quantity=Decimal("100"))
+    order = make_order(quantity=Decimal("1000"))
     order_route(user=trader, order_id=order.pk, broker_code="BRKA")
     wait_until(lambda: Order.objects.get(pk=order.pk).cum_qty >= 10)
     order_cancel_request(user=trader, order_id=order.pk)
