@@ -81,6 +81,7 @@ from allocations.models import (
 from allocations.selectors import account_ids_visible_to
 from oms_site.audit import AuditEntry, audit_record_many
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
+from oms_site.gcpause import collection_paused
 from oms_site.roles import has_role
 from oms_site.rows import fast_datetimes, model_from_row, raw_cursor
 from orders.enums import BUY_SIDES, OrderStatus
@@ -818,6 +819,7 @@ def _policy_of(block: Block) -> BlockAllocationPolicy | None:
         return None
 
 
+@collection_paused()
 def fill_allocate(
     *,
     execution: Execution,
