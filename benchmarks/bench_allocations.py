@@ -19,6 +19,8 @@ Each figure also gives CPU per fill: the Python of the applying threads (``time.
 and of the PostgreSQL backends serving them (``/proc/<pid>/schedstat``), which hold on a busy
 shared machine where wall-clock times do not. The threads prepare their repeated statements as
 the gateway's appliers do (``DB_PREPARE_THRESHOLD``); ``--no-prepare`` turns that off.
+``--no-pipeline`` applies the 1,000-account fills without psycopg's pipeline mode (for A/B runs:
+``orders.services.executions.PIPELINE_MIN_ORDERS``).
 
 Uses its own database (``<name>_bench_alloc`` for DATABASE_URL's ``<name>``, ``oms_bench_alloc``
 by default, on the same server; created and migrated if missing, emptied on every run). Run:
@@ -177,6 +179,7 @@ def _block(world: dict[str, Any], instrument: Any, accounts: list[Any], lots: li
 
 
 PREPARE = True  # as the gateway's threads (orders.fix.django_handler); --no-prepare: off
+PIPELINE = True  # big fills in pipeline mode (orders.services.executions); --no-pipeline: off
 
 
 def _connect() -> int:
@@ -466,6 +469,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     _setup_django()
     import datetime as dt
 
+    from orders.services import executions
+
+    if not PIPELINE:
+        executions.PIPELINE_MIN_ORDERS = sys.maxsize
+
     from settlement.calendars import settlement_date
 
     settlement_date(dt.date(2026, 11, 20), cycle_days=1, calendar_code="XNYS")  # build once
@@ -495,6 +503,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 if __name__ == "__main__":
     PREPARE = "--no-prepare" not in sys.argv
+    PIPELINE = "--no-pipeline" not in sys.argv
     results = run(quick="--quick" in sys.argv)
     one, flow = results["one_fill_1000_accounts"], results["end_to_end"]
     for name in PATHS:
@@ -516,7 +525,10 @@ if __name__ == "__main__":
             f"{fig['python_cpu_ms_per_fill']} ms Python, {fig['postgres_cpu_ms_per_fill']} ms "
             "PostgreSQL"
         )
-    print(f"statements prepared as in the gateway: {'yes' if PREPARE else 'no'}")
+    print(
+        f"statements prepared as in the gateway: {'yes' if PREPARE else 'no'}; big fills in "
+        f"pipeline mode: {'yes' if PIPELINE else 'no'}"
+    )
     load = results["load_average_1min"]
     print(
         f"machine: {results['cpus']} CPUs, 1-min load average {load['before']:.1f} before, "
