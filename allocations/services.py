@@ -81,6 +81,7 @@ from allocations.models import (
 from allocations.selectors import account_ids_visible_to
 from oms_site.audit import AuditEntry, audit_record_many
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
+from oms_site.gcpause import collection_paused
 from oms_site.roles import has_role
 from oms_site.rows import fast_datetimes, model_from_row, raw_cursor
 from orders.enums import BUY_SIDES, OrderStatus
@@ -296,36 +297,54 @@ class _Booked(NamedTuple):
 
 _NOTHING_BOOKED = _Booked()
 
+# One row per order: its latest allocation row's cumulative fields (NULL when it has none), and
+# a new id of the allocation table's sequence for the row this fill may write for it. Taking
+# the ids here, before the rows are written, lets the writing statement answer nothing the
+# caller waits for: in pipeline mode (execution_apply's big fills) the rest of the fill's
+# Python (its audit entry, the orders' states, the blotter events) runs while PostgreSQL
+# writes. An order that gets no row leaves its id unused (a gap in the sequence, as a rollback
+# leaves).
 _BOOKED_SQL = (
     'SELECT o.id, a."cum_quantity", a."cum_gross", a."cum_commission", a."cum_fees", '
-    'a."cum_net", a."id" FROM unnest(%s::bigint[]) AS o(id) CROSS JOIN LATERAL ('
+    'a."cum_net", a."id", nextval(s.seq) FROM (SELECT pg_get_serial_sequence('
+    f"'\"{Allocation._meta.db_table}\"', 'id')::regclass AS seq) AS s "
+    "CROSS JOIN unnest(%s::bigint[]) AS o(id) LEFT JOIN LATERAL ("
     f'SELECT * FROM "{Allocation._meta.db_table}" AS a '
-    'WHERE a."order_id" = o.id AND {block_match} ORDER BY a."id" DESC LIMIT 1) AS a'
+    'WHERE a."order_id" = o.id AND {block_match} ORDER BY a."id" DESC LIMIT 1) AS a ON true'
 )
 
 
-def _booked(*, block_id: int | None, order_ids: Sequence[int]) -> dict[int, _Booked]:
-    """Each order's cumulative allocation so far: the cum_* fields of its latest row.
+def _booked_rows(rows: Sequence[Sequence[Any]]) -> tuple[dict[int, _Booked], dict[int, int]]:
+    """The booked orders' cumulative allocations, and every order's new row id (_BOOKED_SQL)."""
+    make = _Booked._make
+    booked = {row[0]: make(row[1:7]) for row in rows if row[6] is not None}
+    return booked, {row[0]: row[7] for row in rows}
+
+
+def _booked(
+    *, block_id: int | None, order_ids: Sequence[int]
+) -> tuple[dict[int, _Booked], dict[int, int]]:
+    """Each order's cumulative allocation so far (the cum_* fields of its latest row), and a
+    new allocation id for each order.
 
     One index probe per order (allocation_order_block_id_idx), so the cost does not grow with the
     number of fills already allocated.
     """
     if not order_ids:
-        return {}
+        return {}, {}
     block_match = 'a."block_id" = %s' if block_id is not None else 'a."block_id" IS NULL'
     params: list[Any] = [_array(order_ids)]
     if block_id is not None:
         params.append(block_id)
     with raw_cursor() as cursor:
         cursor.execute(_BOOKED_SQL.replace("{block_match}", block_match), params)
-        return {row[0]: _Booked._make(row[1:]) for row in cursor.fetchall()}
+        return _booked_rows(cursor.fetchall())
 
 
 def _fills_and_booked(
     *, block_id: int | None, order_id: int | None, broker_id: int | None, order_ids: list[int]
-) -> tuple[Decimal, Decimal, engine.CommissionSchedule, dict[int, _Booked]]:
-    """`_fills_of` and `_booked` of a fill in one round trip (one row per booked order, or
-    one row with the fills alone)."""
+) -> tuple[Decimal, Decimal, engine.CommissionSchedule, dict[int, _Booked], dict[int, int]]:
+    """`_fills_of` and `_booked` of a fill in one round trip (one row per order)."""
     column, key = ("block_id", block_id) if block_id is not None else ("order_id", order_id)
     block_match = 'a."block_id" = %s' if block_id is not None else 'a."block_id" IS NULL'
     sql = (
@@ -346,9 +365,8 @@ def _fills_and_booked(
             bps=bps, per_share=per_share, min_per_ticket=minimum, fees_bps=fees_bps
         )
     )
-    make = _Booked._make
-    booked = {row[6]: make(row[7:]) for row in rows if row[6] is not None}
-    return filled or ZERO, notional or ZERO, schedule, booked
+    booked, new_ids = _booked_rows([row[6:] for row in rows])
+    return filled or ZERO, notional or ZERO, schedule, booked, new_ids
 
 
 _POSITIONS_LOCK_SQL = (
@@ -452,24 +470,24 @@ _ALLOCATION_ROW_COLUMNS = (
 # locked orders, the locked block and the caller's locked placement (no block or placement:
 # a NULL id, nothing updated). Arrays travel as text literals (see _array).
 _BOOK_WRITE_SQL = (
-    f'WITH ins AS (INSERT INTO "{Allocation._meta.db_table}" ("execution_id", "block_id", '
+    f'WITH ins AS (INSERT INTO "{Allocation._meta.db_table}" ("id", "execution_id", "block_id", '
     '"order_id", "account_id", "instrument_id", "broker_id", "side", "kind", "quantity", '
     '"price", "gross", "commission", "fees", "net", "cum_quantity", "cum_gross", '
     '"cum_commission", "cum_fees", "cum_net", "currency", "trade_date", "settlement_date", '
     '"method", "reversal_of_id", "cash_settled", "created_by_id", "created_at") '
-    "SELECT %(execution)s::bigint, %(block)s::bigint, v.order_id, v.account_id, "
+    "SELECT v.id, %(execution)s::bigint, %(block)s::bigint, v.order_id, v.account_id, "
     "%(instrument)s::bigint, %(broker)s::bigint, %(side)s::varchar, v.kind, v.quantity, "
     "%(price)s::numeric, v.gross, v.commission, v.fees, v.net, v.cum_quantity, v.cum_gross, "
     "v.cum_commission, v.cum_fees, v.cum_net, %(currency)s::varchar, %(trade_date)s::date, "
     "%(settles)s::date, %(method)s::varchar, v.reversal_of, false, %(user)s::bigint, "
-    "%(now)s::timestamptz FROM unnest(%(order_id)s::bigint[], %(account_id)s::bigint[], "
+    "%(now)s::timestamptz FROM unnest(%(id)s::bigint[], %(order_id)s::bigint[], "
+    "%(account_id)s::bigint[], "
     "%(kind)s::varchar[], %(quantity)s::numeric[], %(gross)s::numeric[], "
     "%(commission)s::numeric[], %(fees)s::numeric[], %(net)s::numeric[], "
     "%(cum_quantity)s::numeric[], %(cum_gross)s::numeric[], %(cum_commission)s::numeric[], "
     "%(cum_fees)s::numeric[], %(cum_net)s::numeric[], %(reversal_of)s::bigint[]) "
-    "WITH ORDINALITY AS v(order_id, account_id, kind, quantity, gross, commission, fees, net, "
-    "cum_quantity, cum_gross, cum_commission, cum_fees, cum_net, reversal_of, n) "
-    'ORDER BY v.n RETURNING "id", "order_id"), '
+    "AS v(id, order_id, account_id, kind, quantity, gross, commission, fees, net, "
+    "cum_quantity, cum_gross, cum_commission, cum_fees, cum_net, reversal_of) ORDER BY v.id), "
     f'pos AS (UPDATE "{Position._meta.db_table}" AS t SET "quantity" = v.quantity, '
     '"avg_cost" = v.avg_cost, "realised_pnl" = v.realised_pnl, "version" = v.version, '
     '"updated_at" = %(now)s::timestamptz FROM unnest(%(pos_id)s::bigint[], '
@@ -499,7 +517,7 @@ _BOOK_WRITE_SQL = (
     '"cl_ord_id" = (%(plc)s::text[])[6], "orig_cl_ord_id" = (%(plc)s::text[])[7], '
     '"quantity" = (%(plc)s::text[])[8]::numeric, "limit_price" = (%(plc)s::text[])[9]::numeric, '
     '"updated_at" = (%(plc)s::text[])[10]::timestamptz WHERE "id" = %(plc_id)s::bigint) '
-    "SELECT id, order_id FROM ins"
+    "SELECT NULL"
 )
 # The placement columns a caller's locked placement has written with the fill (plc above),
 # as one text array: psycopg parses a statement once only while it has at most 50 parameters.
@@ -545,7 +563,7 @@ def _rebook(
     audit: list[AuditEntry] | None = None,
     returning: bool = True,
     block_fill: tuple[Decimal, Decimal] | None = None,
-    booked: dict[int, _Booked] | None = None,
+    booked: tuple[dict[int, _Booked], dict[int, int]] | None = None,
     placement: Placement | None = None,
 ) -> list[Allocation]:
     """Book the difference between each order's target and its rows so far; move the book.
@@ -553,8 +571,9 @@ def _rebook(
     `orders` are the locked orders (model instances or `_OrderRow`s); their cum_qty, avg_px,
     leaves_qty, version and updated_at are moved in place as well as in the database; so are
     the block's cum_qty and avg_px with `block_fill` (and its version). `booked`: each order's
-    cumulative allocation so far, when the caller read it already (`_booked`). `placement`: a
-    locked placement whose fields (as the caller set them) the same statement writes. Returns
+    cumulative allocation so far and its new row id, when the caller read them already
+    (`_booked`). `placement`: a locked placement whose fields (as the caller set them) the
+    same statement writes. Returns
     the rows written as model instances (none built without `returning`).
     """
     side = block.side if block is not None else orders[0].side
@@ -572,6 +591,7 @@ def _rebook(
     block_id = block.pk if block is not None else None
     if booked is None:
         booked = _booked(block_id=block_id, order_ids=[o.id for o in orders])
+    booked_rows, new_ids = booked
     fill_kind, reversal_kind, reprice_kind = (
         str(AllocationKind.FILL),
         str(AllocationKind.REVERSAL),
@@ -590,7 +610,7 @@ def _rebook(
     quantities = [targets.get(pk, ZERO) for pk in ids]
     monies = engine.commissions_for(schedule, quantities, price, sign)
     for order, pk, quantity, money in zip(orders, ids, quantities, monies, strict=True):
-        before = booked.get(pk, _NOTHING_BOOKED)
+        before = booked_rows.get(pk, _NOTHING_BOOKED)
         cum_gross, cum_commission, cum_fees, cum_net = money
         held = before.quantity
         delta = quantity - held
@@ -639,6 +659,8 @@ def _rebook(
         "now": now,
     }
 
+    # The rows' ids, taken with what was booked (_BOOKED_SQL), ascending in row order.
+    ids = sorted(new_ids[row[0]] for row in rows)
     # Positions, then cash, each locked in account order.
     positions = _lock_positions(instrument.pk, {o.account_id for o, _, _ in moves}, now)
     short_breach: set[int] = set()
@@ -680,6 +702,7 @@ def _rebook(
         block_move = block.pk
 
     params = dict(common)
+    params["id"] = _array(ids)
     if rows:
         for name, column in zip(_ALLOCATION_ROW_COLUMNS, zip(*rows, strict=True), strict=True):
             params[name] = _array(column)
@@ -708,9 +731,7 @@ def _rebook(
     # psycopg parses a statement once (and caches it) only up to 50 parameters.
     assert len(params) <= 50, "the fill statement must keep at most 50 parameters"
     with raw_cursor() as cursor:
-        cursor.execute(_BOOK_WRITE_SQL, params)
-        id_of = {order_id: pk for pk, order_id in cursor.fetchall()}
-    ids = [id_of[row[0]] for row in rows]
+        cursor.execute(_BOOK_WRITE_SQL, params)  # nothing to read back (see _BOOKED_SQL)
 
     allocations = (
         []
@@ -818,6 +839,7 @@ def _policy_of(block: Block) -> BlockAllocationPolicy | None:
         return None
 
 
+@collection_paused()
 def fill_allocate(
     *,
     execution: Execution,
@@ -869,7 +891,7 @@ def fill_allocate(
         old_price = locked[0].avg_px
 
     broker_id = execution.broker_id or placement.broker_id
-    filled, notional, schedule, booked = _fills_and_booked(
+    filled, notional, schedule, booked, new_ids = _fills_and_booked(
         block_id=block.pk if block else None,
         order_id=None if block else locked[0].pk,
         broker_id=broker_id,
@@ -895,7 +917,7 @@ def fill_allocate(
         audit=audit,
         returning=returning,
         block_fill=(filled, price),
-        booked=booked,
+        booked=(booked, new_ids),
         placement=written,
     )
     return rows

@@ -15,6 +15,13 @@ the FIX gateway calls for an ExecutionReport: ClOrdID look-up, locks, idempotent
   above one report at a time, and for ``executions_apply`` on batches of ``BATCH`` reports
   (one transaction per batch, as a gateway applier forms them from its queue).
 
+Each figure also gives CPU per fill: the Python of the applying threads (``time.thread_time``)
+and of the PostgreSQL backends serving them (``/proc/<pid>/schedstat``), which hold on a busy
+shared machine where wall-clock times do not. The threads prepare their repeated statements as
+the gateway's appliers do (``DB_PREPARE_THRESHOLD``); ``--no-prepare`` turns that off.
+``--no-pipeline`` applies the 1,000-account fills without psycopg's pipeline mode (for A/B runs:
+``orders.services.executions.PIPELINE_MIN_ORDERS``).
+
 Uses its own database (``<name>_bench_alloc`` for DATABASE_URL's ``<name>``, ``oms_bench_alloc``
 by default, on the same server; created and migrated if missing, emptied on every run). Run:
 ``.venv/bin/python -m benchmarks.bench_allocations [--quick]`` or through ``run_all``.
@@ -171,6 +178,30 @@ def _block(world: dict[str, Any], instrument: Any, accounts: list[Any], lots: li
     )
 
 
+PREPARE = True  # as the gateway's threads (orders.fix.django_handler); --no-prepare: off
+PIPELINE = True  # big fills in pipeline mode (orders.services.executions); --no-pipeline: off
+
+
+def _connect() -> int:
+    """This thread's connection, preparing repeated statements as a gateway thread's does;
+    the pid of its PostgreSQL backend."""
+    from django.conf import settings
+    from django.db import connection
+
+    connection.ensure_connection()
+    if PREPARE:
+        connection.connection.prepare_threshold = settings.DB_PREPARE_THRESHOLD
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return int(cursor.fetchone()[0])
+
+
+def _backend_cpu_ms(pid: int) -> float:
+    """CPU time a PostgreSQL backend has used so far (its schedstat), in ms."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e6
+
+
 _exec_seq = iter(range(1, 10**9))
 _exec_lock = threading.Lock()
 _statements = [0]
@@ -298,15 +329,21 @@ def bench_one_fill_1000_accounts(world: dict[str, Any], samples: int) -> dict[st
         PATHS[name](placement, step, Decimal("10.00"))  # warm-up: positions, cash, statuses
         blocks[name] = (placement, step)
     times: dict[str, list[float]] = {name: [] for name in PATHS}
+    python_ms: dict[str, list[float]] = {name: [] for name in PATHS}
+    postgres_ms: dict[str, list[float]] = {name: [] for name in PATHS}
     statements = dict.fromkeys(PATHS, 0)
+    backend = _connect()
     for i in range(samples):
         px = Decimal("10.00") + Decimal(i % 9 + 1) / 100  # a new price re-prices every account
         for name, apply in PATHS.items():
             placement, step = blocks[name]
             before = _statements[0]
+            pg_before, py_before = _backend_cpu_ms(backend), time.thread_time()
             start = time.perf_counter()
             apply(placement, step, px)
             times[name].append((time.perf_counter() - start) * 1000)
+            python_ms[name].append((time.thread_time() - py_before) * 1000)
+            postgres_ms[name].append(_backend_cpu_ms(backend) - pg_before)
             statements[name] += _statements[0] - before
     for name, samples_ms in times.items():
         samples_ms.sort()
@@ -314,27 +351,41 @@ def bench_one_fill_1000_accounts(world: dict[str, Any], samples: int) -> dict[st
             "median_ms": round(statistics.median(samples_ms), 1),
             "p90_ms": round(samples_ms[int(0.9 * (len(samples_ms) - 1))], 1),
             "min_ms": round(samples_ms[0], 1),
+            "python_cpu_median_ms": round(statistics.median(python_ms[name]), 1),
+            "postgres_cpu_median_ms": round(statistics.median(postgres_ms[name]), 1),
             "statements_per_fill": round(statements[name] / samples, 1),
         }
     return results
 
 
-def _run_threads(apply: Any, jobs: list[list[tuple[Any, Decimal, Decimal]]], batch: int) -> float:
-    """Each job on its own thread: its fills one by one (`batch` 1) or in lists of `batch`."""
+def _run_threads(
+    apply: Any, jobs: list[list[tuple[Any, Decimal, Decimal]]], batch: int, cpu: list[float]
+) -> float:
+    """Each job on its own thread: its fills one by one (`batch` 1) or in lists of `batch`.
+
+    Adds to `cpu` the threads' Python CPU ms and their backends' PostgreSQL CPU ms."""
     from django.db import connection
 
     barrier = threading.Barrier(len(jobs) + 1)
     errors: list[BaseException] = []
+    cpu_lock = threading.Lock()
 
     def worker(job: list[tuple[Any, Decimal, Decimal]]) -> None:
         try:
             barrier.wait()
+            backend = _connect()  # as before, the connection opens inside the timed span
+            pg_before, py_before = _backend_cpu_ms(backend), time.thread_time()
             if batch == 1:
                 for placement, qty, px in job:
                     apply(placement, qty, px)
             else:
                 for i in range(0, len(job), batch):
                     apply(job[i : i + batch])
+            py_ms = (time.thread_time() - py_before) * 1000
+            pg_ms = _backend_cpu_ms(backend) - pg_before
+            with cpu_lock:
+                cpu[0] += py_ms
+                cpu[1] += pg_ms
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -390,7 +441,8 @@ def bench_fills_per_second(world: dict[str, Any], fills_total: int, hot_fills: i
         ]
         jobs = [[f for f in fills if f[0].block_id % THREADS == t] for t in range(THREADS)]
         before = _statements[0]
-        elapsed = _run_threads(apply, jobs, batch)
+        cpu = [0.0, 0.0]
+        elapsed = _run_threads(apply, jobs, batch, cpu)
         statements = (_statements[0] - before) / len(fills)
 
         hot_instrument = _instrument(world, f"HOT{tag.upper()}", Decimal(1))
@@ -399,9 +451,13 @@ def bench_fills_per_second(world: dict[str, Any], fills_total: int, hot_fills: i
         hot_jobs = [
             (hot, Decimal(10), Decimal("10.00") + Decimal(i % 7) / 100) for i in range(hot_fills)
         ]
-        hot_elapsed = _run_threads(apply, [hot_jobs[t::THREADS] for t in range(THREADS)], batch)
+        hot_elapsed = _run_threads(
+            apply, [hot_jobs[t::THREADS] for t in range(THREADS)], batch, [0.0, 0.0]
+        )
         results[name] = {
             "fills_per_s": round(len(fills) / elapsed, 1),
+            "python_cpu_ms_per_fill": round(cpu[0] / len(fills), 2),
+            "postgres_cpu_ms_per_fill": round(cpu[1] / len(fills), 2),
             "statements_per_fill": round(statements, 1),
             "hot_block_fills_per_s": round(hot_fills / hot_elapsed, 1),
         }
@@ -412,6 +468,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     """Set up the benchmark database, run both benchmarks and return the figures."""
     _setup_django()
     import datetime as dt
+
+    from orders.services import executions
+
+    if not PIPELINE:
+        executions.PIPELINE_MIN_ORDERS = sys.maxsize
 
     from settlement.calendars import settlement_date
 
@@ -441,6 +502,8 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    PREPARE = "--no-prepare" not in sys.argv
+    PIPELINE = "--no-pipeline" not in sys.argv
     results = run(quick="--quick" in sys.argv)
     one, flow = results["one_fill_1000_accounts"], results["end_to_end"]
     for name in PATHS:
@@ -448,7 +511,9 @@ if __name__ == "__main__":
         print(
             f"one fill across {one['accounts']} accounts via {name}: median {fig['median_ms']} "
             f"ms, p90 {fig['p90_ms']} ms, min {fig['min_ms']} ms, "
-            f"{fig['statements_per_fill']} statements (target <= {TARGET_MS} ms)"
+            f"{fig['statements_per_fill']} statements (target <= {TARGET_MS} ms); CPU median "
+            f"{fig['python_cpu_median_ms']} ms Python, {fig['postgres_cpu_median_ms']} ms "
+            "PostgreSQL"
         )
     for name in FLOW_PATHS:
         fig = flow[name]
@@ -456,8 +521,14 @@ if __name__ == "__main__":
             f"fills end to end via {name}: {fig['fills_per_s']} fills/s ({flow['fills']} fills, "
             f"{flow['threads']} threads, blocks of {flow['orders_per_block']}, "
             f"{fig['statements_per_fill']} statements/fill) (target >= {TARGET_RATE}); "
-            f"one hot block: {fig['hot_block_fills_per_s']} fills/s"
+            f"one hot block: {fig['hot_block_fills_per_s']} fills/s; CPU per fill "
+            f"{fig['python_cpu_ms_per_fill']} ms Python, {fig['postgres_cpu_ms_per_fill']} ms "
+            "PostgreSQL"
         )
+    print(
+        f"statements prepared as in the gateway: {'yes' if PREPARE else 'no'}; big fills in "
+        f"pipeline mode: {'yes' if PIPELINE else 'no'}"
+    )
     load = results["load_average_1min"]
     print(
         f"machine: {results['cpus']} CPUs, 1-min load average {load['before']:.1f} before, "

@@ -343,20 +343,30 @@ def audit_record_many(
     streams = sorted({e.stream_name() for e in entries})
     with connection.cursor() as cursor:
         heads: dict[str, tuple[int, str]]
-        if new_streams:
-            heads = dict.fromkeys(streams, (0, GENESIS_HASH))
-        else:
+        if not new_streams:
             # Creates missing heads and locks every head in one statement. The rows go in
             # sorted order, so two writers of overlapping streams lock them in the same order
             # and cannot deadlock; DO UPDATE (not DO NOTHING) also waits for and returns a head
-            # that a concurrent transaction has just inserted.
+            # that a concurrent transaction has just inserted. Read after the events' JSON is
+            # written: in pipeline mode (execution_apply) that work overlaps the statements.
             cursor.execute(_LOCK_HEADS_SQL, [streams])
+        contents = []
+        for entry in entries:
+            before = json_safe(entry.before)
+            after = json_safe(entry.after)
+            meta = json_safe(entry.meta)
+            contents.append(
+                (before, after, meta, _canonical(before), _canonical(after), _canonical(meta))
+            )
+        if new_streams:
+            heads = dict.fromkeys(streams, (0, GENESIS_HASH))
+        else:
             heads = {
                 name: (seq, last_hash or GENESIS_HASH) for name, seq, last_hash in cursor.fetchall()
             }
         rows = _Rows()
         actors: dict[int, tuple[int | None, str]] = {}
-        for entry in entries:
+        for entry, content in zip(entries, contents, strict=True):
             stream = entry.stream_name()
             last_seq, prev = heads[stream]
             key = id(entry.actor)
@@ -364,12 +374,7 @@ def audit_record_many(
             if actor is None:
                 actor = actors[key] = _actor_fields(entry.actor)
             actor_id, actor_name = actor
-            before = json_safe(entry.before)
-            after = json_safe(entry.after)
-            meta = json_safe(entry.meta)
-            before_json = _canonical(before)
-            after_json = _canonical(after)
-            meta_json = _canonical(meta)
+            before, after, meta, before_json, after_json, meta_json = content
             seq = last_seq + 1
             digest = _digest(
                 stream=stream,

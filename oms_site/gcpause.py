@@ -8,7 +8,11 @@ again, and the collections they trigger promote them and then walk the whole lon
 cycles wait for the next collection after the pause.
 
 The collector is process-wide, so concurrent pauses (threads of one web process) are counted:
-it is re-enabled when the last one ends, and never if it was disabled before the first.
+it is re-enabled when the last one ends, and never if it was disabled before the first. Threads
+that pause back to back (a gateway's appliers applying fills) may keep it off for long: a pause
+that ends while others still hold it collects once more than `BACKLOG` objects are waiting
+(`gc.get_count()[0]` counts those allocated and not yet freed), so unreachable cycles stay
+bounded.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from contextlib import contextmanager
 _lock = threading.Lock()
 _depth = 0
 _was_enabled = False
+# Container objects allocated and not freed since the last collection (reference counting frees
+# almost everything a fill allocates, and freed objects are not counted): past this, a pause
+# that ends while another one holds the collector off runs a collection.
+BACKLOG = 200_000
 
 
 @contextmanager
@@ -39,3 +47,6 @@ def collection_paused() -> Iterator[None]:
             _depth -= 1
             if _depth == 0 and _was_enabled:
                 gc.enable()
+            backlog = _depth > 0 and _was_enabled and gc.get_count()[0] > BACKLOG
+        if backlog:
+            gc.collect()

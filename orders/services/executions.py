@@ -24,7 +24,9 @@ are stored with LastQty 0 and their text, so fill_allocate's sums never count th
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, cast
 from zoneinfo import ZoneInfo
@@ -34,9 +36,11 @@ from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import Field
 from django.utils import timezone
+from psycopg import pq
 
 from allocations.models import Account, BlockAllocationPolicy, CashBalance, Position
 from oms_site.audit import AuditEntry, audit_record_many, json_safe
+from oms_site.gcpause import collection_paused
 from oms_site.realtime import groups_for_account, publish_many_on_commit
 from oms_site.rows import (
     fast_datetimes,
@@ -447,12 +451,49 @@ def _report_text(report: ExecReport, applied: bool) -> str:
 def execution_apply(
     *, session_key: str, report: ExecReport, raw_message_id: int | None = None
 ) -> Execution | None:
-    """Apply one ExecutionReport exactly once; None when (session, ExecID) was already applied."""
-    with transaction.atomic(durable=True):
+    """Apply one ExecutionReport exactly once; None when (session, ExecID) was already applied.
+
+    The cyclic garbage collector is paused meanwhile: a fill of a 1,000-order block allocates
+    tens of thousands of short-lived objects, which otherwise trip about 40 collections.
+    """
+    with collection_paused(), transaction.atomic(durable=True), _pipeline_scope():
         entries: list[AuditEntry] = []
         execution = _execution_apply(session_key, report, raw_message_id, entries)
         audit_record_many(entries=entries)
     return execution
+
+
+# A fill of a block of at least this many orders runs the rest of its transaction in psycopg's
+# pipeline mode: a statement that answers nothing the code reads (the fill's writing statement)
+# is sent and not waited for, so Python goes on (the fill's audit entry, the orders' states,
+# the blotter events, the audit texts) while PostgreSQL writes, and the next read waits for
+# everything sent before it. Below this size the overlap is smaller than the pipeline's own
+# Python cost per statement (about 0.5 ms per small fill, measured).
+PIPELINE_MIN_ORDERS = 64
+
+_scope = threading.local()
+
+
+@contextmanager
+def _pipeline_scope() -> Iterator[None]:
+    """Where a big fill may turn pipeline mode on (_pipeline_on); leaving syncs the pipeline,
+    so an error of a statement not waited for is raised here, inside the transaction, which
+    then rolls back. Only raw statements run in pipeline mode (no ORM write: a rowcount is
+    unknown until a read)."""
+    with ExitStack() as stack:
+        _scope.stack = stack
+        try:
+            yield
+        finally:
+            _scope.stack = None
+
+
+def _pipeline_on() -> None:
+    """Pipeline mode from here to the end of the transaction (inside _pipeline_scope)."""
+    stack = getattr(_scope, "stack", None)
+    conn = connection.connection
+    if stack is not None and conn.pgconn.pipeline_status == pq.PipelineStatus.OFF:
+        stack.enter_context(conn.pipeline())
 
 
 def executions_apply(
@@ -478,7 +519,7 @@ def executions_apply(
     """
     if not reports:
         return []
-    with transaction.atomic(durable=True):
+    with collection_paused(), transaction.atomic(durable=True), _pipeline_scope():
         # Reports naming one placement alone (an acknowledgement and its fill) take their
         # locks as the first of them would alone: in the fixed order, the same rows each time.
         if len({(r.cl_ord_id, r.orig_cl_ord_id) for r, _ in reports}) > 1:
@@ -899,6 +940,8 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
     placement.updated_at = timezone.now()
     # fill_allocate works on the rows locked here and moves them in place (cum_qty, avg_px,
     # leaves_qty, version; the block's cum_qty and avg_px); its audit entry joins ctx.entries.
+    if len(ctx.orders) >= PIPELINE_MIN_ORDERS:
+        _pipeline_on()
     _fill_allocate()(
         execution=execution,
         block=ctx.block,

@@ -1,0 +1,190 @@
+"""execution_apply in psycopg's pipeline mode: a big fill's writing statement is not waited for.
+
+Blocks of at least `PIPELINE_MIN_ORDERS` orders are filled in pipeline mode; the tests lower it
+to put small blocks there.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import django.db
+import psycopg
+import pytest
+from psycopg import pq
+
+from allocations import services as allocation_services
+from allocations.models import Allocation, CashBalance, Position
+from oms_site.models import AuditEvent
+from orders.models import Block, Execution, Order
+from orders.services import executions
+from orders.services.executions import execution_apply, executions_apply
+from orders.services.routing import block_route
+from tests.routing.conftest import report
+
+pytestmark = pytest.mark.django_db
+KEY = "FIX.4.4:OMS->BRKA"
+
+
+def _acknowledged_block(trader, make_order, quantities):
+    orders = [make_order(quantity=Decimal(q)) for q in quantities]
+    block = Block.objects.create(
+        instrument=orders[0].instrument,
+        side="buy",
+        order_type="market",
+        quantity=sum((Decimal(q) for q in quantities), Decimal(0)),
+        created_by=trader,
+    )
+    Order.objects.filter(pk__in=[o.pk for o in orders]).update(block=block)
+    placement = block_route(user=trader, block_id=block.pk, broker_code="BRKA")
+    execution_apply(session_key=KEY, report=report(placement.cl_ord_id, "0", "0"))
+    return block, orders, placement
+
+
+def _rows(execution):
+    return list(
+        Allocation.objects.filter(execution=execution)
+        .order_by("pk")
+        .values_list("pk", "order_id", "kind", "quantity", "price", "gross", "net", "cum_quantity")
+    )
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_block_fills_write_the_rows_their_audit_event_names(
+    trader, brokers, make_order, monkeypatch, pipelined
+):
+    # given an acknowledged block of two orders (one account, a broker without commissions),
+    # filled in pipeline mode or not
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 2 if pipelined else 64)
+    block, (a, b), p = _acknowledged_block(trader, make_order, [60, 40])
+    cash_before = CashBalance.objects.filter(
+        account=a.account, currency=a.instrument.currency
+    ).values_list("settled", "pending")
+    settled, pending = cash_before.first() or (Decimal(0), Decimal(0))
+    # when it is filled 50 at 100.3, then 50 at 102
+    first = execution_apply(
+        session_key=KEY,
+        report=report(p.cl_ord_id, "F", "1", cum="50", avg="100.3", last_qty="50", last_px="100.3"),
+    )
+    second = execution_apply(
+        session_key=KEY,
+        report=report(p.cl_ord_id, "F", "2", cum="100", avg="101.15", last_qty="50", last_px="102"),
+    )
+    # then each fill wrote one row per order, ids ascending in order of the orders
+    first_rows, second_rows = _rows(first), _rows(second)
+    assert [r[1:] for r in first_rows] == [
+        (a.pk, "fill", Decimal("30"), Decimal("100.3"), Decimal("3009.00"), Decimal("3009.00"), 30),
+        (b.pk, "fill", Decimal("20"), Decimal("100.3"), Decimal("2006.00"), Decimal("2006.00"), 20),
+    ]
+    assert [r[1:] for r in second_rows] == [
+        (a.pk, "fill", 30, Decimal("101.15"), Decimal("3060.00"), Decimal("3060.00"), 60),
+        (b.pk, "fill", 20, Decimal("101.15"), Decimal("2040.00"), Decimal("2040.00"), 40),
+    ]
+    assert first_rows[0][0] < first_rows[1][0] < second_rows[0][0] < second_rows[1][0]
+    # and each fill's audit event names exactly the rows stored, with their ids
+    for execution, rows in ((first, first_rows), (second, second_rows)):
+        event = AuditEvent.objects.get(action="allocation.created", object_id=str(execution.pk))
+        assert [
+            (x["id"], x["order"], x["quantity"], x["gross"]) for x in event.after["allocations"]
+        ] == [(pk, order, str(qty), str(gross)) for pk, order, _, qty, _, gross, _, _ in rows]
+    # and the book moved exactly: the account holds 100 at the block's average, owes the gross
+    position = Position.objects.get(account=a.account, instrument=a.instrument)
+    assert (position.quantity, position.avg_cost) == (Decimal("100"), Decimal("101.15"))
+    cash = CashBalance.objects.get(account=a.account, currency=a.instrument.currency)
+    assert (cash.settled, cash.pending) == (settled, pending - Decimal("10115.00"))
+    block.refresh_from_db()
+    assert (block.status, block.cum_qty, block.avg_px) == ("filled", 100, Decimal("101.15"))
+
+
+def test_the_writing_statement_of_a_big_block_is_sent_in_pipeline_mode(
+    trader, brokers, make_order, monkeypatch
+):
+    # given an acknowledged block of three orders, and a smaller one, with blocks of three or
+    # more filled in pipeline mode
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 3)
+    _, _, p = _acknowledged_block(trader, make_order, [60, 30, 10])
+    _, _, small = _acknowledged_block(trader, make_order, [60, 40])
+    seen = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, *args, **kwargs):
+        if query is allocation_services._BOOK_WRITE_SQL:
+            seen.append(self.connection.pgconn.pipeline_status)
+        return original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    # when one report is applied, then a batch of two
+    execution_apply(
+        session_key=KEY,
+        report=report(p.cl_ord_id, "F", "1", cum="10", avg="100", last_qty="10", last_px="100"),
+    )
+    executions_apply(
+        session_key=KEY,
+        reports=[
+            (
+                report(p.cl_ord_id, "F", "2", cum="20", avg="100", last_qty="10", last_px="100"),
+                None,
+            ),
+            (
+                report(p.cl_ord_id, "F", "3", cum="30", avg="100", last_qty="10", last_px="100"),
+                None,
+            ),
+        ],
+    )
+    # then every fill's write went out in pipeline mode
+    assert seen == [pq.PipelineStatus.ON] * 3
+    # and a fill of the smaller block is written and read back as usual
+    seen.clear()
+    execution_apply(
+        session_key=KEY,
+        report=report(small.cl_ord_id, "F", "1", cum="10", avg="100", last_qty="10", last_px="100"),
+    )
+    assert seen == [pq.PipelineStatus.OFF]
+
+
+def test_an_error_of_the_write_not_waited_for_rolls_the_whole_report_back(
+    trader, brokers, make_order, monkeypatch, django_capture_on_commit_callbacks
+):
+    # given an acknowledged block filled in pipeline mode, and a writing statement that fails
+    # in PostgreSQL
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 2)
+    _, _, p = _acknowledged_block(trader, make_order, [60, 40])
+    before = {
+        "allocations": Allocation.objects.count(),
+        "audit": AuditEvent.objects.count(),
+        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
+        "positions": Position.objects.count(),
+        "cash": CashBalance.objects.count(),
+    }
+    failing = allocation_services._BOOK_WRITE_SQL.replace("SELECT NULL", "SELECT 1 / 0")
+    assert failing != allocation_services._BOOK_WRITE_SQL
+    monkeypatch.setattr(allocation_services, "_BOOK_WRITE_SQL", failing)
+    # when a fill is applied
+    with (
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        pytest.raises((psycopg.Error, django.db.Error), match="division by zero"),
+    ):
+        execution_apply(
+            session_key=KEY,
+            report=report(
+                p.cl_ord_id,
+                "F",
+                "1",
+                exec_id="BAD1",
+                cum="50",
+                avg="100",
+                last_qty="50",
+                last_px="100",
+            ),
+        )
+    # then nothing of it stayed: no execution, allocation, book row, order change, audit event
+    # or blotter event
+    assert not Execution.objects.filter(exec_id="BAD1").exists()
+    assert {
+        "allocations": Allocation.objects.count(),
+        "audit": AuditEvent.objects.count(),
+        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
+        "positions": Position.objects.count(),
+        "cash": CashBalance.objects.count(),
+    } == before
+    assert callbacks == []
