@@ -180,6 +180,7 @@ def _block(world: dict[str, Any], instrument: Any, accounts: list[Any], lots: li
 
 PREPARE = True  # as the gateway's threads (orders.fix.django_handler); --no-prepare: off
 PIPELINE = True  # big fills in pipeline mode (orders.services.executions); --no-pipeline: off
+ANALYZE = True  # statistics refreshed once the rows exist (see _analyze); --no-analyze: off
 
 
 def _connect() -> int:
@@ -308,6 +309,18 @@ def _count_statements() -> Any:
 PATHS = {"fill_allocate": _apply_fill, "execution_apply": _apply_report}
 
 
+def _analyze() -> None:
+    """Refresh the planner's statistics once the benchmark's rows exist, as autovacuum would on
+    a production server (the one here may run with autovacuum off, and plans for tables the
+    planner believes empty are not the plans a live book gets). `--no-analyze` skips it."""
+    if not ANALYZE:
+        return
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+
+
 def bench_one_fill_1000_accounts(world: dict[str, Any], samples: int) -> dict[str, Any]:
     """Median wall time of one fill across a block of 1,000 orders, through each path.
 
@@ -328,6 +341,7 @@ def bench_one_fill_1000_accounts(world: dict[str, Any], samples: int) -> dict[st
         step = Decimal(100) * (sum(lots) // 40)  # each fill is 2.5% of the block
         PATHS[name](placement, step, Decimal("10.00"))  # warm-up: positions, cash, statuses
         blocks[name] = (placement, step)
+    _analyze()
     times: dict[str, list[float]] = {name: [] for name in PATHS}
     python_ms: dict[str, list[float]] = {name: [] for name in PATHS}
     postgres_ms: dict[str, list[float]] = {name: [] for name in PATHS}
@@ -440,6 +454,7 @@ def bench_fills_per_second(world: dict[str, Any], fills_total: int, hot_fills: i
             for b in range(SMALL_BLOCKS)
         ]
         jobs = [[f for f in fills if f[0].block_id % THREADS == t] for t in range(THREADS)]
+        _analyze()
         before = _statements[0]
         cpu = [0.0, 0.0]
         elapsed = _run_threads(apply, jobs, batch, cpu)
@@ -504,6 +519,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 if __name__ == "__main__":
     PREPARE = "--no-prepare" not in sys.argv
     PIPELINE = "--no-pipeline" not in sys.argv
+    ANALYZE = "--no-analyze" not in sys.argv
     results = run(quick="--quick" in sys.argv)
     one, flow = results["one_fill_1000_accounts"], results["end_to_end"]
     for name in PATHS:
@@ -527,7 +543,8 @@ if __name__ == "__main__":
         )
     print(
         f"statements prepared as in the gateway: {'yes' if PREPARE else 'no'}; big fills in "
-        f"pipeline mode: {'yes' if PIPELINE else 'no'}"
+        f"pipeline mode: {'yes' if PIPELINE else 'no'}; statistics analyzed: "
+        f"{'yes' if ANALYZE else 'no'}"
     )
     load = results["load_average_1min"]
     print(
