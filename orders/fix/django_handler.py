@@ -60,12 +60,11 @@ from django.db import (
     transaction,
 )
 from django.db.backends.signals import connection_created
-from django.db.models import F
 from django.utils import timezone
 
 from oms_site.errors import DomainError
 from oms_site.models import AuditEvent
-from oms_site.rows import model_from_row
+from oms_site.rows import fast_datetimes, model_from_row
 from orders.enums import Direction, OrderStatus, OutboxStatus
 from orders.fix.common import seq_num_of
 from orders.fix.gateway import Gateway, SessionSpec
@@ -817,21 +816,34 @@ def _unsent_raw(message: OutboundMessage) -> str:
     return "".join(f"{tag}={value}\x01" for tag, value in ((35, message.msg_type), *message.fields))
 
 
+# Pending rows of these sessions in id order, each with the first outbound record of its
+# ClOrdID and message type (none, or one a dispatcher wrote before a restart): one constant
+# statement, which every dispatcher runs on each wake-up and sweep, mostly finding nothing.
 _PENDING_SQL = (
-    f"SELECT id, fix_session_id, placement_id, msg_type, cl_ord_id, payload "
-    f"FROM {OutboxMessage._meta.db_table} "
-    "WHERE status = %s AND fix_session_id = ANY(%s) ORDER BY id LIMIT %s"
+    "SELECT o.id, o.fix_session_id, o.placement_id, o.msg_type, o.cl_ord_id, o.payload, "
+    "r.id, r.seq_num, r.received_at "
+    f"FROM {OutboxMessage._meta.db_table} AS o LEFT JOIN LATERAL ("
+    f"SELECT m.id, m.seq_num, m.received_at FROM {FixMessage._meta.db_table} AS m "
+    "WHERE m.cl_ord_id = o.cl_ord_id AND m.direction = %s AND m.msg_type = o.msg_type "
+    "AND NOT m.poss_dup ORDER BY m.id LIMIT 1) AS r ON true "
+    "WHERE o.status = %s AND o.fix_session_id = ANY(%s) ORDER BY o.id LIMIT %s"
 )
 
 
-def _pending_rows(session_ids: list[int], limit: int) -> list[OutboxMessage]:
-    """Pending outbox rows of these sessions in id order (a constant statement: every
-    dispatcher runs it on each wake-up and sweep, mostly finding nothing)."""
+def _pending_rows(
+    session_ids: list[int], limit: int
+) -> tuple[list[OutboxMessage], dict[tuple[str, str], _Record]]:
+    """Pending outbox rows of these sessions in id order, and the records found for them by
+    (ClOrdID, message type)."""
     with connection.cursor() as cursor:
-        cursor.execute(_PENDING_SQL, [OutboxStatus.PENDING.value, session_ids, limit])
+        fast_datetimes(cursor)
+        cursor.execute(
+            _PENDING_SQL, [Direction.OUT.value, OutboxStatus.PENDING.value, session_ids, limit]
+        )
         found = cursor.fetchall()
     rows = []
-    for pk, session_id, placement_id, msg_type, cl_ord_id, payload in found:
+    records: dict[tuple[str, str], _Record] = {}
+    for pk, session_id, placement_id, msg_type, cl_ord_id, payload, *record in found:
         rows.append(
             model_from_row(
                 OutboxMessage,
@@ -846,7 +858,28 @@ def _pending_rows(session_ids: list[int], limit: int) -> list[OutboxMessage]:
                 },
             )
         )
-    return rows
+        if record[0] is not None:
+            records[(cl_ord_id, msg_type)] = _Record(*record)
+    return rows, records
+
+
+# The records of a chunk, written before any of it is sent: one statement, autocommit (the
+# WAL flush is waited for).
+_INSERT_RECORDS_SQL = (
+    f"INSERT INTO {FixMessage._meta.db_table} "
+    "(session_key, direction, msg_type, seq_num, poss_dup, cl_ord_id, raw, received_at) "
+    "SELECT %s, %s, v.msg_type, NULL, false, v.cl_ord_id, v.raw, %s "
+    "FROM unnest(%s::varchar[], %s::varchar[], %s::text[]) WITH ORDINALITY "
+    "AS v(msg_type, cl_ord_id, raw, n) ORDER BY v.n RETURNING id, cl_ord_id"
+)
+# Rows marked sent and their records numbered: one statement, one commit.
+_FINISH_SQL = (
+    f"WITH numbered AS (UPDATE {FixMessage._meta.db_table} AS m "
+    "SET seq_num = v.seq, raw = v.raw "
+    "FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, seq, raw) WHERE m.id = v.id) "
+    f"UPDATE {OutboxMessage._meta.db_table} SET status = %s, sent_at = %s, "
+    "attempts = attempts + 1 WHERE id = ANY(%s::bigint[]) AND status = %s"
+)
 
 
 class OutboxDispatcher:
@@ -946,20 +979,9 @@ class OutboxDispatcher:
 
     def dispatch_once(self) -> int:
         """Send what is pending now; returns the number of rows looked at."""
-        rows = _pending_rows(list(self.sessions), self.batch)
+        rows, records = _pending_rows(list(self.sessions), self.batch)
         if not rows:
             return 0
-        records: dict[tuple[str, str], _Record] = {}
-        for pk, cl_ord_id, msg_type, seq, at in (
-            FixMessage.objects.filter(
-                direction=Direction.OUT,
-                cl_ord_id__in=[r.cl_ord_id for r in rows],
-                poss_dup=False,
-            )
-            .order_by("pk")
-            .values_list("pk", "cl_ord_id", "msg_type", "seq_num", "received_at")
-        ):
-            records.setdefault((cl_ord_id, msg_type), _Record(pk, seq, at))
         by_session: dict[str, list[OutboxMessage]] = {}
         for row in rows:
             by_session.setdefault(self.sessions[row.fix_session_id], []).append(row)
@@ -1035,19 +1057,25 @@ class OutboxDispatcher:
         if not messages:
             return True
         new = [
-            FixMessage(
-                session_key=key,
-                direction=Direction.OUT,
-                msg_type=row.msg_type[:4],
-                cl_ord_id=row.cl_ord_id[:64],
-                raw=_unsent_raw(message),
-            )
+            (row.msg_type[:4], row.cl_ord_id[:64], _unsent_raw(message))
             for row, _, message in messages
             if records.get((row.cl_ord_id, row.msg_type), _NO_RECORD).seq is not None
         ]
+        record_pks: dict[str, int] = {}
         if new:
-            FixMessage.objects.bulk_create(new)  # autocommit: one durable commit
-        record_pks = {m.cl_ord_id: m.pk for m in new}
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _INSERT_RECORDS_SQL,
+                    [
+                        key,
+                        Direction.OUT.value,
+                        timezone.now(),
+                        [m for m, _, _ in new],
+                        [c for _, c, _ in new],
+                        [r for _, _, r in new],
+                    ],
+                )
+                record_pks.update((c, pk) for pk, c in cursor.fetchall())
         for row, _, _ in messages:
             record = records.get((row.cl_ord_id, row.msg_type))
             if record is not None and record.seq is None:
@@ -1081,22 +1109,21 @@ class OutboxDispatcher:
         """Mark rows sent and write the MsgSeqNum and wire text of their records, one commit."""
         if not ids and not numbers:
             return
-        # No wait for the WAL flush: if a crash loses this, the rows are pending again and
-        # their records (flushed before they left) lead to QuickFIX's store, not to a resend.
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-                if numbers:
-                    cursor.execute(
-                        f"UPDATE {FixMessage._meta.db_table} AS m SET seq_num = v.seq, raw = v.raw"
-                        " FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, seq, raw)"
-                        " WHERE m.id = v.id",
-                        [[n[0] for n in numbers], [n[1] for n in numbers], [n[2] for n in numbers]],
-                    )
-            if ids:
-                OutboxMessage.objects.filter(pk__in=ids, status=OutboxStatus.PENDING).update(
-                    status=OutboxStatus.SENT, sent_at=timezone.now(), attempts=F("attempts") + 1
-                )
+        # One statement: if a crash loses it, the rows are pending again and their records
+        # (flushed before they left) lead to QuickFIX's store, not to a resend.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _FINISH_SQL,
+                [
+                    [n[0] for n in numbers],
+                    [n[1] for n in numbers],
+                    [n[2] for n in numbers],
+                    OutboxStatus.SENT.value,
+                    timezone.now(),
+                    ids,
+                    OutboxStatus.PENDING.value,
+                ],
+            )
 
     def _fail(self, row: OutboxMessage, error: str) -> None:
         from orders.services.routing import outbox_mark_failed
