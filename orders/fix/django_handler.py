@@ -109,13 +109,12 @@ def record_message(
     and the restart logic of the outbox depends on the outbound ones.
     """
     values = _fields(raw)
-    seq = values.get(34, "")
     if not wait_for_flush:
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            return _insert_message(session_key, direction, raw, values, seq)
-    return _insert_message(session_key, direction, raw, values, seq)
+            return _insert_message(session_key, direction, raw, values)
+    return _insert_message(session_key, direction, raw, values)
 
 
 _INSERT_MESSAGE_SQL = (
@@ -125,25 +124,52 @@ _INSERT_MESSAGE_SQL = (
 )
 
 
+def _message_row(session_key: str, direction: str, raw: str, values: dict[int, str]) -> list[Any]:
+    """The values of `_INSERT_MESSAGE_SQL` for one message."""
+    seq = values.get(34, "")
+    return [
+        session_key,
+        direction,
+        values.get(35, "")[:4],
+        int(seq) if seq.isdigit() else None,
+        values.get(43) == "Y",
+        values.get(11, "")[:64],
+        raw,
+        timezone.now(),
+    ]
+
+
+_MESSAGE_COLUMNS = (
+    "session_key",
+    "direction",
+    "msg_type",
+    "seq_num",
+    "poss_dup",
+    "cl_ord_id",
+    "raw",
+    "received_at",
+)
+
+
 def _insert_message(
-    session_key: str, direction: str, raw: str, values: dict[int, str], seq: str
+    session_key: str, direction: str, raw: str, values: dict[int, str]
 ) -> FixMessage:
     # A constant INSERT: every message in and out passes here, and Model.objects.create
     # compiles the statement each time (about 1 ms of a QuickFIX thread's time per message).
-    row = {
-        "session_key": session_key,
-        "direction": direction,
-        "msg_type": values.get(35, "")[:4],
-        "seq_num": int(seq) if seq.isdigit() else None,
-        "poss_dup": values.get(43) == "Y",
-        "cl_ord_id": values.get(11, "")[:64],
-        "raw": raw,
-        "received_at": timezone.now(),
-    }
+    values_list = _message_row(session_key, direction, raw, values)
+    row = dict(zip(_MESSAGE_COLUMNS, values_list, strict=True))
     with connection.cursor() as cursor:
-        cursor.execute(_INSERT_MESSAGE_SQL, list(row.values()))
+        cursor.execute(_INSERT_MESSAGE_SQL, values_list)
         (row["id"],) = cursor.fetchone()
     return model_from_row(FixMessage, row)
+
+
+def _plain_connection_params() -> dict[str, Any]:
+    """Django's connection parameters for a plain psycopg connection of our own."""
+    params = dict(connection.get_connection_params())
+    for name in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(name, None)
+    return params
 
 
 _gateway_thread = threading.local()
@@ -206,6 +232,73 @@ class _DbThread:
         except Exception:
             logger.exception("closing a gateway database connection failed")
         self._executor.shutdown(wait=True)
+
+
+class _SessionStore:
+    """A session's own connection for storing its inbound application messages on QuickFIX's
+    thread of the session, in the callback itself.
+
+    Why not a `_DbThread`: handing each report to another thread and waiting for it cost two
+    thread wake-ups per message (GIL hand-overs included) on the path from receipt to commit.
+    A plain psycopg connection (autocommit: each INSERT commits and waits for the WAL flush)
+    does not depend on Django's per-thread connection, which QuickFIX's native threads cannot
+    keep. QuickFIX calls a session's callbacks on one thread at a time; the lock covers
+    `close()` from another thread.
+    """
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self._params = params
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(autocommit=True, **self._params)
+            self._conn.prepare_threshold = settings.DB_PREPARE_THRESHOLD
+        return self._conn
+
+    def insert(self, row: list[Any]) -> int:
+        """INSERT one FixMessage row (the values of `_INSERT_MESSAGE_SQL`); its id."""
+        import psycopg
+
+        with self._lock:
+            try:
+                cursor = self._connection().execute(_INSERT_MESSAGE_SQL, row)
+                return int(cursor.fetchone()[0])
+            except psycopg.Error:
+                self._drop()
+                raise
+
+    def placement_of(self, cl_ord_ids: list[str]) -> int | None:
+        """The placement whose outbox row carries one of these ClOrdIDs (the first row)."""
+        import psycopg
+
+        with self._lock:
+            try:
+                row = self._connection().execute(_PLACEMENT_OF_SQL, [cl_ord_ids]).fetchone()
+            except psycopg.Error:
+                self._drop()
+                raise
+        return None if row is None else int(row[0])
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        """Close the connection (it reopens on the next insert)."""
+        with self._lock:
+            self._drop()
+
+
+_PLACEMENT_OF_SQL = (
+    f"SELECT placement_id FROM {OutboxMessage._meta.db_table} "
+    "WHERE cl_ord_id = ANY(%s::varchar[]) ORDER BY id LIMIT 1"
+)
 
 
 @dataclass(slots=True)
@@ -322,6 +415,9 @@ class DjangoGatewayHandler:
         # Raw messages are stored on a thread per session (inbound) and per session (outbound):
         # sessions never wait on each other and a burst of reports never delays an order out.
         self._inbound: dict[str, _DbThread] = {}
+        # Application messages: stored on QuickFIX's thread with the session's own connection.
+        self._stores: dict[str, _SessionStore] = {}
+        self._store_params: dict[str, Any] | None = None
         self._outbound: dict[str, _DbThread] = {}
         self._appliers: list[_Applier] = []
         # ClOrdID -> placement pk: the partition key of a report (the dispatcher fills it before
@@ -376,10 +472,13 @@ class DjangoGatewayHandler:
             appliers, self._appliers = self._appliers, []
             threads = [*self._inbound.values(), *self._outbound.values()]
             self._inbound, self._outbound = {}, {}
+            stores, self._stores = list(self._stores.values()), {}
         for applier in appliers:
             applier.stop()
         for thread in threads:
             thread.close()
+        for store in stores:
+            store.close()
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until every queued report is applied (tests, benchmarks)."""
@@ -447,17 +546,27 @@ class DjangoGatewayHandler:
         with self._storing_changed:
             self._storing[session_key] = self._storing.get(session_key, 0) + 1
         try:
-            item = self._thread(self._inbound, session_key, "fix-in-db").run(
-                self._store_inbound, session_key, raw, parsed, admin, received
-            )
-            if item is not None:
-                # Queued after the raw row is committed: from here a crash loses nothing
-                # (recover).
-                self._applier_list()[item[0]].queue.put(item[1])
+            store = self._session_store(session_key)
+            raw_id = store.insert(_message_row(session_key, Direction.IN, raw, _fields(raw)))
+            partition = self._partition(parsed, store)
+            item = _Inbound(session_key, parsed, raw_id, received, time.perf_counter())
+            # Queued after the raw row is committed: from here a crash loses nothing (recover).
+            self._applier_list()[partition].queue.put(item)
         finally:
             with self._storing_changed:
                 self._storing[session_key] -= 1
                 self._storing_changed.notify_all()
+
+    def _session_store(self, session_key: str) -> _SessionStore:
+        store = self._stores.get(session_key)
+        if store is None:
+            with self._lock:
+                store = self._stores.get(session_key)
+                if store is None:
+                    if self._store_params is None:
+                        self._store_params = _plain_connection_params()
+                    store = self._stores[session_key] = _SessionStore(self._store_params)
+        return store
 
     def wait_stored(self, items: list[_Inbound]) -> bool:
         """Wait (at most `linger` seconds) while an application message of the sessions of
@@ -496,7 +605,7 @@ class DjangoGatewayHandler:
         item = _Inbound(session_key, parsed, stored.pk, received, time.perf_counter())
         return partition, item
 
-    def _partition(self, parsed: ParsedMessage) -> int:
+    def _partition(self, parsed: ParsedMessage, store: _SessionStore | None = None) -> int:
         ids = [
             i
             for i in (getattr(parsed, "cl_ord_id", None), getattr(parsed, "orig_cl_ord_id", None))
@@ -508,11 +617,14 @@ class DjangoGatewayHandler:
             if placement_id is not None:
                 break
         if placement_id is None and ids:
-            placement_id = (
-                OutboxMessage.objects.filter(cl_ord_id__in=ids)
-                .values_list("placement_id", flat=True)
-                .first()
-            )
+            if store is not None:
+                placement_id = store.placement_of(ids)
+            else:
+                placement_id = (
+                    OutboxMessage.objects.filter(cl_ord_id__in=ids)
+                    .values_list("placement_id", flat=True)
+                    .first()
+                )
             if placement_id is not None:
                 for cl_ord_id in ids:
                     self.remember_placement(cl_ord_id, placement_id)
@@ -785,11 +897,7 @@ def listen_connection() -> Any:
 
     from orders.services.routing import OUTBOX_CHANNEL
 
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    params.pop("prepare_threshold", None)
-    conn = psycopg.connect(autocommit=True, **params)
+    conn = psycopg.connect(autocommit=True, **_plain_connection_params())
     conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
     return conn
 
