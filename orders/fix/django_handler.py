@@ -212,7 +212,9 @@ class _DbThread:
     Why: QuickFIX calls Python from native threads that get a fresh Python thread state per
     callback, so Django's per-thread connection would be a new connection every message (slow,
     and leaked). The callback hands the work to this thread and waits for the result, so a
-    message is stored before QuickFIX counts it as received.
+    message is stored before QuickFIX counts it as received. Used for outbound records and
+    inbound admin messages; inbound application messages, the hot path, are stored on the
+    callback's own thread with a plain connection per session (`_SessionStore`).
     """
 
     def __init__(self, name: str) -> None:
