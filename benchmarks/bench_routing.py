@@ -34,6 +34,7 @@ Targets: >= 200 orders/s; p99 fill-to-commit <= 20 ms (paced); 1,000 cancels out
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import socket
@@ -351,7 +352,41 @@ class _Cpu:
         return cpu
 
 
+class _Collections:
+    """Pauses of Python's cyclic garbage collector in this (gateway) process, from gc.callbacks:
+    a collection stops every thread, so one inside a fill's apply is part of its latency."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started:
+            self.pauses.append(time.perf_counter() - self._started)
+
+    def reset(self) -> None:
+        """Forget the pauses seen so far."""
+        self.pauses.clear()
+
+    def figures(self) -> dict[str, Any]:
+        """How many collections ran since reset(), their total and longest pause (ms)."""
+        pauses = list(self.pauses)
+        return {
+            "collections": len(pauses),
+            "total_ms": round(sum(pauses) * 1000, 1),
+            "max_ms": round(max(pauses, default=0.0) * 1000, 2),
+        }
+
+
+_collections: _Collections | None = None
+
+
 def _reset_samples(handler: Any) -> None:
+    if _collections is not None:
+        _collections.reset()
     handler.fill_latencies.clear()
     getattr(handler, "wire_latencies", []).clear()
     for values in getattr(handler, "stage_latencies", {}).values():
@@ -372,6 +407,7 @@ def _latency(handler: Any) -> dict[str, Any]:
         # every inbound report (acks and fills): raw message stored on QuickFIX's thread,
         # waiting for its applier, applied (service call to commit)
         "inbound_stage_ms": _stages(handler),
+        "gc_pauses": _collections.figures() if _collections is not None else None,
     }
 
 
@@ -497,6 +533,12 @@ def run(
         _route_all(world, warm, pool, ROUTING_WORKERS, route_batch)
         _wait(lambda: _count(warm, "filled") == 20, 60)
         runner.handler.wait_idle(60)
+        # As `manage.py run_fix_gateway` does once Django and the sessions are loaded (there
+        # before the runner starts; here after the warm-up, which also loaded the services):
+        # long-lived objects out of every later collection.
+        gc.freeze()
+        global _collections
+        _collections = _Collections()
         _reset_samples(runner.handler)
 
         # burst: every order at once

@@ -60,12 +60,11 @@ from django.db import (
     transaction,
 )
 from django.db.backends.signals import connection_created
-from django.db.models import F
 from django.utils import timezone
 
 from oms_site.errors import DomainError
 from oms_site.models import AuditEvent
-from oms_site.rows import model_from_row
+from oms_site.rows import fast_datetimes, model_from_row
 from orders.enums import Direction, OrderStatus, OutboxStatus
 from orders.fix.common import seq_num_of
 from orders.fix.gateway import Gateway, SessionSpec
@@ -110,13 +109,12 @@ def record_message(
     and the restart logic of the outbox depends on the outbound ones.
     """
     values = _fields(raw)
-    seq = values.get(34, "")
     if not wait_for_flush:
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            return _insert_message(session_key, direction, raw, values, seq)
-    return _insert_message(session_key, direction, raw, values, seq)
+            return _insert_message(session_key, direction, raw, values)
+    return _insert_message(session_key, direction, raw, values)
 
 
 _INSERT_MESSAGE_SQL = (
@@ -126,25 +124,52 @@ _INSERT_MESSAGE_SQL = (
 )
 
 
+def _message_row(session_key: str, direction: str, raw: str, values: dict[int, str]) -> list[Any]:
+    """The values of `_INSERT_MESSAGE_SQL` for one message."""
+    seq = values.get(34, "")
+    return [
+        session_key,
+        direction,
+        values.get(35, "")[:4],
+        int(seq) if seq.isdigit() else None,
+        values.get(43) == "Y",
+        values.get(11, "")[:64],
+        raw,
+        timezone.now(),
+    ]
+
+
+_MESSAGE_COLUMNS = (
+    "session_key",
+    "direction",
+    "msg_type",
+    "seq_num",
+    "poss_dup",
+    "cl_ord_id",
+    "raw",
+    "received_at",
+)
+
+
 def _insert_message(
-    session_key: str, direction: str, raw: str, values: dict[int, str], seq: str
+    session_key: str, direction: str, raw: str, values: dict[int, str]
 ) -> FixMessage:
     # A constant INSERT: every message in and out passes here, and Model.objects.create
     # compiles the statement each time (about 1 ms of a QuickFIX thread's time per message).
-    row = {
-        "session_key": session_key,
-        "direction": direction,
-        "msg_type": values.get(35, "")[:4],
-        "seq_num": int(seq) if seq.isdigit() else None,
-        "poss_dup": values.get(43) == "Y",
-        "cl_ord_id": values.get(11, "")[:64],
-        "raw": raw,
-        "received_at": timezone.now(),
-    }
+    values_list = _message_row(session_key, direction, raw, values)
+    row = dict(zip(_MESSAGE_COLUMNS, values_list, strict=True))
     with connection.cursor() as cursor:
-        cursor.execute(_INSERT_MESSAGE_SQL, list(row.values()))
+        cursor.execute(_INSERT_MESSAGE_SQL, values_list)
         (row["id"],) = cursor.fetchone()
     return model_from_row(FixMessage, row)
+
+
+def _plain_connection_params() -> dict[str, Any]:
+    """Django's connection parameters for a plain psycopg connection of our own."""
+    params = dict(connection.get_connection_params())
+    for name in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(name, None)
+    return params
 
 
 _gateway_thread = threading.local()
@@ -187,7 +212,9 @@ class _DbThread:
     Why: QuickFIX calls Python from native threads that get a fresh Python thread state per
     callback, so Django's per-thread connection would be a new connection every message (slow,
     and leaked). The callback hands the work to this thread and waits for the result, so a
-    message is stored before QuickFIX counts it as received.
+    message is stored before QuickFIX counts it as received. Used for outbound records and
+    inbound admin messages; inbound application messages, the hot path, are stored on the
+    callback's own thread with a plain connection per session (`_SessionStore`).
     """
 
     def __init__(self, name: str) -> None:
@@ -207,6 +234,73 @@ class _DbThread:
         except Exception:
             logger.exception("closing a gateway database connection failed")
         self._executor.shutdown(wait=True)
+
+
+class _SessionStore:
+    """A session's own connection for storing its inbound application messages on QuickFIX's
+    thread of the session, in the callback itself.
+
+    Why not a `_DbThread`: handing each report to another thread and waiting for it cost two
+    thread wake-ups per message (GIL hand-overs included) on the path from receipt to commit.
+    A plain psycopg connection (autocommit: each INSERT commits and waits for the WAL flush)
+    does not depend on Django's per-thread connection, which QuickFIX's native threads cannot
+    keep. QuickFIX calls a session's callbacks on one thread at a time; the lock covers
+    `close()` from another thread.
+    """
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self._params = params
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(autocommit=True, **self._params)
+            self._conn.prepare_threshold = settings.DB_PREPARE_THRESHOLD
+        return self._conn
+
+    def insert(self, row: list[Any]) -> int:
+        """INSERT one FixMessage row (the values of `_INSERT_MESSAGE_SQL`); its id."""
+        import psycopg
+
+        with self._lock:
+            try:
+                cursor = self._connection().execute(_INSERT_MESSAGE_SQL, row)
+                return int(cursor.fetchone()[0])
+            except psycopg.Error:
+                self._drop()
+                raise
+
+    def placement_of(self, cl_ord_ids: list[str]) -> int | None:
+        """The placement whose outbox row carries one of these ClOrdIDs (the first row)."""
+        import psycopg
+
+        with self._lock:
+            try:
+                row = self._connection().execute(_PLACEMENT_OF_SQL, [cl_ord_ids]).fetchone()
+            except psycopg.Error:
+                self._drop()
+                raise
+        return None if row is None else int(row[0])
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        """Close the connection (it reopens on the next insert)."""
+        with self._lock:
+            self._drop()
+
+
+_PLACEMENT_OF_SQL = (
+    f"SELECT placement_id FROM {OutboxMessage._meta.db_table} "
+    "WHERE cl_ord_id = ANY(%s::varchar[]) ORDER BY id LIMIT 1"
+)
 
 
 @dataclass(slots=True)
@@ -323,6 +417,9 @@ class DjangoGatewayHandler:
         # Raw messages are stored on a thread per session (inbound) and per session (outbound):
         # sessions never wait on each other and a burst of reports never delays an order out.
         self._inbound: dict[str, _DbThread] = {}
+        # Application messages: stored on QuickFIX's thread with the session's own connection.
+        self._stores: dict[str, _SessionStore] = {}
+        self._store_params: dict[str, Any] | None = None
         self._outbound: dict[str, _DbThread] = {}
         self._appliers: list[_Applier] = []
         # ClOrdID -> placement pk: the partition key of a report (the dispatcher fills it before
@@ -377,10 +474,13 @@ class DjangoGatewayHandler:
             appliers, self._appliers = self._appliers, []
             threads = [*self._inbound.values(), *self._outbound.values()]
             self._inbound, self._outbound = {}, {}
+            stores, self._stores = list(self._stores.values()), {}
         for applier in appliers:
             applier.stop()
         for thread in threads:
             thread.close()
+        for store in stores:
+            store.close()
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until every queued report is applied (tests, benchmarks)."""
@@ -448,17 +548,27 @@ class DjangoGatewayHandler:
         with self._storing_changed:
             self._storing[session_key] = self._storing.get(session_key, 0) + 1
         try:
-            item = self._thread(self._inbound, session_key, "fix-in-db").run(
-                self._store_inbound, session_key, raw, parsed, admin, received
-            )
-            if item is not None:
-                # Queued after the raw row is committed: from here a crash loses nothing
-                # (recover).
-                self._applier_list()[item[0]].queue.put(item[1])
+            store = self._session_store(session_key)
+            raw_id = store.insert(_message_row(session_key, Direction.IN, raw, _fields(raw)))
+            partition = self._partition(parsed, store)
+            item = _Inbound(session_key, parsed, raw_id, received, time.perf_counter())
+            # Queued after the raw row is committed: from here a crash loses nothing (recover).
+            self._applier_list()[partition].queue.put(item)
         finally:
             with self._storing_changed:
                 self._storing[session_key] -= 1
                 self._storing_changed.notify_all()
+
+    def _session_store(self, session_key: str) -> _SessionStore:
+        store = self._stores.get(session_key)
+        if store is None:
+            with self._lock:
+                store = self._stores.get(session_key)
+                if store is None:
+                    if self._store_params is None:
+                        self._store_params = _plain_connection_params()
+                    store = self._stores[session_key] = _SessionStore(self._store_params)
+        return store
 
     def wait_stored(self, items: list[_Inbound]) -> bool:
         """Wait (at most `linger` seconds) while an application message of the sessions of
@@ -497,7 +607,7 @@ class DjangoGatewayHandler:
         item = _Inbound(session_key, parsed, stored.pk, received, time.perf_counter())
         return partition, item
 
-    def _partition(self, parsed: ParsedMessage) -> int:
+    def _partition(self, parsed: ParsedMessage, store: _SessionStore | None = None) -> int:
         ids = [
             i
             for i in (getattr(parsed, "cl_ord_id", None), getattr(parsed, "orig_cl_ord_id", None))
@@ -509,11 +619,14 @@ class DjangoGatewayHandler:
             if placement_id is not None:
                 break
         if placement_id is None and ids:
-            placement_id = (
-                OutboxMessage.objects.filter(cl_ord_id__in=ids)
-                .values_list("placement_id", flat=True)
-                .first()
-            )
+            if store is not None:
+                placement_id = store.placement_of(ids)
+            else:
+                placement_id = (
+                    OutboxMessage.objects.filter(cl_ord_id__in=ids)
+                    .values_list("placement_id", flat=True)
+                    .first()
+                )
             if placement_id is not None:
                 for cl_ord_id in ids:
                     self.remember_placement(cl_ord_id, placement_id)
@@ -786,11 +899,7 @@ def listen_connection() -> Any:
 
     from orders.services.routing import OUTBOX_CHANNEL
 
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    params.pop("prepare_threshold", None)
-    conn = psycopg.connect(autocommit=True, **params)
+    conn = psycopg.connect(autocommit=True, **_plain_connection_params())
     conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
     return conn
 
@@ -817,21 +926,34 @@ def _unsent_raw(message: OutboundMessage) -> str:
     return "".join(f"{tag}={value}\x01" for tag, value in ((35, message.msg_type), *message.fields))
 
 
+# Pending rows of these sessions in id order, each with the first outbound record of its
+# ClOrdID and message type (none, or one a dispatcher wrote before a restart): one constant
+# statement, which every dispatcher runs on each wake-up and sweep, mostly finding nothing.
 _PENDING_SQL = (
-    f"SELECT id, fix_session_id, placement_id, msg_type, cl_ord_id, payload "
-    f"FROM {OutboxMessage._meta.db_table} "
-    "WHERE status = %s AND fix_session_id = ANY(%s) ORDER BY id LIMIT %s"
+    "SELECT o.id, o.fix_session_id, o.placement_id, o.msg_type, o.cl_ord_id, o.payload, "
+    "r.id, r.seq_num, r.received_at "
+    f"FROM {OutboxMessage._meta.db_table} AS o LEFT JOIN LATERAL ("
+    f"SELECT m.id, m.seq_num, m.received_at FROM {FixMessage._meta.db_table} AS m "
+    "WHERE m.cl_ord_id = o.cl_ord_id AND m.direction = %s AND m.msg_type = o.msg_type "
+    "AND NOT m.poss_dup ORDER BY m.id LIMIT 1) AS r ON true "
+    "WHERE o.status = %s AND o.fix_session_id = ANY(%s) ORDER BY o.id LIMIT %s"
 )
 
 
-def _pending_rows(session_ids: list[int], limit: int) -> list[OutboxMessage]:
-    """Pending outbox rows of these sessions in id order (a constant statement: every
-    dispatcher runs it on each wake-up and sweep, mostly finding nothing)."""
+def _pending_rows(
+    session_ids: list[int], limit: int
+) -> tuple[list[OutboxMessage], dict[tuple[str, str], _Record]]:
+    """Pending outbox rows of these sessions in id order, and the records found for them by
+    (ClOrdID, message type)."""
     with connection.cursor() as cursor:
-        cursor.execute(_PENDING_SQL, [OutboxStatus.PENDING.value, session_ids, limit])
+        fast_datetimes(cursor)
+        cursor.execute(
+            _PENDING_SQL, [Direction.OUT.value, OutboxStatus.PENDING.value, session_ids, limit]
+        )
         found = cursor.fetchall()
     rows = []
-    for pk, session_id, placement_id, msg_type, cl_ord_id, payload in found:
+    records: dict[tuple[str, str], _Record] = {}
+    for pk, session_id, placement_id, msg_type, cl_ord_id, payload, *record in found:
         rows.append(
             model_from_row(
                 OutboxMessage,
@@ -846,7 +968,28 @@ def _pending_rows(session_ids: list[int], limit: int) -> list[OutboxMessage]:
                 },
             )
         )
-    return rows
+        if record[0] is not None:
+            records[(cl_ord_id, msg_type)] = _Record(*record)
+    return rows, records
+
+
+# The records of a chunk, written before any of it is sent: one statement, autocommit (the
+# WAL flush is waited for).
+_INSERT_RECORDS_SQL = (
+    f"INSERT INTO {FixMessage._meta.db_table} "
+    "(session_key, direction, msg_type, seq_num, poss_dup, cl_ord_id, raw, received_at) "
+    "SELECT %s, %s, v.msg_type, NULL, false, v.cl_ord_id, v.raw, %s "
+    "FROM unnest(%s::varchar[], %s::varchar[], %s::text[]) WITH ORDINALITY "
+    "AS v(msg_type, cl_ord_id, raw, n) ORDER BY v.n RETURNING id, cl_ord_id"
+)
+# Rows marked sent and their records numbered: one statement, one commit.
+_FINISH_SQL = (
+    f"WITH numbered AS (UPDATE {FixMessage._meta.db_table} AS m "
+    "SET seq_num = v.seq, raw = v.raw "
+    "FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, seq, raw) WHERE m.id = v.id) "
+    f"UPDATE {OutboxMessage._meta.db_table} SET status = %s, sent_at = %s, "
+    "attempts = attempts + 1 WHERE id = ANY(%s::bigint[]) AND status = %s"
+)
 
 
 class OutboxDispatcher:
@@ -946,20 +1089,9 @@ class OutboxDispatcher:
 
     def dispatch_once(self) -> int:
         """Send what is pending now; returns the number of rows looked at."""
-        rows = _pending_rows(list(self.sessions), self.batch)
+        rows, records = _pending_rows(list(self.sessions), self.batch)
         if not rows:
             return 0
-        records: dict[tuple[str, str], _Record] = {}
-        for pk, cl_ord_id, msg_type, seq, at in (
-            FixMessage.objects.filter(
-                direction=Direction.OUT,
-                cl_ord_id__in=[r.cl_ord_id for r in rows],
-                poss_dup=False,
-            )
-            .order_by("pk")
-            .values_list("pk", "cl_ord_id", "msg_type", "seq_num", "received_at")
-        ):
-            records.setdefault((cl_ord_id, msg_type), _Record(pk, seq, at))
         by_session: dict[str, list[OutboxMessage]] = {}
         for row in rows:
             by_session.setdefault(self.sessions[row.fix_session_id], []).append(row)
@@ -1035,19 +1167,25 @@ class OutboxDispatcher:
         if not messages:
             return True
         new = [
-            FixMessage(
-                session_key=key,
-                direction=Direction.OUT,
-                msg_type=row.msg_type[:4],
-                cl_ord_id=row.cl_ord_id[:64],
-                raw=_unsent_raw(message),
-            )
+            (row.msg_type[:4], row.cl_ord_id[:64], _unsent_raw(message))
             for row, _, message in messages
             if records.get((row.cl_ord_id, row.msg_type), _NO_RECORD).seq is not None
         ]
+        record_pks: dict[str, int] = {}
         if new:
-            FixMessage.objects.bulk_create(new)  # autocommit: one durable commit
-        record_pks = {m.cl_ord_id: m.pk for m in new}
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _INSERT_RECORDS_SQL,
+                    [
+                        key,
+                        Direction.OUT.value,
+                        timezone.now(),
+                        [m for m, _, _ in new],
+                        [c for _, c, _ in new],
+                        [r for _, _, r in new],
+                    ],
+                )
+                record_pks.update((c, pk) for pk, c in cursor.fetchall())
         for row, _, _ in messages:
             record = records.get((row.cl_ord_id, row.msg_type))
             if record is not None and record.seq is None:
@@ -1081,22 +1219,21 @@ class OutboxDispatcher:
         """Mark rows sent and write the MsgSeqNum and wire text of their records, one commit."""
         if not ids and not numbers:
             return
-        # No wait for the WAL flush: if a crash loses this, the rows are pending again and
-        # their records (flushed before they left) lead to QuickFIX's store, not to a resend.
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-                if numbers:
-                    cursor.execute(
-                        f"UPDATE {FixMessage._meta.db_table} AS m SET seq_num = v.seq, raw = v.raw"
-                        " FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, seq, raw)"
-                        " WHERE m.id = v.id",
-                        [[n[0] for n in numbers], [n[1] for n in numbers], [n[2] for n in numbers]],
-                    )
-            if ids:
-                OutboxMessage.objects.filter(pk__in=ids, status=OutboxStatus.PENDING).update(
-                    status=OutboxStatus.SENT, sent_at=timezone.now(), attempts=F("attempts") + 1
-                )
+        # One statement: if a crash loses it, the rows are pending again and their records
+        # (flushed before they left) lead to QuickFIX's store, not to a resend.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _FINISH_SQL,
+                [
+                    [n[0] for n in numbers],
+                    [n[1] for n in numbers],
+                    [n[2] for n in numbers],
+                    OutboxStatus.SENT.value,
+                    timezone.now(),
+                    ids,
+                    OutboxStatus.PENDING.value,
+                ],
+            )
 
     def _fail(self, row: OutboxMessage, error: str) -> None:
         from orders.services.routing import outbox_mark_failed

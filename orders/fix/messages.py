@@ -160,7 +160,25 @@ def parse_utc_timestamp(text: str) -> dt.datetime:
     if not sep or len(date_part) != 8:
         raise ValueError(f"bad UTCTimestamp {text!r}")
     hms, _, frac = time_part.partition(".")
-    base = dt.datetime.strptime(date_part + hms, "%Y%m%d%H:%M:%S").replace(tzinfo=dt.UTC)
+    if (
+        len(hms) == 8
+        and hms[2] == hms[5] == ":"
+        and date_part.isdigit()
+        and (digits := hms[:2] + hms[3:5] + hms[6:]).isdigit()
+    ):
+        # The shape every FIX engine writes, read without strptime (about 10 µs a value; two
+        # a report): datetime() checks the ranges as strptime would.
+        base = dt.datetime(
+            int(date_part[:4]),
+            int(date_part[4:6]),
+            int(date_part[6:]),
+            int(digits[:2]),
+            int(digits[2:4]),
+            int(digits[4:]),
+            tzinfo=dt.UTC,
+        )
+    else:
+        base = dt.datetime.strptime(date_part + hms, "%Y%m%d%H:%M:%S").replace(tzinfo=dt.UTC)
     if frac:
         if not frac.isdigit():
             raise ValueError(f"bad UTCTimestamp {text!r}")

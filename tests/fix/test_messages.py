@@ -433,6 +433,39 @@ def test_utc_timestamp_precisions():
         parse_utc_timestamp("2025-03-04T14:30:05")
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "20250304-14:30:05",
+        "20250304-14:30:05.123",
+        "19991231-23:59:59.999999",
+        "20240229-00:00:00",
+        "20250304-4:30:05",  # not the usual shape: strptime still reads one-digit hours
+        "20250230-14:30:05",  # no 30 February
+        "20250304-24:00:00",
+        "20250304-14:60:05",
+        "20250304-14:30:60",
+        "2025030a-14:30:05",
+        "20250304-14:3a:05",
+        "20250304-14-30-05",
+        "20250304-14:30:05.12x",
+        "+2025034-14:30:05",
+    ],
+)
+def test_utc_timestamps_read_as_strptime_reads_them(text):
+    date_part, _, time_part = text.partition("-")
+    hms, _, frac = time_part.partition(".")
+    try:
+        expected = dt.datetime.strptime(date_part + hms, "%Y%m%d%H:%M:%S").replace(tzinfo=dt.UTC)
+        if frac:
+            expected += dt.timedelta(microseconds=int(frac[:6].ljust(6, "0")))
+    except ValueError:
+        with pytest.raises(ValueError):
+            parse_utc_timestamp(text)
+        return
+    assert parse_utc_timestamp(text) == expected
+
+
 def test_venue_side_parses_order_messages_back():
     raw = _raw(
         "D",

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import threading
 import time
 from decimal import Decimal
 
+import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 from oms_site.models import AuditEvent
 from orders.enums import OrderStatus
-from orders.fix.django_handler import DjangoGatewayHandler, _DbThread, record_message
+from orders.fix.django_handler import DjangoGatewayHandler, _DbThread, record_message, seq_of
 from orders.fix.messages import encode_message, exec_report_fields, parse_message
 from orders.models import Execution, FixMessage, Order
 from orders.services.executions import execution_apply
@@ -357,3 +359,70 @@ def test_an_applier_does_not_wait_when_nothing_is_being_stored(routed, batches):
         handler.close_connections()
     assert batches == [] and Execution.objects.get().exec_id == "A1"
     assert handler._storing == {KEY: 0}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_callback_stores_a_report_with_the_sessions_own_connection(routed):
+    order, placement = routed
+    handler = DjangoGatewayHandler(appliers=2)
+    ack = wire_report(placement.cl_ord_id, "0", "0", exec_id="A1")
+    opened: list[object] = []
+
+    def callback() -> None:
+        # as on QuickFIX's thread of the session: a thread of its own
+        handler.on_inbound(KEY, ack, parse_message(ack))
+        opened.append(connections["default"].connection)
+
+    try:
+        # when a report arrives on a thread that never touched Django's connection
+        thread = threading.Thread(target=callback)
+        thread.start()
+        thread.join(timeout=30)
+        assert handler.wait_idle(timeout=30)
+        store = handler._stores[KEY]
+    finally:
+        handler.close_connections()
+    # then the callback opened no Django connection on its thread
+    assert opened == [None]
+    # and the raw message is stored once with its header fields, then applied
+    stored = FixMessage.objects.get(direction="in")
+    assert (stored.session_key, stored.msg_type, stored.cl_ord_id, stored.poss_dup) == (
+        KEY,
+        "8",
+        placement.cl_ord_id,
+        False,
+    )
+    assert stored.seq_num == seq_of(ack)
+    assert stored.raw == ack
+    assert Execution.objects.get().raw_message_id == stored.pk
+    order.refresh_from_db()
+    assert order.status == OrderStatus.WORKING
+    # and the placement was found through the outbox (the gateway never sent it here)
+    assert handler._placements[placement.cl_ord_id] == placement.pk
+    # and closing the handler closed the session's connection
+    assert store._conn is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_report_the_session_cannot_store_raises_and_nothing_is_queued(routed):
+    _, placement = routed
+    handler = DjangoGatewayHandler(appliers=1)
+    handler._store_params = {
+        **connections["default"].get_connection_params(),
+        "dbname": "oms_no_such_database",
+    }
+    for name in ("cursor_factory", "context", "prepare_threshold"):
+        handler._store_params.pop(name, None)
+    ack = wire_report(placement.cl_ord_id, "0", "0", exec_id="A1")
+    try:
+        # when the session's connection cannot be made
+        with pytest.raises(psycopg.OperationalError):
+            handler.on_inbound(KEY, ack, parse_message(ack))
+        # then nothing is stored, queued or applied, and nothing counts as being stored
+        assert handler.wait_idle(timeout=5)
+        assert all(a.queue.unfinished_tasks == 0 for a in handler._appliers)
+        assert handler._storing == {KEY: 0}
+    finally:
+        handler.close_connections()
+    assert FixMessage.objects.count() == 0
+    assert Execution.objects.count() == 0

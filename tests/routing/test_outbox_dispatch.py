@@ -107,6 +107,31 @@ def test_statements_do_not_grow_with_the_rows_of_a_chunk(trader, brokers, make_o
 
 
 @pytest.mark.django_db
+def test_a_chunk_costs_three_statements_and_marks_its_rows_sent_once(trader, brokers, make_order):
+    # given two routed orders
+    orders_route(user=trader, order_ids=[make_order().pk, make_order().pk], broker_code="BRKA")
+    handler = DjangoGatewayHandler()
+    dispatcher = _dispatcher(NumberingGateway(handler, next_sender=5), handler)
+    # when the dispatcher sends them
+    with CaptureQueriesContext(connection) as queries:
+        dispatcher.dispatch_once()
+    # then: the pending rows with their records, the records, the rows sent and numbered
+    statements = [q["sql"].split()[0] for q in queries.captured_queries]
+    assert statements == ["SELECT", "INSERT", "WITH"]
+    rows = list(OutboxMessage.objects.order_by("pk").values_list("status", "attempts"))
+    assert rows == [(OutboxStatus.SENT, 1), (OutboxStatus.SENT, 1)]
+    assert OutboxMessage.objects.filter(sent_at__isnull=True).count() == 0
+    assert list(
+        FixMessage.objects.filter(direction="out").order_by("pk").values_list("seq_num", flat=True)
+    ) == [5, 6]
+    # and a second pass finds nothing pending and writes nothing
+    with CaptureQueriesContext(connection) as again:
+        assert dispatcher.dispatch_once() == 0
+    assert len(again.captured_queries) == 1
+    assert FixMessage.objects.filter(direction="out").count() == 2
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("in_store", [True, False])
 def test_a_record_without_a_number_is_decided_by_the_store(trader, brokers, make_order, in_store):
     # given a pending row recorded before sending, the process having died before its number
