@@ -277,6 +277,7 @@ def _outbox_delays(ids: list[int]) -> dict[str, float]:
         for created, sent in OutboxMessage.objects.filter(
             placement__order_id__in=ids, msg_type="D", sent_at__isnull=False
         ).values_list("created_at", "sent_at")
+        if sent is not None
     ]
     if not ms:
         return {}
@@ -312,7 +313,7 @@ class _Cpu:
     def __init__(self, pool: Any, simulator: Any) -> None:
         self.pool = pool
         self.simulator = simulator
-        self.before: dict[str, float] = {}
+        self.before: dict[str, Any] = {}
 
     def _backends(self) -> list[int]:
         from django.db import connection
