@@ -381,6 +381,9 @@ class LoadedCheck:
     intents: list[engine.OrderIntent]
     context: engine.ComplianceContext
     rules: list[engine.RuleSpec]
+    # The refdata version the check's own statement read in the caller's transaction (the
+    # one-order check reads it with the book's sums; None where it is not read in there).
+    version: int | None = None
 
 
 def build_pretrade(
@@ -727,4 +730,5 @@ def build_pretrade_one(*, order: Order, key: int = 0, as_of: datetime | None = N
         intents=[order_intent(order, key=key)],
         context=context,
         rules=load_rules(day=day, version=version),
+        version=version,
     )

@@ -72,6 +72,8 @@ class CheckOutcome:
     outcomes: dict[int, str]
     results: dict[int, list[engine.RuleResult]]
     checked_at: datetime | None = None
+    # The refdata version read inside the caller's transaction, where the check read it.
+    version: int | None = None
 
     def result_rows(self) -> dict[int, list[ComplianceResult]]:
         """The stored result rows per order, built in memory (equal to a read-back, minus ids)."""
@@ -289,6 +291,7 @@ def compliance_check_new(*, orders: Sequence[Order]) -> CheckOutcome:
     return CheckOutcome(
         outcomes={int(key): engine.order_outcome(rows_) for key, rows_ in results.items()},
         results={int(k): v for k, v in results.items()},
+        version=loaded.version,
     )
 
 
@@ -303,6 +306,7 @@ def compliance_results_store(*, check: CheckOutcome, order_ids: Sequence[int]) -
         outcomes={order_ids[k]: v for k, v in check.outcomes.items()},
         results={order_ids[k]: v for k, v in check.results.items()},
         checked_at=checked_at,
+        version=check.version,
     )
 
 
