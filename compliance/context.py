@@ -33,6 +33,7 @@ from allocations.models import Account
 from compliance import engine
 from compliance.models import RestrictedEntry, Rule
 from oms_site import refcache
+from oms_site.rows import array_literal
 from orders.enums import OPEN_STATUSES, OrderType
 from orders.models import Instrument, Order
 
@@ -542,8 +543,8 @@ _AT_LIMIT = _literal(_LIMIT_TYPES)
 # on a book of 180 open orders.
 _ONE_SQL = (
     "WITH book AS (SELECT o.instrument_id, o.side, o.quantity, o.created_at,"
-    " o.instrument_id = ANY(%(issuer_instruments)b::bigint[]) AS in_issuer,"
-    " o.instrument_id = ANY(%(sector_instruments)b::bigint[]) AS in_sector,"
+    " o.instrument_id = ANY(%(issuer_instruments)s::bigint[]) AS in_issuer,"
+    " o.instrument_id = ANY(%(sector_instruments)s::bigint[]) AS in_sector,"
     f" o.side = ANY({_BUYS}) AS buy, o.quantity - o.cum_qty AS leaves,"
     f" (o.limit_price IS NOT NULL AND o.order_type = ANY({_AT_LIMIT})) AS at_limit,"
     # Each row's notional once (numeric products are the statement's main cost).
@@ -590,8 +591,11 @@ _ONE_SQL = (
 )
 
 
-def _instrument_groups() -> tuple[dict[int, list[int]], dict[str, list[int]]]:
-    """Instrument ids per issuer and per (non-empty) sector."""
+_NO_INSTRUMENTS = array_literal([])
+
+
+def _instrument_groups() -> tuple[dict[int, str], dict[str, str]]:
+    """Instrument ids per issuer and per (non-empty) sector, as array literals."""
     by_issuer: dict[int, list[int]] = {}
     by_sector: dict[str, list[int]] = {}
     for pk, issuer_id, sector in Instrument.objects.values_list("pk", "issuer_id", "sector"):
@@ -599,7 +603,10 @@ def _instrument_groups() -> tuple[dict[int, list[int]], dict[str, list[int]]]:
             by_issuer.setdefault(issuer_id, []).append(pk)
         if sector:
             by_sector.setdefault(sector, []).append(pk)
-    return by_issuer, by_sector
+    return (
+        {issuer: array_literal(ids) for issuer, ids in by_issuer.items()},
+        {sector: array_literal(ids) for sector, ids in by_sector.items()},
+    )
 
 
 def _one_rows(order: Order, inst: engine.InstrumentInfo, *, version: int) -> list[tuple[Any, ...]]:
@@ -616,9 +623,13 @@ def _one_rows(order: Order, inst: engine.InstrumentInfo, *, version: int) -> lis
                 # and no instrument is in an empty array).
                 "issuer": inst.issuer_id,
                 "issuer_instruments": (
-                    by_issuer.get(inst.issuer_id, []) if inst.issuer_id is not None else []
+                    by_issuer.get(inst.issuer_id, _NO_INSTRUMENTS)
+                    if inst.issuer_id is not None
+                    else _NO_INSTRUMENTS
                 ),
-                "sector_instruments": by_sector.get(inst.sector, []) if inst.sector else [],
+                "sector_instruments": (
+                    by_sector.get(inst.sector, _NO_INSTRUMENTS) if inst.sector else _NO_INSTRUMENTS
+                ),
                 "side": order.side,
                 "quantity": order.quantity,
                 "exclude": int(order.pk) if order.pk is not None else 0,

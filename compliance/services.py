@@ -42,7 +42,7 @@ from compliance.posttrade import POST_TRADE_RULE_TYPES, Breach, find_breaches
 from oms_site.audit import AuditEntry, audit_record, audit_record_many, model_snapshot
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError, field_error
 from oms_site.roles import has_role
-from oms_site.rows import model_from_row
+from oms_site.rows import array_literal, model_from_row
 from orders.enums import OrderStatus
 from orders.models import Instrument, Issuer, Order
 from orders.state import ensure_transition
@@ -142,9 +142,11 @@ _QUOTED_COLUMNS = ", ".join('"' + c + '"' for c in SET_COLUMNS)
 # A few orders' results go in one INSERT: a COPY costs a second round trip (the server's
 # go-ahead before the data) and more client work, which only pays off in bulk.
 _INSERT_AT_MOST = 64
+# The arrays go as text literals (oms_site.rows.array_literal): psycopg's binary list dumper
+# cost ~15 us per array, 120 us of the 8 arrays of one order.
 _SET_VALUES = (
-    "(%s, %s, %b::bigint[], %b::text[], %b::text[], %b::integer[], %b::text[], %b::text[],"
-    " %b::numeric[], %b::numeric[])"
+    "(%s, %s, %s::bigint[], %s::text[], %s::text[], %s::integer[], %s::text[], %s::text[],"
+    " %s::numeric[], %s::numeric[])"
 )
 
 
@@ -153,7 +155,7 @@ def _insert_results(
     checked_at: datetime,
     order_ids: Mapping[Any, int] | None,
 ) -> None:
-    """Few results: one INSERT, a row of arrays per order (binary parameters, no quoting)."""
+    """Few results: one INSERT, a row of arrays per order (as array literals)."""
     rows = []
     for key, per_order in results.items():
         if not per_order:
@@ -162,14 +164,14 @@ def _insert_results(
             [
                 key if order_ids is None else order_ids[key],
                 checked_at,
-                [r.rule_id for r in per_order],
-                [r.rule_name for r in per_order],
-                [r.rule_type for r in per_order],
-                [r.rule_version for r in per_order],
-                [r.outcome for r in per_order],
-                [r.message for r in per_order],
-                [r.measured for r in per_order],
-                [r.limit for r in per_order],
+                array_literal([r.rule_id for r in per_order]),
+                array_literal([r.rule_name for r in per_order]),
+                array_literal([r.rule_type for r in per_order]),
+                array_literal([r.rule_version for r in per_order]),
+                array_literal([r.outcome for r in per_order]),
+                array_literal([r.message for r in per_order]),
+                array_literal([r.measured for r in per_order]),
+                array_literal([r.limit for r in per_order]),
             ]
         )
     if not rows:
