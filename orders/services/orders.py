@@ -7,6 +7,7 @@ events only after it commits. Validation of business rules lives here, not in se
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import importlib.util
@@ -390,13 +391,14 @@ def _accounts_by_code(user: Any) -> Callable[[list[str]], dict[str, tuple[Accoun
     return load
 
 
-def _load_reference(*, user: Any, rows: Sequence[_Clean]) -> _Reference:
+def _load_reference(*, user: Any, rows: Sequence[_Clean], version: int | None = None) -> _Reference:
     """Instruments and the user's accounts from the refdata cache (one query when current).
 
+    `version`: the refdata version to read them under (the current one, read now, if None).
     The cached model instances are shared by every request of the process: read them, never
     change them.
     """
-    values = refcache.generation()
+    values = refcache.generation(version)
     instruments = refcache.cached_many(
         values,
         "orders.instrument_by_symbol",
@@ -421,9 +423,14 @@ def _load_reference(*, user: Any, rows: Sequence[_Clean]) -> _Reference:
 
 
 def _validate_rows(
-    *, user: Any, rows: Sequence[_Clean], row_numbers: Sequence[int], errors: _RowErrors
+    *,
+    user: Any,
+    rows: Sequence[_Clean],
+    row_numbers: Sequence[int],
+    errors: _RowErrors,
+    version: int | None = None,
 ) -> _Reference:
-    ref = _load_reference(user=user, rows=rows)
+    ref = _load_reference(user=user, rows=rows, version=version)
     today = firm_today()
     for row, r in zip(row_numbers, rows, strict=True):
         account = ref.accounts.get(r.account)
@@ -490,12 +497,22 @@ def _optional_function(module: str, name: str) -> Callable[..., Any] | None:
     return getattr(importlib.import_module(module), name, None)
 
 
-def _check_and_insert(orders: Sequence[Order], *, attach_results: bool) -> dict[int, str]:
+class _StaleReference(Exception):
+    """The order's transaction read another refdata version than it was validated under."""
+
+
+def _check_and_insert(
+    orders: Sequence[Order], *, attach_results: bool, version: int | None = None
+) -> dict[int, str]:
     """Check new orders, insert them with their outcome, store the results; {pk: outcome}.
 
     Compliance runs before the insert (it locks the accounts' cash first, as before), so each
     row is written once, already moved by its outcome (version 2), instead of inserted pending
     and updated right after: one statement and 500 row versions less for a basket.
+
+    `version`: the refdata version the orders were validated under, when it was not read for
+    them but guessed (the one this process saw last); raises _StaleReference, before writing
+    anything, unless the check read that same version in this transaction.
     """
     from compliance.services import compliance_check_new, compliance_results_store
 
@@ -506,6 +523,8 @@ def _check_and_insert(orders: Sequence[Order], *, attach_results: bool) -> dict[
         _set_outcomes(orders, outcomes)
         return outcomes
     check = compliance_check_new(orders=orders)
+    if version is not None and check.version != version:
+        raise _StaleReference
     final = [
         ComplianceOutcome(check.outcomes.get(n, ComplianceOutcome.BLOCK))
         for n in range(len(orders))
@@ -685,7 +704,7 @@ def order_create(*, user: Any, data: Mapping[str, Any]) -> Order:
         if existing:
             return _replayed(existing[clean.client_order_id])
     try:
-        orders = _create_many(user=user, rows=[clean], basket=None, single=True)
+        orders = _create_single(user=user, clean=clean)
     except IntegrityError:
         # A concurrent retry with the same client_order_id won the unique constraint.
         if clean.client_order_id:
@@ -694,6 +713,29 @@ def order_create(*, user: Any, data: Mapping[str, Any]) -> Order:
                 return _replayed(existing[clean.client_order_id])
         raise
     return orders[0]
+
+
+def _create_single(*, user: Any, clean: _Clean) -> list[Order]:
+    """Enter one order, validated under the refdata version this process saw last.
+
+    Why: reading the version first cost a round trip and a transaction of its own per order.
+    The check reads the version anyway, in the order's transaction after the account's lock:
+    the order is written only if that is the version it was validated under (then the cached
+    reference data it was validated with is exactly the data as of that statement). Otherwise,
+    and for any refusal (a refusal must never rest on a guess), it is decided again under the
+    version read now, as a basket is: the first attempt has then written nothing (the check
+    comes before the writes) and its transaction is rolled back. A ComplianceDataError is such
+    a refusal too: an account or instrument cached under the guess may be gone since.
+    """
+    from compliance.engine import ComplianceDataError
+
+    version = refcache.last_version()
+    if version >= 0 and _insert_orders_supported():
+        with contextlib.suppress(
+            ValidationError, ConflictError, ComplianceDataError, _StaleReference
+        ):
+            return _create_many(user=user, rows=[clean], basket=None, single=True, version=version)
+    return _create_many(user=user, rows=[clean], basket=None, single=True)
 
 
 def _replayed(order: Order) -> Order:
@@ -976,10 +1018,11 @@ def _create_many(
     basket: Basket | None,
     single: bool,
     row_numbers: Sequence[int] | None = None,
+    version: int | None = None,
 ) -> list[Order]:
     errors = _RowErrors()
     numbers = list(row_numbers or range(1, len(rows) + 1))
-    ref = _validate_rows(user=user, rows=rows, row_numbers=numbers, errors=errors)
+    ref = _validate_rows(user=user, rows=rows, row_numbers=numbers, errors=errors, version=version)
     if errors:
         raise errors.for_single() if single else errors.for_basket()
     _ensure_no_kill_switch(
@@ -1014,7 +1057,7 @@ def _create_many(
         ]
         # Snapshots as created (pending compliance, version 1), before the outcome moves them.
         created = [_order_snapshot(o) for o in orders]
-        outcomes = _check_and_insert(orders, attach_results=single)
+        outcomes = _check_and_insert(orders, attach_results=single, version=version)
         entries = [
             AuditEntry(
                 action="order.created",

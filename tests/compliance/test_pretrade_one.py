@@ -22,7 +22,7 @@ from compliance.context import build_pretrade, build_pretrade_one, firm_now
 from compliance.models import RestrictedEntry, Rule
 from oms_site import refcache
 from orders.enums import OrderStatus
-from orders.models import Order, ReferencePrice
+from orders.models import Instrument, Order, ReferencePrice
 from tests import factories as f
 
 D = Decimal
@@ -254,3 +254,42 @@ def test_a_reference_change_since_the_last_check_is_seen_by_the_next_one(
     assert loaded.context.instruments[inst.pk].reference_price == D("70")
     results = engine.evaluate(loaded.intents, loaded.context, loaded.rules)[0]
     assert [(r.outcome, r.measured) for r in results] == [("block", D("700"))]
+
+
+def test_an_instrument_moved_into_the_orders_sector_counts_there_at_the_next_check(
+    pm: Any, make_order: Any
+) -> None:
+    # given a sector concentration rule, and an open buy of 100 x 10 in another sector
+    Rule.objects.create(
+        name="sector",
+        rule_type="concentration",
+        severity="warn",
+        params={"dimension": "sector", "max_pct": "4"},
+    )
+    account = f.AccountFactory()
+    f.CashBalanceFactory(account=account, settled=D("1000000"))
+    inst = f.InstrumentFactory(sector="Energy")
+    other = f.InstrumentFactory(sector="Technology")
+    make_order(account, other, order_type="limit", limit_price="10", status="approved")
+    order = Order(
+        account=account,
+        instrument=inst,
+        side="buy",
+        quantity=D("10"),
+        order_type="limit",
+        limit_price=D("100"),
+        created_by=pm,
+        created_at=timezone.now(),
+    )
+    full, one = _both(order)
+    assert one == full
+    alone = one[0][0].measured
+    # when the other instrument moves into the order's sector (the buckets come from the
+    # refdata cache, and the move bumps its version)
+    Instrument.objects.filter(pk=other.pk).update(sector="Energy")
+    full, one = _both(order)
+    # then both loaders count its open order in the sector: 1,000 more than the order alone
+    assert one == full
+    nav = D("1000000")
+    assert alone == (D("1000") / nav * 100).quantize(D("0.000001"))
+    assert one[0][0].measured == (D("2000") / nav * 100).quantize(D("0.000001"))

@@ -244,3 +244,35 @@ def test_a_stream_said_to_be_new_that_has_a_head_fails_and_writes_nothing() -> N
         ("test.thing:7", 2, earlier[1].hash)
     ]
     assert audit_verify() == []
+
+
+@pytest.mark.parametrize("count", [2, 9])
+def test_few_and_many_events_are_stored_alike(count: int) -> None:
+    # given events with JSON that needs escaping, in a batch sent as text literals (at most 8)
+    # or as binary arrays (more)
+    entries = [
+        AuditEntry(
+            action="a",
+            object_type="test.lit",
+            object_id=str(n),
+            before={"q": 'say "hi"', "b": "back\\slash", "n": None},
+            after={"k": n, "u": "é", "l": [1, "x,y"]},
+            meta={"m": "{}"},
+        )
+        for n in range(count)
+    ]
+    # when they are written for new streams
+    with transaction.atomic():
+        events = audit_record_many(entries=entries, new_streams=True)
+    # then the stored documents are the ones given and every chain verifies
+    stored = list(AuditEvent.objects.order_by("object_id").values_list("before", "after", "meta"))
+    assert stored == [
+        (
+            {"q": 'say "hi"', "b": "back\\slash", "n": None},
+            {"k": n, "u": "é", "l": [1, "x,y"]},
+            {"m": "{}"},
+        )
+        for n in sorted(range(count), key=str)
+    ]
+    assert len(events) == count
+    assert audit_verify() == []

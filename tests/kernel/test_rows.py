@@ -10,7 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from allocations.models import CashBalance
-from oms_site.rows import rows_update
+from oms_site.rows import array_literal, rows_update
 from tests import factories as f
 
 
@@ -93,3 +93,21 @@ def test_fast_datetimes_leaves_text_it_cannot_read_to_djangos_loader() -> None:
         cursor.execute(sql)
         cursor.fetchone()
     assert str(fast_error.value) == str(django_error.value)
+
+
+@pytest.mark.django_db
+def test_array_literals_read_back_as_the_values_given() -> None:
+    # given values that need quoting: quotes, backslashes, commas, braces, the word NULL,
+    # an empty string, JSON text, non-ASCII, and None
+    texts = ['a"b\\c', "", "NULL", None, '{"k": "v\\n"}', " sp ", "é", "a,b", "{x}"]
+    numbers = [Decimal("1.50"), None, Decimal("1E+2"), Decimal("-0.00000001")]
+    ids = [1, None, 2**40]
+    # when each goes to PostgreSQL as one text literal cast to its array type
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT %s::text[], %s::numeric[], %s::bigint[], %s::bigint[]",
+            [array_literal(texts), array_literal(numbers), array_literal(ids), array_literal([])],
+        )
+        row = cursor.fetchone()
+    # then every element comes back as it was, None as NULL and not as the text "NULL"
+    assert row == (texts, numbers, ids, [])

@@ -14,6 +14,7 @@ from allocations.models import Account, AccountGroup, CashBalance
 from compliance.models import Rule
 from oms_site import refcache
 from oms_site.errors import ConflictError, ValidationError
+from oms_site.models import AuditEvent
 from orders.models import Instrument, Issuer, KillSwitch, Order, ReferencePrice
 from orders.services.orders import order_create
 from tests.orders.conftest import order_data
@@ -80,7 +81,47 @@ def test_order_entry_reads_reference_data_from_the_cache_once_warm(book: Any, pm
         "compliance_restrictedentry",
     ):
         assert table not in sql
-    assert sql.count("oms_refdata_version") == 2
+    # Once, with the book's sums in the order's transaction: the order was validated under the
+    # version this process saw last, which that read confirms.
+    assert sql.count("oms_refdata_version") == 1
+
+
+def test_an_order_validated_under_an_older_version_is_decided_again(
+    book: Any, pm: Any, instrument: Any
+) -> None:
+    # given a warm cache, and a change of reference data this process has not read yet
+    order_create(user=pm, data=order_data())
+    Issuer.objects.filter(pk=instrument.issuer_id).update(name="renamed")
+    orders_before = Order.objects.count()
+    # when the next order comes
+    with CaptureQueriesContext(connection) as ctx:
+        order = order_create(user=pm, data=order_data())
+    # then its first attempt stopped before writing (its check read another version, and read
+    # the book again under it), and the second, under the version read then, wrote it once
+    sql = [q["sql"] for q in ctx.captured_queries]
+    assert sum("oms_refdata_version" in s for s in sql) == 4
+    assert sum(s.startswith("INSERT INTO orders_order") for s in sql) == 1
+    assert Order.objects.count() == orders_before + 1
+    assert order.status == "approved"
+    assert list(
+        AuditEvent.objects.filter(stream=f"order:{order.pk}").values_list("action", flat=True)
+    ) == ["order.created", "order.compliance_checked"]
+    assert refcache.last_version() == refcache.refdata_version()
+
+
+def test_a_refusal_is_never_decided_on_a_guessed_version(
+    book: Any, pm: Any, instrument: Any
+) -> None:
+    # given an instrument this process cached as not tradable
+    Instrument.objects.filter(pk=instrument.pk).update(tradable=False)
+    with pytest.raises(ValidationError, match="not tradable"):
+        order_create(user=pm, data=order_data())
+    orders_before = Order.objects.count()
+    # when it trades again, the next order is taken (not refused from the cache)
+    Instrument.objects.filter(pk=instrument.pk).update(tradable=True)
+    order = order_create(user=pm, data=order_data())
+    assert order.status == "approved"
+    assert Order.objects.count() == orders_before + 1
 
 
 def test_changes_reach_the_next_order_at_once(book: Any, pm: Any, instrument: Any) -> None:
