@@ -110,6 +110,20 @@ def _book(rng: random.Random, pm: Any) -> tuple[list[Any], list[Any]]:
     return accounts, instruments
 
 
+def _limit_buy(account: Any, instrument: Any, pm: Any) -> Order:
+    """A new (unsaved) limit order to buy 10 at 100."""
+    return Order(
+        account=account,
+        instrument=instrument,
+        side="buy",
+        quantity=D("10"),
+        order_type="limit",
+        limit_price=D("100"),
+        created_by=pm,
+        created_at=timezone.now(),
+    )
+
+
 def _new_order(rng: random.Random, accounts: list[Any], instruments: list[Any], pm: Any) -> Order:
     order_type = rng.choice(TYPES)
     return Order(
@@ -190,16 +204,7 @@ def test_the_statement_and_its_rows_do_not_grow_with_the_accounts_open_orders(
     inst, other = f.InstrumentFactory(), f.InstrumentFactory()
     for _ in range(5):
         make_order(account, other, order_type="limit", limit_price="10", status="approved")
-    order = Order(
-        account=account,
-        instrument=inst,
-        side="buy",
-        quantity=D("10"),
-        order_type="limit",
-        limit_price=D("100"),
-        created_by=pm,
-        created_at=timezone.now(),
-    )
+    order = _limit_buy(account, inst, pm)
     with transaction.atomic():
         build_pretrade_one(order=order)
 
@@ -271,16 +276,7 @@ def test_an_instrument_moved_into_the_orders_sector_counts_there_at_the_next_che
     inst = f.InstrumentFactory(sector="Energy")
     other = f.InstrumentFactory(sector="Technology")
     make_order(account, other, order_type="limit", limit_price="10", status="approved")
-    order = Order(
-        account=account,
-        instrument=inst,
-        side="buy",
-        quantity=D("10"),
-        order_type="limit",
-        limit_price=D("100"),
-        created_by=pm,
-        created_at=timezone.now(),
-    )
+    order = _limit_buy(account, inst, pm)
     full, one = _both(order)
     assert one == full
     alone = one[0][0].measured

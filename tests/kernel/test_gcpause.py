@@ -6,6 +6,7 @@ import gc
 import threading
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -90,59 +91,57 @@ def test_as_a_decorator_each_call_pauses_afresh() -> None:
     assert gc.isenabled()
 
 
+@contextmanager
+def _paused_by_another_thread() -> Iterator[None]:
+    """Another thread holds a pause until the block ends (and has ended it on exit)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with collection_paused():
+            entered.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert entered.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(5)
+
+
 def test_a_pause_ending_under_another_collects_a_large_backlog(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # given a pause held by another thread, and a small backlog bound
     monkeypatch.setattr(gcpause, "BACKLOG", 1_000)
-    entered, release = threading.Event(), threading.Event()
-
-    def other() -> None:
-        with collection_paused():
-            entered.set()
-            release.wait(5)
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    assert entered.wait(5)
     freed: list[int] = []
-    # when this thread's pause leaves 2,000 unreachable cycles behind
-    with collection_paused():
-        for _ in range(2_000):
-            cycle: list[object] = []
-            cycle.append(cycle)
-        del cycle
-        weakref.finalize(_Cycle(), freed.append, 1)
-        assert gc.get_count()[0] > 1_000
-    # then they were collected, and the collector is still off for the other pause
-    assert freed == [1]
-    assert gc.get_count()[0] < 1_000
-    assert not gc.isenabled()
-    release.set()
-    thread.join(5)
+    with _paused_by_another_thread():
+        # when this thread's pause leaves 2,000 unreachable cycles behind
+        with collection_paused():
+            for _ in range(2_000):
+                cycle: list[object] = []
+                cycle.append(cycle)
+            del cycle
+            weakref.finalize(_Cycle(), freed.append, 1)
+            assert gc.get_count()[0] > 1_000
+        # then they were collected, and the collector is still off for the other pause
+        assert freed == [1]
+        assert gc.get_count()[0] < 1_000
+        assert not gc.isenabled()
     assert gc.isenabled()
 
 
 def test_a_small_backlog_waits_for_the_collector(monkeypatch: pytest.MonkeyPatch) -> None:
-    # given a pause held by another thread
-    entered, release = threading.Event(), threading.Event()
-
-    def other() -> None:
-        with collection_paused():
-            entered.set()
-            release.wait(5)
-
-    thread = threading.Thread(target=other)
-    thread.start()
-    assert entered.wait(5)
     freed: list[int] = []
-    # when this thread's pause leaves one unreachable cycle behind
-    with collection_paused():
-        weakref.finalize(_Cycle(), freed.append, 1)
-    # then nothing collected it
-    assert freed == []
-    release.set()
-    thread.join(5)
+    # given a pause held by another thread
+    with _paused_by_another_thread():
+        # when this thread's pause leaves one unreachable cycle behind
+        with collection_paused():
+            weakref.finalize(_Cycle(), freed.append, 1)
+        # then nothing collected it
+        assert freed == []
     gc.collect()
     assert freed == [1]
 

@@ -59,6 +59,29 @@ def make_order(pm: Any, account: Any, instrument: Any) -> Callable[..., Order]:
     return factory
 
 
+def acknowledged_block(
+    trader: Any, make_order: Callable[..., Order], quantities: list[int], *, session_key: str
+) -> tuple[Any, list[Order], Any]:
+    """A market buy block of new orders of these quantities, routed to BRKA and acknowledged
+    through execution_apply: (block, orders, placement)."""
+    from orders.models import Block
+    from orders.services.executions import execution_apply
+    from orders.services.routing import block_route
+
+    orders = [make_order(quantity=Decimal(q)) for q in quantities]
+    block = Block.objects.create(
+        instrument=orders[0].instrument,
+        side="buy",
+        order_type="market",
+        quantity=sum((Decimal(q) for q in quantities), Decimal(0)),
+        created_by=trader,
+    )
+    Order.objects.filter(pk__in=[o.pk for o in orders]).update(block=block)
+    placement = block_route(user=trader, block_id=block.pk, broker_code="BRKA")
+    execution_apply(session_key=session_key, report=report(placement.cl_ord_id, "0", "0"))
+    return block, orders, placement
+
+
 def report(
     cl_ord_id: str | None,
     exec_type: str,

@@ -18,7 +18,7 @@ from orders.services.routing import (
     order_replace_request,
     order_route,
 )
-from tests.routing.conftest import report
+from tests.routing.conftest import acknowledged_block, report
 
 pytestmark = pytest.mark.django_db
 KEY = "FIX.4.4:OMS->BRKA"
@@ -242,18 +242,7 @@ def test_block_fills_are_allocated_to_its_orders(trader, brokers, make_order, pm
 
 
 def _block_of(trader, make_order, quantities):
-    orders = [make_order(quantity=Decimal(q)) for q in quantities]
-    block = Block.objects.create(
-        instrument=orders[0].instrument,
-        side="buy",
-        order_type="market",
-        quantity=sum((Decimal(q) for q in quantities), Decimal(0)),
-        created_by=trader,
-    )
-    Order.objects.filter(pk__in=[o.pk for o in orders]).update(block=block)
-    p = block_route(user=trader, block_id=block.pk, broker_code="BRKA")
-    apply(report(p.cl_ord_id, "0", "0"))
-    return block, orders, p
+    return acknowledged_block(trader, make_order, quantities, session_key=KEY)
 
 
 def _statements(monkeypatch):

@@ -16,29 +16,17 @@ from psycopg import pq
 from allocations import services as allocation_services
 from allocations.models import Allocation, CashBalance, Position
 from oms_site.models import AuditEvent
-from orders.models import Block, Execution, Order
+from orders.models import Execution, Order
 from orders.services import executions
 from orders.services.executions import execution_apply, executions_apply
-from orders.services.routing import block_route
-from tests.routing.conftest import report
+from tests.routing.conftest import acknowledged_block, report
 
 pytestmark = pytest.mark.django_db
 KEY = "FIX.4.4:OMS->BRKA"
 
 
 def _acknowledged_block(trader, make_order, quantities):
-    orders = [make_order(quantity=Decimal(q)) for q in quantities]
-    block = Block.objects.create(
-        instrument=orders[0].instrument,
-        side="buy",
-        order_type="market",
-        quantity=sum((Decimal(q) for q in quantities), Decimal(0)),
-        created_by=trader,
-    )
-    Order.objects.filter(pk__in=[o.pk for o in orders]).update(block=block)
-    placement = block_route(user=trader, block_id=block.pk, broker_code="BRKA")
-    execution_apply(session_key=KEY, report=report(placement.cl_ord_id, "0", "0"))
-    return block, orders, placement
+    return acknowledged_block(trader, make_order, quantities, session_key=KEY)
 
 
 def _rows(execution):
