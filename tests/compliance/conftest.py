@@ -19,6 +19,14 @@ from orders.models import Order
 D = Decimal
 
 
+@pytest.fixture(params=[64, 0], ids=["insert", "copy"])
+def insert_mode(request: Any, monkeypatch: Any) -> int:
+    """Results stored by one INSERT (up to `_INSERT_AT_MOST` rows) or by COPY: each test that
+    takes this runs both ways."""
+    monkeypatch.setattr("compliance.services._INSERT_AT_MOST", request.param)
+    return int(request.param)
+
+
 @pytest.fixture
 def make_rule(db: Any) -> Callable[..., Rule]:
     """Create a rule: make_rule("fat_finger", params={...}, severity="block", scope="firm")."""

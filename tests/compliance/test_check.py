@@ -426,17 +426,14 @@ def test_query_count_does_not_grow_with_basket_size(
     assert count(large, cold=False) == 3
 
 
-@pytest.mark.parametrize("insert_at_most", [64, 0], ids=["insert", "copy"])
 def test_result_text_survives_copy_escaping(
     account: Any,
     instrument: Any,
     make_rule: Any,
     make_order: Any,
-    monkeypatch: Any,
-    insert_at_most: int,
+    insert_mode: int,
 ) -> None:
     # Few rows go in one INSERT, more by COPY: both ways must store the text exactly.
-    monkeypatch.setattr("compliance.services._INSERT_AT_MOST", insert_at_most)
     # given a restriction reason with a tab, a newline, a backslash and non-ASCII text
     reason = "Deal\tteam\nC:\\lists\\Q3 — Zürich"
     make_rule("restricted_list", name="Restricted\tlist \\ v2")

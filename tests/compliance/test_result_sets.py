@@ -22,7 +22,19 @@ from orders.models import Order
 from tests.compliance.conftest import check, results_of
 
 D = Decimal
-MODES = pytest.mark.parametrize("insert_at_most", [64, 0], ids=["insert", "copy"])
+
+
+def _checked_against_two_rules(
+    account: Any, instrument: Any, make_rule: Any, make_order: Any
+) -> tuple[Order, ComplianceResult, ComplianceResult]:
+    """An order of 5 checked against "a size" (max 10: pass) and "b size" (max 1: block); the
+    order and its two results."""
+    make_rule("fat_finger", params={"max_quantity": "10"}, name="a size")
+    make_rule("fat_finger", params={"max_quantity": "1"}, name="b size")
+    order = make_order(account, instrument, quantity="5")
+    check([order])
+    first, second = results_of(order)
+    return order, first, second
 
 
 def _sets() -> list[tuple[Any, ...]]:
@@ -33,16 +45,13 @@ def _sets() -> list[tuple[Any, ...]]:
     )
 
 
-@MODES
 def test_each_checked_order_is_one_stored_row_listed_per_rule_by_the_view(
     account: Any,
     instrument: Any,
     make_rule: Any,
     make_order: Any,
-    monkeypatch: Any,
-    insert_at_most: int,
+    insert_mode: int,
 ) -> None:
-    monkeypatch.setattr("compliance.services._INSERT_AT_MOST", insert_at_most)
     # given a size rule and a restricted list, and three orders, one of them too large
     size = make_rule("fat_finger", params={"max_quantity": "100"}, name="size")
     listed = make_rule("restricted_list", name="listed")
@@ -78,16 +87,13 @@ def test_each_checked_order_is_one_stored_row_listed_per_rule_by_the_view(
     assert {r.checked_at for r in big} == {stored[1].checked_at}
 
 
-@MODES
 def test_text_with_array_syntax_survives_both_ways(
     account: Any,
     instrument: Any,
     make_rule: Any,
     make_order: Any,
-    monkeypatch: Any,
-    insert_at_most: int,
+    insert_mode: int,
 ) -> None:
-    monkeypatch.setattr("compliance.services._INSERT_AT_MOST", insert_at_most)
     # given a rule name and a restriction reason full of array-literal and COPY syntax
     name = 'List "A", {b} NULL \\ c'
     reason = 'He said "no", {x}\\y\tz\nNULL, "" — Zürich'
@@ -109,11 +115,7 @@ def test_deleting_one_result_through_the_view_keeps_the_others_and_their_ids(
     account: Any, instrument: Any, make_rule: Any, make_order: Any
 ) -> None:
     # given an order checked against two rules
-    make_rule("fat_finger", params={"max_quantity": "10"}, name="a size")
-    make_rule("fat_finger", params={"max_quantity": "1"}, name="b size")
-    order = make_order(account, instrument, quantity="5")
-    check([order])
-    first, second = results_of(order)
+    order, first, second = _checked_against_two_rules(account, instrument, make_rule, make_order)
     # when the first result is deleted
     assert ComplianceResult.objects.filter(pk=first.pk).delete()[0] == 1
     # then the second is unchanged, id included, and the set keeps the first's place empty
@@ -131,11 +133,7 @@ def test_updating_a_result_through_the_view_changes_that_result_only(
     account: Any, instrument: Any, make_rule: Any, make_order: Any
 ) -> None:
     # given an order checked against two rules
-    make_rule("fat_finger", params={"max_quantity": "10"}, name="a size")
-    make_rule("fat_finger", params={"max_quantity": "1"}, name="b size")
-    order = make_order(account, instrument, quantity="5")
-    check([order])
-    first, second = results_of(order)
+    order, first, second = _checked_against_two_rules(account, instrument, make_rule, make_order)
     # when the second's message and outcome change
     ComplianceResult.objects.filter(pk=second.pk).update(message="reviewed", outcome="warn")
     # then only it changed, in place
@@ -151,11 +149,7 @@ def test_moving_one_result_to_another_check_time_splits_it_off(
     account: Any, instrument: Any, make_rule: Any, make_order: Any
 ) -> None:
     # given an order checked against two rules
-    make_rule("fat_finger", params={"max_quantity": "10"}, name="a size")
-    make_rule("fat_finger", params={"max_quantity": "1"}, name="b size")
-    order = make_order(account, instrument, quantity="5")
-    check([order])
-    first, second = results_of(order)
+    order, first, second = _checked_against_two_rules(account, instrument, make_rule, make_order)
     earlier = first.checked_at - timedelta(minutes=1)
     # when only the first's check time changes
     ComplianceResult.objects.filter(pk=first.pk).update(checked_at=earlier)

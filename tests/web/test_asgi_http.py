@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -96,17 +98,9 @@ def test_requests_reuse_one_thread_and_run_every_step_on_it(
 
 def test_an_error_answer_also_finishes_on_the_requests_thread(db: Any) -> None:
     # given no credentials
-    seen: list[str] = []
-
-    def finished(**kwargs: Any) -> None:
-        seen.append(threading.current_thread().name)
-
-    request_finished.connect(finished)
-    try:
+    with _finished_threads() as seen:
         # when an order is posted with an unknown token
         response = _post_order("not-a-token", "10")
-    finally:
-        request_finished.disconnect(finished)
     # then the API's error answer comes back and the request finished once, on a lane
     assert response["status"] == 401
     assert json.loads(response["body"])["code"] == "authentication_failed"
@@ -163,11 +157,19 @@ async def _exchange(app: Any, scope: dict[str, Any], *, disconnect: bool) -> lis
     return sent
 
 
-def _finished_on(names: list[str]) -> Any:
+@contextmanager
+def _finished_threads() -> Iterator[list[str]]:
+    """The names of the threads on which requests finish while the block runs."""
+    names: list[str] = []
+
     def finished(**kwargs: Any) -> None:
         names.append(threading.current_thread().name)
 
-    return finished
+    request_finished.connect(finished)
+    try:
+        yield names
+    finally:
+        request_finished.disconnect(finished)
 
 
 # Django warns that it consumes a synchronous iterator whole under ASGI (FileResponse does too).
@@ -178,14 +180,9 @@ def test_a_streaming_answer_is_sent_whole_and_finished_after_sending() -> None:
     handler.get_response = lambda request: StreamingHttpResponse(  # type: ignore[method-assign]
         iter([b"first,", b"second"]), content_type="text/csv"
     )
-    names: list[str] = []
-    finished = _finished_on(names)
-    request_finished.connect(finished)
-    try:
+    with _finished_threads() as names:
         # when it is requested
         messages = async_to_sync(_exchange)(handler, _scope("/report.csv"), disconnect=False)
-    finally:
-        request_finished.disconnect(finished)
     # then the whole body arrives and the request finishes once, on its lane
     assert messages[0]["status"] == 200
     assert b"".join(m.get("body", b"") for m in messages[1:]) == b"first,second"
@@ -203,14 +200,9 @@ def test_a_client_that_leaves_early_still_gets_its_request_finished_once() -> No
         return HttpResponse(b"late")
 
     handler.get_response = slow  # type: ignore[method-assign]
-    names: list[str] = []
-    finished = _finished_on(names)
-    request_finished.connect(finished)
-    try:
+    with _finished_threads() as names:
         # when the request is served
         sent = async_to_sync(_exchange)(handler, _scope("/slow/"), disconnect=True)
-    finally:
-        request_finished.disconnect(finished)
     # then nothing is sent to the departed client, and the request finished exactly once,
     # on its lane, after the view was done
     assert sent == []
