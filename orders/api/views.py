@@ -326,9 +326,10 @@ class BasketCreateView(OrderEntryThrottleMixin, APIView):
         if len(rows) > _basket_max():
             raise _basket_error(0, "orders", f"a basket holds at most {_basket_max()} orders")
         orders_out, summary = orders_create_bulk(user=request.user, rows=rows, source=source)
+        memo: dict[Any, Any] = {}  # one checked_at (and created_at) rendered once per basket
         body = {
             "id": summary.basket_id,
-            "orders": [_BASKET_ORDER_OUTPUT(order) for order in orders_out],
+            "orders": [_BASKET_ORDER_OUTPUT(order, memo) for order in orders_out],
             "summary": summary.as_dict(),
         }
         code = status.HTTP_201_CREATED if summary.created else status.HTTP_200_OK

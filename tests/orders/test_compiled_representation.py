@@ -93,3 +93,50 @@ def test_fields_that_are_not_attribute_paths_are_refused_when_compiling() -> Non
 
     with pytest.raises(TypeError, match="extra: SerializerMethodField"):
         CompiledRepresentation(WithMethod())
+
+
+def test_one_datetime_object_shared_by_results_renders_as_drf_renders_it(
+    make_order: Any, book: Any
+) -> None:
+    # given: an order whose results all hold one checked_at object, as a new order's do
+    Rule.objects.create(name="Buying power", rule_type="buying_power", severity="block")
+    Rule.objects.create(name="Restricted", rule_type="restricted_list", severity="block")
+    order = _loaded([make_order().pk])[0]
+    results = list(order.compliance_results.all())
+    assert len(results) == 2
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    for result in results:
+        result.checked_at = at
+    # when
+    got = CompiledRepresentation(OrderSerializer())(order)
+    # then
+    assert got == OrderSerializer().to_representation(order)
+    assert [r["checked_at"] for r in got["compliance"]["results"]] == [
+        "2026-01-02T03:04:05.678901Z",
+        "2026-01-02T03:04:05.678901Z",
+    ]
+
+
+def test_a_shared_memo_keeps_each_fields_own_format() -> None:
+    # given: two date-time fields of different formats over the same object, one memo for
+    # two instances
+    class Stamped(serializers.Serializer):
+        at = serializers.DateTimeField()
+        day = serializers.DateTimeField(source="at", format="%Y-%m-%d")
+
+    class Row:
+        def __init__(self, at: dt.datetime) -> None:
+            self.at = at
+
+    at = dt.datetime(2026, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
+    later = dt.datetime(2026, 5, 7, 0, 0, 1, tzinfo=dt.UTC)
+    compiled = CompiledRepresentation(Stamped())
+    memo: dict[Any, Any] = {}
+    # when
+    first = compiled(Row(at), memo)
+    second = compiled(Row(later), memo)
+    again = compiled(Row(at), memo)
+    # then
+    assert first == again == {"at": "2026-05-06T07:08:09Z", "day": "2026-05-06"}
+    assert second == {"at": "2026-05-07T00:00:01Z", "day": "2026-05-07"}
+    assert second == Stamped().to_representation(Row(later))
