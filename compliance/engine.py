@@ -101,6 +101,7 @@ Speed
 from __future__ import annotations
 
 import bisect
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -309,7 +310,7 @@ class RestrictedEntry:
             raise ValueError("A restricted entry names exactly one of instrument_id or issuer_id")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class RuleSpec:
     """One version of a configured rule."""
 
@@ -581,6 +582,25 @@ def _parse_params(rule: RuleSpec) -> dict[str, Any]:
     return parsed
 
 
+# Parsed parameters per rule object, while the rule lives (the context loader keeps one list of
+# RuleSpecs per reference-data version, so every order of that version meets the same objects).
+# Keyed by equality, which covers every field `_parse_params` reads; the parameters are
+# compared again on a hit, so a mapping changed in place after parsing is parsed anew.
+_PARSED: weakref.WeakKeyDictionary[RuleSpec, tuple[dict[str, Any], dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _parsed_params(rule: RuleSpec) -> dict[str, Any]:
+    """`_parse_params(rule)`, parsed once per rule (the result is shared: read it only)."""
+    hit = _PARSED.get(rule)
+    if hit is not None and hit[0] == rule.params:
+        return hit[1]
+    parsed = _parse_params(rule)
+    _PARSED[rule] = (dict(rule.params), parsed)
+    return parsed
+
+
 def validate_rule(rule: RuleSpec) -> None:
     """Raise RuleConfigError if the rule's type, severity, scope or parameters are invalid."""
     _parse_params(rule)
@@ -703,7 +723,7 @@ class _Run:
         for rule in rules:
             if not rule.active or not _in_effect(rule.effective_from, rule.effective_to, day):
                 continue
-            self.compiled.append((rule, _parse_params(rule), checks[rule.rule_type]))
+            self.compiled.append((rule, _parsed_params(rule), checks[rule.rule_type]))
         self.day = day
         self.rules_by_account: dict[int, list[tuple[RuleSpec, dict[str, Any], _Check]]] = {}
         self.position_values: dict[int, tuple[dict[Any, Decimal], ...]] = {}

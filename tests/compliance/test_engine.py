@@ -865,6 +865,38 @@ def test_invalid_rule_configuration_is_rejected(spec: RuleSpec, error: str) -> N
         validate_rule(spec)
 
 
+def test_a_rule_evaluated_again_uses_its_parameters_as_they_are_now() -> None:
+    # given: one rule object evaluated, then its parameter mapping changed in place
+    params = {"max_quantity": "1000"}
+    spec = rule("fat_finger", params=params)
+    first = only(evaluate([order(quantity="1001")], context(), [spec]))
+    again = only(evaluate([order(quantity="1001")], context(), [spec]))
+    params["max_quantity"] = "2000"
+    # when
+    changed = only(evaluate([order(quantity="1001")], context(), [spec]))
+    # then
+    assert (first.outcome, first.limit) == (again.outcome, again.limit) == ("block", D("1000"))
+    assert (changed.outcome, changed.limit) == ("pass", D("2000"))
+
+
+def test_an_equal_rule_with_other_parameters_is_parsed_on_its_own() -> None:
+    # given: two rules alike but for their parameters (params take no part in the hash)
+    low = rule("fat_finger", params={"max_quantity": "10"})
+    high = rule("fat_finger", params={"max_quantity": "5000"})
+    assert hash(low) == hash(high) and low != high
+    # when
+    rows = [only(evaluate([order(quantity="100")], context(), [spec])) for spec in (low, high)]
+    # then
+    assert [(r.outcome, r.limit) for r in rows] == [("block", D("10")), ("pass", D("5000"))]
+
+
+def test_a_rule_with_bad_parameters_is_refused_every_time() -> None:
+    bad = rule("concentration", params={"max_pct": "ten", "dimension": "instrument"})
+    for _ in range(2):
+        with pytest.raises(RuleConfigError, match="max_pct='ten' is not a decimal number"):
+            evaluate([order()], context(), [bad])
+
+
 # --- input errors ----------------------------------------------------------------------------
 
 
