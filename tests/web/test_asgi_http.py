@@ -208,3 +208,51 @@ def test_a_client_that_leaves_early_still_gets_its_request_finished_once() -> No
     assert sent == []
     assert len(names) == 1
     assert names[0].startswith("oms-http")
+
+
+_LIFESPAN_SCRIPT = """
+import asyncio, json, sys
+import oms_site.asgi as asgi
+before = "oms_site.urls" in sys.modules
+sent = []
+
+async def main():
+    inbox = asyncio.Queue()
+    for kind in ("lifespan.startup", "lifespan.shutdown"):
+        inbox.put_nowait({"type": kind})
+
+    async def send(message):
+        sent.append((message["type"], "oms_site.urls" in sys.modules))
+
+    await asgi.application({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)
+
+asyncio.run(main())
+print("RESULT" + json.dumps({"before": before, "sent": sent}))
+"""
+
+
+def test_the_servers_start_up_loads_the_urlconf_before_it_serves() -> None:
+    # given: a fresh interpreter that imported the application (as a server's worker does)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "DJANGO_SETTINGS_MODULE": "oms_site.settings"}
+    # when: the server's lifespan start-up and shut-down run
+    out = subprocess.run(
+        [sys.executable, "-c", _LIFESPAN_SCRIPT],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    # then: the URLconf was not loaded by the import, and was loaded when start-up completed
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))
+    assert json.loads(line[6:]) == {
+        "before": False,
+        "sent": [["lifespan.startup.complete", True], ["lifespan.shutdown.complete", True]],
+    }
