@@ -53,6 +53,7 @@ handled here: the executions service must not call ``fill_allocate`` for one.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ from allocations.models import (
     Position,
 )
 from allocations.selectors import account_ids_visible_to
-from oms_site.audit import AuditEntry, audit_record_many
+from oms_site.audit import AuditEntry, CanonicalJson, audit_record_many, canonical_text
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
 from oms_site.gcpause import collection_paused
 from oms_site.roles import has_role
@@ -144,6 +145,53 @@ def _array(values: Iterable[Any]) -> str:
     text needs no quoting: numbers, ids and the allocation kinds.
     """
     return "{" + ",".join(map(str, values)).replace("None", "NULL") + "}"
+
+
+def _array_of_texts(texts: list[str]) -> str:
+    """`_array` of values already made text (str() of each; None as NULL)."""
+    return "{" + ",".join(texts).replace("None", "NULL") + "}"
+
+
+# One allocation row of a fill's audit payload in canonical JSON (keys sorted, no spaces):
+# ids as numbers, decimals as json_safe writes them (their str(), which needs no escaping).
+_AUDIT_ROW_JSON = (
+    '{"account":%s,"commission":"%s","cum_quantity":"%s","fees":"%s","gross":"%s","id":%s,'
+    '"kind":%s,"net":"%s","order":%s,"quantity":"%s"}'
+)
+_KIND_JSON = {str(kind): json.dumps(str(kind)) for kind in AllocationKind}
+
+
+def _allocations_payload(
+    shared: dict[str, Any], id_texts: list[str], texts: list[list[str]]
+) -> CanonicalJson:
+    """A fill's audit payload, `shared` plus "allocations" (one object per row: id, order,
+    account, kind, quantity, cum_quantity, gross, commission, fees, net), as the canonical
+    JSON text `audit_record_many` would write for the same dict (see CanonicalJson).
+
+    `texts` are the str() of the rows' columns in _ALLOCATION_ROW_COLUMNS order; `id_texts`
+    the rows' ids. Every key of `shared` sorts after "allocations".
+    """
+    assert all(key > "allocations" for key in shared)
+    order, account, kind, quantity, gross, commission, fees, net, cum_quantity = texts[:9]
+    kinds = [_KIND_JSON[k] for k in kind]
+    rows = map(
+        _AUDIT_ROW_JSON.__mod__,
+        zip(
+            account,
+            commission,
+            cum_quantity,
+            fees,
+            gross,
+            id_texts,
+            kinds,
+            net,
+            order,
+            quantity,
+            strict=True,
+        ),
+    )
+    rest = canonical_text(shared)
+    return CanonicalJson('{"allocations":[' + ",".join(rows) + "]," + rest[1:])
 
 
 def _column_types(model: Any, fields: Sequence[str]) -> list[str]:
@@ -702,10 +750,13 @@ def _rebook(
         block_move = block.pk
 
     params = dict(common)
-    params["id"] = _array(ids)
+    # Each row value's text is made once, for the statement's arrays and the audit payload.
+    id_texts = list(map(str, ids))
+    texts = [list(map(str, column)) for column in zip(*rows, strict=True)]
+    params["id"] = _array_of_texts(id_texts)
     if rows:
-        for name, column in zip(_ALLOCATION_ROW_COLUMNS, zip(*rows, strict=True), strict=True):
-            params[name] = _array(column)
+        for name, column_texts in zip(_ALLOCATION_ROW_COLUMNS, texts, strict=True):
+            params[name] = _array_of_texts(column_texts)
     else:
         params.update(dict.fromkeys(_ALLOCATION_ROW_COLUMNS, "{}"))
     params.update(
@@ -785,28 +836,17 @@ def _rebook(
             object_id=str(execution.pk),
             # What every row of the fill shares is said once (price, dates, method): the
             # payload is hashed and stored as jsonb inside the fill's transaction, 1,000 rows
-            # for a big block. Decimals as json_safe writes them (str), converted here once.
-            after={
-                "price": price,
-                "trade_date": trade_date,
-                "settlement_date": settles,
-                "method": method,
-                "allocations": [
-                    {
-                        "id": pk,
-                        "order": row[0],
-                        "account": row[1],
-                        "kind": row[2],
-                        "quantity": str(row[3]),
-                        "cum_quantity": str(row[8]),
-                        "gross": str(row[4]),
-                        "commission": str(row[5]),
-                        "fees": str(row[6]),
-                        "net": str(row[7]),
-                    }
-                    for pk, row in zip(ids, rows, strict=True)
-                ],
-            },
+            # for a big block. Written as its canonical text from the rows' texts above.
+            after=_allocations_payload(
+                {
+                    "price": price,
+                    "trade_date": trade_date,
+                    "settlement_date": settles,
+                    "method": method,
+                },
+                id_texts,
+                texts,
+            ),
             meta={
                 "execution": execution.pk,
                 "block": block_id,
