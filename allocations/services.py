@@ -389,34 +389,6 @@ def _booked(
         return _booked_rows(cursor.fetchall())
 
 
-def _fills_and_booked(
-    *, block_id: int | None, order_id: int | None, broker_id: int | None, order_ids: list[int]
-) -> tuple[Decimal, Decimal, engine.CommissionSchedule, dict[int, _Booked], dict[int, int]]:
-    """`_fills_of` and `_booked` of a fill in one round trip (one row per order)."""
-    column, key = ("block_id", block_id) if block_id is not None else ("order_id", order_id)
-    block_match = 'a."block_id" = %s' if block_id is not None else 'a."block_id" IS NULL'
-    sql = (
-        f"SELECT fl.*, bk.* FROM ({_FILLS_SQL.replace('{column}', column)}) AS fl "
-        f"LEFT JOIN ({_BOOKED_SQL.replace('{block_match}', block_match)}) AS bk ON true"
-    )
-    params: list[Any] = [key, broker_id, _array(order_ids)]
-    if block_id is not None:
-        params.append(block_id)
-    with raw_cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    filled, notional, bps, per_share, minimum, fees_bps = rows[0][:6]
-    schedule = (
-        engine.CommissionSchedule()
-        if bps is None
-        else engine.CommissionSchedule(
-            bps=bps, per_share=per_share, min_per_ticket=minimum, fees_bps=fees_bps
-        )
-    )
-    booked, new_ids = _booked_rows([row[6:] for row in rows])
-    return filled or ZERO, notional or ZERO, schedule, booked, new_ids
-
-
 _POSITIONS_LOCK_SQL = (
     'SELECT "id", "account_id", "quantity", "avg_cost", "realised_pnl", "version" '
     f'FROM "{Position._meta.db_table}" WHERE "instrument_id" = %s '
@@ -438,6 +410,63 @@ class _PositionRow:
     avg_cost: Decimal
     realised_pnl: Decimal
     version: int
+
+
+def _fills_and_booked(
+    *,
+    block_id: int | None,
+    order_id: int | None,
+    broker_id: int | None,
+    order_ids: list[int],
+    instrument_id: int,
+    account_ids: list[int],
+) -> tuple[
+    Decimal,
+    Decimal,
+    engine.CommissionSchedule,
+    dict[int, _Booked],
+    dict[int, int],
+    dict[int, _PositionRow],
+]:
+    """`_fills_of` and `_booked` of a fill, and its orders' accounts' positions in the
+    instrument locked as `_lock_positions` locks them (by account_id; missing ones are not
+    created here), in one round trip: one row per order, then one per position found.
+
+    Taken after the orders' locks, in the fixed lock order; the positions of every order of
+    the block are locked, whether this fill moves them or not.
+    """
+    column, key = ("block_id", block_id) if block_id is not None else ("order_id", order_id)
+    block_match = 'a."block_id" = %s' if block_id is not None else 'a."block_id" IS NULL'
+    sql = (
+        f"WITH pos AS MATERIALIZED ({_POSITIONS_LOCK_SQL}) "
+        f"SELECT fl.*, bk.*, NULL::integer FROM ({_FILLS_SQL.replace('{column}', column)}) "
+        f"AS fl LEFT JOIN ({_BOOKED_SQL.replace('{block_match}', block_match)}) AS bk ON true "
+        "UNION ALL SELECT NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, "
+        "NULL::numeric, NULL::numeric, p.account_id, p.quantity, p.avg_cost, p.realised_pnl, "
+        "NULL::numeric, NULL::numeric, p.id, NULL::bigint, p.version FROM pos AS p"
+    )
+    params: list[Any] = [instrument_id, _array(account_ids), key, broker_id, _array(order_ids)]
+    if block_id is not None:
+        params.append(block_id)
+    with raw_cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    booked_rows = [row for row in rows if row[14] is None]
+    positions = {
+        row[6]: _PositionRow(row[12], row[6], row[7], row[8], row[9], row[14])
+        for row in rows
+        if row[14] is not None
+    }
+    filled, notional, bps, per_share, minimum, fees_bps = booked_rows[0][:6]
+    schedule = (
+        engine.CommissionSchedule()
+        if bps is None
+        else engine.CommissionSchedule(
+            bps=bps, per_share=per_share, min_per_ticket=minimum, fees_bps=fees_bps
+        )
+    )
+    booked, new_ids = _booked_rows([row[6:14] for row in booked_rows])
+    return filled or ZERO, notional or ZERO, schedule, booked, new_ids, positions
 
 
 def _lock_positions(
@@ -613,6 +642,7 @@ def _rebook(
     block_fill: tuple[Decimal, Decimal] | None = None,
     booked: tuple[dict[int, _Booked], dict[int, int]] | None = None,
     placement: Placement | None = None,
+    positions: dict[int, _PositionRow] | None = None,
 ) -> list[Allocation]:
     """Book the difference between each order's target and its rows so far; move the book.
 
@@ -621,7 +651,9 @@ def _rebook(
     the block's cum_qty and avg_px with `block_fill` (and its version). `booked`: each order's
     cumulative allocation so far and its new row id, when the caller read them already
     (`_booked`). `placement`: a locked placement whose fields (as the caller set them) the
-    same statement writes. Returns
+    same statement writes. `positions`: positions the caller locked already (by account_id,
+    `_fills_and_booked`); the ones a move needs that are not there are locked (created) here.
+    Returns
     the rows written as model instances (none built without `returning`).
     """
     side = block.side if block is not None else orders[0].side
@@ -710,7 +742,9 @@ def _rebook(
     # The rows' ids, taken with what was booked (_BOOKED_SQL), ascending in row order.
     ids = sorted(new_ids[row[0]] for row in rows)
     # Positions, then cash, each locked in account order.
-    positions = _lock_positions(instrument.pk, {o.account_id for o, _, _ in moves}, now)
+    moving = {o.account_id for o, _, _ in moves}
+    if positions is None or not moving <= positions.keys():
+        positions = _lock_positions(instrument.pk, moving, now)
     short_breach: set[int] = set()
     for order, held, delta in moves:
         pos = positions[order.account_id]
@@ -722,7 +756,7 @@ def _rebook(
         pos.version += 1
         if quantity < 0 and not _short_ok(order):
             short_breach.add(order.account_id)
-    locked = list(positions.values())
+    locked = [positions[account_id] for account_id in sorted(moving)]
 
     cash_moves: dict[int, Decimal] = defaultdict(Decimal)
     for row in rows:
@@ -931,11 +965,13 @@ def fill_allocate(
         old_price = locked[0].avg_px
 
     broker_id = execution.broker_id or placement.broker_id
-    filled, notional, schedule, booked, new_ids = _fills_and_booked(
+    filled, notional, schedule, booked, new_ids, positions = _fills_and_booked(
         block_id=block.pk if block else None,
         order_id=None if block else locked[0].pk,
         broker_id=broker_id,
         order_ids=[o.id for o in locked],
+        instrument_id=instrument.pk,
+        account_ids=sorted({o.account_id for o in locked}),
     )
     price = _average(filled, notional)
     try:
@@ -959,6 +995,7 @@ def fill_allocate(
         block_fill=(filled, price),
         booked=(booked, new_ids),
         placement=written,
+        positions=positions,
     )
     return rows
 
