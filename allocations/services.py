@@ -564,7 +564,7 @@ _BOOK_WRITE_SQL = (
     "%(cum_quantity)s::numeric[], %(cum_gross)s::numeric[], %(cum_commission)s::numeric[], "
     "%(cum_fees)s::numeric[], %(cum_net)s::numeric[], %(reversal_of)s::bigint[]) "
     "AS v(id, order_id, account_id, kind, quantity, gross, commission, fees, net, "
-    "cum_quantity, cum_gross, cum_commission, cum_fees, cum_net, reversal_of) ORDER BY v.id), "
+    "cum_quantity, cum_gross, cum_commission, cum_fees, cum_net, reversal_of)), "
     f'pos AS (UPDATE "{Position._meta.db_table}" AS t SET "quantity" = v.quantity, '
     '"avg_cost" = v.avg_cost, "realised_pnl" = v.realised_pnl, "version" = v.version, '
     '"updated_at" = %(now)s::timestamptz FROM unnest(%(pos_id)s::bigint[], '
@@ -739,7 +739,8 @@ def _rebook(
         "now": now,
     }
 
-    # The rows' ids, taken with what was booked (_BOOKED_SQL), ascending in row order.
+    # The rows' ids, taken with what was booked (_BOOKED_SQL), ascending in row order: the
+    # statement inserts the rows in its arrays' order, which is id order (no sort to ask for).
     ids = sorted(new_ids[row[0]] for row in rows)
     # Positions, then cash, each locked in account order.
     moving = {o.account_id for o, _, _ in moves}
