@@ -53,6 +53,7 @@ handled here: the executions service must not call ``fill_allocate`` for one.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ from allocations.models import (
     Position,
 )
 from allocations.selectors import account_ids_visible_to
-from oms_site.audit import AuditEntry, audit_record_many
+from oms_site.audit import AuditEntry, CanonicalJson, audit_record_many, canonical_text
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
 from oms_site.gcpause import collection_paused
 from oms_site.roles import has_role
@@ -144,6 +145,53 @@ def _array(values: Iterable[Any]) -> str:
     text needs no quoting: numbers, ids and the allocation kinds.
     """
     return "{" + ",".join(map(str, values)).replace("None", "NULL") + "}"
+
+
+def _array_of_texts(texts: list[str]) -> str:
+    """`_array` of values already made text (str() of each; None as NULL)."""
+    return "{" + ",".join(texts).replace("None", "NULL") + "}"
+
+
+# One allocation row of a fill's audit payload in canonical JSON (keys sorted, no spaces):
+# ids as numbers, decimals as json_safe writes them (their str(), which needs no escaping).
+_AUDIT_ROW_JSON = (
+    '{"account":%s,"commission":"%s","cum_quantity":"%s","fees":"%s","gross":"%s","id":%s,'
+    '"kind":%s,"net":"%s","order":%s,"quantity":"%s"}'
+)
+_KIND_JSON = {str(kind): json.dumps(str(kind)) for kind in AllocationKind}
+
+
+def _allocations_payload(
+    shared: dict[str, Any], id_texts: list[str], texts: list[list[str]]
+) -> CanonicalJson:
+    """A fill's audit payload, `shared` plus "allocations" (one object per row: id, order,
+    account, kind, quantity, cum_quantity, gross, commission, fees, net), as the canonical
+    JSON text `audit_record_many` would write for the same dict (see CanonicalJson).
+
+    `texts` are the str() of the rows' columns in _ALLOCATION_ROW_COLUMNS order; `id_texts`
+    the rows' ids. Every key of `shared` sorts after "allocations".
+    """
+    assert all(key > "allocations" for key in shared)
+    order, account, kind, quantity, gross, commission, fees, net, cum_quantity = texts[:9]
+    kinds = [_KIND_JSON[k] for k in kind]
+    rows = map(
+        _AUDIT_ROW_JSON.__mod__,
+        zip(
+            account,
+            commission,
+            cum_quantity,
+            fees,
+            gross,
+            id_texts,
+            kinds,
+            net,
+            order,
+            quantity,
+            strict=True,
+        ),
+    )
+    rest = canonical_text(shared)
+    return CanonicalJson('{"allocations":[' + ",".join(rows) + "]," + rest[1:])
 
 
 def _column_types(model: Any, fields: Sequence[str]) -> list[str]:
@@ -341,34 +389,6 @@ def _booked(
         return _booked_rows(cursor.fetchall())
 
 
-def _fills_and_booked(
-    *, block_id: int | None, order_id: int | None, broker_id: int | None, order_ids: list[int]
-) -> tuple[Decimal, Decimal, engine.CommissionSchedule, dict[int, _Booked], dict[int, int]]:
-    """`_fills_of` and `_booked` of a fill in one round trip (one row per order)."""
-    column, key = ("block_id", block_id) if block_id is not None else ("order_id", order_id)
-    block_match = 'a."block_id" = %s' if block_id is not None else 'a."block_id" IS NULL'
-    sql = (
-        f"SELECT fl.*, bk.* FROM ({_FILLS_SQL.replace('{column}', column)}) AS fl "
-        f"LEFT JOIN ({_BOOKED_SQL.replace('{block_match}', block_match)}) AS bk ON true"
-    )
-    params: list[Any] = [key, broker_id, _array(order_ids)]
-    if block_id is not None:
-        params.append(block_id)
-    with raw_cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    filled, notional, bps, per_share, minimum, fees_bps = rows[0][:6]
-    schedule = (
-        engine.CommissionSchedule()
-        if bps is None
-        else engine.CommissionSchedule(
-            bps=bps, per_share=per_share, min_per_ticket=minimum, fees_bps=fees_bps
-        )
-    )
-    booked, new_ids = _booked_rows([row[6:] for row in rows])
-    return filled or ZERO, notional or ZERO, schedule, booked, new_ids
-
-
 _POSITIONS_LOCK_SQL = (
     'SELECT "id", "account_id", "quantity", "avg_cost", "realised_pnl", "version" '
     f'FROM "{Position._meta.db_table}" WHERE "instrument_id" = %s '
@@ -390,6 +410,63 @@ class _PositionRow:
     avg_cost: Decimal
     realised_pnl: Decimal
     version: int
+
+
+def _fills_and_booked(
+    *,
+    block_id: int | None,
+    order_id: int | None,
+    broker_id: int | None,
+    order_ids: list[int],
+    instrument_id: int,
+    account_ids: list[int],
+) -> tuple[
+    Decimal,
+    Decimal,
+    engine.CommissionSchedule,
+    dict[int, _Booked],
+    dict[int, int],
+    dict[int, _PositionRow],
+]:
+    """`_fills_of` and `_booked` of a fill, and its orders' accounts' positions in the
+    instrument locked as `_lock_positions` locks them (by account_id; missing ones are not
+    created here), in one round trip: one row per order, then one per position found.
+
+    Taken after the orders' locks, in the fixed lock order; the positions of every order of
+    the block are locked, whether this fill moves them or not.
+    """
+    column, key = ("block_id", block_id) if block_id is not None else ("order_id", order_id)
+    block_match = 'a."block_id" = %s' if block_id is not None else 'a."block_id" IS NULL'
+    sql = (
+        f"WITH pos AS MATERIALIZED ({_POSITIONS_LOCK_SQL}) "
+        f"SELECT fl.*, bk.*, NULL::integer FROM ({_FILLS_SQL.replace('{column}', column)}) "
+        f"AS fl LEFT JOIN ({_BOOKED_SQL.replace('{block_match}', block_match)}) AS bk ON true "
+        "UNION ALL SELECT NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, "
+        "NULL::numeric, NULL::numeric, p.account_id, p.quantity, p.avg_cost, p.realised_pnl, "
+        "NULL::numeric, NULL::numeric, p.id, NULL::bigint, p.version FROM pos AS p"
+    )
+    params: list[Any] = [instrument_id, _array(account_ids), key, broker_id, _array(order_ids)]
+    if block_id is not None:
+        params.append(block_id)
+    with raw_cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    booked_rows = [row for row in rows if row[14] is None]
+    positions = {
+        row[6]: _PositionRow(row[12], row[6], row[7], row[8], row[9], row[14])
+        for row in rows
+        if row[14] is not None
+    }
+    filled, notional, bps, per_share, minimum, fees_bps = booked_rows[0][:6]
+    schedule = (
+        engine.CommissionSchedule()
+        if bps is None
+        else engine.CommissionSchedule(
+            bps=bps, per_share=per_share, min_per_ticket=minimum, fees_bps=fees_bps
+        )
+    )
+    booked, new_ids = _booked_rows([row[6:14] for row in booked_rows])
+    return filled or ZERO, notional or ZERO, schedule, booked, new_ids, positions
 
 
 def _lock_positions(
@@ -487,7 +564,7 @@ _BOOK_WRITE_SQL = (
     "%(cum_quantity)s::numeric[], %(cum_gross)s::numeric[], %(cum_commission)s::numeric[], "
     "%(cum_fees)s::numeric[], %(cum_net)s::numeric[], %(reversal_of)s::bigint[]) "
     "AS v(id, order_id, account_id, kind, quantity, gross, commission, fees, net, "
-    "cum_quantity, cum_gross, cum_commission, cum_fees, cum_net, reversal_of) ORDER BY v.id), "
+    "cum_quantity, cum_gross, cum_commission, cum_fees, cum_net, reversal_of)), "
     f'pos AS (UPDATE "{Position._meta.db_table}" AS t SET "quantity" = v.quantity, '
     '"avg_cost" = v.avg_cost, "realised_pnl" = v.realised_pnl, "version" = v.version, '
     '"updated_at" = %(now)s::timestamptz FROM unnest(%(pos_id)s::bigint[], '
@@ -565,6 +642,7 @@ def _rebook(
     block_fill: tuple[Decimal, Decimal] | None = None,
     booked: tuple[dict[int, _Booked], dict[int, int]] | None = None,
     placement: Placement | None = None,
+    positions: dict[int, _PositionRow] | None = None,
 ) -> list[Allocation]:
     """Book the difference between each order's target and its rows so far; move the book.
 
@@ -573,7 +651,9 @@ def _rebook(
     the block's cum_qty and avg_px with `block_fill` (and its version). `booked`: each order's
     cumulative allocation so far and its new row id, when the caller read them already
     (`_booked`). `placement`: a locked placement whose fields (as the caller set them) the
-    same statement writes. Returns
+    same statement writes. `positions`: positions the caller locked already (by account_id,
+    `_fills_and_booked`); the ones a move needs that are not there are locked (created) here.
+    Returns
     the rows written as model instances (none built without `returning`).
     """
     side = block.side if block is not None else orders[0].side
@@ -659,10 +739,13 @@ def _rebook(
         "now": now,
     }
 
-    # The rows' ids, taken with what was booked (_BOOKED_SQL), ascending in row order.
+    # The rows' ids, taken with what was booked (_BOOKED_SQL), ascending in row order: the
+    # statement inserts the rows in its arrays' order, which is id order (no sort to ask for).
     ids = sorted(new_ids[row[0]] for row in rows)
     # Positions, then cash, each locked in account order.
-    positions = _lock_positions(instrument.pk, {o.account_id for o, _, _ in moves}, now)
+    moving = {o.account_id for o, _, _ in moves}
+    if positions is None or not moving <= positions.keys():
+        positions = _lock_positions(instrument.pk, moving, now)
     short_breach: set[int] = set()
     for order, held, delta in moves:
         pos = positions[order.account_id]
@@ -674,7 +757,7 @@ def _rebook(
         pos.version += 1
         if quantity < 0 and not _short_ok(order):
             short_breach.add(order.account_id)
-    locked = list(positions.values())
+    locked = [positions[account_id] for account_id in sorted(moving)]
 
     cash_moves: dict[int, Decimal] = defaultdict(Decimal)
     for row in rows:
@@ -702,10 +785,13 @@ def _rebook(
         block_move = block.pk
 
     params = dict(common)
-    params["id"] = _array(ids)
+    # Each row value's text is made once, for the statement's arrays and the audit payload.
+    id_texts = list(map(str, ids))
+    texts = [list(map(str, column)) for column in zip(*rows, strict=True)]
+    params["id"] = _array_of_texts(id_texts)
     if rows:
-        for name, column in zip(_ALLOCATION_ROW_COLUMNS, zip(*rows, strict=True), strict=True):
-            params[name] = _array(column)
+        for name, column_texts in zip(_ALLOCATION_ROW_COLUMNS, texts, strict=True):
+            params[name] = _array_of_texts(column_texts)
     else:
         params.update(dict.fromkeys(_ALLOCATION_ROW_COLUMNS, "{}"))
     params.update(
@@ -785,28 +871,17 @@ def _rebook(
             object_id=str(execution.pk),
             # What every row of the fill shares is said once (price, dates, method): the
             # payload is hashed and stored as jsonb inside the fill's transaction, 1,000 rows
-            # for a big block. Decimals as json_safe writes them (str), converted here once.
-            after={
-                "price": price,
-                "trade_date": trade_date,
-                "settlement_date": settles,
-                "method": method,
-                "allocations": [
-                    {
-                        "id": pk,
-                        "order": row[0],
-                        "account": row[1],
-                        "kind": row[2],
-                        "quantity": str(row[3]),
-                        "cum_quantity": str(row[8]),
-                        "gross": str(row[4]),
-                        "commission": str(row[5]),
-                        "fees": str(row[6]),
-                        "net": str(row[7]),
-                    }
-                    for pk, row in zip(ids, rows, strict=True)
-                ],
-            },
+            # for a big block. Written as its canonical text from the rows' texts above.
+            after=_allocations_payload(
+                {
+                    "price": price,
+                    "trade_date": trade_date,
+                    "settlement_date": settles,
+                    "method": method,
+                },
+                id_texts,
+                texts,
+            ),
             meta={
                 "execution": execution.pk,
                 "block": block_id,
@@ -891,11 +966,13 @@ def fill_allocate(
         old_price = locked[0].avg_px
 
     broker_id = execution.broker_id or placement.broker_id
-    filled, notional, schedule, booked, new_ids = _fills_and_booked(
+    filled, notional, schedule, booked, new_ids, positions = _fills_and_booked(
         block_id=block.pk if block else None,
         order_id=None if block else locked[0].pk,
         broker_id=broker_id,
         order_ids=[o.id for o in locked],
+        instrument_id=instrument.pk,
+        account_ids=sorted({o.account_id for o in locked}),
     )
     price = _average(filled, notional)
     try:
@@ -919,6 +996,7 @@ def fill_allocate(
         block_fill=(filled, price),
         booked=(booked, new_ids),
         placement=written,
+        positions=positions,
     )
     return rows
 

@@ -84,3 +84,62 @@ def test_parallel_fills_of_one_block_exact_totals(role_groups):
     # and the audit chain of the block is complete and unbroken
     assert audit_verify(streams=[f"block:{block.pk}:allocations"]) == []
     assert Block.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_fills_of_blocks_sharing_accounts_and_cash_exact_totals(role_groups):
+    # given three blocks in three instruments of one currency over the same 12 accounts, their
+    # orders created in different account orders (so order ids and account ids do not agree)
+    trader = f.UserFactory(username="trader_x", role="Trader")
+    desk = f.DeskFactory(code="XCON")
+    broker = f.BrokerFactory(code="XB")
+    accounts = [f.AccountFactory(code=f"X{i:02d}", desk=desk) for i in range(12)]
+    orderings = [accounts, accounts[::-1], accounts[6:] + accounts[:6]]
+    placements = []
+    for n, ordering in enumerate(orderings):
+        instrument = f.InstrumentFactory(symbol=f"XC{n}", lot_size=D(100), currency="USD")
+        _, _, placement = make_block(
+            instrument=instrument,
+            accounts=ordering,
+            quantities=[D(1000)] * len(ordering),
+            user=trader,
+            broker=broker,
+        )
+        placements.append(placement)
+    # (each thread fills every block in turn, starting from a different one)
+    fills = [
+        (placements[(t + i) % 3], D(300), D("10.00") + D(i % 5) / 100)
+        for t in range(6)
+        for i in range(6)
+    ]
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def worker(chunk):
+        try:
+            start.wait()
+            for placement, qty, px in chunk:
+                with transaction.atomic():
+                    fill_allocate(execution=new_execution(placement, qty, px))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    # when six threads apply their fills at once
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(worker, [fills[i * 6 : (i + 1) * 6] for i in range(6)]))
+
+    # then nothing failed (no deadlock), and each account's one balance holds exactly minus the
+    # net of its allocation rows across the three blocks, moved once per fill that booked it
+    assert errors == []
+    assert sum(Allocation.objects.values_list("quantity", flat=True)) == D(300) * len(fills)
+    for account in accounts:
+        rows = Allocation.objects.filter(account=account)
+        net = sum(r.net for r in rows)
+        cash = CashBalance.objects.get(account=account)
+        assert (cash.currency, cash.settled, cash.pending) == ("USD", D(0), -net)
+        moved = len({r.execution_id for r in rows if r.net})
+        assert cash.version == moved
+    for placement in placements:
+        assert audit_verify(streams=[f"block:{placement.block_id}:allocations"]) == []

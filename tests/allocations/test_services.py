@@ -488,3 +488,73 @@ def test_array_literals_carry_decimals_exactly():
     assert numbers == [D(600), D("10.5"), D(0), D("-12.34"), D("0.00000001"), None]
     assert ids == [1, None, 3]
     assert kinds == ["fill", "reversal", "reprice"]
+
+
+def test_a_fills_audit_payload_text_is_the_canonical_json_of_its_dict() -> None:
+    # given rows with every kind, negative, exponent and zero decimals and big ids
+    import datetime as dt
+
+    from allocations.services import _allocations_payload
+    from oms_site.audit import canonical_text
+
+    rows = [
+        (11, 21, "fill", D(100), D("1001.50"), D("1.00"), D(0), D("-1002.50"), D(100)),
+        (12, 22, "reversal", D(-100), D("-1E+3"), D("0E-8"), D("0.01"), D("999.99"), D(0)),
+        (2**40, 2**41, "reprice", D(0), D("0.00000001"), D(-1), D("1.5E-7"), D(3), D(5)),
+    ]
+    ids = [10**12, 10**12 + 1, 10**12 + 2]
+    shared = {
+        "price": D("10.12345678"),
+        "trade_date": dt.date(2026, 11, 20),
+        "settlement_date": dt.date(2026, 11, 23),
+        "method": "pro_rata",
+    }
+    # when the payload is written from the rows' texts
+    texts = [list(map(str, column)) for column in zip(*rows, strict=True)]
+    text = _allocations_payload(shared, list(map(str, ids)), texts)
+    # then it is exactly the canonical JSON of the dict the fill used to build
+    expected = dict(shared)
+    expected["allocations"] = [
+        {
+            "id": pk,
+            "order": row[0],
+            "account": row[1],
+            "kind": row[2],
+            "quantity": str(row[3]),
+            "cum_quantity": str(row[8]),
+            "gross": str(row[4]),
+            "commission": str(row[5]),
+            "fees": str(row[6]),
+            "net": str(row[7]),
+        }
+        for pk, row in zip(ids, rows, strict=True)
+    ]
+    assert text == canonical_text(expected)
+
+
+def test_a_fills_audit_events_verify(three_accounts, instrument, broker, trader):
+    # given a block filled twice (the second fill re-prices every order)
+    _, _, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts,
+        quantities=[100, 200, 300],
+        user=trader,
+        broker=broker,
+    )
+    fill(placement, 300, "10.00")
+    fill(placement, 300, "10.10")
+    # then the block's allocation stream holds one event per fill, its rows the rows written,
+    # and the chain verifies
+    from oms_site.audit import audit_verify
+
+    stream = f"block:{placement.block_id}:allocations"
+    events = AuditEvent.objects.filter(stream=stream).order_by("seq")
+    assert [[r["id"] for r in e.after["allocations"]] for e in events] == [
+        list(ids)
+        for ids in (
+            Allocation.objects.filter(execution=e).order_by("pk").values_list("pk", flat=True)
+            for e in placement.executions.order_by("pk")
+        )
+    ]
+    assert [e.after["price"] for e in events] == ["10.00000000", "10.05000000"]
+    assert audit_verify(streams=[stream]) == []

@@ -8,7 +8,16 @@ from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.db.utils import DatabaseError
 
-from oms_site.audit import GENESIS_HASH, AuditEntry, audit_record, audit_record_many, audit_verify
+from oms_site.audit import (
+    GENESIS_HASH,
+    AuditEntry,
+    CanonicalJson,
+    audit_record,
+    audit_record_many,
+    audit_verify,
+    canonical_text,
+    event_hash,
+)
 from oms_site.models import AuditEvent, AuditStream
 
 pytestmark = pytest.mark.django_db
@@ -275,4 +284,38 @@ def test_few_and_many_events_are_stored_alike(count: int) -> None:
         for n in sorted(range(count), key=str)
     ]
     assert len(events) == count
+    assert audit_verify() == []
+
+
+def test_a_payload_given_as_its_canonical_text_is_stored_hashed_and_read_as_the_dict() -> None:
+    # given a payload written by its caller as canonical JSON text, and the same payload as a dict
+    value = {"b": [{"x": "1.50", "id": 7}], "a": "é", "n": None}
+    text = CanonicalJson('{"a":"é","b":[{"id":7,"x":"1.50"}],"n":null}')
+    assert text == canonical_text(value)
+    # when each is written to its own stream
+    with transaction.atomic():
+        given = audit_record_many(
+            entries=[AuditEntry(action="a", object_type="t.text", object_id="1", after=text)]
+        )
+        built = audit_record_many(
+            entries=[AuditEntry(action="a", object_type="t.dict", object_id="1", after=value)]
+        )
+    # then both store, hash and hand back the same document, and both chains verify
+    assert given[0].after == built[0].after == value
+    stored = dict(AuditEvent.objects.values_list("object_type", "after"))
+    assert stored == {"t.text": value, "t.dict": value}
+    assert given[0].hash == event_hash(
+        stream="t.text:1",
+        seq=1,
+        prev_hash=GENESIS_HASH,
+        occurred_at=given[0].occurred_at,
+        actor_id=None,
+        actor_name="system",
+        action="a",
+        object_type="t.text",
+        object_id="1",
+        before=None,
+        after=value,
+        meta={},
+    )
     assert audit_verify() == []
