@@ -43,6 +43,7 @@ from oms_site.audit import AuditEntry, audit_record_many, json_safe
 from oms_site.gcpause import collection_paused
 from oms_site.realtime import groups_for_account, publish_many_on_commit
 from oms_site.rows import (
+    array_literal,
     fast_datetimes,
     model_from_row,
     raw_cursor,
@@ -247,34 +248,51 @@ class _LockSql:
             f"SELECT {p_cols}, {b_cols}, o.* FROM p "
             f"JOIN {Broker._meta.db_table} AS br ON br.id = p.broker_id LEFT JOIN o ON true"
         )
-        # executions_apply's up-front locks: each kind in the order one report takes them.
-        self.batch_placements_sql = (
-            f"SELECT p.block_id, p.order_id FROM {Placement._meta.db_table} AS p WHERE p.id IN ("
+        # executions_apply's up-front locks, one statement: each kind in the order one report
+        # takes them (placements, blocks, orders by id; positions by (account, instrument),
+        # cash by (account, currency)). Each CTE after the first starts with a one-time
+        # filter reading the whole previous CTE (an InitPlan, run before the CTE's own scan),
+        # so every row of one kind is locked before the first row of the next; the arrays of
+        # ids are InitPlan parameters, so the index scans of the one-by-one reads still apply.
+        # The positions and cash are locked only when the batch holds a fill (the last
+        # parameter).
+        self.batch_lock_sql = (
+            "WITH batch_placements AS MATERIALIZED ("
+            f"SELECT p.block_id, p.order_id FROM {Placement._meta.db_table} AS p "
+            "WHERE p.id = ANY(ARRAY("
             f"SELECT m.placement_id FROM {OutboxMessage._meta.db_table} AS m "
             "WHERE m.cl_ord_id = ANY(%s::varchar[]) "
             f"UNION SELECT x.id FROM {Placement._meta.db_table} AS x "
-            "WHERE x.cl_ord_id = ANY(%s::varchar[])) ORDER BY p.id FOR UPDATE OF p"
-        )
-        self.batch_blocks_sql = (
-            f"SELECT k.id FROM {Block._meta.db_table} AS k WHERE k.id = ANY(%s::bigint[]) "
-            "ORDER BY k.id FOR UPDATE OF k"
-        )
-        self.batch_orders_sql = (
+            "WHERE x.cl_ord_id = ANY(%s::varchar[]))) ORDER BY p.id FOR UPDATE OF p), "
+            "ids AS MATERIALIZED (SELECT "
+            "array_agg(DISTINCT block_id) FILTER (WHERE block_id IS NOT NULL) AS blocks, "
+            "array_agg(DISTINCT order_id) FILTER (WHERE block_id IS NULL AND order_id IS NOT NULL) "
+            "AS orders FROM batch_placements), "
+            "batch_blocks AS MATERIALIZED ("
+            f"SELECT k.id FROM {Block._meta.db_table} AS k "
+            "WHERE (SELECT count(*) FROM batch_placements) >= 0 "
+            "AND k.id = ANY((SELECT blocks FROM ids)::bigint[]) ORDER BY k.id FOR UPDATE OF k), "
+            "batch_orders AS MATERIALIZED ("
             f"SELECT o.account_id, o.instrument_id, i.currency FROM {Order._meta.db_table} AS o "
             f"JOIN {Instrument._meta.db_table} AS i ON i.id = o.instrument_id "
-            "WHERE o.block_id = ANY(%s::bigint[]) OR o.id = ANY(%s::bigint[]) "
-            "ORDER BY o.id FOR UPDATE OF o"
-        )
-        self.batch_positions_sql = (
+            "WHERE (SELECT count(*) FROM batch_blocks) >= 0 "
+            "AND (o.block_id = ANY((SELECT blocks FROM ids)::bigint[]) "
+            "OR o.id = ANY((SELECT orders FROM ids)::bigint[])) ORDER BY o.id FOR UPDATE OF o), "
+            "batch_positions AS MATERIALIZED ("
             f"SELECT t.id FROM {Position._meta.db_table} AS t "
-            "JOIN unnest(%s::bigint[], %s::bigint[]) AS v(a, i) "
-            "ON t.account_id = v.a AND t.instrument_id = v.i "
-            "ORDER BY t.account_id, t.instrument_id FOR UPDATE OF t"
-        )
-        self.batch_cash_sql = (
+            "WHERE %s::boolean AND (SELECT count(*) FROM batch_orders) >= 0 "
+            "AND (t.account_id, t.instrument_id) IN "
+            "(SELECT b.account_id, b.instrument_id FROM batch_orders AS b) "
+            "ORDER BY t.account_id, t.instrument_id FOR UPDATE OF t), "
+            "batch_cash AS MATERIALIZED ("
             f"SELECT c.id FROM {CashBalance._meta.db_table} AS c "
-            "WHERE c.account_id = ANY(%s::bigint[]) AND c.currency = ANY(%s::varchar[]) "
-            "ORDER BY c.account_id, c.currency FOR UPDATE OF c"
+            "WHERE (SELECT count(*) FROM batch_positions) >= 0 "
+            "AND c.account_id = ANY((SELECT array_agg(b.account_id) FROM batch_orders AS b "
+            "WHERE %s::boolean)::bigint[]) "
+            "AND c.currency = ANY((SELECT array_agg(b.currency) FROM batch_orders AS b)::varchar[]) "
+            "ORDER BY c.account_id, c.currency FOR UPDATE OF c) "
+            "SELECT (SELECT count(*) FROM batch_placements), (SELECT count(*) FROM batch_orders), "
+            "(SELECT count(*) FROM batch_positions), (SELECT count(*) FROM batch_cash)"
         )
 
 
@@ -603,29 +621,15 @@ def _lock_batch(reports: Sequence[ExecReport]) -> None:
     A superset is fine (a lock held a little longer); what matters is the order. Positions
     and cash are locked only where they exist: one missing is created by the fill that
     needs it, as when applied alone (never an empty row the fills would not have made).
+    One statement (`_LockSql.batch_lock_sql`) instead of one per kind.
     """
     cl_ord_ids = sorted({i for r in reports for i in (r.cl_ord_id, r.orig_cl_ord_id) if i})
     if not cl_ord_ids:
         return
-    q = _lock_sql_get()
-    with connection.cursor() as cursor:
-        cursor.execute(q.batch_placements_sql, [cl_ord_ids, cl_ord_ids])
-        placements = cursor.fetchall()
-        if not placements:
-            return
-        block_ids = sorted({b for b, _ in placements if b is not None})
-        order_ids = sorted({o for b, o in placements if b is None and o is not None})
-        if block_ids:
-            cursor.execute(q.batch_blocks_sql, [block_ids])
-        cursor.execute(q.batch_orders_sql, [block_ids, order_ids])
-        books = cursor.fetchall()
-        if not books or not any(r.is_fill for r in reports):
-            return
-        pairs = sorted({(a, i) for a, i, _ in books})
-        cursor.execute(q.batch_positions_sql, [[a for a, _ in pairs], [i for _, i in pairs]])
-        cursor.execute(
-            q.batch_cash_sql, [sorted({a for a, _, _ in books}), sorted({c for _, _, c in books})]
-        )
+    fills = any(r.is_fill for r in reports)
+    with raw_cursor() as cursor:
+        ids = array_literal(cl_ord_ids)
+        cursor.execute(_lock_sql_get().batch_lock_sql, [ids, ids, fills, fills])
 
 
 def _execution_apply(

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from allocations.models import Allocation, CashBalance, CommissionSchedule, Position
 from oms_site.audit import audit_verify
@@ -560,8 +560,96 @@ def test_a_batch_of_one_placements_reports_locks_as_one_report_does(world, monke
     ]
     # then no up-front locking read ran (the first report's lock covers its placement and
     # order), and the results and rows are those of one by one
-    assert not [s for s in sent if s.startswith("SELECT p.block_id, p.order_id")]
+    assert not [s for s in sent if s.startswith("WITH batch_placements AS")]
     assert len([s for s in sent if "FOR UPDATE OF p)" in s]) == 1
     assert batched == singles == [("E1", D(0), False), ("E2", D(40), False), ("E3", D(60), False)]
     assert batch.snapshot() == one.snapshot()
     assert audit_verify() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_over_placements_locks_its_rows_up_front_in_one_statement(world, monkeypatch):
+    import psycopg
+
+    from orders.fix.django_handler import _plain_connection_params
+    from orders.services.executions import _lock_batch
+
+    # given two worlds whose block and lone order were filled once (positions and cash exist)
+    mine, other = world(), world()
+    for w in (mine, other):
+        first = [("block", "F", "1", 1, "10", "99"), ("lone", "F", "1", 2, "10", "99")]
+        for r in w.reports(first):
+            execution_apply(session_key=KEY, report=r)
+
+    def rows(w: World) -> dict[str, set[int]]:
+        return {
+            "orders_placement": {w.block_placement.pk, w.lone_placement.pk},
+            "orders_block": {w.block.pk},
+            "orders_order": {o.pk for o in w.orders},
+            "allocations_position": set(
+                Position.objects.filter(account__in=w.accounts).values_list("pk", flat=True)
+            ),
+            "allocations_cashbalance": set(
+                CashBalance.objects.filter(account__in=w.accounts).values_list("pk", flat=True)
+            ),
+        }
+
+    mine_rows, other_rows = rows(mine), rows(other)
+    assert [len(mine_rows[t]) for t in mine_rows] == [2, 1, 4, 4, 4]
+    sent: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, *args, **kwargs):
+        sent.append(str(query))
+        return original(self, query, *args, **kwargs)
+
+    def unlocked() -> dict[str, set[int]]:
+        """Rows of both worlds another connection can lock now (SKIP LOCKED: never waits)."""
+        with psycopg.connect(autocommit=False, **_plain_connection_params()) as conn:
+            found = {
+                table: {
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT id FROM {table} WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED",
+                        [sorted(mine_rows[table] | other_rows[table])],
+                    )
+                }
+                for table in mine_rows
+            }
+            conn.rollback()
+        return found
+
+    # when a batch of a fill of the block and an acknowledgement of the lone order takes its
+    # up-front locks
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    with transaction.atomic():
+        _lock_batch(
+            mine.reports([("block", "F", "1", 3, "10", "99"), ("lone", "0", "0", 4, None, None)])
+        )
+        statements = list(sent)
+        during = unlocked()
+    # then one statement locked every placement, block, order, position and cash row of this
+    # world and none of the other's
+    assert len(statements) == 1 and statements[0].startswith("WITH batch_placements AS")
+    assert during == other_rows
+
+    # when a batch without a fill takes them
+    sent.clear()
+    with transaction.atomic():
+        _lock_batch(
+            mine.reports([("block", "0", "0", 5, None, None), ("lone", "0", "0", 6, None, None)])
+        )
+        statements = list(sent)
+        during = unlocked()
+    # then the placements, the block and the orders are locked, no position and no cash row
+    assert len(statements) == 1
+    assert during == {
+        **other_rows,
+        "allocations_position": mine_rows["allocations_position"]
+        | other_rows["allocations_position"],
+        "allocations_cashbalance": mine_rows["allocations_cashbalance"]
+        | other_rows["allocations_cashbalance"],
+    }
+    # and nothing is held once the transaction ended
+    sent.clear()
+    assert unlocked() == {t: mine_rows[t] | other_rows[t] for t in mine_rows}
