@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from decimal import ROUND_HALF_UP, Decimal
@@ -254,11 +255,14 @@ class _LockSql:
         # filter reading the whole previous CTE (an InitPlan, run before the CTE's own scan),
         # so every row of one kind is locked before the first row of the next; the arrays of
         # ids are InitPlan parameters, so the index scans of the one-by-one reads still apply.
-        # The positions and cash are locked only when the batch holds a fill (the last
-        # parameter).
+        # The positions and cash are locked only when the batch holds a fill. Once every lock
+        # is held, it answers what `placement_order_sql` would for each of the given single
+        # ClOrdIDs whose placement is a lone order's (not in a block): the key, then the
+        # same columns (from the locking CTEs, so the newest row versions), then the order's
+        # id again.
         self.batch_lock_sql = (
             "WITH batch_placements AS MATERIALIZED ("
-            f"SELECT p.block_id, p.order_id FROM {Placement._meta.db_table} AS p "
+            f"SELECT {p_cols} FROM {Placement._meta.db_table} AS p "
             "WHERE p.id = ANY(ARRAY("
             f"SELECT m.placement_id FROM {OutboxMessage._meta.db_table} AS m "
             "WHERE m.cl_ord_id = ANY(%s::varchar[]) "
@@ -273,7 +277,11 @@ class _LockSql:
             "WHERE (SELECT count(*) FROM batch_placements) >= 0 "
             "AND k.id = ANY((SELECT blocks FROM ids)::bigint[]) ORDER BY k.id FOR UPDATE OF k), "
             "batch_orders AS MATERIALIZED ("
-            f"SELECT o.account_id, o.instrument_id, i.currency FROM {Order._meta.db_table} AS o "
+            f"SELECT {o_cols}, a.code, a.desk_id, a.short_selling_allowed, "
+            f'u."{user_column}", {i_cols}, o.id AS batch_order_id '
+            f"FROM {Order._meta.db_table} AS o "
+            f"JOIN {Account._meta.db_table} AS a ON a.id = o.account_id "
+            f"LEFT JOIN {user_model._meta.db_table} AS u ON u.id = o.created_by_id "
             f"JOIN {Instrument._meta.db_table} AS i ON i.id = o.instrument_id "
             "WHERE (SELECT count(*) FROM batch_blocks) >= 0 "
             "AND (o.block_id = ANY((SELECT blocks FROM ids)::bigint[]) "
@@ -290,9 +298,18 @@ class _LockSql:
             "AND c.account_id = ANY((SELECT array_agg(b.account_id) FROM batch_orders AS b "
             "WHERE %s::boolean)::bigint[]) "
             "AND c.currency = ANY((SELECT array_agg(b.currency) FROM batch_orders AS b)::varchar[]) "
-            "ORDER BY c.account_id, c.currency FOR UPDATE OF c) "
-            "SELECT (SELECT count(*) FROM batch_placements), (SELECT count(*) FROM batch_orders), "
-            "(SELECT count(*) FROM batch_positions), (SELECT count(*) FROM batch_cash)"
+            "ORDER BY c.account_id, c.currency FOR UPDATE OF c), "
+            "batch_keys AS MATERIALIZED (SELECT k.c, COALESCE("
+            f"(SELECT m.placement_id FROM {OutboxMessage._meta.db_table} AS m "
+            "WHERE m.cl_ord_id = k.c ORDER BY m.id LIMIT 1), "
+            f"(SELECT x.id FROM {Placement._meta.db_table} AS x "
+            "WHERE x.cl_ord_id = k.c ORDER BY x.id LIMIT 1)) AS placement_id "
+            "FROM unnest(%s::varchar[]) AS k(c)) "
+            f"SELECT k.c, bp.*, {b_cols}, bo.* FROM batch_keys AS k "
+            "JOIN batch_placements AS bp ON bp.id = k.placement_id "
+            f"JOIN {Broker._meta.db_table} AS br ON br.id = bp.broker_id "
+            "JOIN batch_orders AS bo ON bo.batch_order_id = bp.order_id "
+            "WHERE (SELECT count(*) FROM batch_cash) >= 0 AND bo.block_id IS NULL"
         )
 
 
@@ -323,11 +340,7 @@ def _lock(cl_ord_ids: list[str], entries: list[AuditEntry] | None = None) -> _Co
         row = cursor.fetchone()
         if row is None:
             return None
-        n, m = len(q.placement), len(q.placement) + len(q.broker)
-        placement = model_from_row(Placement, dict(zip(q.placement, row[:n], strict=True)))
-        placement._state.fields_cache["broker"] = model_from_row(
-            Broker, dict(zip(q.broker, row[n:m], strict=True))
-        )
+        placement, m = _placement_of_row(q, row)
         if row[m] is not None:  # a lone order's placement: the order came with it
             return _Context(placement, None, _orders_from_rows(q, [row[m:]], None), entries)
         block = None
@@ -348,6 +361,17 @@ def _lock(cl_ord_ids: list[str], entries: list[AuditEntry] | None = None) -> _Co
 
     shared = block._state.fields_cache["instrument"] if block is not None else None
     return _Context(placement, block, _orders_from_rows(q, rows, shared), entries)
+
+
+def _placement_of_row(q: _LockSql, row: Sequence[Any]) -> tuple[Placement, int]:
+    """The placement (its broker cached) of a `placement_order_sql` row, and where the order's
+    columns start."""
+    n, m = len(q.placement), len(q.placement) + len(q.broker)
+    placement = model_from_row(Placement, dict(zip(q.placement, row[:n], strict=True)))
+    placement._state.fields_cache["broker"] = model_from_row(
+        Broker, dict(zip(q.broker, row[n:m], strict=True))
+    )
+    return placement, m
 
 
 def _orders_from_rows(q: _LockSql, rows: Sequence[Any], shared: Instrument | None) -> list[Order]:
@@ -540,10 +564,10 @@ def executions_apply(
     with collection_paused(), transaction.atomic(durable=True), _pipeline_scope():
         # Reports naming one placement alone (an acknowledgement and its fill) take their
         # locks as the first of them would alone: in the fixed order, the same rows each time.
-        if len({(r.cl_ord_id, r.orig_cl_ord_id) for r, _ in reports}) > 1:
-            _lock_batch([report for report, _ in reports])
-        entries: list[AuditEntry] = []
         contexts = _Contexts()
+        if len({(r.cl_ord_id, r.orig_cl_ord_id) for r, _ in reports}) > 1:
+            _lock_batch([report for report, _ in reports], contexts)
+        entries: list[AuditEntry] = []
         results = [
             _execution_apply(session_key, report, raw_message_id, entries, contexts)
             for report, raw_message_id in reports
@@ -615,21 +639,39 @@ def _rows_of(ctx: _Context) -> set[tuple[str, int]]:
     return rows
 
 
-def _lock_batch(reports: Sequence[ExecReport]) -> None:
+def _lock_batch(reports: Sequence[ExecReport], contexts: _Contexts) -> None:
     """Lock every placement, block, order, position and cash row the reports can touch.
 
     A superset is fine (a lock held a little longer); what matters is the order. Positions
     and cash are locked only where they exist: one missing is created by the fill that
     needs it, as when applied alone (never an empty row the fills would not have made).
-    One statement (`_LockSql.batch_lock_sql`) instead of one per kind.
+    One statement (`_LockSql.batch_lock_sql`) instead of one per kind, which also reads
+    the locked rows of the lone orders' placements named by a report's ClOrdID alone (an
+    acknowledgement's, a fill's): `contexts` keeps them under that key, so those reports
+    do not read them again (`_lock`). A placement or an order two keys lead to is not kept
+    (each report then reads it, as alone).
     """
     cl_ord_ids = sorted({i for r in reports for i in (r.cl_ord_id, r.orig_cl_ord_id) if i})
     if not cl_ord_ids:
         return
     fills = any(r.is_fill for r in reports)
-    with raw_cursor() as cursor:
-        ids = array_literal(cl_ord_ids)
-        cursor.execute(_lock_sql_get().batch_lock_sql, [ids, ids, fills, fills])
+    singles = sorted({r.cl_ord_id for r in reports if r.cl_ord_id and not r.orig_cl_ord_id})
+    q = _lock_sql_get()
+    ids = array_literal(cl_ord_ids)
+    with connection.cursor() as cursor:
+        fast_datetimes(cursor)
+        cursor.execute(q.batch_lock_sql, [ids, ids, fills, fills, array_literal(singles)])
+        rows = cursor.fetchall()
+    if not rows:
+        return
+    found = [(row[0], *_placement_of_row(q, row[1:])) for row in rows]
+    placements = Counter(p.pk for _, p, _ in found)
+    orders_seen = Counter(p.order_id for _, p, _ in found)
+    for (key, placement, m), row in zip(found, rows, strict=True):
+        if placements[placement.pk] > 1 or orders_seen[placement.order_id] > 1:
+            continue
+        orders = _orders_from_rows(q, [row[1 + m : -1]], None)
+        contexts.kept[(key,)] = _Context(placement, None, orders)
 
 
 def _execution_apply(

@@ -242,6 +242,21 @@ def _events(monkeypatch):
     return sent
 
 
+def _statements(monkeypatch):
+    """The text of every statement psycopg sends from here on."""
+    import psycopg
+
+    sent: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, *args, **kwargs):
+        sent.append(str(query))
+        return original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    return sent
+
+
 def _event_summary(sent, w):
     order_index = {o.pk: i for i, o in enumerate(w.orders)}
     account_group = {f"acct-{a.pk}": f"acct-{i}" for i, a in enumerate(w.accounts)}
@@ -277,6 +292,7 @@ def test_batch_gives_exactly_the_one_by_one_results(
         ]
     single_events = _event_summary(sent, one)
     sent.clear()
+    statements = _statements(monkeypatch)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         batched = [
             _result(e)
@@ -286,6 +302,11 @@ def test_batch_gives_exactly_the_one_by_one_results(
         ]
     # then each report's result, and every row and audit event, are the same
     assert batched == singles
+    # and the rows were locked up front in one statement, which also read the lone order's:
+    # a report's own locking read ran for the block's placement (once, by its first report)
+    # and for each report of the unknown ClOrdID (two), none for the lone order's three
+    assert len([q for q in statements if q.startswith("WITH batch_placements AS")]) == 1
+    assert len([q for q in statements if q.startswith("WITH p AS MATERIALIZED")]) == 3
     assert singles == [
         ("E1", D(0), False),
         ("E2", D(0), False),
@@ -572,7 +593,7 @@ def test_a_batch_over_placements_locks_its_rows_up_front_in_one_statement(world,
     import psycopg
 
     from orders.fix.django_handler import _plain_connection_params
-    from orders.services.executions import _lock_batch
+    from orders.services.executions import _Contexts, _lock_batch
 
     # given two worlds whose block and lone order were filled once (positions and cash exist)
     mine, other = world(), world()
@@ -622,9 +643,11 @@ def test_a_batch_over_placements_locks_its_rows_up_front_in_one_statement(world,
     # when a batch of a fill of the block and an acknowledgement of the lone order takes its
     # up-front locks
     monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    contexts = _Contexts()
     with transaction.atomic():
         _lock_batch(
-            mine.reports([("block", "F", "1", 3, "10", "99"), ("lone", "0", "0", 4, None, None)])
+            mine.reports([("block", "F", "1", 3, "10", "99"), ("lone", "0", "0", 4, None, None)]),
+            contexts,
         )
         statements = list(sent)
         during = unlocked()
@@ -632,12 +655,31 @@ def test_a_batch_over_placements_locks_its_rows_up_front_in_one_statement(world,
     # world and none of the other's
     assert len(statements) == 1 and statements[0].startswith("WITH batch_placements AS")
     assert during == other_rows
+    # and it kept the lone order's locked rows for its acknowledgement, as the report's own
+    # locking read finds them (the block's placement is read by its report)
+    assert list(contexts.kept) == [(mine.cl_ord_ids["lone"],)]
+    kept = contexts.kept[(mine.cl_ord_ids["lone"],)]
+    assert kept.block is None
+    assert kept.placement.__dict__ | {"_state": None} == Placement.objects.get(
+        pk=mine.lone_placement.pk
+    ).__dict__ | {"_state": None}
+    assert kept.placement.broker.code == "BRKA"
+    [order] = kept.orders
+    assert order.__dict__ | {"_state": None} == Order.objects.get(pk=mine.orders[3].pk).__dict__ | {
+        "_state": None
+    }
+    assert (order.account.code, order.instrument.symbol) == (
+        mine.accounts[3].code,
+        mine.instrument.symbol,
+    )
+    assert order.created_by.get_username() == "pm_a"
 
     # when a batch without a fill takes them
     sent.clear()
     with transaction.atomic():
         _lock_batch(
-            mine.reports([("block", "0", "0", 5, None, None), ("lone", "0", "0", 6, None, None)])
+            mine.reports([("block", "0", "0", 5, None, None), ("lone", "0", "0", 6, None, None)]),
+            _Contexts(),
         )
         statements = list(sent)
         during = unlocked()
