@@ -119,6 +119,10 @@ class _Context:
         self.entries: list[AuditEntry] = [] if entries is None else entries
         self.changed: dict[int, Order] = {}
         self.order_fields: set[str] = set()
+        # Writes an acknowledgement left to the next report on these rows (defer_save).
+        self.unsaved: dict[int, Order] = {}
+        self.unsaved_fields: set[str] = set()
+        self.unsaved_placement = False
 
     def begin(self, entries: list[AuditEntry]) -> None:
         """Start the next report on the same locked rows."""
@@ -173,20 +177,45 @@ class _Context:
         with raw_cursor() as cursor:
             cursor.execute(_BLOCK_STATUS_SQL, [status, block.version, block.updated_at, block.pk])
 
+    def defer_save(self) -> None:
+        """Leave this report's writes of the placement and the orders to the next report on
+        these rows, which writes them with its own (the rows hold the same values at commit;
+        nothing between the two reads them from the database)."""
+        self.unsaved.update(self.changed)
+        self.unsaved_fields |= self.order_fields
+        self.unsaved_placement = True
+
+    def _orders_to_write(self) -> tuple[list[Order], list[str]]:
+        """The changed orders and fields, with what an earlier report left unsaved."""
+        orders = {**self.unsaved, **self.changed} if self.unsaved else self.changed
+        fields = self.order_fields | self.unsaved_fields
+        self.unsaved, self.unsaved_fields, self.unsaved_placement = {}, set(), False
+        if not (orders and fields):
+            return [], []
+        return list(orders.values()), sorted(fields)
+
     def save_orders(self) -> None:
-        if self.changed and self.order_fields:
-            rows_update(Order, list(self.changed.values()), sorted(self.order_fields))
+        """Write the changed orders (the placement is written by the caller, as a fill's
+        writing statement does)."""
+        orders, fields = self._orders_to_write()
+        if orders:
+            rows_update(Order, orders, fields)
+
+    def save_unsaved(self) -> None:
+        """Write what an earlier report left unsaved (defer_save), if anything."""
+        if self.unsaved_placement:
+            self.changed, self.order_fields = {}, set()
+            self.save_placement_and_orders()
 
     def save_placement_and_orders(self) -> None:
         """Write the placement and the changed orders: one statement when both change."""
-        if not (self.changed and self.order_fields):
+        orders, fields = self._orders_to_write()
+        if not orders:
             _placement_save(self.placement)
             return
         placement = self.placement
         placement.updated_at = timezone.now()
-        sql, params = rows_update_statement(
-            Order, list(self.changed.values()), sorted(self.order_fields)
-        )
+        sql, params = rows_update_statement(Order, orders, fields)
         with raw_cursor() as cursor:
             cursor.execute(
                 f"WITH placement AS ({_PLACEMENT_SAVE_SQL}) {sql}",
@@ -568,10 +597,21 @@ def executions_apply(
         if len({(r.cl_ord_id, r.orig_cl_ord_id) for r, _ in reports}) > 1:
             _lock_batch([report for report, _ in reports], contexts)
         entries: list[AuditEntry] = []
-        results = [
-            _execution_apply(session_key, report, raw_message_id, entries, contexts)
-            for report, raw_message_id in reports
-        ]
+        results = []
+        last = len(reports) - 1
+        for i, (report, raw_message_id) in enumerate(reports):
+            # An acknowledgement right before a fill of the same ClOrdIDs leaves its writes to
+            # that fill's (one statement less per order).
+            after = reports[i + 1][0] if i < last else None
+            defer = (
+                after is not None
+                and after.is_fill
+                and (after.cl_ord_id, after.orig_cl_ord_id)
+                == (report.cl_ord_id, report.orig_cl_ord_id)
+            )
+            results.append(
+                _execution_apply(session_key, report, raw_message_id, entries, contexts, defer)
+            )
         audit_record_many(entries=entries)
     return results
 
@@ -680,8 +720,13 @@ def _execution_apply(
     raw_message_id: int | None,
     entries: list[AuditEntry],
     contexts: _Contexts | None = None,
+    defer: bool = False,
 ) -> Execution | None:
-    """execution_apply inside the caller's transaction; its audit entries go to `entries`."""
+    """execution_apply inside the caller's transaction; its audit entries go to `entries`.
+
+    `defer`: the next report applied is a fill of the same ClOrdIDs (with the same
+    `contexts`), so an acknowledgement may leave its writes to it (`_Context.defer_save`);
+    whatever is still unsaved after a report that was not told so is written then."""
     ids = [i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i]
     key = tuple(ids)
     ctx = contexts.get(key) if contexts is not None else None
@@ -691,7 +736,9 @@ def _execution_apply(
             contexts.forget(ctx)
     else:
         ctx.begin(entries)
-    execution = _execution_book(session_key, report, raw_message_id, entries, ctx)
+    execution = _execution_book(session_key, report, raw_message_id, entries, ctx, defer)
+    if ctx is not None and not defer:
+        ctx.save_unsaved()
     if contexts is not None:
         contexts.after(key, ctx, report)
     return execution
@@ -703,6 +750,7 @@ def _execution_book(
     raw_message_id: int | None,
     entries: list[AuditEntry],
     ctx: _Context | None,
+    defer: bool = False,
 ) -> Execution | None:
     placement = ctx.placement if ctx else None
     fill = report.is_fill and placement is not None
@@ -762,11 +810,13 @@ def _execution_book(
             )
         )
         return execution
-    _apply(ctx, execution, report, fill=fill)
+    _apply(ctx, execution, report, fill=fill, defer=defer)
     return execution
 
 
-def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: bool) -> None:
+def _apply(
+    ctx: _Context, execution: Execution, report: ExecReport, *, fill: bool, defer: bool = False
+) -> None:
     placement = ctx.placement
     meta = {
         "execution": execution.pk,
@@ -875,6 +925,8 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
     )
     if fill:
         ctx.save_orders()
+    elif defer and kind == "0" and not report.is_fill:
+        ctx.defer_save()  # the fill right behind it writes these rows (_apply_fill)
     else:
         ctx.save_placement_and_orders()
     if fill:

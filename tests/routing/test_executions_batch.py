@@ -583,6 +583,9 @@ def test_a_batch_of_one_placements_reports_locks_as_one_report_does(world, monke
     # order), and the results and rows are those of one by one
     assert not [s for s in sent if s.startswith("WITH batch_placements AS")]
     assert len([s for s in sent if "FOR UPDATE OF p)" in s]) == 1
+    # and the acknowledgement's writes of the placement and the order went with the first
+    # fill's (no statement of their own)
+    assert not [s for s in sent if s.startswith("WITH placement AS (UPDATE")]
     assert batched == singles == [("E1", D(0), False), ("E2", D(40), False), ("E3", D(60), False)]
     assert batch.snapshot() == one.snapshot()
     assert audit_verify() == []
@@ -695,3 +698,38 @@ def test_a_batch_over_placements_locks_its_rows_up_front_in_one_statement(world,
     # and nothing is held once the transaction ended
     sent.clear()
     assert unlocked() == {t: mine_rows[t] | other_rows[t] for t in mine_rows}
+
+
+@pytest.mark.parametrize(
+    ("after_ack", "expected"),
+    [
+        # the same ExecID again, as a fill: not applied (already in the book)
+        (("lone", "F", "1", 1, "40", "99"), [("E1", D(0), False), None]),
+        # an overfill (150 of 100): stored and flagged, not booked
+        (
+            ("lone", "F", "1", 2, "150", "99", {"qty": "150"}),
+            [("E1", D(0), False), ("E2", D(0), False)],
+        ),
+    ],
+)
+def test_an_acknowledgement_before_a_fill_that_books_nothing_is_written(world, after_ack, expected):
+    # given two identical worlds, and an acknowledgement followed by a fill of the same order
+    # that books nothing
+    one, batch = world(), world()
+    plan = [("lone", "0", "0", 1, None, None), after_ack]
+    # when one world gets them one by one and the other as one batch
+    singles = [
+        _result(execution_apply(session_key=KEY, report=r, raw_message_id=None))
+        for r in one.reports(plan)
+    ]
+    batched = [
+        _result(e)
+        for e in executions_apply(session_key=KEY, reports=[(r, None) for r in batch.reports(plan)])
+    ]
+    # then the acknowledgement's writes (left to the fill) are in the book all the same
+    assert batched == singles == expected
+    snapshot = batch.snapshot()
+    assert snapshot == one.snapshot()
+    assert snapshot["orders"][3][0] == "working"
+    assert snapshot["placements"]["lone"][0] == "working"
+    assert audit_verify() == []
