@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -385,9 +386,46 @@ class _Collections:
 _collections: _Collections | None = None
 
 
+class _Statements:
+    """Statements this (gateway) process's threads send (psycopg's Cursor.execute, which
+    Django's cursors and Connection.execute go through), the main thread's polling left out:
+    a figure per order that does not move with the machine's load."""
+
+    def __init__(self) -> None:
+        import psycopg
+
+        self.count = 0
+        self._lock = threading.Lock()
+        original = psycopg.Cursor.execute
+        main = threading.main_thread()
+        counter = self
+
+        def execute(cursor: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is not main:
+                with counter._lock:
+                    counter.count += 1
+            return original(cursor, *args, **kwargs)
+
+        psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.count = 0
+
+
+_statements: _Statements | None = None
+
+
+def _per_order(orders: int) -> float | None:
+    """Statements sent by the gateway process since the last reset, per order."""
+    return round(_statements.count / orders, 2) if _statements is not None and orders else None
+
+
 def _reset_samples(handler: Any) -> None:
     if _collections is not None:
         _collections.reset()
+    if _statements is not None:
+        _statements.reset()
     handler.fill_latencies.clear()
     getattr(handler, "wire_latencies", []).clear()
     for values in getattr(handler, "stage_latencies", {}).values():
@@ -456,6 +494,7 @@ def _paced(
         "route_call_lag_ms_median": round(statistics.median(lags), 1),
         "route_call_lag_ms_p99": round(_percentile(lags, 0.99), 1),
         **_latency(runner.handler),
+        "gateway_statements_per_order": _per_order(count),
         "cpu": cpu.figures(elapsed),
     }
     return figures
@@ -538,8 +577,9 @@ def run(
         # before the runner starts; here after the warm-up, which also loaded the services):
         # long-lived objects out of every later collection.
         gc.freeze()
-        global _collections
+        global _collections, _statements
         _collections = _Collections()
+        _statements = _Statements()
         _reset_samples(runner.handler)
 
         # burst: every order at once
@@ -560,6 +600,7 @@ def run(
             "route_calls_per_s": round(orders_n / routed, 1),
             "orders_routed_and_filled_per_s": round(filled / elapsed, 1),
             **_latency(runner.handler),
+            "gateway_statements_per_order": _per_order(orders_n),
             "outbox_written_to_sent_ms": _outbox_delays(ids),
             "cpu": cpu.figures(elapsed),
         }

@@ -398,6 +398,7 @@ class DjangoGatewayHandler:
         retry_delay: float = 0.2,
         batch_size: int = 16,
         linger: float = 0.005,
+        follow_gap: float = 0.002,
     ) -> None:
         self.state_changed = threading.Event()
         self.fill_latencies: collections.deque[float] = collections.deque(maxlen=latency_samples)
@@ -437,6 +438,11 @@ class DjangoGatewayHandler:
         self._storing: dict[str, int] = {}
         self._storing_changed = threading.Condition()
         self.linger = linger
+        # An acknowledgement's fill is usually read with it: after QuickFIX's thread stored
+        # the acknowledgement it takes a moment (parsing, sequence numbers) before it starts
+        # storing the fill, so an applier holding an acknowledgement waits this long for a
+        # store of its session to start (then for it, as for any store under way).
+        self.follow_gap = follow_gap
 
     @property
     def recovery_window(self) -> int:
@@ -547,6 +553,7 @@ class DjangoGatewayHandler:
             return
         with self._storing_changed:
             self._storing[session_key] = self._storing.get(session_key, 0) + 1
+            self._storing_changed.notify_all()  # an applier waiting for a store to start
         try:
             store = self._session_store(session_key)
             raw_id = store.insert(_message_row(session_key, Direction.IN, raw, _fields(raw)))
@@ -572,16 +579,26 @@ class DjangoGatewayHandler:
 
     def wait_stored(self, items: list[_Inbound]) -> bool:
         """Wait (at most `linger` seconds) while an application message of the sessions of
-        `items` is being stored; True if one was (it may be queued now)."""
+        `items` is being stored; True if one was (it may be queued now). When the last item
+        is an acknowledgement and nothing is being stored, first wait (at most `follow_gap`
+        seconds) for a store of those sessions to start."""
         if not items or self.linger <= 0:
             return False
         sessions = {item.session_key for item in items}
+
+        def storing() -> bool:
+            return any(self._storing.get(key) for key in sessions)
+
+        last = items[-1].parsed
         with self._storing_changed:
-            if not any(self._storing.get(key) for key in sessions):
+            if not storing() and not (
+                self.follow_gap > 0
+                and isinstance(last, ExecReport)
+                and last.exec_type == "0"
+                and self._storing_changed.wait_for(storing, self.follow_gap)
+            ):
                 return False
-            self._storing_changed.wait_for(
-                lambda: not any(self._storing.get(key) for key in sessions), self.linger
-            )
+            self._storing_changed.wait_for(lambda: not storing(), self.linger)
         return True
 
     def _record_outbound(self, session_key: str, raw: str) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from decimal import ROUND_HALF_UP, Decimal
@@ -43,6 +44,7 @@ from oms_site.audit import AuditEntry, audit_record_many, json_safe
 from oms_site.gcpause import collection_paused
 from oms_site.realtime import groups_for_account, publish_many_on_commit
 from oms_site.rows import (
+    array_literal,
     fast_datetimes,
     model_from_row,
     raw_cursor,
@@ -117,6 +119,10 @@ class _Context:
         self.entries: list[AuditEntry] = [] if entries is None else entries
         self.changed: dict[int, Order] = {}
         self.order_fields: set[str] = set()
+        # Writes an acknowledgement left to the next report on these rows (defer_save).
+        self.unsaved: dict[int, Order] = {}
+        self.unsaved_fields: set[str] = set()
+        self.unsaved_placement = False
 
     def begin(self, entries: list[AuditEntry]) -> None:
         """Start the next report on the same locked rows."""
@@ -171,20 +177,45 @@ class _Context:
         with raw_cursor() as cursor:
             cursor.execute(_BLOCK_STATUS_SQL, [status, block.version, block.updated_at, block.pk])
 
+    def defer_save(self) -> None:
+        """Leave this report's writes of the placement and the orders to the next report on
+        these rows, which writes them with its own (the rows hold the same values at commit;
+        nothing between the two reads them from the database)."""
+        self.unsaved.update(self.changed)
+        self.unsaved_fields |= self.order_fields
+        self.unsaved_placement = True
+
+    def _orders_to_write(self) -> tuple[list[Order], list[str]]:
+        """The changed orders and fields, with what an earlier report left unsaved."""
+        orders = {**self.unsaved, **self.changed} if self.unsaved else self.changed
+        fields = self.order_fields | self.unsaved_fields
+        self.unsaved, self.unsaved_fields, self.unsaved_placement = {}, set(), False
+        if not (orders and fields):
+            return [], []
+        return list(orders.values()), sorted(fields)
+
     def save_orders(self) -> None:
-        if self.changed and self.order_fields:
-            rows_update(Order, list(self.changed.values()), sorted(self.order_fields))
+        """Write the changed orders (the placement is written by the caller, as a fill's
+        writing statement does)."""
+        orders, fields = self._orders_to_write()
+        if orders:
+            rows_update(Order, orders, fields)
+
+    def save_unsaved(self) -> None:
+        """Write what an earlier report left unsaved (defer_save), if anything."""
+        if self.unsaved_placement:
+            self.changed, self.order_fields = {}, set()
+            self.save_placement_and_orders()
 
     def save_placement_and_orders(self) -> None:
         """Write the placement and the changed orders: one statement when both change."""
-        if not (self.changed and self.order_fields):
+        orders, fields = self._orders_to_write()
+        if not orders:
             _placement_save(self.placement)
             return
         placement = self.placement
         placement.updated_at = timezone.now()
-        sql, params = rows_update_statement(
-            Order, list(self.changed.values()), sorted(self.order_fields)
-        )
+        sql, params = rows_update_statement(Order, orders, fields)
         with raw_cursor() as cursor:
             cursor.execute(
                 f"WITH placement AS ({_PLACEMENT_SAVE_SQL}) {sql}",
@@ -247,34 +278,67 @@ class _LockSql:
             f"SELECT {p_cols}, {b_cols}, o.* FROM p "
             f"JOIN {Broker._meta.db_table} AS br ON br.id = p.broker_id LEFT JOIN o ON true"
         )
-        # executions_apply's up-front locks: each kind in the order one report takes them.
-        self.batch_placements_sql = (
-            f"SELECT p.block_id, p.order_id FROM {Placement._meta.db_table} AS p WHERE p.id IN ("
+        # executions_apply's up-front locks, one statement: each kind in the order one report
+        # takes them (placements, blocks, orders by id; positions by (account, instrument),
+        # cash by (account, currency)). Each CTE after the first starts with a one-time
+        # filter reading the whole previous CTE (an InitPlan, run before the CTE's own scan),
+        # so every row of one kind is locked before the first row of the next; the arrays of
+        # ids are InitPlan parameters, so the index scans of the one-by-one reads still apply.
+        # The positions and cash are locked only when the batch holds a fill. Once every lock
+        # is held, it answers what `placement_order_sql` would for each of the given single
+        # ClOrdIDs whose placement is a lone order's (not in a block): the key, then the
+        # same columns (from the locking CTEs, so the newest row versions), then the order's
+        # id again.
+        self.batch_lock_sql = (
+            "WITH batch_placements AS MATERIALIZED ("
+            f"SELECT {p_cols} FROM {Placement._meta.db_table} AS p "
+            "WHERE p.id = ANY(ARRAY("
             f"SELECT m.placement_id FROM {OutboxMessage._meta.db_table} AS m "
             "WHERE m.cl_ord_id = ANY(%s::varchar[]) "
             f"UNION SELECT x.id FROM {Placement._meta.db_table} AS x "
-            "WHERE x.cl_ord_id = ANY(%s::varchar[])) ORDER BY p.id FOR UPDATE OF p"
-        )
-        self.batch_blocks_sql = (
-            f"SELECT k.id FROM {Block._meta.db_table} AS k WHERE k.id = ANY(%s::bigint[]) "
-            "ORDER BY k.id FOR UPDATE OF k"
-        )
-        self.batch_orders_sql = (
-            f"SELECT o.account_id, o.instrument_id, i.currency FROM {Order._meta.db_table} AS o "
+            "WHERE x.cl_ord_id = ANY(%s::varchar[]))) ORDER BY p.id FOR UPDATE OF p), "
+            "ids AS MATERIALIZED (SELECT "
+            "array_agg(DISTINCT block_id) FILTER (WHERE block_id IS NOT NULL) AS blocks, "
+            "array_agg(DISTINCT order_id) FILTER (WHERE block_id IS NULL AND order_id IS NOT NULL) "
+            "AS orders FROM batch_placements), "
+            "batch_blocks AS MATERIALIZED ("
+            f"SELECT k.id FROM {Block._meta.db_table} AS k "
+            "WHERE (SELECT count(*) FROM batch_placements) >= 0 "
+            "AND k.id = ANY((SELECT blocks FROM ids)::bigint[]) ORDER BY k.id FOR UPDATE OF k), "
+            "batch_orders AS MATERIALIZED ("
+            f"SELECT {o_cols}, a.code, a.desk_id, a.short_selling_allowed, "
+            f'u."{user_column}", {i_cols}, o.id AS batch_order_id '
+            f"FROM {Order._meta.db_table} AS o "
+            f"JOIN {Account._meta.db_table} AS a ON a.id = o.account_id "
+            f"LEFT JOIN {user_model._meta.db_table} AS u ON u.id = o.created_by_id "
             f"JOIN {Instrument._meta.db_table} AS i ON i.id = o.instrument_id "
-            "WHERE o.block_id = ANY(%s::bigint[]) OR o.id = ANY(%s::bigint[]) "
-            "ORDER BY o.id FOR UPDATE OF o"
-        )
-        self.batch_positions_sql = (
+            "WHERE (SELECT count(*) FROM batch_blocks) >= 0 "
+            "AND (o.block_id = ANY((SELECT blocks FROM ids)::bigint[]) "
+            "OR o.id = ANY((SELECT orders FROM ids)::bigint[])) ORDER BY o.id FOR UPDATE OF o), "
+            "batch_positions AS MATERIALIZED ("
             f"SELECT t.id FROM {Position._meta.db_table} AS t "
-            "JOIN unnest(%s::bigint[], %s::bigint[]) AS v(a, i) "
-            "ON t.account_id = v.a AND t.instrument_id = v.i "
-            "ORDER BY t.account_id, t.instrument_id FOR UPDATE OF t"
-        )
-        self.batch_cash_sql = (
+            "WHERE %s::boolean AND (SELECT count(*) FROM batch_orders) >= 0 "
+            "AND (t.account_id, t.instrument_id) IN "
+            "(SELECT b.account_id, b.instrument_id FROM batch_orders AS b) "
+            "ORDER BY t.account_id, t.instrument_id FOR UPDATE OF t), "
+            "batch_cash AS MATERIALIZED ("
             f"SELECT c.id FROM {CashBalance._meta.db_table} AS c "
-            "WHERE c.account_id = ANY(%s::bigint[]) AND c.currency = ANY(%s::varchar[]) "
-            "ORDER BY c.account_id, c.currency FOR UPDATE OF c"
+            "WHERE (SELECT count(*) FROM batch_positions) >= 0 "
+            "AND c.account_id = ANY((SELECT array_agg(b.account_id) FROM batch_orders AS b "
+            "WHERE %s::boolean)::bigint[]) "
+            "AND c.currency = ANY((SELECT array_agg(b.currency) FROM batch_orders AS b)::varchar[]) "
+            "ORDER BY c.account_id, c.currency FOR UPDATE OF c), "
+            "batch_keys AS MATERIALIZED (SELECT k.c, COALESCE("
+            f"(SELECT m.placement_id FROM {OutboxMessage._meta.db_table} AS m "
+            "WHERE m.cl_ord_id = k.c ORDER BY m.id LIMIT 1), "
+            f"(SELECT x.id FROM {Placement._meta.db_table} AS x "
+            "WHERE x.cl_ord_id = k.c ORDER BY x.id LIMIT 1)) AS placement_id "
+            "FROM unnest(%s::varchar[]) AS k(c)) "
+            f"SELECT k.c, bp.*, {b_cols}, bo.* FROM batch_keys AS k "
+            "JOIN batch_placements AS bp ON bp.id = k.placement_id "
+            f"JOIN {Broker._meta.db_table} AS br ON br.id = bp.broker_id "
+            "JOIN batch_orders AS bo ON bo.batch_order_id = bp.order_id "
+            "WHERE (SELECT count(*) FROM batch_cash) >= 0 AND bo.block_id IS NULL"
         )
 
 
@@ -305,11 +369,7 @@ def _lock(cl_ord_ids: list[str], entries: list[AuditEntry] | None = None) -> _Co
         row = cursor.fetchone()
         if row is None:
             return None
-        n, m = len(q.placement), len(q.placement) + len(q.broker)
-        placement = model_from_row(Placement, dict(zip(q.placement, row[:n], strict=True)))
-        placement._state.fields_cache["broker"] = model_from_row(
-            Broker, dict(zip(q.broker, row[n:m], strict=True))
-        )
+        placement, m = _placement_of_row(q, row)
         if row[m] is not None:  # a lone order's placement: the order came with it
             return _Context(placement, None, _orders_from_rows(q, [row[m:]], None), entries)
         block = None
@@ -330,6 +390,17 @@ def _lock(cl_ord_ids: list[str], entries: list[AuditEntry] | None = None) -> _Co
 
     shared = block._state.fields_cache["instrument"] if block is not None else None
     return _Context(placement, block, _orders_from_rows(q, rows, shared), entries)
+
+
+def _placement_of_row(q: _LockSql, row: Sequence[Any]) -> tuple[Placement, int]:
+    """The placement (its broker cached) of a `placement_order_sql` row, and where the order's
+    columns start."""
+    n, m = len(q.placement), len(q.placement) + len(q.broker)
+    placement = model_from_row(Placement, dict(zip(q.placement, row[:n], strict=True)))
+    placement._state.fields_cache["broker"] = model_from_row(
+        Broker, dict(zip(q.broker, row[n:m], strict=True))
+    )
+    return placement, m
 
 
 def _orders_from_rows(q: _LockSql, rows: Sequence[Any], shared: Instrument | None) -> list[Order]:
@@ -522,14 +593,25 @@ def executions_apply(
     with collection_paused(), transaction.atomic(durable=True), _pipeline_scope():
         # Reports naming one placement alone (an acknowledgement and its fill) take their
         # locks as the first of them would alone: in the fixed order, the same rows each time.
-        if len({(r.cl_ord_id, r.orig_cl_ord_id) for r, _ in reports}) > 1:
-            _lock_batch([report for report, _ in reports])
-        entries: list[AuditEntry] = []
         contexts = _Contexts()
-        results = [
-            _execution_apply(session_key, report, raw_message_id, entries, contexts)
-            for report, raw_message_id in reports
-        ]
+        if len({(r.cl_ord_id, r.orig_cl_ord_id) for r, _ in reports}) > 1:
+            _lock_batch([report for report, _ in reports], contexts)
+        entries: list[AuditEntry] = []
+        results = []
+        last = len(reports) - 1
+        for i, (report, raw_message_id) in enumerate(reports):
+            # An acknowledgement right before a fill of the same ClOrdIDs leaves its writes to
+            # that fill's (one statement less per order).
+            after = reports[i + 1][0] if i < last else None
+            defer = (
+                after is not None
+                and after.is_fill
+                and (after.cl_ord_id, after.orig_cl_ord_id)
+                == (report.cl_ord_id, report.orig_cl_ord_id)
+            )
+            results.append(
+                _execution_apply(session_key, report, raw_message_id, entries, contexts, defer)
+            )
         audit_record_many(entries=entries)
     return results
 
@@ -597,35 +679,39 @@ def _rows_of(ctx: _Context) -> set[tuple[str, int]]:
     return rows
 
 
-def _lock_batch(reports: Sequence[ExecReport]) -> None:
+def _lock_batch(reports: Sequence[ExecReport], contexts: _Contexts) -> None:
     """Lock every placement, block, order, position and cash row the reports can touch.
 
     A superset is fine (a lock held a little longer); what matters is the order. Positions
     and cash are locked only where they exist: one missing is created by the fill that
     needs it, as when applied alone (never an empty row the fills would not have made).
+    One statement (`_LockSql.batch_lock_sql`) instead of one per kind, which also reads
+    the locked rows of the lone orders' placements named by a report's ClOrdID alone (an
+    acknowledgement's, a fill's): `contexts` keeps them under that key, so those reports
+    do not read them again (`_lock`). A placement or an order two keys lead to is not kept
+    (each report then reads it, as alone).
     """
     cl_ord_ids = sorted({i for r in reports for i in (r.cl_ord_id, r.orig_cl_ord_id) if i})
     if not cl_ord_ids:
         return
+    fills = any(r.is_fill for r in reports)
+    singles = sorted({r.cl_ord_id for r in reports if r.cl_ord_id and not r.orig_cl_ord_id})
     q = _lock_sql_get()
+    ids = array_literal(cl_ord_ids)
     with connection.cursor() as cursor:
-        cursor.execute(q.batch_placements_sql, [cl_ord_ids, cl_ord_ids])
-        placements = cursor.fetchall()
-        if not placements:
-            return
-        block_ids = sorted({b for b, _ in placements if b is not None})
-        order_ids = sorted({o for b, o in placements if b is None and o is not None})
-        if block_ids:
-            cursor.execute(q.batch_blocks_sql, [block_ids])
-        cursor.execute(q.batch_orders_sql, [block_ids, order_ids])
-        books = cursor.fetchall()
-        if not books or not any(r.is_fill for r in reports):
-            return
-        pairs = sorted({(a, i) for a, i, _ in books})
-        cursor.execute(q.batch_positions_sql, [[a for a, _ in pairs], [i for _, i in pairs]])
-        cursor.execute(
-            q.batch_cash_sql, [sorted({a for a, _, _ in books}), sorted({c for _, _, c in books})]
-        )
+        fast_datetimes(cursor)
+        cursor.execute(q.batch_lock_sql, [ids, ids, fills, fills, array_literal(singles)])
+        rows = cursor.fetchall()
+    if not rows:
+        return
+    found = [(row[0], *_placement_of_row(q, row[1:])) for row in rows]
+    placements = Counter(p.pk for _, p, _ in found)
+    orders_seen = Counter(p.order_id for _, p, _ in found)
+    for (key, placement, m), row in zip(found, rows, strict=True):
+        if placements[placement.pk] > 1 or orders_seen[placement.order_id] > 1:
+            continue
+        orders = _orders_from_rows(q, [row[1 + m : -1]], None)
+        contexts.kept[(key,)] = _Context(placement, None, orders)
 
 
 def _execution_apply(
@@ -634,8 +720,13 @@ def _execution_apply(
     raw_message_id: int | None,
     entries: list[AuditEntry],
     contexts: _Contexts | None = None,
+    defer: bool = False,
 ) -> Execution | None:
-    """execution_apply inside the caller's transaction; its audit entries go to `entries`."""
+    """execution_apply inside the caller's transaction; its audit entries go to `entries`.
+
+    `defer`: the next report applied is a fill of the same ClOrdIDs (with the same
+    `contexts`), so an acknowledgement may leave its writes to it (`_Context.defer_save`);
+    whatever is still unsaved after a report that was not told so is written then."""
     ids = [i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i]
     key = tuple(ids)
     ctx = contexts.get(key) if contexts is not None else None
@@ -645,7 +736,9 @@ def _execution_apply(
             contexts.forget(ctx)
     else:
         ctx.begin(entries)
-    execution = _execution_book(session_key, report, raw_message_id, entries, ctx)
+    execution = _execution_book(session_key, report, raw_message_id, entries, ctx, defer)
+    if ctx is not None and not defer:
+        ctx.save_unsaved()
     if contexts is not None:
         contexts.after(key, ctx, report)
     return execution
@@ -657,6 +750,7 @@ def _execution_book(
     raw_message_id: int | None,
     entries: list[AuditEntry],
     ctx: _Context | None,
+    defer: bool = False,
 ) -> Execution | None:
     placement = ctx.placement if ctx else None
     fill = report.is_fill and placement is not None
@@ -716,11 +810,13 @@ def _execution_book(
             )
         )
         return execution
-    _apply(ctx, execution, report, fill=fill)
+    _apply(ctx, execution, report, fill=fill, defer=defer)
     return execution
 
 
-def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: bool) -> None:
+def _apply(
+    ctx: _Context, execution: Execution, report: ExecReport, *, fill: bool, defer: bool = False
+) -> None:
     placement = ctx.placement
     meta = {
         "execution": execution.pk,
@@ -829,6 +925,8 @@ def _apply(ctx: _Context, execution: Execution, report: ExecReport, *, fill: boo
     )
     if fill:
         ctx.save_orders()
+    elif defer and kind == "0" and not report.is_fill:
+        ctx.defer_save()  # the fill right behind it writes these rows (_apply_fill)
     else:
         ctx.save_placement_and_orders()
     if fill:

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from allocations.models import Allocation, CashBalance, CommissionSchedule, Position
 from oms_site.audit import audit_verify
@@ -242,6 +242,21 @@ def _events(monkeypatch):
     return sent
 
 
+def _statements(monkeypatch):
+    """The text of every statement psycopg sends from here on."""
+    import psycopg
+
+    sent: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, *args, **kwargs):
+        sent.append(str(query))
+        return original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    return sent
+
+
 def _event_summary(sent, w):
     order_index = {o.pk: i for i, o in enumerate(w.orders)}
     account_group = {f"acct-{a.pk}": f"acct-{i}" for i, a in enumerate(w.accounts)}
@@ -277,6 +292,7 @@ def test_batch_gives_exactly_the_one_by_one_results(
         ]
     single_events = _event_summary(sent, one)
     sent.clear()
+    statements = _statements(monkeypatch)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         batched = [
             _result(e)
@@ -286,6 +302,11 @@ def test_batch_gives_exactly_the_one_by_one_results(
         ]
     # then each report's result, and every row and audit event, are the same
     assert batched == singles
+    # and the rows were locked up front in one statement, which also read the lone order's:
+    # a report's own locking read ran for the block's placement (once, by its first report)
+    # and for each report of the unknown ClOrdID (two), none for the lone order's three
+    assert len([q for q in statements if q.startswith("WITH batch_placements AS")]) == 1
+    assert len([q for q in statements if q.startswith("WITH p AS MATERIALIZED")]) == 3
     assert singles == [
         ("E1", D(0), False),
         ("E2", D(0), False),
@@ -560,8 +581,155 @@ def test_a_batch_of_one_placements_reports_locks_as_one_report_does(world, monke
     ]
     # then no up-front locking read ran (the first report's lock covers its placement and
     # order), and the results and rows are those of one by one
-    assert not [s for s in sent if s.startswith("SELECT p.block_id, p.order_id")]
+    assert not [s for s in sent if s.startswith("WITH batch_placements AS")]
     assert len([s for s in sent if "FOR UPDATE OF p)" in s]) == 1
+    # and the acknowledgement's writes of the placement and the order went with the first
+    # fill's (no statement of their own)
+    assert not [s for s in sent if s.startswith("WITH placement AS (UPDATE")]
     assert batched == singles == [("E1", D(0), False), ("E2", D(40), False), ("E3", D(60), False)]
     assert batch.snapshot() == one.snapshot()
+    assert audit_verify() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_over_placements_locks_its_rows_up_front_in_one_statement(world, monkeypatch):
+    import psycopg
+
+    from orders.fix.django_handler import _plain_connection_params
+    from orders.services.executions import _Contexts, _lock_batch
+
+    # given two worlds whose block and lone order were filled once (positions and cash exist)
+    mine, other = world(), world()
+    for w in (mine, other):
+        first = [("block", "F", "1", 1, "10", "99"), ("lone", "F", "1", 2, "10", "99")]
+        for r in w.reports(first):
+            execution_apply(session_key=KEY, report=r)
+
+    def rows(w: World) -> dict[str, set[int]]:
+        return {
+            "orders_placement": {w.block_placement.pk, w.lone_placement.pk},
+            "orders_block": {w.block.pk},
+            "orders_order": {o.pk for o in w.orders},
+            "allocations_position": set(
+                Position.objects.filter(account__in=w.accounts).values_list("pk", flat=True)
+            ),
+            "allocations_cashbalance": set(
+                CashBalance.objects.filter(account__in=w.accounts).values_list("pk", flat=True)
+            ),
+        }
+
+    mine_rows, other_rows = rows(mine), rows(other)
+    assert [len(mine_rows[t]) for t in mine_rows] == [2, 1, 4, 4, 4]
+    sent: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, *args, **kwargs):
+        sent.append(str(query))
+        return original(self, query, *args, **kwargs)
+
+    def unlocked() -> dict[str, set[int]]:
+        """Rows of both worlds another connection can lock now (SKIP LOCKED: never waits)."""
+        with psycopg.connect(autocommit=False, **_plain_connection_params()) as conn:
+            found = {
+                table: {
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT id FROM {table} WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED",
+                        [sorted(mine_rows[table] | other_rows[table])],
+                    )
+                }
+                for table in mine_rows
+            }
+            conn.rollback()
+        return found
+
+    # when a batch of a fill of the block and an acknowledgement of the lone order takes its
+    # up-front locks
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    contexts = _Contexts()
+    with transaction.atomic():
+        _lock_batch(
+            mine.reports([("block", "F", "1", 3, "10", "99"), ("lone", "0", "0", 4, None, None)]),
+            contexts,
+        )
+        statements = list(sent)
+        during = unlocked()
+    # then one statement locked every placement, block, order, position and cash row of this
+    # world and none of the other's
+    assert len(statements) == 1 and statements[0].startswith("WITH batch_placements AS")
+    assert during == other_rows
+    # and it kept the lone order's locked rows for its acknowledgement, as the report's own
+    # locking read finds them (the block's placement is read by its report)
+    assert list(contexts.kept) == [(mine.cl_ord_ids["lone"],)]
+    kept = contexts.kept[(mine.cl_ord_ids["lone"],)]
+    assert kept.block is None
+    assert kept.placement.__dict__ | {"_state": None} == Placement.objects.get(
+        pk=mine.lone_placement.pk
+    ).__dict__ | {"_state": None}
+    assert kept.placement.broker.code == "BRKA"
+    [order] = kept.orders
+    assert order.__dict__ | {"_state": None} == Order.objects.get(pk=mine.orders[3].pk).__dict__ | {
+        "_state": None
+    }
+    assert (order.account.code, order.instrument.symbol) == (
+        mine.accounts[3].code,
+        mine.instrument.symbol,
+    )
+    assert order.created_by.get_username() == "pm_a"
+
+    # when a batch without a fill takes them
+    sent.clear()
+    with transaction.atomic():
+        _lock_batch(
+            mine.reports([("block", "0", "0", 5, None, None), ("lone", "0", "0", 6, None, None)]),
+            _Contexts(),
+        )
+        statements = list(sent)
+        during = unlocked()
+    # then the placements, the block and the orders are locked, no position and no cash row
+    assert len(statements) == 1
+    assert during == {
+        **other_rows,
+        "allocations_position": mine_rows["allocations_position"]
+        | other_rows["allocations_position"],
+        "allocations_cashbalance": mine_rows["allocations_cashbalance"]
+        | other_rows["allocations_cashbalance"],
+    }
+    # and nothing is held once the transaction ended
+    sent.clear()
+    assert unlocked() == {t: mine_rows[t] | other_rows[t] for t in mine_rows}
+
+
+@pytest.mark.parametrize(
+    ("after_ack", "expected"),
+    [
+        # the same ExecID again, as a fill: not applied (already in the book)
+        (("lone", "F", "1", 1, "40", "99"), [("E1", D(0), False), None]),
+        # an overfill (150 of 100): stored and flagged, not booked
+        (
+            ("lone", "F", "1", 2, "150", "99", {"qty": "150"}),
+            [("E1", D(0), False), ("E2", D(0), False)],
+        ),
+    ],
+)
+def test_an_acknowledgement_before_a_fill_that_books_nothing_is_written(world, after_ack, expected):
+    # given two identical worlds, and an acknowledgement followed by a fill of the same order
+    # that books nothing
+    one, batch = world(), world()
+    plan = [("lone", "0", "0", 1, None, None), after_ack]
+    # when one world gets them one by one and the other as one batch
+    singles = [
+        _result(execution_apply(session_key=KEY, report=r, raw_message_id=None))
+        for r in one.reports(plan)
+    ]
+    batched = [
+        _result(e)
+        for e in executions_apply(session_key=KEY, reports=[(r, None) for r in batch.reports(plan)])
+    ]
+    # then the acknowledgement's writes (left to the fill) are in the book all the same
+    assert batched == singles == expected
+    snapshot = batch.snapshot()
+    assert snapshot == one.snapshot()
+    assert snapshot["orders"][3][0] == "working"
+    assert snapshot["placements"]["lone"][0] == "working"
     assert audit_verify() == []

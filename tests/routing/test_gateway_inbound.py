@@ -426,3 +426,69 @@ def test_a_report_the_session_cannot_store_raises_and_nothing_is_queued(routed):
         handler.close_connections()
     assert FixMessage.objects.count() == 0
     assert Execution.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_applier_holding_an_acknowledgement_waits_for_a_store_that_starts_just_after(
+    routed, batches
+):
+    order, placement = routed
+    cl = placement.cl_ord_id
+    handler = DjangoGatewayHandler(appliers=1, linger=5.0, follow_gap=5.0)
+    try:
+        # given an acknowledgement applied while nothing else is being stored
+        ack = wire_report(cl, "0", "0", exec_id="A1")
+        handler.on_inbound(KEY, ack, parse_message(ack))
+        time.sleep(0.3)
+        # when a store of the session starts within the gap (QuickFIX's thread moving on to
+        # the fill read with it)
+        with handler._storing_changed:
+            handler._storing[KEY] = 1
+            handler._storing_changed.notify_all()
+        time.sleep(0.3)
+        # then nothing is applied yet
+        assert batches == []
+        assert Execution.objects.count() == 0
+        fill = wire_report(
+            cl, "F", "2", exec_id="F1", cum="100", avg="100", last_qty="100", last_px="100"
+        )
+        (item,) = _items(handler, [fill])
+        handler._applier_list()[0].queue.put(item)
+        with handler._storing_changed:
+            handler._storing[KEY] = 0
+            handler._storing_changed.notify_all()
+        assert handler.wait_idle(timeout=30)
+    finally:
+        handler.close_connections()
+    # and the acknowledgement and the fill go in one transaction, in order
+    assert batches == [["A1", "F1"]]
+    order.refresh_from_db()
+    assert (order.status, order.cum_qty) == (OrderStatus.FILLED, Decimal("100"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_applier_holding_a_fill_does_not_wait_for_a_store_to_start(routed, batches):
+    order, placement = routed
+    handler = DjangoGatewayHandler(appliers=1, linger=30.0, follow_gap=30.0)
+    try:
+        # when a fill arrives alone and nothing else is being stored
+        fill = wire_report(
+            placement.cl_ord_id,
+            "F",
+            "2",
+            exec_id="F1",
+            cum="100",
+            avg="100",
+            last_qty="100",
+            last_px="100",
+        )
+        started = time.monotonic()
+        handler.on_inbound(KEY, fill, parse_message(fill))
+        assert handler.wait_idle(timeout=10)
+        # then it is applied at once (not after the 30 s an acknowledgement could wait)
+        assert time.monotonic() - started < 10
+    finally:
+        handler.close_connections()
+    assert batches == [] and Execution.objects.get().exec_id == "F1"
+    order.refresh_from_db()
+    assert (order.status, order.cum_qty) == (OrderStatus.FILLED, Decimal("100"))
