@@ -5,12 +5,27 @@ Counts live in the cache (Redis), so every web process shares them.
 
 from __future__ import annotations
 
+import hashlib
+
 from django.conf import settings
 from django.core.cache import cache
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _keys(username: str, ip: str) -> list[str]:
-    return [f"login-fail:user:{username.strip().lower()}", f"login-fail:ip:{ip}"]
+    """The cache keys counting failures for the username and the address.
+
+    Both come from the client (a login form's field, a forwarded address), so they are hashed:
+    a key is then 64 hex characters whatever was typed (spaces, control characters, a megabyte
+    of text), and the same username in another case or with surrounding spaces counts together.
+    """
+    return [
+        f"login-fail:user:{_digest(username.strip().lower())}",
+        f"login-fail:ip:{_digest(ip)}",
+    ]
 
 
 def login_allowed(*, username: str, ip: str) -> bool:

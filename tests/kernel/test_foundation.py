@@ -249,3 +249,29 @@ def test_admin_rejects_instrument_violating_a_database_constraint(
         "instrument_lot_size_positive" in r.content.decode() or "Constraint" in r.content.decode()
     )
     assert not Instrument.objects.filter(symbol="NEG").exists()
+
+
+@pytest.mark.django_db
+def test_login_failures_count_under_fixed_length_keys(client, pm) -> None:
+    from django.core.cache import cache
+
+    from oms_site.login_throttle import _keys, login_allowed, login_failed
+
+    odd = "  PM_A \x00 must be a number " + "x" * 10_000
+    user_key, ip_key = _keys(odd, "127.0.0.1")
+    assert len(user_key) == len("login-fail:user:") + 64
+    assert len(ip_key) == len("login-fail:ip:") + 64
+    assert all(ch in "0123456789abcdef" for ch in user_key.rsplit(":", 1)[1])
+    # Case and surrounding spaces do not make a new count.
+    assert _keys(" Pm_A ", "")[0] == _keys("pm_a", "")[0]
+    assert cache.get(user_key) is None
+    for _ in range(settings.LOGIN_MAX_FAILURES):
+        assert login_allowed(username=odd, ip="10.0.0.1")
+        login_failed(username=odd, ip="10.0.0.1")
+    assert cache.get(user_key) == settings.LOGIN_MAX_FAILURES
+    assert not login_allowed(username=odd, ip="10.0.0.2")
+    assert not login_allowed(username="pm_a", ip="10.0.0.1")
+    # Another username from another address is not affected.
+    assert login_allowed(username="pm_a", ip="10.0.0.2")
+    r = client.post("/accounts/login/", {"username": "pm_a", "password": f.PASSWORD})
+    assert r.status_code == 302
