@@ -350,6 +350,41 @@ def test_block_fill_event_order_data_is_exactly_json_safe_of_the_order_payload(
     assert creator is not None and _order_json(limit)["created_by"] == creator.get_username()
 
 
+def test_a_blocks_locked_orders_are_instances_as_loaded_from_the_database(
+    trader, brokers, make_order
+):
+    # given a block of two orders, filled once (versions, prices and timestamps moved)
+    from orders.services.executions import _lock
+
+    _, orders, p = _block_of(trader, make_order, [60, 40])
+    apply(report(p.cl_ord_id, "F", "1", cum="50", avg="100", last_qty="50", last_px="100.3"))
+    # when the fill's locking step loads them
+    ctx = _lock([p.cl_ord_id])
+    # then each is an Order as read from the database: every loaded field equal to a fresh
+    # read, not adding, on the default database, with its account, instrument and creator
+    assert ctx is not None and [o.pk for o in ctx.orders] == sorted(o.pk for o in orders)
+    for order in ctx.orders:
+        fresh = Order.objects.select_related("account", "instrument", "created_by").get(pk=order.pk)
+        assert type(order) is Order
+        assert (order._state.adding, order._state.db) == (False, "default")
+        for field in Order._meta.concrete_fields:
+            assert getattr(order, field.attname) == getattr(fresh, field.attname), field.name
+        account = order._state.fields_cache["account"]
+        assert type(account) is type(fresh.account)
+        assert (account._state.adding, account._state.db) == (False, "default")
+        assert (account.pk, account.code, account.desk_id, account.short_selling_allowed) == (
+            fresh.account.pk,
+            fresh.account.code,
+            fresh.account.desk_id,
+            fresh.account.short_selling_allowed,
+        )
+        assert order._state.fields_cache["instrument"] is ctx.block.instrument
+        assert order.instrument.symbol == fresh.instrument.symbol
+        assert order.created_by.get_username() == fresh.created_by.get_username()
+        # a field the locking read did not load is read on access, as on a deferred instance
+        assert order.account.name == fresh.account.name
+
+
 def test_a_fill_writes_its_placement_with_the_allocation_statement(
     trader, brokers, make_order, monkeypatch
 ):
