@@ -55,7 +55,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from types import SimpleNamespace
@@ -579,13 +579,15 @@ _BOOK_WRITE_SQL = (
     'ON CONFLICT ("account_id", "currency") DO UPDATE SET '
     '"pending" = c."pending" + EXCLUDED."pending", "version" = c."version" + 1, '
     '"updated_at" = EXCLUDED."updated_at"), '
-    f'ord AS (UPDATE "{Order._meta.db_table}" AS t SET "cum_qty" = v.cum_qty, '
-    '"leaves_qty" = v.leaves_qty, "avg_px" = v.avg_px, "version" = v.version, '
-    '"updated_at" = %(now)s::timestamptz FROM unnest(%(ord_id)s::bigint[], '
+    f'ord AS (UPDATE "{Order._meta.db_table}" AS t SET "status" = v.status, '
+    '"cum_qty" = v.cum_qty, "leaves_qty" = v.leaves_qty, "avg_px" = v.avg_px, '
+    '"version" = v.version, "updated_at" = %(now)s::timestamptz '
+    "FROM unnest(%(ord_id)s::bigint[], %(ord_status)s::varchar[], "
     "%(ord_cum)s::numeric[], %(ord_leaves)s::numeric[], %(ord_avg)s::numeric[], "
-    "%(ord_version)s::integer[]) AS v(id, cum_qty, leaves_qty, avg_px, version) "
+    "%(ord_version)s::integer[]) AS v(id, status, cum_qty, leaves_qty, avg_px, version) "
     'WHERE t."id" = v.id), '
-    f'blk AS (UPDATE "{Block._meta.db_table}" SET "cum_qty" = %(block_cum)s::numeric, '
+    f'blk AS (UPDATE "{Block._meta.db_table}" SET "status" = %(block_status)s::varchar, '
+    '"cum_qty" = %(block_cum)s::numeric, '
     '"avg_px" = %(block_avg)s::numeric, "version" = %(block_version)s::integer, '
     '"updated_at" = %(now)s::timestamptz WHERE "id" = %(block_move)s::bigint), '
     f'plc AS (UPDATE "{Placement._meta.db_table}" SET "status" = (%(plc)s::text[])[1], '
@@ -643,6 +645,7 @@ def _rebook(
     booked: tuple[dict[int, _Booked], dict[int, int]] | None = None,
     placement: Placement | None = None,
     positions: dict[int, _PositionRow] | None = None,
+    states: Callable[[], Sequence[Any]] | None = None,
 ) -> list[Allocation]:
     """Book the difference between each order's target and its rows so far; move the book.
 
@@ -653,7 +656,7 @@ def _rebook(
     (`_booked`). `placement`: a locked placement whose fields (as the caller set them) the
     same statement writes. `positions`: positions the caller locked already (by account_id,
     `_fills_and_booked`); the ones a move needs that are not there are locked (created) here.
-    Returns
+    `states`: see `fill_allocate`. Returns
     the rows written as model instances (none built without `returning`).
     """
     side = block.side if block is not None else orders[0].side
@@ -783,6 +786,17 @@ def _rebook(
         block.version += 1
         block.updated_at = now
         block_move = block.pk
+    if states is not None:
+        # The caller's order (and block) states after the fill (status, version), in place:
+        # written by the same statement, with the fill's moment, as the rows it moved.
+        seen = {id(o) for o in changed}
+        for order in states():
+            if id(order) not in seen:
+                seen.add(id(order))
+                changed.append(order)
+            order.updated_at = now
+        if block_move is not None and block is not None:
+            block.updated_at = now
 
     params = dict(common)
     # Each row value's text is made once, for the statement's arrays and the audit payload.
@@ -803,6 +817,7 @@ def _rebook(
         cash_account=_array(cash_accounts),
         cash_delta=_array(cash_moves[k] for k in cash_accounts),
         ord_id=_array(o.pk for o in changed),
+        ord_status=_array(o.status for o in changed),
         ord_cum=_array(o.cum_qty for o in changed),
         ord_leaves=_array(o.leaves_qty for o in changed),
         ord_avg=_array(o.avg_px for o in changed),
@@ -811,6 +826,7 @@ def _rebook(
         block_cum=block.cum_qty if block is not None and block_move else None,
         block_avg=block.avg_px if block is not None and block_move else None,
         block_version=block.version if block is not None and block_move else None,
+        block_status=block.status if block is not None and block_move else None,
         plc_id=placement.pk if placement is not None else None,
         plc=_placement_texts(placement) if placement is not None else None,
     )
@@ -923,6 +939,7 @@ def fill_allocate(
     audit: list[AuditEntry] | None = None,
     returning: bool = True,
     placement: Placement | None = None,
+    states: Callable[[], Sequence[Any]] | None = None,
 ) -> list[Allocation]:
     """Allocate a block's (or order's) fills after `execution`; move positions and cash.
 
@@ -933,7 +950,12 @@ def fill_allocate(
     write. Returns the Allocation rows written (an empty list with `returning=False`, for a
     caller that does not use them: building 1,000 instances is a tenth of a big fill's time).
     With `placement` (the execution's placement, locked, its fields already moved by the
-    caller), the same statement writes it: one round trip less per fill.
+    caller), the same statement writes it: one round trip less per fill. With `states`, called
+    once the orders' quantities are moved in place and before anything is written: the
+    caller's state changes of the orders (status, version, as its state machine allows them),
+    made in place, and the block's; it returns the orders it changed, whose status and
+    version the same statement writes (with the orders it moved and the block, all with the
+    fill's updated_at).
     """
     if not connection.in_atomic_block:
         raise RuntimeError("fill_allocate must run inside the transaction that saved the fill")
@@ -997,6 +1019,7 @@ def fill_allocate(
         booked=(booked, new_ids),
         placement=written,
         positions=positions,
+        states=states,
     )
     return rows
 

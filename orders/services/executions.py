@@ -36,6 +36,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import Field
+from django.db.models.base import ModelState
 from django.utils import timezone
 from psycopg import pq
 
@@ -90,6 +91,8 @@ CENT = Decimal("0.01")
 ZERO = Decimal(0)
 PENDING_REQUEST = frozenset({S.PENDING_CANCEL, S.PENDING_REPLACE})
 PLACEMENT_DONE = frozenset({P.FILLED, P.CANCELED, P.REJECTED, P.EXPIRED})
+# The order fields a fill's writing statement writes besides the quantities (fill_allocate).
+_FILL_WRITES = frozenset({"status", "version", "updated_at"})
 _SIDES = frozenset(Side.values)  # Side.values builds a new list on every access
 
 
@@ -157,7 +160,9 @@ class _Context:
         self.order_fields.update({"status", "version", "updated_at"})
         return True
 
-    def block_status(self, status: str, *, meta: dict) -> None:
+    def block_status(self, status: str, *, meta: dict, write: bool = True) -> None:
+        """Move the block to `status`, audited; `write=False`: in place only (a fill's writing
+        statement writes it)."""
         block = self.block
         if block is None or block.status == status:
             return
@@ -174,6 +179,8 @@ class _Context:
         block.status = status
         block.version += 1
         block.updated_at = timezone.now()
+        if not write:
+            return
         with raw_cursor() as cursor:
             cursor.execute(_BLOCK_STATUS_SQL, [status, block.version, block.updated_at, block.pk])
 
@@ -193,6 +200,16 @@ class _Context:
         if not (orders and fields):
             return [], []
         return list(orders.values()), sorted(fields)
+
+    def orders_for_fill(self) -> list[Order]:
+        """The changed orders (with what an earlier report left unsaved) for a fill's writing
+        statement, which writes their status, version and updated_at; none when other fields
+        changed (save_orders then writes them all)."""
+        if not (self.order_fields | self.unsaved_fields) <= _FILL_WRITES:
+            return []
+        orders, _ = self._orders_to_write()
+        self.order_fields = set()  # written: save_orders has nothing left to write
+        return orders
 
     def save_orders(self) -> None:
         """Write the changed orders (the placement is written by the caller, as a fill's
@@ -405,38 +422,52 @@ def _placement_of_row(q: _LockSql, row: Sequence[Any]) -> tuple[Placement, int]:
 
 def _orders_from_rows(q: _LockSql, rows: Sequence[Any], shared: Instrument | None) -> list[Order]:
     """Orders (with the account, creator and instrument fields the fill reads) from the rows of
-    an orders locking read; `shared`: the block's instrument (the rows then carry none)."""
+    an orders locking read; `shared`: the block's instrument (the rows then carry none).
+
+    Each instance is what `model_from_row` makes (fields not read are deferred), its state and
+    the account's written directly: a block's 1,000 rows are most of a big fill's locking step.
+    """
     n = len(q.order)
+    names = q.order
     user_model = get_user_model()
+    user_name = q.user_name
     users: dict[int, Any] = {}
     orders = []
+    new_order, new_account, new_state = Order.__new__, Account.__new__, ModelState.__new__
     for row in rows:
-        order = model_from_row(Order, dict(zip(q.order, row[:n], strict=True)))
-        cache = order._state.fields_cache
+        values = dict(zip(names, row[:n], strict=True))
+        account = new_account(Account)
+        account_state = new_state(ModelState)
+        account_state.__dict__ = {"adding": False, "db": "default"}
+        account_id = values["account_id"]
+        account.__dict__ = {
+            "id": account_id,
+            "code": row[n],
+            "desk_id": row[n + 1],
+            "short_selling_allowed": row[n + 2],
+            "_state": account_state,
+        }
         # Only what allocation and the blotter events read; other fields load on access.
-        cache["account"] = model_from_row(
-            Account,
-            {
-                "id": order.account_id,
-                "code": row[n],
-                "desk_id": row[n + 1],
-                "short_selling_allowed": row[n + 2],
-            },
-        )
+        cache: dict[str, Any] = {"account": account}
         if shared is None:
             cache["instrument"] = model_from_row(
                 Instrument, dict(zip(q.instrument, row[n + 4 :], strict=True))
             )
-        elif order.instrument_id == shared.pk:
+        elif values["instrument_id"] == shared.pk:
             cache["instrument"] = shared
-        creator = order.created_by_id
+        creator = values["created_by_id"]
         if creator is not None:
             user = users.get(creator)
             if user is None:
                 user = users[creator] = model_from_row(
-                    user_model, {"id": creator, q.user_name: row[n + 3]}
+                    user_model, {"id": creator, user_name: row[n + 3]}
                 )
             cache["created_by"] = user
+        state = new_state(ModelState)
+        state.__dict__ = {"adding": False, "db": "default", "fields_cache": cache}
+        values["_state"] = state
+        order = new_order(Order)
+        order.__dict__ = values
         orders.append(order)
     return orders
 
@@ -1040,6 +1071,37 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
     # leaves_qty, version; the block's cum_qty and avg_px); its audit entry joins ctx.entries.
     if len(ctx.orders) >= PIPELINE_MIN_ORDERS:
         _pipeline_on()
+    entries = ctx.entries
+    transitions: list[AuditEntry] = []
+    touched: list[Order] = []
+
+    def states() -> list[Order]:
+        """The orders' and the block's states after the fill (the orders' validated by the
+        state table, ctx.transition), before fill_allocate's statement, which then writes
+        them with the quantities: no statement of their own. Their audit entries follow the
+        allocation's, as before."""
+        ctx.entries = transitions
+        try:
+            for order, version in zip(ctx.orders, versions, strict=True):
+                moved = order.version != version
+                if moved:  # as the columns hold them (8 decimals), like a row read back
+                    order.cum_qty = order.cum_qty.quantize(PRICE_QUANTUM)
+                    order.leaves_qty = order.leaves_qty.quantize(PRICE_QUANTUM)
+                    order.avg_px = order.avg_px.quantize(PRICE_QUANTUM)
+                if order.status not in TERMINAL_STATUSES:
+                    if order.cum_qty >= order.quantity:
+                        ctx.transition(order, S.FILLED, action="order.filled", meta=meta)
+                    elif order.cum_qty > 0 and order.status not in PENDING_REQUEST:
+                        ctx.transition(
+                            order, S.PARTIALLY_FILLED, action="order.partially_filled", meta=meta
+                        )
+                if moved or order.id in ctx.changed:
+                    touched.append(order)
+            _fill_block_status(ctx, meta, write=False)
+        finally:
+            ctx.entries = entries
+        return ctx.orders_for_fill()
+
     _fill_allocate()(
         execution=execution,
         block=ctx.block,
@@ -1047,29 +1109,20 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
         audit=ctx.entries,
         returning=False,
         placement=placement,
+        states=states,
     )
-    touched: list[Order] = []
-    for order, version in zip(ctx.orders, versions, strict=True):
-        moved = order.version != version
-        if moved:  # as the columns hold them (8 decimals), like a row read back
-            order.cum_qty = order.cum_qty.quantize(PRICE_QUANTUM)
-            order.leaves_qty = order.leaves_qty.quantize(PRICE_QUANTUM)
-            order.avg_px = order.avg_px.quantize(PRICE_QUANTUM)
-        if order.status not in TERMINAL_STATUSES:
-            if order.cum_qty >= order.quantity:
-                ctx.transition(order, S.FILLED, action="order.filled", meta=meta)
-            elif order.cum_qty > 0 and order.status not in PENDING_REQUEST:
-                ctx.transition(
-                    order, S.PARTIALLY_FILLED, action="order.partially_filled", meta=meta
-                )
-        if moved or order.id in ctx.changed:
-            touched.append(order)
-    if ctx.block is not None and ctx.block.status != BlockStatus.CANCELED:
-        if ctx.block.cum_qty >= ctx.block.quantity:
-            ctx.block_status(BlockStatus.FILLED, meta=meta)
-        elif ctx.block.cum_qty > 0:
-            ctx.block_status(BlockStatus.PARTIALLY_FILLED, meta=meta)
+    entries.extend(transitions)
     return touched
+
+
+def _fill_block_status(ctx: _Context, meta: dict, *, write: bool) -> None:
+    """The block's status after a fill moved its cum_qty."""
+    block = ctx.block
+    if block is not None and block.status != BlockStatus.CANCELED:
+        if block.cum_qty >= block.quantity:
+            ctx.block_status(BlockStatus.FILLED, meta=meta, write=write)
+        elif block.cum_qty > 0:
+            ctx.block_status(BlockStatus.PARTIALLY_FILLED, meta=meta, write=write)
 
 
 def _rename(placement: Placement, report: ExecReport) -> None:

@@ -350,6 +350,41 @@ def test_block_fill_event_order_data_is_exactly_json_safe_of_the_order_payload(
     assert creator is not None and _order_json(limit)["created_by"] == creator.get_username()
 
 
+def test_a_blocks_locked_orders_are_instances_as_loaded_from_the_database(
+    trader, brokers, make_order
+):
+    # given a block of two orders, filled once (versions, prices and timestamps moved)
+    from orders.services.executions import _lock
+
+    _, orders, p = _block_of(trader, make_order, [60, 40])
+    apply(report(p.cl_ord_id, "F", "1", cum="50", avg="100", last_qty="50", last_px="100.3"))
+    # when the fill's locking step loads them
+    ctx = _lock([p.cl_ord_id])
+    # then each is an Order as read from the database: every loaded field equal to a fresh
+    # read, not adding, on the default database, with its account, instrument and creator
+    assert ctx is not None and [o.pk for o in ctx.orders] == sorted(o.pk for o in orders)
+    for order in ctx.orders:
+        fresh = Order.objects.select_related("account", "instrument", "created_by").get(pk=order.pk)
+        assert type(order) is Order
+        assert (order._state.adding, order._state.db) == (False, "default")
+        for field in Order._meta.concrete_fields:
+            assert getattr(order, field.attname) == getattr(fresh, field.attname), field.name
+        account = order._state.fields_cache["account"]
+        assert type(account) is type(fresh.account)
+        assert (account._state.adding, account._state.db) == (False, "default")
+        assert (account.pk, account.code, account.desk_id, account.short_selling_allowed) == (
+            fresh.account.pk,
+            fresh.account.code,
+            fresh.account.desk_id,
+            fresh.account.short_selling_allowed,
+        )
+        assert order._state.fields_cache["instrument"] is ctx.block.instrument
+        assert order.instrument.symbol == fresh.instrument.symbol
+        assert order.created_by.get_username() == fresh.created_by.get_username()
+        # a field the locking read did not load is read on access, as on a deferred instance
+        assert order.account.name == fresh.account.name
+
+
 def test_a_fill_writes_its_placement_with_the_allocation_statement(
     trader, brokers, make_order, monkeypatch
 ):
@@ -370,6 +405,117 @@ def test_a_fill_writes_its_placement_with_the_allocation_statement(
         Decimal("101.2"),
         version + 1,
     )
+
+
+def test_a_fill_writes_its_orders_and_blocks_new_states_with_the_allocation_statement(
+    trader, brokers, make_order, monkeypatch
+):
+    # given an acknowledged block of two orders, partly filled once (both partially filled)
+    _, orders, p = _block_of(trader, make_order, [60, 40])
+    apply(report(p.cl_ord_id, "F", "1", cum="50", avg="100", last_qty="50", last_px="100"))
+    versions = {o.pk: o.version for o in Order.objects.filter(pk__in=[o.pk for o in orders])}
+    block = Block.objects.get(pk=p.block_id)
+    assert block.status == "partially_filled"
+    sent = _statements(monkeypatch)
+    # when the rest is filled
+    execution = apply(
+        report(p.cl_ord_id, "F", "2", cum="100", avg="101", last_qty="50", last_px="102")
+    )
+    # then no statement of its own wrote the orders: the fill's statement wrote their new
+    # state, quantities and version (one for the fill, one for the transition)
+    assert execution is not None
+    assert not [s for s in sent if str(s).startswith('UPDATE "orders_order"')]
+    assert not [s for s in sent if str(s).startswith('UPDATE "orders_block"')]
+    moved = Block.objects.get(pk=block.pk)
+    assert (moved.status, moved.cum_qty, moved.avg_px, moved.version) == (
+        "filled",
+        Decimal("100"),
+        Decimal("101"),
+        block.version + 2,
+    )
+    for order in Order.objects.filter(pk__in=[o.pk for o in orders]):
+        assert (order.status, order.cum_qty, order.leaves_qty, order.avg_px, order.version) == (
+            OrderStatus.FILLED,
+            order.quantity,
+            Decimal(0),
+            Decimal("101"),
+            versions[order.pk] + 2,
+        )
+    # and the audit trail is as before: the allocation, each order's transition, the block's
+    # status, the placement's report
+    actions = list(
+        AuditEvent.objects.filter(meta__execution=execution.pk)
+        .order_by("id")
+        .values_list("action", "object_id")
+    )
+    assert actions == [
+        ("allocation.created", str(execution.pk)),
+        *(("order.filled", str(o.pk)) for o in sorted(orders, key=lambda o: o.pk)),
+        ("block.status_changed", str(p.block_id)),
+        ("placement.execution_report", str(p.pk)),
+    ]
+    status = AuditEvent.objects.get(meta__execution=execution.pk, action="block.status_changed")
+    assert (status.before, status.after) == (
+        {"status": "partially_filled", "version": block.version + 1},
+        {"status": "filled", "version": block.version + 2},
+    )
+    events = AuditEvent.objects.filter(meta__execution=execution.pk, action="order.filled")
+    for event in events:
+        before, after = event.before, event.after
+        assert before == {
+            "status": "partially_filled",
+            "version": versions[int(event.object_id)] + 1,
+        }
+        assert after == {
+            "status": "filled",
+            "version": versions[int(event.object_id)] + 2,
+            "cum_qty": "60" if int(event.object_id) == orders[0].pk else "40",
+            "avg_px": "101",
+        }
+
+
+def test_an_acknowledgement_and_a_fill_in_one_batch_write_the_orders_once(
+    trader, brokers, make_order, monkeypatch
+):
+    # given a lone order routed, not yet acknowledged
+    from orders.services.executions import executions_apply
+
+    order = make_order(quantity=Decimal("100"))
+    placement = order_route(user=trader, order_id=order.pk, broker_code="BRKA")
+    order.refresh_from_db()
+    version = order.version
+    sent = _statements(monkeypatch)
+    # when its acknowledgement and a partial fill are applied in one batch
+    results = executions_apply(
+        session_key=KEY,
+        reports=[
+            (report(placement.cl_ord_id, "0", "0"), None),
+            (
+                report(
+                    placement.cl_ord_id, "F", "1", cum="30", avg="99", last_qty="30", last_px="99"
+                ),
+                None,
+            ),
+        ],
+    )
+    # then both are booked, the order moved through working to partially filled, and no
+    # statement of its own wrote the order (the fill's statement wrote both reports' changes)
+    assert all(r is not None for r in results)
+    assert not [s for s in sent if str(s).startswith('UPDATE "orders_order"')]
+    order.refresh_from_db()
+    assert (order.status, order.cum_qty, order.leaves_qty, order.avg_px, order.version) == (
+        OrderStatus.PARTIALLY_FILLED,
+        Decimal("30"),
+        Decimal("70"),
+        Decimal("99"),
+        version + 3,
+    )
+    assert list(
+        AuditEvent.objects.filter(object_type="order", object_id=str(order.pk))
+        .filter(action__in=["order.acknowledged", "order.partially_filled"])
+        .order_by("id")
+        .values_list("action", flat=True)
+    ) == ["order.acknowledged", "order.partially_filled"]
 
 
 def test_a_lone_orders_report_locks_its_placement_and_order_in_one_statement(routed, monkeypatch):
