@@ -65,6 +65,20 @@ def make_block(
     return block, orders, placement
 
 
+def block_100_200_300(
+    accounts: Sequence[Any], instrument: Any, user: Any, broker: Any
+) -> tuple[Block, list[Order], Placement]:
+    """The usual block of the allocation tests: buy orders of 100, 200 and 300 (one per account,
+    in that order) and a placement with the broker."""
+    return make_block(
+        instrument=instrument,
+        accounts=accounts,
+        quantities=[100, 200, 300],
+        user=user,
+        broker=broker,
+    )
+
+
 def make_order_placement(*, order: Order, broker: Any = None) -> Placement:
     """A placement of a lone order (not in a block)."""
     return Placement.objects.create(

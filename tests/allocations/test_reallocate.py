@@ -12,7 +12,7 @@ from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationErr
 from oms_site.models import AuditEvent
 from settlement.models import SettlementFile, SettlementRun
 from tests import factories as f
-from tests.allocations.support import TRADE_DATE, allocated, fill, make_block
+from tests.allocations.support import TRADE_DATE, allocated, block_100_200_300, fill
 
 D = Decimal
 
@@ -20,13 +20,7 @@ D = Decimal
 @pytest.fixture
 def filled_block(three_accounts, instrument, broker, trader):
     """Orders 100/200/300 (lot 1), 300 filled at 10.00 → pro-rata 50/100/150."""
-    block, orders, placement = make_block(
-        instrument=instrument,
-        accounts=three_accounts,
-        quantities=[100, 200, 300],
-        user=trader,
-        broker=broker,
-    )
+    block, orders, placement = block_100_200_300(three_accounts, instrument, trader, broker)
     fill(placement, 300, "10.00")
     return block, orders, placement
 

@@ -14,7 +14,7 @@ from django.db import IntegrityError, OperationalError, connection, connections,
 
 from allocations.models import Account, Allocation
 from orders.models import Block, Broker, Execution, Instrument, Order
-from tests.allocations.support import fill, make_block
+from tests.allocations.support import block_100_200_300, fill, make_block
 
 D = Decimal
 
@@ -33,13 +33,7 @@ def _missing_id(model: Any) -> int:
 
 
 def _filled(three_accounts: Any, instrument: Any, broker: Any, trader: Any) -> list[Allocation]:
-    _, _, placement = make_block(
-        instrument=instrument,
-        accounts=three_accounts,
-        quantities=[100, 200, 300],
-        user=trader,
-        broker=broker,
-    )
+    _, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
     return fill(placement, 60, "10.00")
 
 

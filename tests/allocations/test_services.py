@@ -17,6 +17,7 @@ from tests.allocations.support import (
     SETTLE_DATE,
     TRADE_DATE,
     allocated,
+    block_100_200_300,
     fill,
     make_block,
     make_order_placement,
@@ -45,13 +46,7 @@ def _cash(account: Any) -> tuple[Decimal, Decimal]:
 
 def test_block_of_three_two_fills_exact(three_accounts, instrument, broker, trader):
     # given a block of 100/200/300 (lot 1) at a broker charging 10 bps + 0.01/sh, min 5, fees 0.5
-    block, orders, placement = make_block(
-        instrument=instrument,
-        accounts=three_accounts,
-        quantities=[100, 200, 300],
-        user=trader,
-        broker=broker,
-    )
+    block, orders, placement = block_100_200_300(three_accounts, instrument, trader, broker)
     a, b, c = orders
     # when 150 fill at 10.00
     first = fill(placement, 150, "10.00")
@@ -154,13 +149,7 @@ def test_split_fills_end_in_the_same_state_as_one_fill(three_accounts, instrumen
     # given two identical blocks (lot 100), one filled 150 + 450, the other 600 at once
     instrument.lot_size = D(100)
     instrument.save()
-    _, split_orders, p1 = make_block(
-        instrument=instrument,
-        accounts=three_accounts,
-        quantities=[100, 200, 300],
-        user=trader,
-        broker=broker,
-    )
+    _, split_orders, p1 = block_100_200_300(three_accounts, instrument, trader, broker)
     fill(p1, 150, "10.00")
     fill(p1, 450, "10.10")
     other = f.InstrumentFactory(symbol="OTHER", lot_size=D(100))
@@ -411,13 +400,7 @@ def test_constant_query_count_regardless_of_accounts(
 
 def test_cash_settles_on_settlement_date_once(three_accounts, instrument, broker, trader):
     # given the exact block above, filled on Friday 2026-11-20 (settles Monday 2026-11-23)
-    _, _, placement = make_block(
-        instrument=instrument,
-        accounts=three_accounts,
-        quantities=[100, 200, 300],
-        user=trader,
-        broker=broker,
-    )
+    _, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
     fill(placement, 150, "10.00")
     fill(placement, 450, "10.10")
     # when settlement runs on Sunday nothing moves
@@ -436,13 +419,7 @@ def test_cash_settles_on_settlement_date_once(three_accounts, instrument, broker
 
 
 def test_block_version_only_is_touched_by_fill(three_accounts, instrument, broker, trader):
-    block, _, placement = make_block(
-        instrument=instrument,
-        accounts=three_accounts,
-        quantities=[100, 200, 300],
-        user=trader,
-        broker=broker,
-    )
+    block, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
     fill(placement, 60, "10")
     block.refresh_from_db()
     assert (Block.objects.get(pk=block.pk).status, block.cum_qty) == ("routed", D(60))
@@ -534,13 +511,7 @@ def test_a_fills_audit_payload_text_is_the_canonical_json_of_its_dict() -> None:
 
 def test_a_fills_audit_events_verify(three_accounts, instrument, broker, trader):
     # given a block filled twice (the second fill re-prices every order)
-    _, _, placement = make_block(
-        instrument=instrument,
-        accounts=three_accounts,
-        quantities=[100, 200, 300],
-        user=trader,
-        broker=broker,
-    )
+    _, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
     fill(placement, 300, "10.00")
     fill(placement, 300, "10.10")
     # then the block's allocation stream holds one event per fill, its rows the rows written,

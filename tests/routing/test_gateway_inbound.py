@@ -326,21 +326,27 @@ def test_an_applier_waits_for_a_report_being_stored_and_applies_both_at_once(rou
         # then nothing is applied while the fill is being stored
         assert batches == []
         assert Execution.objects.count() == 0
-        fill = wire_report(
-            cl, "F", "2", exec_id="F1", cum="100", avg="100", last_qty="100", last_px="100"
-        )
-        (item,) = _items(handler, [fill])
-        handler._applier_list()[0].queue.put(item)
-        with handler._storing_changed:
-            handler._storing[KEY] = 0
-            handler._storing_changed.notify_all()
-        assert handler.wait_idle(timeout=30)
+        _fill_stored(handler, cl)
     finally:
         handler.close_connections()
     # and once it is queued both go in one transaction, in order
     assert batches == [["A1", "F1"]]
     order.refresh_from_db()
     assert (order.status, order.cum_qty) == (OrderStatus.FILLED, Decimal("100"))
+
+
+def _fill_stored(handler: DjangoGatewayHandler, cl: str) -> None:
+    """The whole fill F1 of 100 @ 100 reaches the applier, its session's store ends, and
+    everything queued is applied."""
+    fill = wire_report(
+        cl, "F", "2", exec_id="F1", cum="100", avg="100", last_qty="100", last_px="100"
+    )
+    (item,) = _items(handler, [fill])
+    handler._applier_list()[0].queue.put(item)
+    with handler._storing_changed:
+        handler._storing[KEY] = 0
+        handler._storing_changed.notify_all()
+    assert handler.wait_idle(timeout=30)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -449,15 +455,7 @@ def test_an_applier_holding_an_acknowledgement_waits_for_a_store_that_starts_jus
         # then nothing is applied yet
         assert batches == []
         assert Execution.objects.count() == 0
-        fill = wire_report(
-            cl, "F", "2", exec_id="F1", cum="100", avg="100", last_qty="100", last_px="100"
-        )
-        (item,) = _items(handler, [fill])
-        handler._applier_list()[0].queue.put(item)
-        with handler._storing_changed:
-            handler._storing[KEY] = 0
-            handler._storing_changed.notify_all()
-        assert handler.wait_idle(timeout=30)
+        _fill_stored(handler, cl)
     finally:
         handler.close_connections()
     # and the acknowledgement and the fill go in one transaction, in order
