@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import connection, transaction
@@ -23,6 +24,28 @@ FILLS = 48
 ACCOUNTS = 25
 
 
+def _fill_in_threads(chunks: list[list[tuple[Any, Decimal, Decimal]]]) -> list[BaseException]:
+    """Each chunk's fills (placement, quantity, price) applied in order by a thread of its own,
+    all threads released at once; what any of them raised."""
+    start = threading.Barrier(len(chunks))
+    errors: list[BaseException] = []
+
+    def worker(chunk: list[tuple[Any, Decimal, Decimal]]) -> None:
+        try:
+            start.wait()
+            for placement, qty, px in chunk:
+                with transaction.atomic():
+                    fill_allocate(execution=new_execution(placement, qty, px))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        list(pool.map(worker, chunks))
+    return errors
+
+
 @pytest.mark.django_db(transaction=True)
 def test_parallel_fills_of_one_block_exact_totals(role_groups):
     # given a block of 25 orders of 100..2500 (lot 100) and a commission schedule
@@ -36,23 +59,10 @@ def test_parallel_fills_of_one_block_exact_totals(role_groups):
         instrument=instrument, accounts=accounts, quantities=quantities, user=trader, broker=broker
     )
     fills = [(D(100) * (1 + i % 3), D("10.00") + D(i % 7) / 100) for i in range(FILLS)]
-    start = threading.Barrier(THREADS)
-    errors: list[BaseException] = []
-
-    def worker(chunk):
-        try:
-            start.wait()
-            for qty, px in chunk:
-                with transaction.atomic():
-                    fill_allocate(execution=new_execution(placement, qty, px))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
-
     # when 8 threads apply 48 fills at once
-    with ThreadPoolExecutor(THREADS) as pool:
-        list(pool.map(worker, [fills[i::THREADS] for i in range(THREADS)]))
+    errors = _fill_in_threads(
+        [[(placement, q, p) for q, p in fills[i::THREADS]] for i in range(THREADS)]
+    )
 
     # then nothing failed (no deadlock, no serialization error)
     assert errors == []
@@ -112,23 +122,8 @@ def test_parallel_fills_of_blocks_sharing_accounts_and_cash_exact_totals(role_gr
         for t in range(6)
         for i in range(6)
     ]
-    start = threading.Barrier(6)
-    errors: list[BaseException] = []
-
-    def worker(chunk):
-        try:
-            start.wait()
-            for placement, qty, px in chunk:
-                with transaction.atomic():
-                    fill_allocate(execution=new_execution(placement, qty, px))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
-
     # when six threads apply their fills at once
-    with ThreadPoolExecutor(6) as pool:
-        list(pool.map(worker, [fills[i * 6 : (i + 1) * 6] for i in range(6)]))
+    errors = _fill_in_threads([fills[i * 6 : (i + 1) * 6] for i in range(6)])
 
     # then nothing failed (no deadlock), and each account's one balance holds exactly minus the
     # net of its allocation rows across the three blocks, moved once per fill that booked it
