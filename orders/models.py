@@ -217,8 +217,9 @@ class Block(models.Model):
 class Order(models.Model):
     """An account's order, from entry through compliance and routing to its last fill."""
 
+    # No index of its own: order_acct_instr_status_idx starts with it (see Meta.indexes).
     account = models.ForeignKey(
-        "allocations.Account", on_delete=models.PROTECT, related_name="orders"
+        "allocations.Account", on_delete=models.PROTECT, related_name="orders", db_index=False
     )
     instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="orders")
     side = models.CharField(max_length=16, choices=Side.choices)
@@ -237,15 +238,30 @@ class Order(models.Model):
     compliance_outcome = models.CharField(
         max_length=8, choices=ComplianceOutcome.choices, null=True, blank=True
     )
+    # No index of its own: order_client_order_id_uniq starts with it.
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders_created"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="orders_created",
+        db_index=False,
     )
     client_order_id = models.CharField(max_length=64, null=True, blank=True)
+    # Basket and block: indexed only where set (Meta.indexes), as most orders have neither.
     basket = models.ForeignKey(
-        Basket, null=True, blank=True, on_delete=models.PROTECT, related_name="orders"
+        Basket,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="orders",
+        db_index=False,
     )
     block = models.ForeignKey(
-        Block, null=True, blank=True, on_delete=models.SET_NULL, related_name="orders"
+        Block,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="orders",
+        db_index=False,
     )
     version = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -281,6 +297,17 @@ class Order(models.Model):
                 fields=["account", "instrument", "status"], name="order_acct_instr_status_idx"
             ),
             models.Index(fields=["created_at"], name="order_created_idx"),
+            # Every index of an order gets an entry at its insert and at each status change
+            # (a fill's update is never HOT, status being indexed): single orders and most
+            # orders of a book have no basket and no block, so those two index only the rows
+            # that have one, which are the rows their lookups (`basket_id = ...`,
+            # `block_id = ...`) can find.
+            models.Index(
+                fields=["basket"], name="order_basket_idx", condition=Q(basket__isnull=False)
+            ),
+            models.Index(
+                fields=["block"], name="order_block_idx", condition=Q(block__isnull=False)
+            ),
         ]
 
     def __str__(self) -> str:
