@@ -2,7 +2,8 @@
 
 Each `benchmarks/bench_*.py` module exposes `run(...) -> dict`; this runs them one after another
 (each in its own process, so one benchmark's memory or threads never skew the next) and prints
-their figures.
+their figures, after the machine's description (`benchmarks/machine.py`: CPU model, load and a
+fixed Python probe, because the machine's speed differs between sessions).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = args.names or _names(include_opt_in=args.all)
     failures = 0
+    from benchmarks.machine import describe
+
+    print("=== machine ===")
+    print(json.dumps(describe(), indent=2))
     ctx = mp.get_context("spawn")
     for name in names:
         queue = ctx.Queue()
