@@ -132,10 +132,12 @@ class OrderListCreateView(OrderEntryThrottleMixin, generics.ListAPIView):
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
 
+    @collection_paused()
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         # DRF's list, rendered from the compiled plan with one memo for the page, after the
         # page's results are read in one query (a page of 50 orders: about 28 ms of CPU
-        # through DRF's generic rendering and Django's prefetch).
+        # through DRF's generic rendering and Django's prefetch). The page's rows and results
+        # are short-lived, as a basket's are: the collector is paused while they exist.
         queryset = self.filter_queryset(self.get_queryset())
         page = self.paginate_queryset(queryset)
         orders = list(queryset if page is None else page)

@@ -3,6 +3,7 @@ visible order once."""
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -12,6 +13,7 @@ from django.db.models import Prefetch
 
 from compliance.models import ComplianceResult, Rule
 from oms_site import roles
+from orders.api import views
 from orders.api.serializers import OrderSerializer
 from orders.models import Order
 from orders.services.orders import order_amend
@@ -112,3 +114,25 @@ def test_an_order_seen_through_several_entitlements_is_listed_once(
     for user in (pm, pm_other, trader, both):
         body = client_for(user).get("/api/v1/orders/").json()
         assert (body["count"], [o["id"] for o in body["results"]]) == (2, ids)
+
+
+def test_the_collector_is_paused_while_the_page_is_built_and_resumed_after(
+    rules: None, make_order: Any, pm: Any, monkeypatch: Any
+) -> None:
+    # given: an order, and the step that attaches the page's results watched
+    make_order()
+    seen: list[bool] = []
+    attach = views.compliance_results_attach
+
+    def watched(orders: Any) -> None:
+        seen.append(gc.isenabled())
+        attach(orders)
+
+    monkeypatch.setattr(views, "compliance_results_attach", watched)
+    assert gc.isenabled()
+    # when
+    response = client_for(pm).get("/api/v1/orders/")
+    # then: the page was built with the collector paused, and it runs again afterwards
+    assert response.status_code == 200
+    assert seen == [False]
+    assert gc.isenabled()
