@@ -52,8 +52,23 @@ class ReusePortProcess(multiprocess.Process):
         return self._server
 
 
+def _port_free(host: str, port: int) -> bool:
+    """Whether nothing listens on host:port (sockets sharing a port by SO_REUSEPORT would
+    otherwise split the connections with a server already running there)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def run(config: uvicorn.Config) -> None:
     """Serve `config` with `config.workers` processes, each listening on its own socket."""
+    if not _port_free(config.host, config.port):
+        sys.exit(f"oms_site.serve: {config.host}:{config.port} is already in use")
     if config.workers <= 1:
         ReusePortServer(config=config).run()
         return

@@ -113,3 +113,23 @@ def test_each_worker_listens_on_its_own_socket_and_connections_spread_over_them(
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_a_port_already_in_use_is_refused_not_shared() -> None:
+    # given: something listening on the port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # when: the server is started on it
+        out = subprocess.run(
+            [sys.executable, "-m", "oms_site.serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=settings.BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    # then: it stops at once with the reason, and never listened
+    assert out.returncode == 1
+    assert out.stderr.strip().endswith(f"127.0.0.1:{port} is already in use")
