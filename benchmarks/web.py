@@ -8,12 +8,15 @@ import time
 
 
 def uvicorn_command(port: int, *extra: str) -> list[str]:
-    """The command line of one quiet uvicorn serving the OMS on 127.0.0.1:`port`."""
+    """The command line of one quiet uvicorn serving the OMS on 127.0.0.1:`port`.
+
+    Through `oms_site.serve`, as deployed: with `--workers N`, each worker listens on its own
+    socket (SO_REUSEPORT), so the benchmark's clients spread over the workers.
+    """
     return [
         sys.executable,
         "-m",
-        "uvicorn",
-        "oms_site.asgi:application",
+        "oms_site.serve",
         "--host",
         "127.0.0.1",
         "--port",

@@ -28,6 +28,17 @@ def model_from_row(model: Any, values: dict[str, Any]) -> Any:
     return obj
 
 
+def set_prefetched(instance: Any, name: str, rows: list[Any]) -> None:
+    """Fill a reverse relation's prefetch cache (what prefetch_related would have stored)."""
+    qs = getattr(instance, name).all()
+    qs._result_cache = rows
+    qs._prefetch_done = True
+    cache = getattr(instance, "_prefetched_objects_cache", None)
+    if cache is None:
+        cache = instance._prefetched_objects_cache = {}
+    cache[name] = qs
+
+
 def raw_cursor() -> Any:
     """A psycopg cursor (server-side binding) on Django's connection, in its transaction.
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
+from allocations.models import Account
 from allocations.selectors import account_scope_q
 from oms_site.roles import role_keys, sees_everything
 from orders.enums import KillScope
@@ -20,7 +21,10 @@ def orders_visible_to(*, user: Any) -> QuerySet[Order]:
         return qs
     if not role_keys(user) & {"pm", "trader"}:
         return qs.none()
-    return qs.filter(account_scope_q(user, prefix="account__")).distinct()
+    # The accounts as a subquery, not joined: a join through managers or desk traders can
+    # repeat an order, and the DISTINCT that removed the repeats made PostgreSQL sort the
+    # user's whole book for a page of 50 (73 ms on a book of 18,000 orders).
+    return qs.filter(account__in=Account.objects.filter(account_scope_q(user)).values("pk"))
 
 
 def active_kill_switches() -> list[tuple[str, str]]:

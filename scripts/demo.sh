@@ -39,7 +39,8 @@ start() {  # name, command...
 # Two processes (one per core here, as benchmarks/bench_orders.py measures) with a bounded
 # connection pool each: every ASGI request runs in a thread of its own, which without the pool
 # opens a new PostgreSQL connection per request; pooled connections also keep prepared statements.
-start web env DB_POOL_MAX_SIZE="${DB_POOL_MAX_SIZE:-8}" .venv/bin/uvicorn oms_site.asgi:application \
+# oms_site.serve is uvicorn with a listening socket per worker, so connections spread over them.
+start web env DB_POOL_MAX_SIZE="${DB_POOL_MAX_SIZE:-8}" .venv/bin/python -m oms_site.serve \
     --host 127.0.0.1 --port "$PORT" --workers "${WEB_WORKERS:-2}"
 start worker .venv/bin/celery -A oms_site worker -Q default,routing,executions,settlement -c 2 --loglevel INFO
 start beat .venv/bin/celery -A oms_site beat --loglevel INFO -s "$RUN/celerybeat-schedule" \

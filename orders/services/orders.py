@@ -29,7 +29,7 @@ from oms_site.audit import AuditEntry, audit_record_many, json_safe
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
 from oms_site.gcpause import collection_paused
 from oms_site.roles import has_role, role_keys
-from oms_site.rows import model_from_row
+from oms_site.rows import model_from_row, set_prefetched
 from orders.enums import (
     BUY_SIDES,
     BlockStatus,
@@ -538,7 +538,7 @@ def _check_and_insert(
     if attach_results:
         rows = stored.result_rows()
         for order in orders:
-            _set_prefetched(order, "compliance_results", rows.get(order.pk, []))
+            set_prefetched(order, "compliance_results", rows.get(order.pk, []))
     return {o.pk: outcome.value for o, outcome in zip(orders, final, strict=True)}
 
 
@@ -569,19 +569,8 @@ def _run_compliance(orders: Sequence[Order], *, attach_results: bool = False) ->
         # order with its results without reading them back (baskets answer without them).
         rows = checked.result_rows()
         for order in orders:
-            _set_prefetched(order, "compliance_results", rows.get(order.pk, []))
+            set_prefetched(order, "compliance_results", rows.get(order.pk, []))
     return dict(checked.outcomes)
-
-
-def _set_prefetched(instance: Any, name: str, rows: list[Any]) -> None:
-    """Fill a reverse relation's prefetch cache (what prefetch_related would have stored)."""
-    qs = getattr(instance, name).all()
-    qs._result_cache = rows
-    qs._prefetch_done = True
-    cache = getattr(instance, "_prefetched_objects_cache", None)
-    if cache is None:
-        cache = instance._prefetched_objects_cache = {}
-    cache[name] = qs
 
 
 # --------------------------------------------------------------------------------------------

@@ -294,3 +294,36 @@ def test_the_migration_moves_results_into_sets_and_back(
     # and the references are enforced again after the round trip
     with pytest.raises(IntegrityError, match="referenced by compliance results"):
         Order.objects.filter(pk=one.pk)._raw_delete(connection.alias)
+
+
+def test_results_read_from_the_sets_equal_the_views_rows_field_by_field(
+    account: Any, instrument: Any, make_rule: Any, make_order: Any
+) -> None:
+    from compliance.selectors import compliance_results_of
+
+    # given an order checked twice (its first check's first result deleted), one checked once
+    # with a measured and a limit value, and one never checked
+    make_rule("fat_finger", params={"max_quantity": "10"}, name="a size")
+    make_rule("restricted_list", name="listed")
+    twice = make_order(account, instrument, quantity="5")
+    once = make_order(account, instrument, quantity="50")
+    never = make_order(account, instrument, quantity="1")
+    check([twice, once])
+    check([twice])
+    first = ComplianceResult.objects.filter(order=twice).order_by("pk")[0]
+    ComplianceResult.objects.filter(pk=first.pk).delete()
+    fields = [f.attname for f in ComplianceResult._meta.concrete_fields]
+    # when
+    got = compliance_results_of(order_ids=[twice.pk, once.pk, never.pk])
+    # then each order's rows are the view's rows, in id order, every field equal
+    for order in (twice, once, never):
+        expected = [
+            tuple(getattr(r, name) for name in fields)
+            for r in ComplianceResult.objects.filter(order=order).order_by("pk")
+        ]
+        assert [tuple(getattr(r, name) for name in fields) for r in got[order.pk]] == expected
+    assert [len(got[o.pk]) for o in (twice, once, never)] == [3, 2, 0]
+    assert [(r.rule_name, r.outcome, r.measured, r.limit) for r in got[once.pk]] == [
+        ("a size", "block", D("50"), D("10")),
+        ("listed", "pass", None, None),
+    ]

@@ -140,3 +140,32 @@ def test_a_shared_memo_keeps_each_fields_own_format() -> None:
     assert first == again == {"at": "2026-05-06T07:08:09Z", "day": "2026-05-06"}
     assert second == {"at": "2026-05-07T00:00:01Z", "day": "2026-05-07"}
     assert second == Stamped().to_representation(Row(later))
+
+
+def test_methods_are_called_or_not_as_drf_decides_also_from_the_memo_of_their_functions() -> None:
+    # given: a method DRF calls (no arguments) and one it does not (an argument required),
+    # and a plain function stored on an instance
+    class Row:
+        def __init__(self, n: int) -> None:
+            self.n = n
+            self.loose = lambda: "loose"
+
+        def caption(self) -> str:
+            return f"row {self.n}"
+
+        def scaled(self, factor: int) -> int:
+            return self.n * factor
+
+    class Rows(serializers.Serializer):
+        caption = serializers.CharField()
+        scaled = serializers.CharField()
+        loose = serializers.CharField()
+
+    compiled = CompiledRepresentation(Rows())
+    # when: rendered twice (the second time from what the first learnt of each function)
+    rows = [Row(1), Row(2)]
+    got = [compiled(row) for row in rows]
+    # then: as DRF renders them, the method with an argument rendered uncalled
+    assert got == [Rows().to_representation(row) for row in rows]
+    assert [(g["caption"], g["loose"]) for g in got] == [("row 1", "loose"), ("row 2", "loose")]
+    assert got[1]["scaled"].startswith("<bound method ")
