@@ -358,7 +358,18 @@ _BOOKED_SQL = (
     f"'\"{Allocation._meta.db_table}\"', 'id')::regclass AS seq) AS s "
     "CROSS JOIN unnest(%s::bigint[]) AS o(id) LEFT JOIN LATERAL ("
     f'SELECT * FROM "{Allocation._meta.db_table}" AS a '
-    'WHERE a."order_id" = o.id AND {block_match} ORDER BY a."id" DESC LIMIT 1) AS a ON true'
+    'WHERE a."order_id" = o.id AND {block_match} ORDER BY a."block_id" DESC, a."id" DESC LIMIT 1) '
+    "AS a ON true"
+)
+# A block's rows matched as a range of (order_id, block_id) pairs, not `block_id = %s`: only
+# allocation_order_block_id_idx can use that, so the planner cannot pick the block_id index
+# instead and read every row of the block for each order (it did for blocks newer than the
+# table's statistics, which it guesses hold one row: 0.84 -> 0.04 ms for a block of 5 orders
+# with 1,045 rows). The two bounds name the same pair, so it is exactly `block_id = %s`; the
+# latest row is then the first of a backward scan of the index.
+_BLOCK_MATCH = (
+    '(a."order_id", a."block_id") >= (o.id, %s::bigint) '
+    'AND (a."order_id", a."block_id") <= (o.id, %s::bigint)'
 )
 
 
@@ -380,10 +391,10 @@ def _booked(
     """
     if not order_ids:
         return {}, {}
-    block_match = 'a."block_id" = %s' if block_id is not None else 'a."block_id" IS NULL'
+    block_match = _BLOCK_MATCH if block_id is not None else 'a."block_id" IS NULL'
     params: list[Any] = [_array(order_ids)]
     if block_id is not None:
-        params.append(block_id)
+        params += [block_id, block_id]
     with raw_cursor() as cursor:
         cursor.execute(_BOOKED_SQL.replace("{block_match}", block_match), params)
         return _booked_rows(cursor.fetchall())
@@ -436,7 +447,7 @@ def _fills_and_booked(
     the block are locked, whether this fill moves them or not.
     """
     column, key = ("block_id", block_id) if block_id is not None else ("order_id", order_id)
-    block_match = 'a."block_id" = %s' if block_id is not None else 'a."block_id" IS NULL'
+    block_match = _BLOCK_MATCH if block_id is not None else 'a."block_id" IS NULL'
     sql = (
         f"WITH pos AS MATERIALIZED ({_POSITIONS_LOCK_SQL}) "
         f"SELECT fl.*, bk.*, NULL::integer FROM ({_FILLS_SQL.replace('{column}', column)}) "
@@ -447,7 +458,7 @@ def _fills_and_booked(
     )
     params: list[Any] = [instrument_id, _array(account_ids), key, broker_id, _array(order_ids)]
     if block_id is not None:
-        params.append(block_id)
+        params += [block_id, block_id]
     with raw_cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
