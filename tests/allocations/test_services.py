@@ -599,3 +599,56 @@ def test_what_each_order_booked_is_its_latest_row_in_that_block_through_the_pair
             without = "\n".join(row[0] for row in cursor.fetchall())
             transaction.set_rollback(True)
     assert "Index Cond: (block_id" not in plan + without
+
+
+def test_a_blocks_lock_reads_the_block_then_its_orders_in_one_statement(
+    three_accounts, instrument, broker, trader, monkeypatch
+):
+    import psycopg
+
+    from allocations.models import BlockAllocationPolicy
+    from allocations.services import _lock_block_orders, _lock_orders
+
+    # given a block of three orders filled once, first without an allocation policy
+    block, orders, placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    fill(placement, 60, "10.00")
+    sent: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, *args, **kwargs):
+        sent.append(str(query))
+        return original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    for with_policy in (False, True):
+        if with_policy:
+            BlockAllocationPolicy.objects.create(
+                block=block, method="fixed_ratio", ratios={str(orders[0].pk): "2"}
+            )
+        # when the allocation locks it
+        with transaction.atomic():
+            sent.clear()
+            locked, rows = _lock_block_orders(block.pk)
+            statements = list(sent)
+            expected_rows = _lock_orders(block_id=block.pk)
+        # then one statement locked the block and then its orders (a policy is read after it)
+        assert len(statements) == (2 if with_policy else 1)
+        assert statements[0].index("FOR UPDATE OF k)") < statements[0].index("FOR UPDATE OF o")
+        # and the block is as read from the database, with its instrument and policy
+        fresh = Block.objects.select_related("instrument").get(pk=block.pk)
+        for field in Block._meta.concrete_fields:
+            assert getattr(locked, field.attname) == getattr(fresh, field.attname), field.name
+        assert (locked._state.adding, locked._state.db) == (False, "default")
+        assert locked.instrument.pk == instrument.pk
+        assert locked.instrument.lot_size == fresh.instrument.lot_size
+        if with_policy:
+            assert (locked.allocation_policy.method, locked.allocation_policy.ratios) == (
+                "fixed_ratio",
+                {str(orders[0].pk): "2"},
+            )
+        else:
+            with pytest.raises(BlockAllocationPolicy.DoesNotExist):
+                locked.allocation_policy  # noqa: B018
+        # and the orders are the rows the orders' own lock reads, by pk
+        assert rows == expected_rows
+        assert [r.id for r in rows] == sorted(o.pk for o in orders)
