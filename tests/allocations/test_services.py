@@ -11,7 +11,7 @@ from django.db import transaction
 from allocations.models import Allocation, CashBalance, Position
 from allocations.services import cash_settle_due, fill_allocate
 from oms_site.models import AuditEvent
-from orders.models import Block, Order
+from orders.models import Block, Order, Placement
 from tests import factories as f
 from tests.allocations.support import (
     SETTLE_DATE,
@@ -529,3 +529,126 @@ def test_a_fills_audit_events_verify(three_accounts, instrument, broker, trader)
     ]
     assert [e.after["price"] for e in events] == ["10.00000000", "10.05000000"]
     assert audit_verify(streams=[stream]) == []
+
+
+def test_what_each_order_booked_is_its_latest_row_in_that_block_through_the_pair_index(
+    three_accounts, instrument, broker, trader
+):
+    from django.db import connection
+
+    from allocations.services import _BLOCK_MATCH, _BOOKED_SQL, _booked
+
+    # given a block of three orders filled twice, then two of its orders moved into a second
+    # block and filled there once (their rows now in two blocks), and a lone order's rows
+    first, orders, placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    fill(placement, 60, "10.00")
+    fill(placement, 120, "10.10")
+    second = Block.objects.create(
+        instrument=instrument,
+        side="buy",
+        order_type="market",
+        quantity=D(500),
+        status="routed",
+        created_by=trader,
+    )
+    moved = orders[1:]
+    Order.objects.filter(pk__in=[o.pk for o in moved]).update(block=second)
+    again = Placement.objects.create(
+        block=second, broker=broker, cl_ord_id=f"T-second-{second.pk}", quantity=D(500)
+    )
+    fill(again, 50, "10.20")
+    ids = [o.pk for o in orders]
+
+    def latest(block: Block, order: Order) -> tuple[Decimal, ...] | None:
+        row = Allocation.objects.filter(order=order, block=block).order_by("-id").first()
+        if row is None:
+            return None
+        return (row.cum_quantity, row.cum_gross, row.cum_commission, row.cum_fees, row.cum_net)
+
+    # when each block's booked amounts are read
+    for block in (first, second):
+        with transaction.atomic():
+            booked, new_ids = _booked(block_id=block.pk, order_ids=ids)
+        # then each order has exactly its latest row of that block (none where it has no row),
+        # and a new row id
+        assert {pk: tuple(b[:5]) for pk, b in booked.items()} == {
+            o.pk: latest(block, o) for o in orders if latest(block, o) is not None
+        }
+        assert {pk: b.last_id for pk, b in booked.items()} == {
+            o.pk: Allocation.objects.filter(order=o, block=block).latest("id").pk
+            for o in orders
+            if latest(block, o) is not None
+        }
+        assert sorted(new_ids) == ids and len(set(new_ids.values())) == 3
+    assert set(_booked(block_id=second.pk, order_ids=ids)[0]) == {o.pk for o in moved}
+    assert booked[moved[0].pk].quantity == latest(second, moved[0])[0]  # type: ignore[index]
+
+    # and the read is served by the (order, block, id) index, and the block's own index can
+    # never narrow it (that read every row of the block for each order): without the pair
+    # index (dropped in a transaction rolled back), no index condition is left on the block
+    sql = f"EXPLAIN {_BOOKED_SQL.replace('{block_match}', _BLOCK_MATCH)}"
+    params = [f"{{{','.join(map(str, ids))}}}", first.pk, first.pk]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        assert "allocation_order_block_id_idx" in plan
+        with transaction.atomic():
+            cursor.execute("DROP INDEX allocation_order_block_id_idx")
+            cursor.execute(sql, params)
+            without = "\n".join(row[0] for row in cursor.fetchall())
+            transaction.set_rollback(True)
+    assert "Index Cond: (block_id" not in plan + without
+
+
+def test_a_blocks_lock_reads_the_block_then_its_orders_in_one_statement(
+    three_accounts, instrument, broker, trader, monkeypatch
+):
+    import psycopg
+
+    from allocations.models import BlockAllocationPolicy
+    from allocations.services import _lock_block_orders, _lock_orders
+
+    # given a block of three orders filled once, first without an allocation policy
+    block, orders, placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    fill(placement, 60, "10.00")
+    sent: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def execute(self, query, *args, **kwargs):
+        sent.append(str(query))
+        return original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    for with_policy in (False, True):
+        if with_policy:
+            BlockAllocationPolicy.objects.create(
+                block=block, method="fixed_ratio", ratios={str(orders[0].pk): "2"}
+            )
+        # when the allocation locks it
+        with transaction.atomic():
+            sent.clear()
+            locked, rows = _lock_block_orders(block.pk)
+            statements = list(sent)
+            expected_rows = _lock_orders(block_id=block.pk)
+        # then one statement locked the block and then its orders (a policy is read after it)
+        assert len(statements) == (2 if with_policy else 1)
+        assert statements[0].index("FOR UPDATE OF k)") < statements[0].index("FOR UPDATE OF o")
+        # and the block is as read from the database, with its instrument and policy
+        fresh = Block.objects.select_related("instrument").get(pk=block.pk)
+        for field in Block._meta.concrete_fields:
+            assert getattr(locked, field.attname) == getattr(fresh, field.attname), field.name
+        assert (locked._state.adding, locked._state.db) == (False, "default")
+        assert locked.instrument.pk == instrument.pk
+        assert locked.instrument.lot_size == fresh.instrument.lot_size
+        if with_policy:
+            assert (locked.allocation_policy.method, locked.allocation_policy.ratios) == (
+                "fixed_ratio",
+                {str(orders[0].pk): "2"},
+            )
+        else:
+            with pytest.raises(BlockAllocationPolicy.DoesNotExist):
+                locked.allocation_policy  # noqa: B018
+        # and the orders are the rows the orders' own lock reads, by pk
+        assert rows == expected_rows
+        assert [r.id for r in rows] == sorted(o.pk for o in orders)
