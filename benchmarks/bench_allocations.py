@@ -22,7 +22,7 @@ and of the PostgreSQL backends serving them (``/proc/<pid>/schedstat``), which h
 shared machine where wall-clock times do not. The threads prepare their repeated statements as
 the gateway's appliers do (``DB_PREPARE_THRESHOLD``); ``--no-prepare`` turns that off.
 ``--no-pipeline`` applies the 1,000-account fills without psycopg's pipeline mode (for A/B runs:
-``orders.services.executions.PIPELINE_MIN_ORDERS``).
+``orders.services.executions.PIPELINE_MIN_ORDERS`` and ``allocations.services.PIPELINE_MIN_ORDERS``).
 
 Uses its own database (``<name>_bench_alloc`` for DATABASE_URL's ``<name>``, ``oms_bench_alloc``
 by default, on the same server; created and migrated if missing, emptied on every run). Run:
@@ -527,10 +527,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     _setup_django()
     import datetime as dt
 
+    from allocations import services as allocation_services
     from orders.services import executions
 
     if not PIPELINE:
         executions.PIPELINE_MIN_ORDERS = sys.maxsize
+        allocation_services.PIPELINE_MIN_ORDERS = sys.maxsize
 
     from settlement.calendars import settlement_date
 
