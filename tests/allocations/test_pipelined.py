@@ -52,10 +52,15 @@ def test_a_big_fill_books_the_same_in_pipeline_mode(
     block, (a, b, c), placement = block_100_200_300(three_accounts, instrument, trader, broker)
     seen = []
     original = psycopg.Cursor.execute
+    writes = {
+        allocation_services._BOOK_WRITE_SQL: "rows and moves",
+        allocation_services._BOOK_INSERT_SQL: "rows",
+        allocation_services._BOOK_MOVE_SQL: "moves",
+    }
 
     def execute(self, query, *args, **kwargs):
-        if query is allocation_services._BOOK_WRITE_SQL:
-            seen.append(self.connection.pgconn.pipeline_status)
+        if query in writes:
+            seen.append((writes[query], self.connection.pgconn.pipeline_status))
         return original(self, query, *args, **kwargs)
 
     monkeypatch.setattr(psycopg.Cursor, "execute", execute)
@@ -66,9 +71,12 @@ def test_a_big_fill_books_the_same_in_pipeline_mode(
         # then the pipeline is over when fill_allocate returns: the caller reads as usual
         assert connection.connection.pgconn.pipeline_status == pq.PipelineStatus.OFF
         assert Allocation.objects.filter(execution=execution).count() == 3
-    # and the write went out in the mode asked for
-    expected = pq.PipelineStatus.ON if pipelined else pq.PipelineStatus.OFF
-    assert seen == [expected]
+    # and the writes went out in the mode asked for: in pipeline mode the rows first, then the
+    # moves; otherwise one statement
+    if pipelined:
+        assert seen == [("rows", pq.PipelineStatus.ON), ("moves", pq.PipelineStatus.ON)]
+    else:
+        assert seen == [("rows and moves", pq.PipelineStatus.OFF)]
     # and the rows returned are the rows stored, each order's exact share at 10.00
     stored = list(
         Allocation.objects.filter(execution=execution)
@@ -108,17 +116,25 @@ def test_a_big_fill_books_the_same_in_pipeline_mode(
     assert audit_verify() == []
 
 
+@pytest.mark.parametrize(
+    ("statement", "text", "failing_text"),
+    [
+        ("_BOOK_INSERT_SQL", "false, %(user)s", "(1 / 0 = 1), %(user)s"),
+        ("_BOOK_MOVE_SQL", "SELECT NULL", "SELECT 1 / 0"),
+    ],
+)
 def test_an_error_of_the_write_not_waited_for_is_raised_by_fill_allocate(
-    three_accounts, instrument, broker, trader, monkeypatch
+    three_accounts, instrument, broker, trader, monkeypatch, statement, text, failing_text
 ):
-    # given a block whose fills' writes go out in pipeline mode, and a writing statement that
-    # fails in PostgreSQL
+    # given a block whose fills' writes go out in pipeline mode, and one of its two writing
+    # statements (the rows, or the moves) failing in PostgreSQL
     monkeypatch.setattr(allocation_services, "PIPELINE_MIN_ORDERS", 3)
     _, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
     before = _book(instrument)
-    failing = allocation_services._BOOK_WRITE_SQL.replace("SELECT NULL", "SELECT 1 / 0")
-    assert failing != allocation_services._BOOK_WRITE_SQL
-    monkeypatch.setattr(allocation_services, "_BOOK_WRITE_SQL", failing)
+    sql = getattr(allocation_services, statement)
+    failing = sql.replace(text, failing_text)
+    assert failing != sql
+    monkeypatch.setattr(allocation_services, statement, failing)
     reached = []
     # when a fill is allocated
     with (
