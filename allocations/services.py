@@ -432,7 +432,8 @@ def _fills_and_booked(
 ]:
     """`_fills_of` and `_booked` of a fill, and its orders' accounts' positions in the
     instrument locked as `_lock_positions` locks them (by account_id; missing ones are not
-    created here), in one round trip: one row per order, then one per position found.
+    created here), in one round trip: one row of the fills, one per order, then one per
+    position found (the fills' values once, not on each of a big block's 1,000 order rows).
 
     Taken after the orders' locks, in the fixed lock order; the positions of every order of
     the block are locked, whether this fill moves them or not.
@@ -441,8 +442,12 @@ def _fills_and_booked(
     block_match = 'a."block_id" = %s' if block_id is not None else 'a."block_id" IS NULL'
     sql = (
         f"WITH pos AS MATERIALIZED ({_POSITIONS_LOCK_SQL}) "
-        f"SELECT fl.*, bk.*, NULL::integer FROM ({_FILLS_SQL.replace('{column}', column)}) "
-        f"AS fl LEFT JOIN ({_BOOKED_SQL.replace('{block_match}', block_match)}) AS bk ON true "
+        f"SELECT fl.*, NULL::bigint, NULL::numeric, NULL::numeric, NULL::numeric, "
+        "NULL::numeric, NULL::numeric, NULL::bigint, NULL::bigint, NULL::integer "
+        f"FROM ({_FILLS_SQL.replace('{column}', column)}) AS fl "
+        "UNION ALL SELECT NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, "
+        "NULL::numeric, NULL::numeric, bk.*, NULL::integer "
+        f"FROM ({_BOOKED_SQL.replace('{block_match}', block_match)}) AS bk "
         "UNION ALL SELECT NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, "
         "NULL::numeric, NULL::numeric, p.account_id, p.quantity, p.avg_cost, p.realised_pnl, "
         "NULL::numeric, NULL::numeric, p.id, NULL::bigint, p.version FROM pos AS p"
@@ -453,13 +458,15 @@ def _fills_and_booked(
     with raw_cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    booked_rows = [row for row in rows if row[14] is None]
+    # The fills' row has no order (column 6) and no version (14); an order's row no version.
+    (fills,) = [row for row in rows if row[6] is None and row[14] is None]
+    booked_rows = [row for row in rows if row[6] is not None and row[14] is None]
     positions = {
         row[6]: _PositionRow(row[12], row[6], row[7], row[8], row[9], row[14])
         for row in rows
         if row[14] is not None
     }
-    filled, notional, bps, per_share, minimum, fees_bps = booked_rows[0][:6]
+    filled, notional, bps, per_share, minimum, fees_bps = fills[:6]
     schedule = (
         engine.CommissionSchedule()
         if bps is None
