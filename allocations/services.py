@@ -780,8 +780,16 @@ def _rebook(
         ids = sorted(new_ids[row[0]] for row in rows)
         # Positions, then cash, each locked in account order.
         moving = {o.account_id for o, _, _ in moves}
-        if positions is None or not moving <= positions.keys():
+        if positions is None:
             positions = _lock_positions(instrument.pk, moving, now)
+        elif not moving <= positions.keys():
+            # Accounts that hold no position yet (their first quantity in the instrument): only
+            # those are locked (created) here; the caller's are locked already, with the values
+            # read under that lock.
+            positions = {
+                **positions,
+                **_lock_positions(instrument.pk, moving - positions.keys(), now),
+            }
         params = dict(common)
         # Each row value's text is made once, for the statement's arrays and the audit payload.
         id_texts = list(map(str, ids))
