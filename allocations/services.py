@@ -554,7 +554,9 @@ _ALLOCATION_ROW_COLUMNS = (
 # the allocation rows, the locked positions, the pending cash (an upsert fed in account_id
 # order: a missing balance is created, and the row locks are taken in a fixed order), the
 # locked orders, the locked block and the caller's locked placement (no block or placement:
-# a NULL id, nothing updated). Arrays travel as text literals (see _array).
+# a NULL id, nothing updated). Arrays travel as text literals (see _array). A big fill in
+# pipeline mode sends the same writes as two statements, the rows (_BOOK_INSERT_SQL) and then
+# the rest (_BOOK_MOVE_SQL): see PIPELINE_MIN_ORDERS.
 _BOOK_INSERT_SQL = (
     f'INSERT INTO "{Allocation._meta.db_table}" ("id", "execution_id", "block_id", '
     '"order_id", "account_id", "instrument_id", "broker_id", "side", "kind", "quantity", '
@@ -610,7 +612,6 @@ _BOOK_MOVES = (
     "SELECT NULL"
 )
 _BOOK_WRITE_SQL = f"WITH ins AS ({_BOOK_INSERT_SQL}), {_BOOK_MOVES}"
-# A big fill in pipeline mode sends its rows first and the rest once computed (see _rebook).
 _BOOK_MOVE_SQL = f"WITH {_BOOK_MOVES}"
 # The placement columns a caller's locked placement has written with the fill (plc above),
 # as one text array: psycopg parses a statement once only while it has at most 50 parameters.
