@@ -56,6 +56,7 @@ import datetime as dt
 import json
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from types import SimpleNamespace
@@ -66,6 +67,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from psycopg import pq
 
 from allocations import engine
 from allocations.book import position_move
@@ -441,7 +443,8 @@ def _fills_and_booked(
 ]:
     """`_fills_of` and `_booked` of a fill, and its orders' accounts' positions in the
     instrument locked as `_lock_positions` locks them (by account_id; missing ones are not
-    created here), in one round trip: one row per order, then one per position found.
+    created here), in one round trip: one row of the fills, one per order, then one per
+    position found (the fills' values once, not on each of a big block's 1,000 order rows).
 
     Taken after the orders' locks, in the fixed lock order; the positions of every order of
     the block are locked, whether this fill moves them or not.
@@ -450,8 +453,12 @@ def _fills_and_booked(
     block_match = _BLOCK_MATCH if block_id is not None else 'a."block_id" IS NULL'
     sql = (
         f"WITH pos AS MATERIALIZED ({_POSITIONS_LOCK_SQL}) "
-        f"SELECT fl.*, bk.*, NULL::integer FROM ({_FILLS_SQL.replace('{column}', column)}) "
-        f"AS fl LEFT JOIN ({_BOOKED_SQL.replace('{block_match}', block_match)}) AS bk ON true "
+        f"SELECT fl.*, NULL::bigint, NULL::numeric, NULL::numeric, NULL::numeric, "
+        "NULL::numeric, NULL::numeric, NULL::bigint, NULL::bigint, NULL::integer "
+        f"FROM ({_FILLS_SQL.replace('{column}', column)}) AS fl "
+        "UNION ALL SELECT NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, "
+        "NULL::numeric, NULL::numeric, bk.*, NULL::integer "
+        f"FROM ({_BOOKED_SQL.replace('{block_match}', block_match)}) AS bk "
         "UNION ALL SELECT NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, "
         "NULL::numeric, NULL::numeric, p.account_id, p.quantity, p.avg_cost, p.realised_pnl, "
         "NULL::numeric, NULL::numeric, p.id, NULL::bigint, p.version FROM pos AS p"
@@ -462,13 +469,15 @@ def _fills_and_booked(
     with raw_cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    booked_rows = [row for row in rows if row[14] is None]
+    # The fills' row has no order (column 6) and no version (14); an order's row no version.
+    (fills,) = [row for row in rows if row[6] is None and row[14] is None]
+    booked_rows = [row for row in rows if row[6] is not None and row[14] is None]
     positions = {
         row[6]: _PositionRow(row[12], row[6], row[7], row[8], row[9], row[14])
         for row in rows
         if row[14] is not None
     }
-    filled, notional, bps, per_share, minimum, fees_bps = booked_rows[0][:6]
+    filled, notional, bps, per_share, minimum, fees_bps = fills[:6]
     schedule = (
         engine.CommissionSchedule()
         if bps is None
@@ -556,9 +565,11 @@ _ALLOCATION_ROW_COLUMNS = (
 # the allocation rows, the locked positions, the pending cash (an upsert fed in account_id
 # order: a missing balance is created, and the row locks are taken in a fixed order), the
 # locked orders, the locked block and the caller's locked placement (no block or placement:
-# a NULL id, nothing updated). Arrays travel as text literals (see _array).
-_BOOK_WRITE_SQL = (
-    f'WITH ins AS (INSERT INTO "{Allocation._meta.db_table}" ("id", "execution_id", "block_id", '
+# a NULL id, nothing updated). Arrays travel as text literals (see _array). A big fill in
+# pipeline mode sends the same writes as two statements, the rows (_BOOK_INSERT_SQL) and then
+# the rest (_BOOK_MOVE_SQL): see PIPELINE_MIN_ORDERS.
+_BOOK_INSERT_SQL = (
+    f'INSERT INTO "{Allocation._meta.db_table}" ("id", "execution_id", "block_id", '
     '"order_id", "account_id", "instrument_id", "broker_id", "side", "kind", "quantity", '
     '"price", "gross", "commission", "fees", "net", "cum_quantity", "cum_gross", '
     '"cum_commission", "cum_fees", "cum_net", "currency", "trade_date", "settlement_date", '
@@ -575,7 +586,9 @@ _BOOK_WRITE_SQL = (
     "%(cum_quantity)s::numeric[], %(cum_gross)s::numeric[], %(cum_commission)s::numeric[], "
     "%(cum_fees)s::numeric[], %(cum_net)s::numeric[], %(reversal_of)s::bigint[]) "
     "AS v(id, order_id, account_id, kind, quantity, gross, commission, fees, net, "
-    "cum_quantity, cum_gross, cum_commission, cum_fees, cum_net, reversal_of)), "
+    "cum_quantity, cum_gross, cum_commission, cum_fees, cum_net, reversal_of)"
+)
+_BOOK_MOVES = (
     f'pos AS (UPDATE "{Position._meta.db_table}" AS t SET "quantity" = v.quantity, '
     '"avg_cost" = v.avg_cost, "realised_pnl" = v.realised_pnl, "version" = v.version, '
     '"updated_at" = %(now)s::timestamptz FROM unnest(%(pos_id)s::bigint[], '
@@ -609,6 +622,8 @@ _BOOK_WRITE_SQL = (
     '"updated_at" = (%(plc)s::text[])[10]::timestamptz WHERE "id" = %(plc_id)s::bigint) '
     "SELECT NULL"
 )
+_BOOK_WRITE_SQL = f"WITH ins AS ({_BOOK_INSERT_SQL}), {_BOOK_MOVES}"
+_BOOK_MOVE_SQL = f"WITH {_BOOK_MOVES}"
 # The placement columns a caller's locked placement has written with the fill (plc above),
 # as one text array: psycopg parses a statement once only while it has at most 50 parameters.
 _PLACEMENT_WRITTEN = PLACEMENT_REPORT_FIELDS
@@ -627,6 +642,24 @@ def _placement_texts(placement: Placement) -> list[str | None]:
         else:
             texts.append(str(value))
     return texts
+
+
+# A fill of at least this many orders writes in psycopg's pipeline mode (when its caller has
+# not turned it on already, as execution_apply does for big blocks), in two statements that
+# answer nothing (see _BOOKED_SQL): its allocation rows as soon as they are made, while the
+# positions, cash, orders and states are computed; then those moves, while the Allocation
+# instances, the audit entry and its statements are made. Leaving the pipeline (before
+# fill_allocate returns) waits for all of it, and an error of any of them is raised there, in
+# the caller's transaction. Small fills write in one statement (_BOOK_WRITE_SQL): they gain less
+# than the pipeline's own cost per statement.
+PIPELINE_MIN_ORDERS = 64
+
+
+def _pipeline_enter(stack: ExitStack) -> None:
+    """Pipeline mode until `stack` closes, unless the connection is in it already."""
+    conn = connection.connection
+    if conn.pgconn.pipeline_status == pq.PipelineStatus.OFF:
+        stack.enter_context(conn.pipeline())
 
 
 def _short_ok(order: Any) -> bool:
@@ -753,175 +786,196 @@ def _rebook(
         "now": now,
     }
 
-    # The rows' ids, taken with what was booked (_BOOKED_SQL), ascending in row order: the
-    # statement inserts the rows in its arrays' order, which is id order (no sort to ask for).
-    ids = sorted(new_ids[row[0]] for row in rows)
-    # Positions, then cash, each locked in account order.
-    moving = {o.account_id for o, _, _ in moves}
-    if positions is None or not moving <= positions.keys():
-        positions = _lock_positions(instrument.pk, moving, now)
-    short_breach: set[int] = set()
-    for order, held, delta in moves:
-        pos = positions[order.account_id]
-        # book.position_reprice, then engine.apply_trade or book.position_reverse, in one call.
-        quantity, pos.avg_cost, pos.realised_pnl = position_move(
-            pos.quantity, pos.avg_cost, pos.realised_pnl, sign, held, old_price, price, delta
-        )
-        pos.quantity = quantity
-        pos.version += 1
-        if quantity < 0 and not _short_ok(order):
-            short_breach.add(order.account_id)
-    locked = [positions[account_id] for account_id in sorted(moving)]
-
-    cash_moves: dict[int, Decimal] = defaultdict(Decimal)
-    for row in rows:
-        # A buy pays its net, a sell receives it; pending until the settlement date.
-        cash_moves[row[1]] += -sign * row[7]
-    cash_accounts = sorted(k for k, v in cash_moves.items() if v)
-
-    # Orders: cumulative quantity and the block's average price (status is the caller's).
-    changed = []
-    for order, quantity in zip(orders, quantities, strict=True):
-        avg = price if quantity else ZERO
-        leaves = ZERO if order.status in _CLOSED_STATUSES else order.quantity - quantity
-        if (order.cum_qty, order.avg_px, order.leaves_qty) == (quantity, avg, leaves):
-            continue
-        order.cum_qty, order.avg_px, order.leaves_qty = quantity, avg, leaves
-        order.version += 1
-        order.updated_at = now
-        changed.append(order)
-
-    block_move = None
-    if block is not None and block_fill is not None:
-        block.cum_qty, block.avg_px = block_fill
-        block.version += 1
-        block.updated_at = now
-        block_move = block.pk
-    if states is not None:
-        # The caller's order (and block) states after the fill (status, version), in place:
-        # written by the same statement, with the fill's moment, as the rows it moved.
-        seen = {id(o) for o in changed}
-        for order in states():
-            if id(order) not in seen:
-                seen.add(id(order))
-                changed.append(order)
-            order.updated_at = now
-        if block_move is not None and block is not None:
-            block.updated_at = now
-
-    params = dict(common)
-    # Each row value's text is made once, for the statement's arrays and the audit payload.
-    id_texts = list(map(str, ids))
-    texts = [list(map(str, column)) for column in zip(*rows, strict=True)]
-    params["id"] = _array_of_texts(id_texts)
-    if rows:
-        for name, column_texts in zip(_ALLOCATION_ROW_COLUMNS, texts, strict=True):
-            params[name] = _array_of_texts(column_texts)
-    else:
-        params.update(dict.fromkeys(_ALLOCATION_ROW_COLUMNS, "{}"))
-    params.update(
-        pos_id=_array(p.pk for p in locked),
-        pos_quantity=_array(p.quantity for p in locked),
-        pos_avg_cost=_array(p.avg_cost for p in locked),
-        pos_pnl=_array(p.realised_pnl for p in locked),
-        pos_version=_array(p.version for p in locked),
-        cash_account=_array(cash_accounts),
-        cash_delta=_array(cash_moves[k] for k in cash_accounts),
-        ord_id=_array(o.pk for o in changed),
-        ord_status=_array(o.status for o in changed),
-        ord_cum=_array(o.cum_qty for o in changed),
-        ord_leaves=_array(o.leaves_qty for o in changed),
-        ord_avg=_array(o.avg_px for o in changed),
-        ord_version=_array(o.version for o in changed),
-        block_move=block_move,
-        block_cum=block.cum_qty if block is not None and block_move else None,
-        block_avg=block.avg_px if block is not None and block_move else None,
-        block_version=block.version if block is not None and block_move else None,
-        block_status=block.status if block is not None and block_move else None,
-        plc_id=placement.pk if placement is not None else None,
-        plc=_placement_texts(placement) if placement is not None else None,
-    )
-    # psycopg parses a statement once (and caches it) only up to 50 parameters.
-    assert len(params) <= 50, "the fill statement must keep at most 50 parameters"
-    with raw_cursor() as cursor:
-        cursor.execute(_BOOK_WRITE_SQL, params)  # nothing to read back (see _BOOKED_SQL)
-
-    allocations = (
-        []
-        if not returning
-        else [
-            model_from_row(
-                Allocation,
-                {
-                    "id": pk,
-                    "execution_id": execution.pk,
-                    "block_id": block_id,
-                    "order_id": row[0],
-                    "account_id": row[1],
-                    "instrument_id": instrument.pk,
-                    "broker_id": broker_id,
-                    "side": side,
-                    "kind": row[2],
-                    "quantity": row[3],
-                    "price": price,
-                    "gross": row[4],
-                    "commission": row[5],
-                    "fees": row[6],
-                    "net": row[7],
-                    "cum_quantity": row[8],
-                    "cum_gross": row[9],
-                    "cum_commission": row[10],
-                    "cum_fees": row[11],
-                    "cum_net": row[12],
-                    "currency": currency,
-                    "trade_date": trade_date,
-                    "settlement_date": settles,
-                    "method": method,
-                    "reversal_of_id": row[13],
-                    "cash_settled": False,
-                    "cash_settled_at": None,
-                    "created_by_id": user_id,
-                    "created_at": now,
-                },
-            )
-            for pk, row in zip(ids, rows, strict=True)
-        ]
-    )
-
-    stream = f"block:{block_id}:allocations" if block else f"order:{orders[0].pk}:allocations"
-    # One event per fill listing every row it booked: a 1,000-account block would otherwise
-    # write (and hash) 1,000 events inside the fill's transaction, half of the fill's time.
-    if rows:
-        entry = AuditEntry(
-            action=action,
-            object_type="execution",
-            object_id=str(execution.pk),
-            # What every row of the fill shares is said once (price, dates, method): the
-            # payload is hashed and stored as jsonb inside the fill's transaction, 1,000 rows
-            # for a big block. Written as its canonical text from the rows' texts above.
-            after=_allocations_payload(
-                {
-                    "price": price,
-                    "trade_date": trade_date,
-                    "settlement_date": settles,
-                    "method": method,
-                },
-                id_texts,
-                texts,
-            ),
-            meta={
-                "execution": execution.pk,
-                "block": block_id,
-                "filled": filled,
-                "short_not_allowed": sorted(short_breach),
-            },
-            actor=user,
-            stream=stream,
-        )
-        if audit is not None:
-            audit.append(entry)  # the caller writes it with its own events, in one go
+    with ExitStack() as stack:
+        # The rows' ids, taken with what was booked (_BOOKED_SQL), ascending in row order: the
+        # statement inserts the rows in its arrays' order, which is id order (no sort to ask for).
+        ids = sorted(new_ids[row[0]] for row in rows)
+        # Positions, then cash, each locked in account order.
+        moving = {o.account_id for o, _, _ in moves}
+        if positions is None:
+            positions = _lock_positions(instrument.pk, moving, now)
+        elif not moving <= positions.keys():
+            # Accounts that hold no position yet (their first quantity in the instrument): only
+            # those are locked (created) here; the caller's are locked already, with the values
+            # read under that lock.
+            positions = {
+                **positions,
+                **_lock_positions(instrument.pk, moving - positions.keys(), now),
+            }
+        params = dict(common)
+        # Each row value's text is made once, for the statement's arrays and the audit payload.
+        id_texts = list(map(str, ids))
+        texts = [list(map(str, column)) for column in zip(*rows, strict=True)]
+        params["id"] = _array_of_texts(id_texts)
+        if rows:
+            for name, column_texts in zip(_ALLOCATION_ROW_COLUMNS, texts, strict=True):
+                params[name] = _array_of_texts(column_texts)
         else:
-            audit_record_many(entries=[entry])
+            params.update(dict.fromkeys(_ALLOCATION_ROW_COLUMNS, "{}"))
+        # A big fill sends its rows as soon as they are made, in pipeline mode: PostgreSQL
+        # inserts them (and checks their references) while the positions, cash, orders and
+        # states are computed here; the moves follow in a second statement. Same rows, same
+        # values, the rows' reference checks taken before the cash is written instead of after.
+        split = bool(rows) and len(orders) >= PIPELINE_MIN_ORDERS
+        if split:
+            _pipeline_enter(stack)
+            with raw_cursor() as cursor:
+                cursor.execute(_BOOK_INSERT_SQL, params)
+        short_breach: set[int] = set()
+        for order, held, delta in moves:
+            pos = positions[order.account_id]
+            # book.position_reprice, then engine.apply_trade or book.position_reverse, in one call.
+            quantity, pos.avg_cost, pos.realised_pnl = position_move(
+                pos.quantity, pos.avg_cost, pos.realised_pnl, sign, held, old_price, price, delta
+            )
+            pos.quantity = quantity
+            pos.version += 1
+            if quantity < 0 and not _short_ok(order):
+                short_breach.add(order.account_id)
+        locked = [positions[account_id] for account_id in sorted(moving)]
+
+        cash_moves: dict[int, Decimal] = defaultdict(Decimal)
+        for row in rows:
+            # A buy pays its net, a sell receives it; pending until the settlement date.
+            cash_moves[row[1]] += -sign * row[7]
+        cash_accounts = sorted(k for k, v in cash_moves.items() if v)
+
+        # Orders: cumulative quantity and the block's average price (status is the caller's).
+        changed = []
+        for order, quantity in zip(orders, quantities, strict=True):
+            avg = price if quantity else ZERO
+            leaves = ZERO if order.status in _CLOSED_STATUSES else order.quantity - quantity
+            if (order.cum_qty, order.avg_px, order.leaves_qty) == (quantity, avg, leaves):
+                continue
+            order.cum_qty, order.avg_px, order.leaves_qty = quantity, avg, leaves
+            order.version += 1
+            order.updated_at = now
+            changed.append(order)
+
+        block_move = None
+        if block is not None and block_fill is not None:
+            block.cum_qty, block.avg_px = block_fill
+            block.version += 1
+            block.updated_at = now
+            block_move = block.pk
+        if states is not None:
+            # The caller's order (and block) states after the fill (status, version), in place:
+            # written by the same statement, with the fill's moment, as the rows it moved.
+            seen = {id(o) for o in changed}
+            for order in states():
+                if id(order) not in seen:
+                    seen.add(id(order))
+                    changed.append(order)
+                order.updated_at = now
+            if block_move is not None and block is not None:
+                block.updated_at = now
+
+        params.update(
+            pos_id=_array(p.pk for p in locked),
+            pos_quantity=_array(p.quantity for p in locked),
+            pos_avg_cost=_array(p.avg_cost for p in locked),
+            pos_pnl=_array(p.realised_pnl for p in locked),
+            pos_version=_array(p.version for p in locked),
+            cash_account=_array(cash_accounts),
+            cash_delta=_array(cash_moves[k] for k in cash_accounts),
+            ord_id=_array(o.pk for o in changed),
+            ord_status=_array(o.status for o in changed),
+            ord_cum=_array(o.cum_qty for o in changed),
+            ord_leaves=_array(o.leaves_qty for o in changed),
+            ord_avg=_array(o.avg_px for o in changed),
+            ord_version=_array(o.version for o in changed),
+            block_move=block_move,
+            block_cum=block.cum_qty if block is not None and block_move else None,
+            block_avg=block.avg_px if block is not None and block_move else None,
+            block_version=block.version if block is not None and block_move else None,
+            block_status=block.status if block is not None and block_move else None,
+            plc_id=placement.pk if placement is not None else None,
+            plc=_placement_texts(placement) if placement is not None else None,
+        )
+        # psycopg parses a statement once (and caches it) only up to 50 parameters.
+        assert len(params) <= 50, "the fill statement must keep at most 50 parameters"
+        if len(orders) >= PIPELINE_MIN_ORDERS:
+            _pipeline_enter(stack)
+        sql = _BOOK_MOVE_SQL if split else _BOOK_WRITE_SQL
+        with raw_cursor() as cursor:
+            cursor.execute(sql, params)  # nothing to read back (see _BOOKED_SQL)
+        # In pipeline mode (PIPELINE_MIN_ORDERS) what follows runs while PostgreSQL writes.
+        allocations = (
+            []
+            if not returning
+            else [
+                model_from_row(
+                    Allocation,
+                    {
+                        "id": pk,
+                        "execution_id": execution.pk,
+                        "block_id": block_id,
+                        "order_id": row[0],
+                        "account_id": row[1],
+                        "instrument_id": instrument.pk,
+                        "broker_id": broker_id,
+                        "side": side,
+                        "kind": row[2],
+                        "quantity": row[3],
+                        "price": price,
+                        "gross": row[4],
+                        "commission": row[5],
+                        "fees": row[6],
+                        "net": row[7],
+                        "cum_quantity": row[8],
+                        "cum_gross": row[9],
+                        "cum_commission": row[10],
+                        "cum_fees": row[11],
+                        "cum_net": row[12],
+                        "currency": currency,
+                        "trade_date": trade_date,
+                        "settlement_date": settles,
+                        "method": method,
+                        "reversal_of_id": row[13],
+                        "cash_settled": False,
+                        "cash_settled_at": None,
+                        "created_by_id": user_id,
+                        "created_at": now,
+                    },
+                )
+                for pk, row in zip(ids, rows, strict=True)
+            ]
+        )
+
+        stream = f"block:{block_id}:allocations" if block else f"order:{orders[0].pk}:allocations"
+        # One event per fill listing every row it booked: a 1,000-account block would otherwise
+        # write (and hash) 1,000 events inside the fill's transaction, half of the fill's time.
+        if rows:
+            entry = AuditEntry(
+                action=action,
+                object_type="execution",
+                object_id=str(execution.pk),
+                # What every row of the fill shares is said once (price, dates, method): the
+                # payload is hashed and stored as jsonb inside the fill's transaction, 1,000 rows
+                # for a big block. Written as its canonical text from the rows' texts above.
+                after=_allocations_payload(
+                    {
+                        "price": price,
+                        "trade_date": trade_date,
+                        "settlement_date": settles,
+                        "method": method,
+                    },
+                    id_texts,
+                    texts,
+                ),
+                meta={
+                    "execution": execution.pk,
+                    "block": block_id,
+                    "filled": filled,
+                    "short_not_allowed": sorted(short_breach),
+                },
+                actor=user,
+                stream=stream,
+            )
+            if audit is not None:
+                audit.append(entry)  # the caller writes it with its own events, in one go
+            else:
+                audit_record_many(entries=[entry])
     return allocations
 
 

@@ -1,0 +1,151 @@
+"""fill_allocate in psycopg's pipeline mode: a big block's writing statement is not waited for.
+
+Blocks of at least `allocations.services.PIPELINE_MIN_ORDERS` orders send it in pipeline mode
+(when the caller has not turned it on already); the tests lower it to put small blocks there.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import django.db
+import psycopg
+import pytest
+from django.db import connection, transaction
+from psycopg import pq
+
+from allocations import services as allocation_services
+from allocations.models import Allocation, CashBalance, Position
+from allocations.services import fill_allocate
+from oms_site.audit import audit_verify
+from oms_site.models import AuditEvent
+from orders.models import Block, Execution, Order
+from tests.allocations.support import block_100_200_300, new_execution
+
+pytestmark = pytest.mark.django_db
+D = Decimal
+
+
+def _book(instrument):
+    return {
+        "allocations": sorted(
+            Allocation.objects.values_list("order_id", "kind", "quantity", "price", "net")
+        ),
+        "audit": AuditEvent.objects.count(),
+        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
+        "blocks": sorted(Block.objects.values_list("pk", "cum_qty", "version")),
+        "positions": sorted(
+            Position.objects.filter(instrument=instrument).values_list(
+                "account_id", "quantity", "avg_cost"
+            )
+        ),
+        "cash": sorted(CashBalance.objects.values_list("account_id", "pending")),
+    }
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_big_fill_books_the_same_in_pipeline_mode(
+    three_accounts, instrument, broker, trader, monkeypatch, pipelined
+):
+    # given a block of 100/200/300, its fills' writes sent in pipeline mode or not
+    monkeypatch.setattr(allocation_services, "PIPELINE_MIN_ORDERS", 3 if pipelined else 64)
+    block, (a, b, c), placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    seen = []
+    original = psycopg.Cursor.execute
+    writes = {
+        allocation_services._BOOK_WRITE_SQL: "rows and moves",
+        allocation_services._BOOK_INSERT_SQL: "rows",
+        allocation_services._BOOK_MOVE_SQL: "moves",
+    }
+
+    def execute(self, query, *args, **kwargs):
+        if query in writes:
+            seen.append((writes[query], self.connection.pgconn.pipeline_status))
+        return original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    # when 150 fill at 10.00
+    with transaction.atomic():
+        execution = new_execution(placement, 150, "10.00")
+        rows = fill_allocate(execution=execution)
+        # then the pipeline is over when fill_allocate returns: the caller reads as usual
+        assert connection.connection.pgconn.pipeline_status == pq.PipelineStatus.OFF
+        assert Allocation.objects.filter(execution=execution).count() == 3
+    # and the writes went out in the mode asked for: in pipeline mode the rows first, then the
+    # moves; otherwise one statement
+    if pipelined:
+        assert seen == [("rows", pq.PipelineStatus.ON), ("moves", pq.PipelineStatus.ON)]
+    else:
+        assert seen == [("rows and moves", pq.PipelineStatus.OFF)]
+    # and the rows returned are the rows stored, each order's exact share at 10.00
+    stored = list(
+        Allocation.objects.filter(execution=execution)
+        .order_by("pk")
+        .values_list("pk", "order_id", "quantity", "gross", "commission", "fees", "net")
+    )
+    assert [(r.pk, r.order_id, r.quantity, r.gross, r.commission, r.fees, r.net) for r in rows] == (
+        stored
+    )
+    assert [r[1:] for r in stored] == [
+        (a.pk, D(25), D("250.00"), D("5.00"), D("0.01"), D("255.01")),
+        (b.pk, D(50), D("500.00"), D("5.00"), D("0.03"), D("505.03")),
+        (c.pk, D(75), D("750.00"), D("5.00"), D("0.04"), D("755.04")),
+    ]
+    # and the book moved: positions at 10.00, pending cash minus the net, orders and block
+    assert sorted(
+        Position.objects.filter(instrument=instrument).values_list(
+            "account_id", "quantity", "avg_cost"
+        )
+    ) == [(acct.pk, D(q), D(10)) for acct, q in zip(three_accounts, (25, 50, 75), strict=True)]
+    assert sorted(CashBalance.objects.values_list("account_id", "pending")) == [
+        (acct.pk, -D(net))
+        for acct, net in zip(three_accounts, ("255.01", "505.03", "755.04"), strict=True)
+    ]
+    assert sorted(Order.objects.values_list("pk", "cum_qty", "version")) == [
+        (a.pk, D(25), 2),
+        (b.pk, D(50), 2),
+        (c.pk, D(75), 2),
+    ]
+    block.refresh_from_db()
+    assert (block.cum_qty, block.avg_px, block.version) == (D(150), D(10), 2)
+    # and the fill's audit event names the rows stored, in a chain that verifies
+    event = AuditEvent.objects.get(action="allocation.created", object_id=str(execution.pk))
+    assert [(x["id"], x["order"], x["net"]) for x in event.after["allocations"]] == [
+        (pk, order, str(net)) for pk, order, _, _, _, _, net in stored
+    ]
+    assert audit_verify() == []
+
+
+@pytest.mark.parametrize(
+    ("statement", "text", "failing_text"),
+    [
+        ("_BOOK_INSERT_SQL", "false, %(user)s", "(1 / 0 = 1), %(user)s"),
+        ("_BOOK_MOVE_SQL", "SELECT NULL", "SELECT 1 / 0"),
+    ],
+)
+def test_an_error_of_the_write_not_waited_for_is_raised_by_fill_allocate(
+    three_accounts, instrument, broker, trader, monkeypatch, statement, text, failing_text
+):
+    # given a block whose fills' writes go out in pipeline mode, and one of its two writing
+    # statements (the rows, or the moves) failing in PostgreSQL
+    monkeypatch.setattr(allocation_services, "PIPELINE_MIN_ORDERS", 3)
+    _, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    before = _book(instrument)
+    sql = getattr(allocation_services, statement)
+    failing = sql.replace(text, failing_text)
+    assert failing != sql
+    monkeypatch.setattr(allocation_services, statement, failing)
+    reached = []
+    # when a fill is allocated
+    with (
+        pytest.raises((psycopg.Error, django.db.Error), match="division by zero"),
+        transaction.atomic(),
+    ):
+        execution = new_execution(placement, 150, "10.00")
+        fill_allocate(execution=execution)
+        reached.append(True)
+    # then the error came out of fill_allocate itself, and nothing of the fill stayed: no
+    # execution, allocation, audit event, order, block, position or cash change
+    assert reached == []
+    assert not Execution.objects.exists()
+    assert _book(instrument) == before
