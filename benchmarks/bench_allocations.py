@@ -188,12 +188,13 @@ ANALYZE = True  # statistics refreshed once the rows exist (see _analyze); --no-
 def _connect() -> int:
     """This thread's connection, preparing repeated statements as a gateway thread's does;
     the pid of its PostgreSQL backend."""
-    from django.conf import settings
     from django.db import connection
+
+    from orders.fix.django_handler import prepare_connection
 
     connection.ensure_connection()
     if PREPARE:
-        connection.connection.prepare_threshold = settings.DB_PREPARE_THRESHOLD
+        prepare_connection(connection.connection)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         return int(cursor.fetchone()[0])

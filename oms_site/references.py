@@ -41,6 +41,49 @@ class Reference:
     parent_plural: str
 
 
+def _aggregates(references: Sequence[Reference]) -> str:
+    return ",\n           ".join(
+        f"array_agg(DISTINCT {r.column}) FILTER (WHERE {r.column} IS NOT NULL)" for r in references
+    )
+
+
+def _check_function_per_parent(
+    prefix: str, child_noun: str, references: Sequence[Reference]
+) -> str:
+    """The insert trigger's function as session 5 wrote it: one query per parent table."""
+    declares = "".join(f"    ids_{i} bigint[];\n" for i in range(len(references)))
+    into = ", ".join(f"ids_{i}" for i in range(len(references)))
+    checks = "".join(
+        f"""    IF ids_{i} IS NOT NULL THEN
+        SELECT count(*) INTO found FROM (
+            SELECT 1 FROM {r.parent_table} AS p JOIN unnest(ids_{i}) AS u(id) ON p.id = u.id
+            FOR KEY SHARE OF p
+        ) AS locked;
+        IF found <> cardinality(ids_{i}) THEN
+            RAISE EXCEPTION '{child_noun} names {r.parent_noun} that does not exist'
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END IF;
+"""
+        for i, r in enumerate(references)
+    )
+    return f"""
+CREATE OR REPLACE FUNCTION {prefix}_refs_check() RETURNS trigger AS $$
+DECLARE
+{declares}    found bigint;
+BEGIN
+    -- One pass over the new rows; the distinct ids are then joined to their parents (by
+    -- primary key, or a hash of a small table): `id = ANY(ids)` with the array as a parameter
+    -- compares each row scanned with every id (1,000 accounts: 17 ms instead of 1.7).
+    SELECT {_aggregates(references)}
+        INTO {into}
+        FROM new_rows;
+{checks}    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+"""
+
+
 def statement_references_sql(
     *,
     prefix: str,
@@ -57,25 +100,6 @@ def statement_references_sql(
         raise ValueError("prefix too long for PostgreSQL identifiers")
     if not references:
         raise ValueError("no references")
-    declares = "".join(f"    ids_{i} bigint[];\n" for i in range(len(references)))
-    aggregates = ",\n           ".join(
-        f"array_agg(DISTINCT {r.column}) FILTER (WHERE {r.column} IS NOT NULL)" for r in references
-    )
-    into = ", ".join(f"ids_{i}" for i in range(len(references)))
-    checks = "".join(
-        f"""    IF ids_{i} IS NOT NULL THEN
-        SELECT count(*) INTO found FROM (
-            SELECT 1 FROM {r.parent_table} AS p JOIN unnest(ids_{i}) AS u(id) ON p.id = u.id
-            FOR KEY SHARE OF p
-        ) AS locked;
-        IF found <> cardinality(ids_{i}) THEN
-            RAISE EXCEPTION '{child_noun} names {r.parent_noun} that does not exist'
-                USING ERRCODE = 'foreign_key_violation';
-        END IF;
-    END IF;
-"""
-        for i, r in enumerate(references)
-    )
     row_checks = "".join(
         f"""    IF NEW.{r.column} IS NOT NULL AND NEW.{r.column} IS DISTINCT FROM OLD.{r.column} THEN
         PERFORM 1 FROM {r.parent_table} WHERE id = NEW.{r.column} FOR KEY SHARE;
@@ -89,21 +113,7 @@ def statement_references_sql(
     )
     columns = ", ".join(r.column for r in references)
     changed = " OR ".join(f"OLD.{r.column} IS DISTINCT FROM NEW.{r.column}" for r in references)
-    forward = f"""
-CREATE OR REPLACE FUNCTION {prefix}_refs_check() RETURNS trigger AS $$
-DECLARE
-{declares}    found bigint;
-BEGIN
-    -- One pass over the new rows; the distinct ids are then joined to their parents (by
-    -- primary key, or a hash of a small table): `id = ANY(ids)` with the array as a parameter
-    -- compares each row scanned with every id (1,000 accounts: 17 ms instead of 1.7).
-    SELECT {aggregates}
-        INTO {into}
-        FROM new_rows;
-{checks}    RETURN NULL;
-END;
-$$ LANGUAGE plpgsql;
-
+    forward = f"""{_check_function_per_parent(prefix, child_noun, references)}
 CREATE TRIGGER {prefix}_refs_insert
     AFTER INSERT ON {child_table}
     REFERENCING NEW TABLE AS new_rows
@@ -196,3 +206,66 @@ CREATE TRIGGER {name}_truncate
             f"DROP FUNCTION IF EXISTS {name}_gone();",
         ]
     return forward, "\n".join(backward) + "\n"
+
+
+def single_query_check_sql(
+    *, prefix: str, child_noun: str, references: Sequence[Reference], per_id_max: int = 64
+) -> tuple[str, str]:
+    """(forward, backward) SQL replacing the insert trigger's function with a one-query check.
+
+    The function `statement_references_sql` writes runs one query for the distinct ids and then
+    one per parent table, each with an id array as a parameter, which PL/pgSQL plans again on
+    every call (a custom plan: only with the array's length known does the planner look up a
+    few ids by primary key rather than hash a whole small table). Here one query without
+    parameters, planned once per session: it aggregates the new rows' distinct ids, then, per
+    parent in the references' order, looks each id up by primary key when there are at most
+    `per_id_max` of them, or joins them to the table when there are more (a hash of a small
+    table for 1,000 accounts), locking what it finds FOR KEY SHARE as before. A CASE evaluates
+    the parents in turn and stops at the first one missing a row, whose noun the error names:
+    the same parents locked in the same order, the same message and SQLSTATE. A 5-row insert's
+    check: about 0.22 -> 0.11 ms of PostgreSQL CPU. Backward restores the per-parent function.
+    """
+    branches = "".join(
+        f"""
+        WHEN coalesce(cardinality(ids.ids_{i}), 0) <> CASE
+            WHEN cardinality(ids.ids_{i}) > {per_id_max} THEN (SELECT count(*) FROM (
+                SELECT 1 FROM {r.parent_table} AS p JOIN unnest(ids.ids_{i}) AS u(id) ON p.id = u.id
+                FOR KEY SHARE OF p
+            ) AS locked)
+            ELSE (SELECT count(*) FROM unnest(ids.ids_{i}) AS u(id), LATERAL (
+                SELECT 1 FROM {r.parent_table} AS p WHERE p.id = u.id FOR KEY SHARE OF p
+            ) AS locked)
+            END
+            THEN '{r.parent_noun}'"""
+        for i, r in enumerate(references)
+    )
+    named = ",\n           ".join(
+        f"array_agg(DISTINCT {r.column}) FILTER (WHERE {r.column} IS NOT NULL) AS ids_{i}"
+        for i, r in enumerate(references)
+    )
+    forward = f"""
+CREATE OR REPLACE FUNCTION {prefix}_refs_check() RETURNS trigger AS $$
+DECLARE
+    missing text;
+BEGIN
+    -- One query, planned once: the distinct ids of the new rows (one pass), then each parent's
+    -- named rows locked and counted in turn, one by one by primary key when there are few (a
+    -- generic plan guesses 10 ids and would hash a small table such as the accounts, 0.24 ms
+    -- for 2,600 rows), joined when there are many; a parent is checked only once the ones
+    -- before it held.
+    SELECT CASE{branches}
+        END
+        INTO missing
+        FROM (
+            SELECT {named}
+            FROM new_rows
+        ) AS ids;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION '{child_noun} names % that does not exist', missing
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+"""
+    return forward, _check_function_per_parent(prefix, child_noun, references)

@@ -107,6 +107,9 @@ DB_POOL_MAX_SIZE = int(os.environ.get("DB_POOL_MAX_SIZE", "0"))
 # pooled connections below and by the FIX gateway's long-lived per-thread connections.
 _prepare = os.environ.get("DB_PREPARE_THRESHOLD", "5").strip().lower()
 DB_PREPARE_THRESHOLD: int | None = None if _prepare == "off" else int(_prepare)
+# The FIX gateway's threads keep one generic plan per prepared statement instead of planning
+# the largest ones again on every run ("off": PostgreSQL's default choice).
+DB_GENERIC_PLANS = os.environ.get("DB_GENERIC_PLANS", "on").strip().lower() != "off"
 if DB_POOL_MAX_SIZE > 0:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool, not Django, keeps connections
     DATABASES["default"]["OPTIONS"]["pool"] = {

@@ -105,6 +105,145 @@ def test_rows_naming_existing_parents_are_accepted_and_a_null_block_too(
     ]
 
 
+def _copies_sql(columns: list[str]) -> str:
+    """Copies of one stored row in one statement, a copy per element of the given references'
+    arrays (one array parameter per column, then the row's id), everything else as stored."""
+    fields = [
+        f.column
+        for f in Allocation._meta.concrete_fields
+        if not f.primary_key and f.column not in columns
+    ]
+    names = ", ".join(f'a."{c}"' for c in fields)
+    replaced = ", ".join(f'"{c}"' for c in columns)
+    arrays = ", ".join("%s::bigint[]" for _ in columns)
+    picked = ", ".join(f"u.{c}" for c in columns)
+    return (
+        f"INSERT INTO allocations_allocation ({replaced}, {names.replace('a.', '')}) "
+        f"SELECT {picked}, {names} FROM allocations_allocation AS a, "
+        f"unnest({arrays}) AS u({', '.join(columns)}) WHERE a.id = %s"
+    )
+
+
+@pytest.mark.parametrize("column", sorted(_PARENTS))
+def test_a_missing_parent_among_existing_ones_and_nulls_is_refused(
+    column: str, three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's three allocation rows
+    rows = _filled(three_accounts, instrument, broker, trader)
+    model, _, noun = _PARENTS[column]
+    existing = getattr(rows[0], column)
+    missing = _missing_id(model)
+    # when one statement inserts copies naming the existing parent twice, the missing one twice
+    # and (for the nullable block) no parent
+    values = [existing, missing, existing, missing] + ([None] if column == "block_id" else [])
+    with (
+        pytest.raises(IntegrityError, match=f"allocation names {noun} that does not exist"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(_copies_sql([column]), [values, rows[0].pk])
+    # then nothing was stored
+    assert Allocation.objects.count() == 3
+
+
+def test_several_missing_parents_name_the_first_in_reference_order(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's allocation rows
+    rows = _filled(three_accounts, instrument, broker, trader)
+    # when one statement inserts a copy naming a missing order and one naming a missing broker
+    # (the broker's row first), and another a missing account and a missing instrument
+    for columns, values, noun in (
+        (
+            ["order_id", "broker_id"],
+            [[rows[0].order_id, _missing_id(Order)], [_missing_id(Broker), broker.pk]],
+            "an order",
+        ),
+        (
+            ["instrument_id", "account_id"],
+            [[_missing_id(Instrument)], [_missing_id(Account)]],
+            "an account",
+        ),
+    ):
+        with (
+            pytest.raises(IntegrityError, match=f"allocation names {noun} that does not exist"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(_copies_sql(columns), [*values, rows[0].pk])
+    # then nothing was stored
+    assert Allocation.objects.count() == 3
+
+
+@pytest.mark.parametrize("missing", [False, True])
+def test_a_statement_naming_more_parents_than_are_looked_up_one_by_one_is_checked_too(
+    missing: bool, three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows and 70 more accounts (more than the 64 ids a check looks up one by
+    # one: those of a bigger statement are joined to their table instead)
+    rows = _filled(three_accounts, instrument, broker, trader)
+    extra = Account.objects.bulk_create(
+        Account(
+            code=f"X{n}",
+            name=f"X{n}",
+            client="X",
+            custodian_id=three_accounts[0].custodian_id,
+            custodian_account=f"X{n}",
+            desk_id=three_accounts[0].desk_id,
+        )
+        for n in range(70)
+    )
+    accounts = [a.pk for a in extra] + ([_missing_id(Account)] if missing else [])
+    # when one statement inserts a copy naming each of them (and, once, a missing account)
+    with connection.cursor() as cursor:
+        if missing:
+            with (
+                pytest.raises(IntegrityError, match="allocation names an account that does not"),
+                transaction.atomic(),
+            ):
+                cursor.execute(_copies_sql(["account_id"]), [accounts, rows[0].pk])
+        else:
+            cursor.execute(_copies_sql(["account_id"]), [accounts, rows[0].pk])
+    # then it is refused (nothing stored) with the missing one, and stored without it
+    copies = Allocation.objects.exclude(pk__in=[r.pk for r in rows])
+    assert sorted(copies.values_list("account_id", flat=True)) == (
+        [] if missing else sorted(accounts)
+    )
+
+
+def test_a_parent_deleted_earlier_in_the_transaction_is_refused(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows and a broker nobody names, deleted in this transaction
+    rows = _filled(three_accounts, instrument, broker, trader)
+    spare = Broker.objects.create(code="SPARE", name="Spare")
+    with (
+        pytest.raises(IntegrityError, match="allocation names a broker that does not exist"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("DELETE FROM orders_broker WHERE id = %s", [spare.pk])
+        # when a copy naming it is inserted
+        cursor.execute(_copies_sql(["broker_id"]), [[spare.pk], rows[0].pk])
+    # then it was refused and the delete rolled back with it
+    assert Allocation.objects.count() == 3
+    assert Broker.objects.filter(pk=spare.pk).exists()
+
+
+def test_an_insert_of_no_rows_and_of_null_blocks_among_existing_ones_goes_through(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's allocation rows
+    rows = _filled(three_accounts, instrument, broker, trader)
+    with connection.cursor() as cursor:
+        # when a statement inserts nothing, and one inserts copies naming no block and the block
+        cursor.execute(_copies_sql(["block_id"]), [[None, rows[0].block_id], -1])
+        cursor.execute(_copies_sql(["block_id"]), [[None, rows[0].block_id, None], rows[0].pk])
+    # then the three copies are stored
+    copies = Allocation.objects.exclude(pk__in=[r.pk for r in rows]).order_by("pk")
+    assert [c.block_id for c in copies] == [None, rows[0].block_id, None]
+
+
 @pytest.mark.parametrize("column", sorted(_PARENTS))
 def test_deleting_renumbering_or_truncating_a_referenced_parent_is_refused(
     column: str, three_accounts: Any, instrument: Any, broker: Any, trader: Any

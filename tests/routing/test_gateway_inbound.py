@@ -300,12 +300,53 @@ def test_gateway_threads_prepare_the_statements_they_repeat(settings):
         assert other.submit(elsewhere).result() == (None, [])
 
 
+def _plan_cache_mode_on_thread(thread: _DbThread) -> str:
+    def work() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW plan_cache_mode")
+            return str(cursor.fetchone()[0])
+
+    return thread.run(work)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gateway_threads_keep_generic_plans_unless_turned_off(settings):
+    settings.DB_PREPARE_THRESHOLD = 3
+    # given gateway threads with generic plans on (the default) and off
+    for generic, expected in ((True, "force_generic_plan"), (False, "auto")):
+        settings.DB_GENERIC_PLANS = generic
+        thread = _DbThread("test-db")
+        try:
+            # then its connection keeps one generic plan per prepared statement (or not)
+            assert _plan_cache_mode_on_thread(thread) == expected
+            # and so does one it opens again (after a database failure)
+            thread.run(lambda: connection.close())
+            assert _plan_cache_mode_on_thread(thread) == expected
+        finally:
+            thread.close()
+    # while another thread's connection keeps PostgreSQL's default
+    settings.DB_GENERIC_PLANS = True
+    with concurrent.futures.ThreadPoolExecutor(1) as other:
+
+        def elsewhere() -> str:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SHOW plan_cache_mode")
+                    return str(cursor.fetchone()[0])
+            finally:
+                connection.close()
+
+        assert other.submit(elsewhere).result() == "auto"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_gateway_threads_prepare_nothing_when_turned_off(settings):
     settings.DB_PREPARE_THRESHOLD = None  # DB_PREPARE_THRESHOLD=off (PgBouncer, transaction mode)
     thread = _DbThread("test-db")
     try:
         assert _prepared_on_thread(thread, 6) == (None, [])
+        # nor does it set the session's plan cache mode (a pooler would hand it on)
+        assert _plan_cache_mode_on_thread(thread) == "auto"
     finally:
         thread.close()
 
