@@ -854,7 +854,8 @@ def _execution_book(
         # Sent as soon as the block's orders were locked (_EarlyFill), before they were built.
         execution, fill = early.execution, True
         inserted = _insert_execution_done(execution, early.cursor)
-        ctx.fill_read = early.read
+        if inserted:  # a duplicate's read is left unread (a later report reads its own)
+            ctx.fill_read = early.read
     else:
         fill = placement is not None and _books(report, placement)
         block = ctx.block if ctx else None

@@ -302,3 +302,34 @@ def test_an_overfill_of_a_big_block_sends_nothing_early_and_books_nothing(
     assert AuditEvent.objects.filter(action="execution.overfill").count() == 1
     assert reads == []
     assert not Allocation.objects.exists()
+
+
+def test_a_batch_with_a_duplicate_big_block_fill_books_the_next_fill_on_its_own_read(
+    trader, brokers, make_order, monkeypatch
+):
+    # given an acknowledged block of three orders filled in pipeline mode, one fill applied
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 3)
+    _, (a, b, c), p = _acknowledged_block(trader, make_order, [60, 30, 10])
+    fill = report(
+        p.cl_ord_id, "F", "1", exec_id="DUP2", cum="50", avg="100", last_qty="50", last_px="100"
+    )
+    execution_apply(session_key=KEY, report=fill)
+    # when a batch brings the same fill again, then a new fill of 50 at 102
+    dup, second = executions_apply(
+        session_key=KEY,
+        reports=[
+            (fill, None),
+            (
+                report(p.cl_ord_id, "F", "2", cum="100", avg="101", last_qty="50", last_px="102"),
+                None,
+            ),
+        ],
+    )
+    # then the copy is not applied, and the new fill books the whole block at the average of
+    # both fills (its own read counts its execution)
+    assert dup is None and second is not None
+    assert [(r[1], r[3], r[4], r[7]) for r in _rows(second)] == [
+        (a.pk, Decimal("30"), Decimal("101"), Decimal("60")),
+        (b.pk, Decimal("15"), Decimal("101"), Decimal("30")),
+        (c.pk, Decimal("5"), Decimal("101"), Decimal("10")),
+    ]
