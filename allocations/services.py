@@ -425,7 +425,50 @@ class _PositionRow:
     version: int
 
 
-def _fills_and_booked(
+class FillRead:
+    """A fill's read (`fill_read`) sent and not yet answered: in pipeline mode PostgreSQL runs
+    it while the caller goes on, and `result` waits for it."""
+
+    def __init__(self, cursor: Any, block_id: int | None, order_ids: list[int]) -> None:
+        self.cursor = cursor
+        self.block_id = block_id
+        self.order_ids = order_ids
+
+    def result(
+        self,
+    ) -> tuple[
+        Decimal,
+        Decimal,
+        engine.CommissionSchedule,
+        dict[int, _Booked],
+        dict[int, int],
+        dict[int, _PositionRow],
+    ]:
+        """The fill's totals and schedule, what each order has booked and its new row id, and
+        the positions locked (by account_id)."""
+        with self.cursor as cursor:
+            rows = cursor.fetchall()
+        # The fills' row has no order (column 6) and no version (14); an order's row no version.
+        (fills,) = [row for row in rows if row[6] is None and row[14] is None]
+        booked_rows = [row for row in rows if row[6] is not None and row[14] is None]
+        positions = {
+            row[6]: _PositionRow(row[12], row[6], row[7], row[8], row[9], row[14])
+            for row in rows
+            if row[14] is not None
+        }
+        filled, notional, bps, per_share, minimum, fees_bps = fills[:6]
+        schedule = (
+            engine.CommissionSchedule()
+            if bps is None
+            else engine.CommissionSchedule(
+                bps=bps, per_share=per_share, min_per_ticket=minimum, fees_bps=fees_bps
+            )
+        )
+        booked, new_ids = _booked_rows([row[6:14] for row in booked_rows])
+        return filled or ZERO, notional or ZERO, schedule, booked, new_ids, positions
+
+
+def fill_read(
     *,
     block_id: int | None,
     order_id: int | None,
@@ -433,21 +476,15 @@ def _fills_and_booked(
     order_ids: list[int],
     instrument_id: int,
     account_ids: list[int],
-) -> tuple[
-    Decimal,
-    Decimal,
-    engine.CommissionSchedule,
-    dict[int, _Booked],
-    dict[int, int],
-    dict[int, _PositionRow],
-]:
-    """`_fills_of` and `_booked` of a fill, and its orders' accounts' positions in the
-    instrument locked as `_lock_positions` locks them (by account_id; missing ones are not
-    created here), in one round trip: one row of the fills, one per order, then one per
+) -> FillRead:
+    """Send the read of a fill: `_fills_of` and `_booked`, and its orders' accounts' positions
+    in the instrument locked as `_lock_positions` locks them (by account_id; missing ones are
+    not created here), in one statement: one row of the fills, one per order, then one per
     position found (the fills' values once, not on each of a big block's 1,000 order rows).
 
-    Taken after the orders' locks, in the fixed lock order; the positions of every order of
-    the block are locked, whether this fill moves them or not.
+    Taken after the orders' locks and after the fill's Execution row is written, in the fixed
+    lock order; the positions of every order of the block are locked, whether this fill moves
+    them or not. The answer is read by `FillRead.result` (or by `fill_allocate`, given it).
     """
     column, key = ("block_id", block_id) if block_id is not None else ("order_id", order_id)
     block_match = _BLOCK_MATCH if block_id is not None else 'a."block_id" IS NULL'
@@ -466,27 +503,9 @@ def _fills_and_booked(
     params: list[Any] = [instrument_id, _array(account_ids), key, broker_id, _array(order_ids)]
     if block_id is not None:
         params += [block_id, block_id]
-    with raw_cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    # The fills' row has no order (column 6) and no version (14); an order's row no version.
-    (fills,) = [row for row in rows if row[6] is None and row[14] is None]
-    booked_rows = [row for row in rows if row[6] is not None and row[14] is None]
-    positions = {
-        row[6]: _PositionRow(row[12], row[6], row[7], row[8], row[9], row[14])
-        for row in rows
-        if row[14] is not None
-    }
-    filled, notional, bps, per_share, minimum, fees_bps = fills[:6]
-    schedule = (
-        engine.CommissionSchedule()
-        if bps is None
-        else engine.CommissionSchedule(
-            bps=bps, per_share=per_share, min_per_ticket=minimum, fees_bps=fees_bps
-        )
-    )
-    booked, new_ids = _booked_rows([row[6:14] for row in booked_rows])
-    return filled or ZERO, notional or ZERO, schedule, booked, new_ids, positions
+    cursor = raw_cursor()
+    cursor.execute(sql, params)
+    return FillRead(cursor, block_id, order_ids)
 
 
 def _lock_positions(
@@ -699,7 +718,7 @@ def _rebook(
     cumulative allocation so far and its new row id, when the caller read them already
     (`_booked`). `placement`: a locked placement whose fields (as the caller set them) the
     same statement writes. `positions`: positions the caller locked already (by account_id,
-    `_fills_and_booked`); the ones a move needs that are not there are locked (created) here.
+    `fill_read`); the ones a move needs that are not there are locked (created) here.
     `states`: see `fill_allocate`. Returns
     the rows written as model instances (none built without `returning`).
     """
@@ -1054,6 +1073,7 @@ def fill_allocate(
     returning: bool = True,
     placement: Placement | None = None,
     states: Callable[[], Sequence[Any]] | None = None,
+    read: FillRead | None = None,
 ) -> list[Allocation]:
     """Allocate a block's (or order's) fills after `execution`; move positions and cash.
 
@@ -1069,7 +1089,9 @@ def fill_allocate(
     caller's state changes of the orders (status, version, as its state machine allows them),
     made in place, and the block's; it returns the orders it changed, whose status and
     version the same statement writes (with the orders it moved and the block, all with the
-    fill's updated_at).
+    fill's updated_at). With `read`, the caller sent the fill's read already (`fill_read`, after
+    writing `execution` and with the ids of `orders`, so PostgreSQL ran it while the caller
+    built them), and it is not sent again.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("fill_allocate must run inside the transaction that saved the fill")
@@ -1101,15 +1123,21 @@ def fill_allocate(
         policy = None
         old_price = locked[0].avg_px
 
-    broker_id = execution.broker_id or placement.broker_id
-    filled, notional, schedule, booked, new_ids, positions = _fills_and_booked(
-        block_id=block.pk if block else None,
-        order_id=None if block else locked[0].pk,
-        broker_id=broker_id,
-        order_ids=[o.id for o in locked],
-        instrument_id=instrument.pk,
-        account_ids=sorted({o.account_id for o in locked}),
-    )
+    order_ids = [o.id for o in locked]
+    if read is None:
+        read = fill_read(
+            block_id=block.pk if block else None,
+            order_id=None if block else locked[0].pk,
+            broker_id=execution.broker_id or placement.broker_id,
+            order_ids=order_ids,
+            instrument_id=instrument.pk,
+            account_ids=sorted({o.account_id for o in locked}),
+        )
+    elif read.block_id != (block.pk if block else None) or read.order_ids != order_ids:
+        # The read counts what each order has booked and locks their positions: a read of
+        # other orders than the ones allocated here would book them wrong.
+        raise ValueError("the fill's read is not of the orders allocated")
+    filled, notional, schedule, booked, new_ids, positions = read.result()
     price = _average(filled, notional)
     try:
         targets = _policy_targets(locked, filled, instrument.lot_size, policy)

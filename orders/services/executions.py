@@ -106,6 +106,12 @@ def _fill_allocate() -> Any:
     return fill_allocate
 
 
+def _fill_read() -> Any:
+    from allocations.services import fill_read
+
+    return fill_read
+
+
 class _Context:
     """The locked rows of one report and what changed, for audit and publishing."""
 
@@ -126,6 +132,8 @@ class _Context:
         self.unsaved: dict[int, Order] = {}
         self.unsaved_fields: set[str] = set()
         self.unsaved_placement = False
+        # A big block fill's read, sent before its orders were built (_EarlyFill).
+        self.fill_read: Any = None
 
     def begin(self, entries: list[AuditEntry]) -> None:
         """Start the next report on the same locked rows."""
@@ -369,13 +377,57 @@ def _lock_sql_get() -> _LockSql:
     return _lock_sql
 
 
-def _lock(cl_ord_ids: list[str], entries: list[AuditEntry] | None = None) -> _Context | None:
+class _EarlyFill:
+    """A fill of a block of PIPELINE_MIN_ORDERS orders or more: its Execution insert and then
+    its fill's read (fill_allocate's `fill_read`, with the ids of the orders just locked) are
+    sent in pipeline mode as soon as the orders' rows are read, so PostgreSQL runs them while
+    the order instances are built (about 4 ms of Python for 1,000 orders); the same statements
+    in the same order as without, nothing between them. A duplicate (session, ExecID) inserts
+    nothing, and its read then only locks the positions and takes row ids, unused (a gap in
+    the sequence, as a rollback leaves)."""
+
+    def __init__(self, session_key: str, report: ExecReport, raw_message_id: int | None) -> None:
+        self.session_key = session_key
+        self.report = report
+        self.raw_message_id = raw_message_id
+        self.execution: Execution | None = None
+        self.cursor: Any = None
+        self.read: Any = None
+
+    def send(self, placement: Placement, block: Block, rows: Sequence[Sequence[Any]]) -> None:
+        """Send the insert and the read, when the report is a fill that books (not an overfill)."""
+        if not _books(self.report, placement):
+            return
+        q = _lock_sql_get()
+        at_id, at_account = q.order.index("id"), q.order.index("account_id")
+        execution = _new_execution(
+            self.session_key, self.report, self.raw_message_id, placement, block, None, fill=True
+        )
+        _pipeline_on()
+        self.cursor = _insert_execution_send(execution)
+        self.read = _fill_read()(
+            block_id=block.pk,
+            order_id=None,
+            broker_id=execution.broker_id,
+            order_ids=[row[at_id] for row in rows],
+            instrument_id=block.instrument_id,
+            account_ids=sorted({row[at_account] for row in rows}),
+        )
+        self.execution = execution
+
+
+def _lock(
+    cl_ord_ids: list[str],
+    entries: list[AuditEntry] | None = None,
+    early: _EarlyFill | None = None,
+) -> _Context | None:
     """Find the placement of a report's ClOrdIDs and lock it, its block and its orders.
 
     The look-up and the placement's lock are one statement. Loaded with what the fill needs
     (the block's instrument and allocation policy, the orders' accounts, instruments and
     creators, for allocation and the blotter events), so fill_allocate works on these locked
-    rows instead of reading them again.
+    rows instead of reading them again. `early`: a fill's, told of a big block's locked rows
+    before its orders are built (`_EarlyFill.send`).
     """
     if not cl_ord_ids:
         return None
@@ -402,6 +454,8 @@ def _lock(cl_ord_ids: list[str], entries: list[AuditEntry] | None = None) -> _Co
                 block._state.fields_cache["allocation_policy"] = None
             cursor.execute(q.block_orders_sql, [placement.block_id])
             rows = cursor.fetchall()
+            if early is not None and len(rows) >= PIPELINE_MIN_ORDERS:
+                early.send(placement, block, rows)
         else:
             rows = []  # no order (its row is gone): what the order's own read would find
 
@@ -507,11 +561,20 @@ def _insert_execution(execution: Execution) -> bool:
 
     One round trip instead of a look-up and an insert (or a savepoint around the insert).
     """
+    return _insert_execution_done(execution, _insert_execution_send(execution))
+
+
+def _insert_execution_send(execution: Execution) -> Any:
+    """Send `_insert_execution`'s statement; its cursor, for `_insert_execution_done`."""
     execution.received_at = timezone.now()
-    with raw_cursor() as cursor:
-        cursor.execute(
-            _INSERT_EXECUTION_SQL, [getattr(execution, name) for name in _EXECUTION_FIELDS]
-        )
+    cursor = raw_cursor()
+    cursor.execute(_INSERT_EXECUTION_SQL, [getattr(execution, name) for name in _EXECUTION_FIELDS])
+    return cursor
+
+
+def _insert_execution_done(execution: Execution, cursor: Any) -> bool:
+    """`_insert_execution`'s answer, read from its cursor."""
+    with cursor:
         row = cursor.fetchone()
     if row is None:
         return False
@@ -761,13 +824,15 @@ def _execution_apply(
     ids = [i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i]
     key = tuple(ids)
     ctx = contexts.get(key) if contexts is not None else None
+    early = None
     if ctx is None:
-        ctx = _lock(ids, entries)
+        early = _EarlyFill(session_key, report, raw_message_id) if report.is_fill else None
+        ctx = _lock(ids, entries, early)
         if contexts is not None and ctx is not None:
             contexts.forget(ctx)
     else:
         ctx.begin(entries)
-    execution = _execution_book(session_key, report, raw_message_id, entries, ctx, defer)
+    execution = _execution_book(session_key, report, raw_message_id, entries, ctx, defer, early)
     if ctx is not None and not defer:
         ctx.save_unsaved()
     if contexts is not None:
@@ -782,45 +847,24 @@ def _execution_book(
     entries: list[AuditEntry],
     ctx: _Context | None,
     defer: bool = False,
+    early: _EarlyFill | None = None,
 ) -> Execution | None:
     placement = ctx.placement if ctx else None
-    fill = report.is_fill and placement is not None
-    if fill and placement.cum_qty + report.last_qty > placement.quantity:  # type: ignore[union-attr,operator]
-        fill = False  # an overfill is a broker error: stored and flagged, not booked
-    side = SIDE_FROM_FIX.get(report.side or "", "")
-    if ctx is not None:
-        side = ctx.block.side if ctx.block else ctx.orders[0].side
-    last_qty = report.last_qty if (fill or (placement is None and report.is_fill)) else ZERO
-    last_px = report.last_px if last_qty else ZERO
-    execution = Execution(
-        fix_session_id=placement.fix_session_id if placement else _fix_session_id(session_key),
-        session_key=session_key,
-        exec_id=report.exec_id,
-        placement=placement,
-        order_id=placement.order_id if placement else None,
-        block_id=placement.block_id if placement else None,
-        broker_id=placement.broker_id if placement else None,
-        instrument_id=(
-            (ctx.block.instrument_id if ctx.block else ctx.orders[0].instrument_id)
-            if ctx and (ctx.block or ctx.orders)
-            else None
-        ),
-        side=side if side in _SIDES else "",
-        exec_type=report.exec_type_name,
-        ord_status=report.ord_status_name,
-        last_qty=last_qty or ZERO,
-        last_px=last_px or ZERO,
-        cum_qty=report.cum_qty,
-        avg_px=report.avg_px.quantize(PRICE_QUANTUM, rounding=ROUND_HALF_UP),
-        gross=((last_qty or ZERO) * (last_px or ZERO)).quantize(CENT, rounding=ROUND_HALF_UP),
-        trade_date=_trade_date(report.transact_time),
-        transact_time=report.transact_time,
-        unknown_order=placement is None,
-        cl_ord_id=report.cl_ord_id or report.orig_cl_ord_id or "",
-        text=_report_text(report, fill or not report.is_fill),
-        raw_message_id=raw_message_id,
-    )
-    if not _insert_execution(execution):
+    if early is not None and early.execution is not None and ctx is not None:
+        # Sent as soon as the block's orders were locked (_EarlyFill), before they were built.
+        execution, fill = early.execution, True
+        inserted = _insert_execution_done(execution, early.cursor)
+        if inserted:  # a duplicate's read is left unread (a later report reads its own)
+            ctx.fill_read = early.read
+    else:
+        fill = placement is not None and _books(report, placement)
+        block = ctx.block if ctx else None
+        first = ctx.orders[0] if ctx and not ctx.block else None
+        execution = _new_execution(
+            session_key, report, raw_message_id, placement, block, first, fill=fill
+        )
+        inserted = _insert_execution(execution)
+    if not inserted:
         return None  # this (session, ExecID) is already in the book
     if ctx is None:
         entries.append(
@@ -843,6 +887,61 @@ def _execution_book(
         return execution
     _apply(ctx, execution, report, fill=fill, defer=defer)
     return execution
+
+
+def _books(report: ExecReport, placement: Placement) -> bool:
+    """Whether a report on a known placement is a fill that books (an overfill is a broker
+    error: stored and flagged, not booked)."""
+    return bool(report.is_fill) and placement.cum_qty + report.last_qty <= placement.quantity
+
+
+def _new_execution(
+    session_key: str,
+    report: ExecReport,
+    raw_message_id: int | None,
+    placement: Placement | None,
+    block: Block | None,
+    first: Order | None,
+    *,
+    fill: bool,
+) -> Execution:
+    """The Execution row of a report (not saved); `block` or else `first` (the placement's
+    first locked order) gives its side and instrument."""
+    side = SIDE_FROM_FIX.get(report.side or "", "")
+    if placement is not None and (block is not None or first is not None):
+        side = block.side if block is not None else first.side  # type: ignore[union-attr]
+    last_qty = report.last_qty if (fill or (placement is None and report.is_fill)) else ZERO
+    last_px = report.last_px if last_qty else ZERO
+    return Execution(
+        fix_session_id=placement.fix_session_id if placement else _fix_session_id(session_key),
+        session_key=session_key,
+        exec_id=report.exec_id,
+        placement=placement,
+        order_id=placement.order_id if placement else None,
+        block_id=placement.block_id if placement else None,
+        broker_id=placement.broker_id if placement else None,
+        instrument_id=(
+            block.instrument_id
+            if block is not None
+            else first.instrument_id
+            if first is not None
+            else None
+        ),
+        side=side if side in _SIDES else "",
+        exec_type=report.exec_type_name,
+        ord_status=report.ord_status_name,
+        last_qty=last_qty or ZERO,
+        last_px=last_px or ZERO,
+        cum_qty=report.cum_qty,
+        avg_px=report.avg_px.quantize(PRICE_QUANTUM, rounding=ROUND_HALF_UP),
+        gross=((last_qty or ZERO) * (last_px or ZERO)).quantize(CENT, rounding=ROUND_HALF_UP),
+        trade_date=_trade_date(report.transact_time),
+        transact_time=report.transact_time,
+        unknown_order=placement is None,
+        cl_ord_id=report.cl_ord_id or report.orig_cl_ord_id or "",
+        text=_report_text(report, fill or not report.is_fill),
+        raw_message_id=raw_message_id,
+    )
 
 
 def _apply(
@@ -1102,6 +1201,7 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
             ctx.entries = entries
         return ctx.orders_for_fill()
 
+    read, ctx.fill_read = ctx.fill_read, None
     _fill_allocate()(
         execution=execution,
         block=ctx.block,
@@ -1110,6 +1210,7 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
         returning=False,
         placement=placement,
         states=states,
+        read=read,
     )
     entries.extend(transitions)
     return touched

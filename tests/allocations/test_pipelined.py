@@ -149,3 +149,28 @@ def test_an_error_of_the_write_not_waited_for_is_raised_by_fill_allocate(
     assert reached == []
     assert not Execution.objects.exists()
     assert _book(instrument) == before
+
+
+def test_a_read_of_other_orders_is_refused_and_nothing_is_booked(
+    three_accounts, instrument, broker, trader
+):
+    # given a block of 100/200/300 and a fill of it
+    _, (a, b, _c), placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    before = _book(instrument)
+    with transaction.atomic():
+        execution = new_execution(placement, 150, "10.00")
+        # when fill_allocate is given a read of two of its three orders
+        read = allocation_services.fill_read(
+            block_id=placement.block_id,
+            order_id=None,
+            broker_id=placement.broker_id,
+            order_ids=[a.pk, b.pk],
+            instrument_id=instrument.pk,
+            account_ids=sorted({a.account_id, b.account_id}),
+        )
+        with pytest.raises(ValueError, match="not of the orders allocated"):
+            fill_allocate(execution=execution, read=read)
+        # then nothing was booked
+        assert not Allocation.objects.exists()
+        transaction.set_rollback(True)
+    assert _book(instrument) == before

@@ -176,3 +176,160 @@ def test_an_error_of_the_write_not_waited_for_rolls_the_whole_report_back(
         "cash": CashBalance.objects.count(),
     } == before
     assert callbacks == []
+
+
+def test_a_big_block_fill_sends_its_execution_and_read_before_the_orders_are_built(
+    trader, brokers, make_order, monkeypatch
+):
+    # given an acknowledged block of three orders, and a smaller one, with blocks of three or
+    # more filled in pipeline mode
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 3)
+    _, (a, b, c), p = _acknowledged_block(trader, make_order, [60, 30, 10])
+    _, _, small = _acknowledged_block(trader, make_order, [60, 40])
+    seen = []
+    original_execute = psycopg.Cursor.execute
+    original_build = executions._orders_from_rows
+    original_read = allocation_services.fill_read
+
+    def execute(self, query, *args, **kwargs):
+        if query is executions._INSERT_EXECUTION_SQL:
+            seen.append(("execution", self.connection.pgconn.pipeline_status))
+        return original_execute(self, query, *args, **kwargs)
+
+    def build(q, rows, shared):
+        if shared is not None:  # a block's orders
+            seen.append(("orders built", len(rows)))
+        return original_build(q, rows, shared)
+
+    def read(**kwargs):
+        seen.append(("read", kwargs["order_ids"]))
+        return original_read(**kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    monkeypatch.setattr(executions, "_orders_from_rows", build)
+    monkeypatch.setattr(allocation_services, "fill_read", read)
+    # when each block is filled
+    execution = execution_apply(
+        session_key=KEY,
+        report=report(p.cl_ord_id, "F", "1", cum="50", avg="100", last_qty="50", last_px="100"),
+    )
+    big = list(seen)
+    seen.clear()
+    execution_apply(
+        session_key=KEY,
+        report=report(small.cl_ord_id, "F", "1", cum="10", avg="100", last_qty="10", last_px="100"),
+    )
+    # then the big block's Execution insert and its fill's read (of the locked orders' ids)
+    # went out in pipeline mode before its orders were built, once each
+    assert big == [
+        ("execution", pq.PipelineStatus.ON),
+        ("read", [a.pk, b.pk, c.pk]),
+        ("orders built", 3),
+    ]
+    # and the smaller block's, as before: the orders built, then the insert waited for, then
+    # the read
+    assert seen == [
+        ("orders built", 2),
+        ("execution", pq.PipelineStatus.OFF),
+        ("read", sorted(o.pk for o in Order.objects.filter(block_id=small.block_id))),
+    ]
+    # and the big block's fill booked its three orders 30/15/5 at 100
+    assert [(r[1], r[3]) for r in _rows(execution)] == [
+        (a.pk, Decimal("30")),
+        (b.pk, Decimal("15")),
+        (c.pk, Decimal("5")),
+    ]
+
+
+def test_a_duplicate_big_block_fill_sent_early_changes_nothing(
+    trader, brokers, make_order, monkeypatch, django_capture_on_commit_callbacks
+):
+    # given an acknowledged block of three orders filled in pipeline mode, and one fill applied
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 3)
+    _, _, p = _acknowledged_block(trader, make_order, [60, 30, 10])
+    fill = report(
+        p.cl_ord_id, "F", "1", exec_id="DUP1", cum="50", avg="100", last_qty="50", last_px="100"
+    )
+    first = execution_apply(session_key=KEY, report=fill)
+    before = {
+        "executions": sorted(Execution.objects.values_list("pk", "exec_id", "last_qty")),
+        "allocations": sorted(Allocation.objects.values_list("pk", "order_id", "quantity")),
+        "audit": AuditEvent.objects.count(),
+        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
+        "positions": sorted(Position.objects.values_list("pk", "quantity", "version")),
+        "cash": sorted(CashBalance.objects.values_list("pk", "pending", "version")),
+    }
+    # when the same report comes again (its insert and read were sent before it was known)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        again = execution_apply(session_key=KEY, report=fill)
+    # then it is not applied: no execution, allocation, audit event, order, position or cash
+    # change, and no blotter event
+    assert first is not None and again is None
+    assert {
+        "executions": sorted(Execution.objects.values_list("pk", "exec_id", "last_qty")),
+        "allocations": sorted(Allocation.objects.values_list("pk", "order_id", "quantity")),
+        "audit": AuditEvent.objects.count(),
+        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
+        "positions": sorted(Position.objects.values_list("pk", "quantity", "version")),
+        "cash": sorted(CashBalance.objects.values_list("pk", "pending", "version")),
+    } == before
+    assert callbacks == []
+
+
+def test_an_overfill_of_a_big_block_sends_nothing_early_and_books_nothing(
+    trader, brokers, make_order, monkeypatch
+):
+    # given an acknowledged block of three orders (100 in all) filled in pipeline mode
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 3)
+    _, _, p = _acknowledged_block(trader, make_order, [60, 30, 10])
+    reads = []
+    original_read = allocation_services.fill_read
+
+    def read(**kwargs):
+        reads.append(kwargs)
+        return original_read(**kwargs)
+
+    monkeypatch.setattr(allocation_services, "fill_read", read)
+    # when the broker reports 150 filled
+    execution = execution_apply(
+        session_key=KEY,
+        report=report(p.cl_ord_id, "F", "2", cum="150", avg="100", last_qty="150", last_px="100"),
+    )
+    # then the execution is stored without quantity, flagged, and nothing was read or booked
+    assert execution is not None
+    execution.refresh_from_db()
+    assert (execution.last_qty, execution.last_px) == (Decimal(0), Decimal(0))
+    assert AuditEvent.objects.filter(action="execution.overfill").count() == 1
+    assert reads == []
+    assert not Allocation.objects.exists()
+
+
+def test_a_batch_with_a_duplicate_big_block_fill_books_the_next_fill_on_its_own_read(
+    trader, brokers, make_order, monkeypatch
+):
+    # given an acknowledged block of three orders filled in pipeline mode, one fill applied
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 3)
+    _, (a, b, c), p = _acknowledged_block(trader, make_order, [60, 30, 10])
+    fill = report(
+        p.cl_ord_id, "F", "1", exec_id="DUP2", cum="50", avg="100", last_qty="50", last_px="100"
+    )
+    execution_apply(session_key=KEY, report=fill)
+    # when a batch brings the same fill again, then a new fill of 50 at 102
+    dup, second = executions_apply(
+        session_key=KEY,
+        reports=[
+            (fill, None),
+            (
+                report(p.cl_ord_id, "F", "2", cum="100", avg="101", last_qty="50", last_px="102"),
+                None,
+            ),
+        ],
+    )
+    # then the copy is not applied, and the new fill books the whole block at the average of
+    # both fills (its own read counts its execution)
+    assert dup is None and second is not None
+    assert [(r[1], r[3], r[4], r[7]) for r in _rows(second)] == [
+        (a.pk, Decimal("30"), Decimal("101"), Decimal("60")),
+        (b.pk, Decimal("15"), Decimal("101"), Decimal("30")),
+        (c.pk, Decimal("5"), Decimal("101"), Decimal("10")),
+    ]
