@@ -133,6 +133,21 @@ class ComplianceResultSet(models.Model):
     limits = ArrayField(models.DecimalField(max_digits=30, decimal_places=8, null=True))
 
 
+# The stored form's columns as written by a check (compliance.services) and read back, after
+# the row's id, by compliance.selectors.
+SET_COLUMNS = (
+    "order_id",
+    "checked_at",
+    "rule_ids",
+    "rule_names",
+    "rule_types",
+    "rule_versions",
+    "outcomes",
+    "messages",
+    "measured",
+    "limits",
+)
+
 # Ids of the view's rows: the stored row's id times 2**16 plus the result's position in it.
 RESULT_ID_SHIFT = 16
 

@@ -9,6 +9,7 @@ from django.db.models import Prefetch, QuerySet
 
 from compliance.models import (
     RESULT_ID_SHIFT,
+    SET_COLUMNS,
     BreachReport,
     ComplianceResult,
     ComplianceResultSet,
@@ -78,19 +79,7 @@ def compliance_summaries(*, order_ids: Iterable[int]) -> dict[int, dict[str, Any
     return out
 
 
-_SET_COLUMNS = (
-    "id",
-    "order_id",
-    "checked_at",
-    "rule_ids",
-    "rule_names",
-    "rule_types",
-    "rule_versions",
-    "outcomes",
-    "messages",
-    "measured",
-    "limits",
-)
+_SET_COLUMNS = ("id", *SET_COLUMNS)
 
 
 def compliance_results_of(*, order_ids: Iterable[int]) -> dict[int, list[ComplianceResult]]:

@@ -28,6 +28,7 @@ from compliance.context import (
     rule_spec,
 )
 from compliance.models import (
+    SET_COLUMNS,
     BreachReport,
     ComplianceResult,
     ComplianceResultSet,
@@ -46,21 +47,6 @@ from oms_site.rows import array_literal, model_from_row
 from orders.enums import OrderStatus
 from orders.models import Instrument, Issuer, Order
 from orders.state import ensure_transition
-
-# The stored form of a check's results: one row per order, one array element per rule.
-SET_COLUMNS = (
-    "order_id",
-    "checked_at",
-    "rule_ids",
-    "rule_names",
-    "rule_types",
-    "rule_versions",
-    "outcomes",
-    "messages",
-    "measured",
-    "limits",
-)
-
 
 # --- pre-trade -------------------------------------------------------------------------------
 

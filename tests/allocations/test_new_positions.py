@@ -9,7 +9,7 @@ import pytest
 
 from allocations import services as allocation_services
 from allocations.models import CashBalance, Position
-from tests.allocations.support import allocated, fill, make_block
+from tests.allocations.support import allocated, block_100_200_300, fill
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -21,13 +21,7 @@ def test_accounts_first_filled_by_a_later_fill_get_their_positions(
     # given orders of 100/200/300 (lot 100) at a broker without commissions
     instrument.lot_size = D(100)
     instrument.save()
-    _, orders, placement = make_block(
-        instrument=instrument,
-        accounts=three_accounts,
-        quantities=[100, 200, 300],
-        user=trader,
-        broker=free_broker,
-    )
+    _, orders, placement = block_100_200_300(three_accounts, instrument, trader, free_broker)
     a, b, c = three_accounts
     # when 100 fill at 20.00 (shares 16.7/33.3/50: only the third order gets the lot)
     fill(placement, 100, "20.00")

@@ -169,13 +169,7 @@ def test_lot_rounding_and_entry_time_tiebreak(three_accounts, instrument, free_b
     # given orders of 100/200/300 (lot 100) entered in that order
     instrument.lot_size = D(100)
     instrument.save()
-    _, orders, placement = make_block(
-        instrument=instrument,
-        accounts=three_accounts,
-        quantities=[100, 200, 300],
-        user=trader,
-        broker=free_broker,
-    )
+    _, orders, placement = block_100_200_300(three_accounts, instrument, trader, free_broker)
     # when 300 fill: shares 50/100/150, floors 0/100/100, the leftover lot ties 50/50
     fill(placement, 300, "20.00")
     # then the earlier-entered first order wins the tie
