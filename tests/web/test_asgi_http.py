@@ -256,3 +256,56 @@ def test_the_servers_start_up_loads_the_urlconf_before_it_serves() -> None:
         "before": False,
         "sent": [["lifespan.startup.complete", True], ["lifespan.shutdown.complete", True]],
     }
+
+
+_PRELOAD_SCRIPT = """
+import asyncio, json, sys
+import oms_site.asgi as asgi
+names = ["redis", "channels_redis.pubsub", "oms_site.cache", "oms_site.channel_layers",
+         "django.contrib.messages.storage.fallback", "django.contrib.sessions.serializers"]
+before = sorted(n for n in names if n in sys.modules)
+
+async def main():
+    inbox = asyncio.Queue()
+    inbox.put_nowait({"type": "lifespan.startup"})
+    done = asyncio.Event()
+
+    async def send(message):
+        done.set()
+
+    task = asyncio.create_task(
+        asgi.application({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)
+    )
+    await done.wait()
+    task.cancel()
+
+asyncio.run(main())
+after = sorted(n for n in names if n in sys.modules)
+print("RESULT" + json.dumps({"before": before, "after": after, "all": sorted(names)}))
+"""
+
+
+def test_the_servers_start_up_loads_what_the_first_order_would_have_loaded() -> None:
+    # given: a fresh interpreter that imported the application (as a server's worker does)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "DJANGO_SETTINGS_MODULE": "oms_site.settings"}
+    # when: the server's lifespan start-up completes
+    out = subprocess.run(
+        [sys.executable, "-c", _PRELOAD_SCRIPT],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    # then: the cache client, the channel layer and the session and message storages were
+    # loaded by the start-up, none of them by the import
+    result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))[6:])
+    assert result["before"] == []
+    assert result["after"] == result["all"]
