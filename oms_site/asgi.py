@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import django
-from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
@@ -45,12 +47,13 @@ class SyncChainASGIHandler(ASGIHandler):
         # all run on one thread, and requests never share a thread while they run.
         lane = LANES.take()
         try:
-            async with ThreadSensitiveContext(executor=lane):
-                await self.handle(scope, receive, send)
+            await self.handle(scope, receive, send, lane)
         finally:
             LANES.give(lane)
 
-    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+    async def handle(
+        self, scope: Any, receive: Any, send: Any, lane: ThreadPoolExecutor | None = None
+    ) -> None:
         """Django's ASGIHandler.handle, with a request's synchronous steps in one lane hop.
 
         Django hops to the request's thread three times: request_started, then middleware and
@@ -58,15 +61,28 @@ class SyncChainASGIHandler(ASGIHandler):
         back). Here the three run in one hop, closing an ordinary response before its bytes
         are sent (the bytes are already rendered; only streaming responses are closed after
         sending, as Django does). Disconnects are watched as in Django's handler.
+
+        The hop is the event loop's own `run_in_executor` on the lane, with the request's
+        steps run in one copy of the request's context (`_LaneCall`), instead of asgiref's
+        `sync_to_async` inside a `ThreadSensitiveContext`: the same thread, context and
+        cancellation, without asgiref's per-call executor lookup, shield and context copying
+        back (about 3 % of a worker's samples under load).
         """
+        if lane is None:
+            lane = LANES.take()
+            try:
+                return await self.handle(scope, receive, send, lane)
+            finally:
+                LANES.give(lane)
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
-        set_script_prefix(get_script_prefix(scope))
         state: dict[str, Any] = {}
+        prefix = get_script_prefix(scope)
 
         def serve() -> Any:
+            set_script_prefix(prefix)
             signals.request_started.send(sender=self.__class__, scope=scope)
             request, response = self.create_request(scope, body_file)
             if request is not None:
@@ -80,8 +96,10 @@ class SyncChainASGIHandler(ASGIHandler):
                 state["closed"] = True
             return response
 
+        in_lane = _LaneCall(asyncio.get_running_loop(), lane)
+
         async def process_request() -> Any:
-            response = await sync_to_async(serve, thread_sensitive=True)()
+            response = await in_lane(serve)
             # A client that disconnects while the response is being sent is no error.
             with contextlib.suppress(asyncio.CancelledError):
                 await self.send_response(response, send)
@@ -110,10 +128,10 @@ class SyncChainASGIHandler(ASGIHandler):
         except asyncio.CancelledError:
             # The client left before the answer: finish the request on its lane once the
             # view is done (the lane runs one thing at a time), unless serve() already did.
-            await sync_to_async(self._finish, thread_sensitive=True)(state)
+            await in_lane(lambda: self._finish(state))
         else:
             if not state.get("closed"):
-                await sync_to_async(state["response"].close, thread_sensitive=True)()
+                await in_lane(state["response"].close)
         body_file.close()
 
     def _finish(self, state: dict[str, Any]) -> None:
@@ -127,6 +145,36 @@ class SyncChainASGIHandler(ASGIHandler):
 
     async def get_response_async(self, request: Any) -> Any:
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+
+
+class _LaneCall:
+    """Runs a request's synchronous steps on its lane, each in the same copy of its context.
+
+    What asgiref's `sync_to_async(thread_sensitive=True)` inside the request's
+    `ThreadSensitiveContext` did for these calls, kept: the steps run one after another on the
+    lane's thread, in a copy of the request's context taken once (so what one step stores in
+    context-local state, such as Django's per-request cache connections, the next one sees),
+    with asgiref's thread-locals pointing at the server's loop (an `async_to_sync` in a view
+    runs its coroutine there, as under `sync_to_async`); a cancelled await leaves a step that
+    already started running and drops one that had not.
+    """
+
+    __slots__ = ("context", "lane", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, lane: ThreadPoolExecutor) -> None:
+        self.loop = loop
+        self.lane = lane
+        self.context = contextvars.copy_context()
+
+    def __call__(self, step: Callable[[], Any]) -> asyncio.Future[Any]:
+        return self.loop.run_in_executor(self.lane, self._run, step)
+
+    def _run(self, step: Callable[[], Any]) -> Any:
+        local = SyncToAsync.threadlocal
+        local.main_event_loop = self.loop
+        local.main_event_loop_pid = os.getpid()
+        local.task_context = []
+        return self.context.run(step)
 
 
 class Lanes:

@@ -309,3 +309,34 @@ def test_the_servers_start_up_loads_what_the_first_order_would_have_loaded() -> 
     result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))[6:])
     assert result["before"] == []
     assert result["after"] == result["all"]
+
+
+def test_the_script_prefix_and_context_locals_reach_every_step_of_a_request() -> None:
+    # given a handler mounted under /oms whose view reads the script prefix and stores a
+    # context-local value that request_finished reads back on the same request
+    from asgiref.local import Local
+    from django.urls import get_script_prefix
+
+    handler = asgi.SyncChainASGIHandler()
+    local = Local()
+    seen: list[Any] = []
+
+    def view(request: Any) -> HttpResponse:
+        local.value = "from the view"
+        return HttpResponse(get_script_prefix().encode())
+
+    def finished(**kwargs: Any) -> None:
+        seen.append(getattr(local, "value", None))
+
+    handler.get_response = view  # type: ignore[method-assign]
+    scope = {**_scope("/oms/page/"), "root_path": "/oms"}
+    request_finished.connect(finished)
+    try:
+        # when it is requested
+        messages = async_to_sync(_exchange)(handler, scope, disconnect=False)
+    finally:
+        request_finished.disconnect(finished)
+    # then the view saw the mount's prefix, and the request's end saw what its view stored
+    assert messages[0]["status"] == 200
+    assert messages[1]["body"] == b"/oms/"
+    assert seen == ["from the view"]
