@@ -259,8 +259,9 @@ def test_the_servers_start_up_loads_the_urlconf_before_it_serves() -> None:
 
 
 _PRELOAD_SCRIPT = """
-import asyncio, json, sys
+import asyncio, gc, json, sys
 import oms_site.asgi as asgi
+gc_before = list(gc.get_threshold())
 names = ["redis", "channels_redis.pubsub", "oms_site.cache", "oms_site.channel_layers",
          "django.contrib.messages.storage.fallback", "django.contrib.sessions.serializers"]
 before = sorted(n for n in names if n in sys.modules)
@@ -281,11 +282,12 @@ async def main():
 
 asyncio.run(main())
 after = sorted(n for n in names if n in sys.modules)
-print("RESULT" + json.dumps({"before": before, "after": after, "all": sorted(names)}))
+print("RESULT" + json.dumps({"before": before, "after": after, "all": sorted(names),
+    "gc_before": gc_before, "gc_after": list(gc.get_threshold())}))
 """
 
 
-def test_the_servers_start_up_loads_what_the_first_order_would_have_loaded() -> None:
+def test_the_servers_start_up_preloads_and_raises_the_collectors_first_threshold() -> None:
     # given: a fresh interpreter that imported the application (as a server's worker does)
     import os
     import subprocess
@@ -309,6 +311,9 @@ def test_the_servers_start_up_loads_what_the_first_order_would_have_loaded() -> 
     result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))[6:])
     assert result["before"] == []
     assert result["after"] == result["all"]
+    # and the collector's first threshold went from Python's default to 7000, the others kept
+    assert result["gc_before"] == [700, 10, 10]
+    assert result["gc_after"] == [7000, 10, 10]
 
 
 def test_the_script_prefix_and_context_locals_reach_every_step_of_a_request() -> None:
