@@ -256,3 +256,92 @@ def test_the_servers_start_up_loads_the_urlconf_before_it_serves() -> None:
         "before": False,
         "sent": [["lifespan.startup.complete", True], ["lifespan.shutdown.complete", True]],
     }
+
+
+_PRELOAD_SCRIPT = """
+import asyncio, gc, json, sys
+import oms_site.asgi as asgi
+gc_before = list(gc.get_threshold())
+names = ["redis", "channels_redis.pubsub", "oms_site.cache", "oms_site.channel_layers",
+         "django.contrib.messages.storage.fallback", "django.contrib.sessions.serializers"]
+before = sorted(n for n in names if n in sys.modules)
+
+async def main():
+    inbox = asyncio.Queue()
+    inbox.put_nowait({"type": "lifespan.startup"})
+    done = asyncio.Event()
+
+    async def send(message):
+        done.set()
+
+    task = asyncio.create_task(
+        asgi.application({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)
+    )
+    await done.wait()
+    task.cancel()
+
+asyncio.run(main())
+after = sorted(n for n in names if n in sys.modules)
+print("RESULT" + json.dumps({"before": before, "after": after, "all": sorted(names),
+    "gc_before": gc_before, "gc_after": list(gc.get_threshold())}))
+"""
+
+
+def test_the_servers_start_up_preloads_and_raises_the_collectors_first_threshold() -> None:
+    # given: a fresh interpreter that imported the application (as a server's worker does)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "DJANGO_SETTINGS_MODULE": "oms_site.settings"}
+    # when: the server's lifespan start-up completes
+    out = subprocess.run(
+        [sys.executable, "-c", _PRELOAD_SCRIPT],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    # then: the cache client, the channel layer and the session and message storages were
+    # loaded by the start-up, none of them by the import
+    result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))[6:])
+    assert result["before"] == []
+    assert result["after"] == result["all"]
+    # and the collector's first threshold went from Python's default to 7000, the others kept
+    assert result["gc_before"] == [700, 10, 10]
+    assert result["gc_after"] == [7000, 10, 10]
+
+
+def test_the_script_prefix_and_context_locals_reach_every_step_of_a_request() -> None:
+    # given a handler mounted under /oms whose view reads the script prefix and stores a
+    # context-local value that request_finished reads back on the same request
+    from asgiref.local import Local
+    from django.urls import get_script_prefix
+
+    handler = asgi.SyncChainASGIHandler()
+    local = Local()
+    seen: list[Any] = []
+
+    def view(request: Any) -> HttpResponse:
+        local.value = "from the view"
+        return HttpResponse(get_script_prefix().encode())
+
+    def finished(**kwargs: Any) -> None:
+        seen.append(getattr(local, "value", None))
+
+    handler.get_response = view  # type: ignore[method-assign]
+    scope = {**_scope("/oms/page/"), "root_path": "/oms"}
+    request_finished.connect(finished)
+    try:
+        # when it is requested
+        messages = async_to_sync(_exchange)(handler, scope, disconnect=False)
+    finally:
+        request_finished.disconnect(finished)
+    # then the view saw the mount's prefix, and the request's end saw what its view stored
+    assert messages[0]["status"] == 200
+    assert messages[1]["body"] == b"/oms/"
+    assert seen == ["from the view"]
