@@ -561,7 +561,12 @@ def _check_and_insert(
     them but guessed (the one this process saw last); raises _StaleReference, before writing
     anything, unless the check read that same version in this transaction.
     """
-    from compliance.services import compliance_check_new, compliance_results_store
+    from compliance.services import (
+        compliance_check_new,
+        compliance_results_one,
+        compliance_results_store,
+        compliance_results_stored,
+    )
 
     if not _insert_orders_supported():
         # The model has changed: the ORM inserts pending orders, checked and updated after.
@@ -576,12 +581,25 @@ def _check_and_insert(
         ComplianceOutcome(check.outcomes.get(n, ComplianceOutcome.BLOCK))
         for n in range(len(orders))
     ]
-    _insert_orders(
-        orders,
-        statuses=[OUTCOME_STATUS[outcome].value for outcome in final],
-        outcomes=[outcome.value for outcome in final],
-    )
-    stored = compliance_results_store(check=check, order_ids=[o.pk for o in orders])
+    statuses = [OUTCOME_STATUS[outcome].value for outcome in final]
+    values = [outcome.value for outcome in final]
+    one = compliance_results_one(check) if len(orders) == 1 else None
+    if one is not None:
+        # The order and its result set in one statement (the set takes the order's id).
+        checked_at, result_params = one
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _insert_one_with_results_sql(),
+                [*_insert_one_params(orders[0], statuses, values), *result_params],
+            )
+            ids = cursor.fetchall()
+        _saved(orders, ids)
+        stored = compliance_results_stored(
+            check=check, order_ids=[orders[0].pk], checked_at=checked_at
+        )
+    else:
+        _insert_orders(orders, statuses=statuses, outcomes=values)
+        stored = compliance_results_store(check=check, order_ids=[o.pk for o in orders])
     if attach_results:
         rows = stored.result_rows()
         for order in orders:
@@ -912,6 +930,22 @@ _INSERT_ONE_SQL = (
     f"INSERT INTO {Order._meta.db_table} ({', '.join(_INSERT_COLUMNS)}) VALUES"
     f" ({', '.join(['%s'] * len(_INSERT_COLUMNS))}) RETURNING id"
 )
+
+_insert_one_with_results: str | None = None
+
+
+def _insert_one_with_results_sql() -> str:
+    """The order's insert (_INSERT_ONE_SQL) and its compliance result set in one statement."""
+    global _insert_one_with_results
+    if _insert_one_with_results is None:
+        from compliance.services import RESULT_SET_AFTER_ORDER_SQL
+
+        _insert_one_with_results = (
+            f"WITH o AS ({_INSERT_ONE_SQL}), r AS ({RESULT_SET_AFTER_ORDER_SQL}) SELECT id FROM o"
+        )
+    return _insert_one_with_results
+
+
 _SET_OUTCOME_SQL = (
     f"UPDATE {Order._meta.db_table} SET status = %s, compliance_outcome = %s, version = 2,"
     " updated_at = %s WHERE id = ANY(%b::bigint[])"
@@ -957,32 +991,7 @@ def _insert_orders(
     n = len(orders)
     if n == 1:
         with connection.cursor() as cursor:
-            cursor.execute(
-                _INSERT_ONE_SQL,
-                [
-                    first.account_id,
-                    first.instrument_id,
-                    first.side,
-                    first.quantity,
-                    first.order_type,
-                    first.limit_price,
-                    first.stop_price,
-                    first.time_in_force,
-                    first.expire_date,
-                    OrderStatus.PENDING_COMPLIANCE.value if statuses is None else statuses[0],
-                    0,
-                    first.quantity,
-                    0,
-                    None if outcomes is None else outcomes[0],
-                    first.created_by_id,
-                    first.client_order_id,
-                    first.basket_id,
-                    None,
-                    1 if statuses is None else 2,
-                    first.created_at,
-                    first.updated_at,
-                ],
-            )
+            cursor.execute(_INSERT_ONE_SQL, _insert_one_params(first, statuses, outcomes))
             ids = cursor.fetchall()
         _saved(orders, ids)
         return
@@ -1011,6 +1020,35 @@ def _insert_orders(
         )
         ids = cursor.fetchall()
     _saved(orders, ids)
+
+
+def _insert_one_params(
+    order: Order, statuses: Sequence[str] | None, outcomes: Sequence[str | None] | None
+) -> list[Any]:
+    """_INSERT_ONE_SQL's parameters for `order` (see _insert_orders)."""
+    return [
+        order.account_id,
+        order.instrument_id,
+        order.side,
+        order.quantity,
+        order.order_type,
+        order.limit_price,
+        order.stop_price,
+        order.time_in_force,
+        order.expire_date,
+        OrderStatus.PENDING_COMPLIANCE.value if statuses is None else statuses[0],
+        0,
+        order.quantity,
+        0,
+        None if outcomes is None else outcomes[0],
+        order.created_by_id,
+        order.client_order_id,
+        order.basket_id,
+        None,
+        1 if statuses is None else 2,
+        order.created_at,
+        order.updated_at,
+    ]
 
 
 def _saved(orders: Sequence[Order], ids: Sequence[tuple[int]]) -> None:
