@@ -125,8 +125,10 @@ def _env(db_url: str) -> dict[str, str]:
             "ORDER_ENTRY_RATE": "1000000/min",
             "LOG_LEVEL": "WARNING",
             "DEBUG": "0",
-            "CACHE_PREFIX": "bench-orders",
-            "CHANNEL_PREFIX": "bench-orders-ws",
+            # Named after the bench database, so runs from several checkouts sharing one Redis
+            # database never meet in the throttle, the caches or the blotter groups.
+            "CACHE_PREFIX": f"bench-{urlparse(db_url).path.lstrip('/')}",
+            "CHANNEL_PREFIX": f"bench-{urlparse(db_url).path.lstrip('/')}-ws",
             "PYTHONPATH": str(ROOT),
         }
     )
