@@ -290,6 +290,46 @@ def compliance_results_store(*, check: CheckOutcome, order_ids: Sequence[int]) -
         raise ValueError("compliance_results_store needs one order id per checked order")
     checked_at = timezone.now()
     _copy_results(check.results, checked_at, order_ids=dict(enumerate(order_ids)))
+    return compliance_results_stored(check=check, order_ids=order_ids, checked_at=checked_at)
+
+
+# One order's result set, written by the statement that inserts the order (the API's single
+# entry): an INSERT for a data-modifying CTE after the order's, whose id it takes from that
+# CTE, named "o"; its parameters are `compliance_results_one`'s. One round trip and one
+# statement less per order than storing them after the insert.
+RESULT_SET_AFTER_ORDER_SQL = (
+    f"INSERT INTO {_SETS_TABLE} ({_QUOTED_COLUMNS}) SELECT o.id, %s, %s::bigint[], %s::text[],"
+    " %s::text[], %s::integer[], %s::text[], %s::text[], %s::numeric[], %s::numeric[] FROM o"
+)
+
+
+def compliance_results_one(check: CheckOutcome) -> tuple[datetime, list[Any]] | None:
+    """(checked_at, parameters of RESULT_SET_AFTER_ORDER_SQL) for a check of one order, as
+    `compliance_results_store` would store them; None when that would write no row, or not
+    with a plain INSERT (then store them with it after the insert)."""
+    if len(check.outcomes) != 1:
+        raise ValueError("compliance_results_one stores the results of one order")
+    per_order = next(iter(check.results.values()), None)
+    if not per_order or len(per_order) > _INSERT_AT_MOST:
+        return None
+    checked_at = timezone.now()
+    return checked_at, [
+        checked_at,
+        array_literal([r.rule_id for r in per_order]),
+        array_literal([r.rule_name for r in per_order]),
+        array_literal([r.rule_type for r in per_order]),
+        array_literal([r.rule_version for r in per_order]),
+        array_literal([r.outcome for r in per_order]),
+        array_literal([r.message for r in per_order]),
+        array_literal([r.measured for r in per_order]),
+        array_literal([r.limit for r in per_order]),
+    ]
+
+
+def compliance_results_stored(
+    *, check: CheckOutcome, order_ids: Sequence[int], checked_at: datetime
+) -> CheckOutcome:
+    """The check keyed by the orders' primary keys, as stored at `checked_at`."""
     return CheckOutcome(
         outcomes={order_ids[k]: v for k, v in check.outcomes.items()},
         results={order_ids[k]: v for k, v in check.results.items()},

@@ -166,3 +166,69 @@ def test_a_change_committed_by_another_connection_is_seen(
     t.join()
     with pytest.raises(ValidationError, match="not tradable"):
         order_create(user=pm, data=order_data())
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {f.attname: getattr(obj, f.attname) for f in type(obj)._meta.concrete_fields}
+
+
+def test_instruments_by_symbol_reads_what_select_related_reads(instrument: Any) -> None:
+    from orders.services.orders import _instruments_by_symbol
+    from tests import factories as f
+
+    bare = f.InstrumentFactory(symbol='NO"PX\\', price=None, shares_outstanding=None)
+    assert not ReferencePrice.objects.filter(instrument=bare).exists()
+    symbols = ["ACME", bare.symbol, "MISSING"]
+    with CaptureQueriesContext(connection) as queries:
+        got = _instruments_by_symbol(symbols)
+    assert len(queries.captured_queries) == 1
+    expected = {
+        i.symbol: i
+        for i in Instrument.objects.filter(symbol__in=symbols).select_related("price", "issuer")
+    }
+    assert sorted(got) == ["ACME", 'NO"PX\\']
+    for symbol, inst in got.items():
+        want = expected[symbol]
+        assert _fields(inst) == _fields(want)
+        assert inst._state.adding is False
+        assert inst._state.db == "default"
+        assert _fields(inst.issuer) == _fields(want.issuer)
+    acme = got["ACME"]
+    assert _fields(acme.price) == _fields(expected["ACME"].price)
+    assert acme.price.last == Decimal("100.00")
+    assert acme.price.instrument is acme
+    # The instrument without a price answers as select_related's does, with no query.
+    with CaptureQueriesContext(connection) as queries:
+        with pytest.raises(ReferencePrice.DoesNotExist):
+            got['NO"PX\\'].price  # noqa: B018
+        assert got["ACME"].issuer.code == expected["ACME"].issuer.code
+    assert queries.captured_queries == []
+    assert _instruments_by_symbol(["MISSING"]) == {}
+
+
+def test_compliance_instrument_infos_read_what_the_orm_reads(instrument: Any) -> None:
+    from compliance.context import _instrument_infos
+    from tests import factories as f
+
+    bare = f.InstrumentFactory(
+        symbol="BARE", price=None, shares_outstanding=None, sector="", tradable=False
+    )
+    with CaptureQueriesContext(connection) as queries:
+        got = _instrument_infos([instrument.pk, bare.pk, 0])
+    assert len(queries.captured_queries) == 1
+    assert sorted(got) == sorted([instrument.pk, bare.pk])
+    acme = got[instrument.pk]
+    assert (acme.id, acme.symbol, acme.issuer_id, acme.sector) == (
+        instrument.pk,
+        "ACME",
+        instrument.issuer_id,
+        "Technology",
+    )
+    assert acme.shares_outstanding == Decimal("100000000")
+    assert acme.reference_price == Decimal("100.00")
+    assert acme.tradable is True
+    other = got[bare.pk]
+    assert (other.symbol, other.sector, other.shares_outstanding) == ("BARE", None, None)
+    assert other.reference_price == Decimal("0")
+    assert other.tradable is False
+    assert _instrument_infos([0]) == {}

@@ -742,3 +742,67 @@ def test_a_single_order_is_stored_as_a_basket_row_with_the_same_terms(book: Any,
     }
     assert Order.objects.get(pk=single.pk).client_order_id == "one"
     assert Order.objects.get(pk=single.pk).basket_id is None
+
+
+def _statements(run: Any) -> tuple[Any, list[str]]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        out = run()
+    return out, [q["sql"] for q in ctx.captured_queries]
+
+
+def test_a_single_order_is_inserted_with_its_results_in_one_statement(book: Any, pm: Any) -> None:
+    # given rules that pass, warn and block, with a message that needs quoting
+    Rule.objects.create(
+        name='size "big", \\ {x}',
+        rule_type="fat_finger",
+        severity="warn",
+        params={"max_quantity": "100"},
+    )
+    Rule.objects.create(name="bp", rule_type="buying_power", severity="block")
+    order_create(user=pm, data=order_data(quantity="1"))  # warms the caches
+    # when one order is entered
+    order, sql = _statements(lambda: order_create(user=pm, data=order_data(quantity="500")))
+    # then the order and its result set went in one statement, and nothing else wrote them
+    inserts = [s for s in sql if "INSERT INTO" in s and "oms_site_auditevent" not in s]
+    assert len(inserts) == 1
+    assert inserts[0].startswith("WITH o AS (INSERT INTO orders_order")
+    assert "INSERT INTO compliance_complianceresultset" in inserts[0]
+    stored = Order.objects.get(pk=order.pk)
+    assert (stored.status, stored.compliance_outcome, stored.version) == (
+        OrderStatus.AWAITING_OVERRIDE,
+        "warn",
+        2,
+    )
+    # the stored results are the ones the answer carries (read back from the sets' view)
+    read = [
+        (r.rule_name, r.outcome, r.message, r.measured, r.limit, r.checked_at)
+        for r in ComplianceResult.objects.filter(order_id=order.pk).order_by("id")
+    ]
+    answered = [
+        (r.rule_name, r.outcome, r.message, r.measured, r.limit, r.checked_at)
+        for r in order.compliance_results.all()
+    ]
+    assert read == answered
+    assert sorted(name for name, *_ in read) == ["bp", 'size "big", \\ {x}']
+    assert {name: outcome for name, outcome, *_ in read} == {
+        "bp": "pass",
+        'size "big", \\ {x}': "warn",
+    }
+    assert all(at is not None and at >= stored.created_at for *_, at in read)
+
+
+def test_a_single_order_without_results_is_inserted_alone(book: Any, pm: Any) -> None:
+    # given no active rule
+    Rule.objects.all().delete()
+    order_create(user=pm, data=order_data(quantity="1"))
+    # when one order is entered
+    order, sql = _statements(lambda: order_create(user=pm, data=order_data(quantity="5")))
+    # then the plain insert wrote it, and no result set exists for it
+    inserts = [s for s in sql if "INSERT INTO" in s and "oms_site_auditevent" not in s]
+    assert len(inserts) == 1
+    assert inserts[0].startswith("INSERT INTO orders_order")
+    assert ComplianceResult.objects.filter(order_id=order.pk).count() == 0
+    assert Order.objects.get(pk=order.pk).status == OrderStatus.APPROVED
