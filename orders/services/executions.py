@@ -1101,6 +1101,21 @@ def _desk_id(order: Order) -> int | None:
     return (account if account is not None else order.account).desk_id
 
 
+# isoformat() of aware UTC datetimes already written in events (about 3 µs each here): a block
+# fill's orders share the fill's updated_at, and a block filled again has the same created_at
+# values. A pure function of the value, so any entry is right; bounded by emptying it when full.
+_UTC_TEXTS: dict[dt.datetime, str] = {}
+_UTC_TEXTS_MAX = 16_384
+
+
+def _utc_text(value: dt.datetime) -> str:
+    """`value.isoformat()` of an aware UTC datetime, kept in _UTC_TEXTS."""
+    if len(_UTC_TEXTS) >= _UTC_TEXTS_MAX:
+        _UTC_TEXTS.clear()
+    text = _UTC_TEXTS[value] = value.isoformat()
+    return text
+
+
 def _order_json(order: Order) -> dict[str, Any]:
     """`json_safe(order_payload(order))` written directly (one per order of a block fill).
 
@@ -1114,11 +1129,11 @@ def _order_json(order: Order) -> dict[str, Any]:
     created_at, updated_at = values["created_at"], values["updated_at"]
     # json_safe's text of an aware UTC datetime is its isoformat(); others take its path.
     if created_at is not None and created_at.tzinfo is dt.UTC:
-        created = created_at.isoformat()
+        created = _UTC_TEXTS.get(created_at) or _utc_text(created_at)
     else:
         created = json_safe(created_at)
     if updated_at is not None and updated_at.tzinfo is dt.UTC:
-        updated = updated_at.isoformat()
+        updated = _UTC_TEXTS.get(updated_at) or _utc_text(updated_at)
     else:
         updated = json_safe(updated_at)
     limit_price, stop_price = values["limit_price"], values["stop_price"]
