@@ -66,6 +66,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
+from django.db.models.base import ModelState
 from django.utils import timezone
 from psycopg import pq
 
@@ -930,45 +931,28 @@ def _rebook(
             cursor.execute(sql, params)  # nothing to read back (see _BOOKED_SQL)
         # In pipeline mode (PIPELINE_MIN_ORDERS) what follows runs while PostgreSQL writes.
         allocations = (
-            []
-            if not returning
-            else [
-                model_from_row(
-                    Allocation,
-                    {
-                        "id": pk,
-                        "execution_id": execution.pk,
-                        "block_id": block_id,
-                        "order_id": row[0],
-                        "account_id": row[1],
-                        "instrument_id": instrument.pk,
-                        "broker_id": broker_id,
-                        "side": side,
-                        "kind": row[2],
-                        "quantity": row[3],
-                        "price": price,
-                        "gross": row[4],
-                        "commission": row[5],
-                        "fees": row[6],
-                        "net": row[7],
-                        "cum_quantity": row[8],
-                        "cum_gross": row[9],
-                        "cum_commission": row[10],
-                        "cum_fees": row[11],
-                        "cum_net": row[12],
-                        "currency": currency,
-                        "trade_date": trade_date,
-                        "settlement_date": settles,
-                        "method": method,
-                        "reversal_of_id": row[13],
-                        "cash_settled": False,
-                        "cash_settled_at": None,
-                        "created_by_id": user_id,
-                        "created_at": now,
-                    },
-                )
-                for pk, row in zip(ids, rows, strict=True)
-            ]
+            _allocation_instances(
+                ids,
+                rows,
+                {
+                    "execution_id": execution.pk,
+                    "block_id": block_id,
+                    "instrument_id": instrument.pk,
+                    "broker_id": broker_id,
+                    "side": side,
+                    "price": price,
+                    "currency": currency,
+                    "trade_date": trade_date,
+                    "settlement_date": settles,
+                    "method": method,
+                    "cash_settled": False,
+                    "cash_settled_at": None,
+                    "created_by_id": user_id,
+                    "created_at": now,
+                },
+            )
+            if returning
+            else []
         )
 
         stream = f"block:{block_id}:allocations" if block else f"order:{orders[0].pk}:allocations"
@@ -1006,6 +990,42 @@ def _rebook(
             else:
                 audit_record_many(entries=[entry])
     return allocations
+
+
+def _allocation_instances(
+    ids: Sequence[int], rows: Sequence[tuple[Any, ...]], shared: dict[str, Any]
+) -> list[Allocation]:
+    """The Allocation instances of rows just written (`ids` and `rows` in _ALLOCATION_ROW_COLUMNS
+    order), as `model_from_row` makes them: every field set, `shared` the fill's columns that
+    are the same on every row. Each instance's dict and state are made directly (a 1,000-row
+    fill's instances: about half of model_from_row's time)."""
+    new_allocation, new_state = Allocation.__new__, ModelState.__new__
+    instances = []
+    for pk, row in zip(ids, rows, strict=True):
+        state = new_state(ModelState)
+        state.__dict__ = {"adding": False, "db": "default"}
+        allocation = new_allocation(Allocation)
+        allocation.__dict__ = {
+            "id": pk,
+            "order_id": row[0],
+            "account_id": row[1],
+            "kind": row[2],
+            "quantity": row[3],
+            "gross": row[4],
+            "commission": row[5],
+            "fees": row[6],
+            "net": row[7],
+            "cum_quantity": row[8],
+            "cum_gross": row[9],
+            "cum_commission": row[10],
+            "cum_fees": row[11],
+            "cum_net": row[12],
+            "reversal_of_id": row[13],
+            **shared,
+            "_state": state,
+        }
+        instances.append(allocation)
+    return instances
 
 
 def _columns(model: Any, alias: str) -> tuple[str, list[str]]:
