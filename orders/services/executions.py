@@ -488,8 +488,10 @@ def _orders_from_rows(q: _LockSql, rows: Sequence[Any], shared: Instrument | Non
     users: dict[int, Any] = {}
     orders = []
     new_order, new_account, new_state = Order.__new__, Account.__new__, ModelState.__new__
+    shared_id = shared.pk if shared is not None else None
     for row in rows:
-        values = dict(zip(names, row[:n], strict=True))
+        # The order's columns come first: zip stops at the last name.
+        values = dict(zip(names, row, strict=False))
         account = new_account(Account)
         account_state = new_state(ModelState)
         account_state.__dict__ = {"adding": False, "db": "default"}
@@ -507,7 +509,7 @@ def _orders_from_rows(q: _LockSql, rows: Sequence[Any], shared: Instrument | Non
             cache["instrument"] = model_from_row(
                 Instrument, dict(zip(q.instrument, row[n + 4 :], strict=True))
             )
-        elif values["instrument_id"] == shared.pk:
+        elif values["instrument_id"] == shared_id:
             cache["instrument"] = shared
         creator = values["created_by_id"]
         if creator is not None:
