@@ -760,8 +760,9 @@ def _rebook(
     rows: list[tuple[Any, ...]] = []
     # Every order holding quantity is re-priced when the average moves, even when rounding to
     # the cent left it without a row, so position cost stays exactly at the block's average:
-    # (order, quantity held before, quantity change) of each order whose position moves.
-    moves: list[tuple[Any, Decimal, Decimal]] = []
+    # (order, its account_id, quantity held before, quantity change) of each order whose
+    # position moves (account_id read once: on a model instance it is a Python descriptor).
+    moves: list[tuple[Any, int, Decimal, Decimal]] = []
     repriced = price != old_price
     ids = [o.id for o in orders]
     quantities = [targets.get(pk, ZERO) for pk in ids]
@@ -777,13 +778,14 @@ def _rebook(
         net = cum_net - before.net
         if not (delta or gross or commission or fees or net):
             if repriced and held:
-                moves.append((order, held, ZERO))
+                moves.append((order, order.account_id, held, ZERO))
             continue
         kind = fill_kind if delta > 0 else reversal_kind if delta < 0 else reprice_kind
+        account_id = order.account_id
         rows.append(
             (
                 pk,
-                order.account_id,
+                account_id,
                 kind,
                 delta,
                 gross,
@@ -798,7 +800,7 @@ def _rebook(
                 before.last_id if delta < 0 else None,
             )
         )
-        moves.append((order, held, delta))
+        moves.append((order, account_id, held, delta))
     now = timezone.now()
     user_id = user.pk if user is not None else None
     common = {
@@ -821,7 +823,7 @@ def _rebook(
         # statement inserts the rows in its arrays' order, which is id order (no sort to ask for).
         ids = sorted(new_ids[row[0]] for row in rows)
         # Positions, then cash, each locked in account order.
-        moving = {o.account_id for o, _, _ in moves}
+        moving = {account_id for _, account_id, _, _ in moves}
         if positions is None:
             positions = _lock_positions(instrument.pk, moving, now)
         elif not moving <= positions.keys():
@@ -852,8 +854,8 @@ def _rebook(
             with raw_cursor() as cursor:
                 cursor.execute(_BOOK_INSERT_SQL, params)
         short_breach: set[int] = set()
-        for order, held, delta in moves:
-            pos = positions[order.account_id]
+        for order, account_id, held, delta in moves:
+            pos = positions[account_id]
             # book.position_reprice, then engine.apply_trade or book.position_reverse, in one call.
             quantity, pos.avg_cost, pos.realised_pnl = position_move(
                 pos.quantity, pos.avg_cost, pos.realised_pnl, sign, held, old_price, price, delta
@@ -861,7 +863,7 @@ def _rebook(
             pos.quantity = quantity
             pos.version += 1
             if quantity < 0 and not _short_ok(order):
-                short_breach.add(order.account_id)
+                short_breach.add(account_id)
         locked = [positions[account_id] for account_id in sorted(moving)]
 
         cash_moves: dict[int, Decimal] = defaultdict(Decimal)
@@ -908,7 +910,7 @@ def _rebook(
             pos_version=_array(p.version for p in locked),
             cash_account=_array(cash_accounts),
             cash_delta=_array(cash_moves[k] for k in cash_accounts),
-            ord_id=_array(o.pk for o in changed),
+            ord_id=_array(o.id for o in changed),
             ord_status=_array(o.status for o in changed),
             ord_cum=_array(o.cum_qty for o in changed),
             ord_leaves=_array(o.leaves_qty for o in changed),

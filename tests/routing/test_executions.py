@@ -387,6 +387,39 @@ def test_order_json_datetime_texts_are_isoformat_from_the_memo_or_made_once(monk
     assert set(executions._UTC_TEXTS) == {third, created}
 
 
+def test_block_fill_event_groups_are_groups_for_account_from_the_memo_or_made_once(monkeypatch):
+    from allocations.models import Account
+    from oms_site.realtime import FIRM_GROUP
+    from orders.services import executions
+
+    # given an empty memo of event groups, bounded at two entries, and orders whose accounts
+    # are cached with their desk (one account's desk not loaded: read through the attribute)
+    monkeypatch.setattr(executions, "_GROUPS", {})
+    monkeypatch.setattr(executions, "_GROUPS_MAX", 2)
+
+    class Unloaded:
+        desk_id = 9
+
+    def order_of(account_id, account):
+        order = Order(id=account_id, account_id=account_id)
+        order._state.fields_cache["account"] = account
+        return order
+
+    first = order_of(1, Account(id=1, desk_id=5))
+    second = order_of(2, Account(id=2, desk_id=None))
+    third = order_of(3, Unloaded())
+    # when their groups are asked for, the first twice
+    groups = executions._groups(first)
+    # then they are groups_for_account's, made once and kept
+    assert groups == ["acct-1", FIRM_GROUP, "desk-5"]
+    assert executions._groups(first) is groups
+    assert executions._groups(second) == ["acct-2", FIRM_GROUP]
+    assert {(1, 5): groups, (2, None): ["acct-2", FIRM_GROUP]} == executions._GROUPS
+    # and a third key empties the full memo before it is kept alone
+    assert executions._groups(third) == ["acct-3", FIRM_GROUP, "desk-9"]
+    assert executions._GROUPS == {(3, 9): ["acct-3", FIRM_GROUP, "desk-9"]}
+
+
 def test_a_blocks_locked_orders_are_instances_as_loaded_from_the_database(
     trader, brokers, make_order
 ):
