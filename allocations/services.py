@@ -66,6 +66,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
+from django.db.models.base import ModelState
 from django.utils import timezone
 from psycopg import pq
 
@@ -449,13 +450,24 @@ class FillRead:
         with self.cursor as cursor:
             rows = cursor.fetchall()
         # The fills' row has no order (column 6) and no version (14); an order's row no version.
-        (fills,) = [row for row in rows if row[6] is None and row[14] is None]
-        booked_rows = [row for row in rows if row[6] is not None and row[14] is None]
-        positions = {
-            row[6]: _PositionRow(row[12], row[6], row[7], row[8], row[9], row[14])
-            for row in rows
-            if row[14] is not None
-        }
+        # One pass over the rows (a big fill's are 2,000): what _booked_rows makes of the
+        # orders' rows (columns 6 to 13), built here directly.
+        found: list[Any] = []
+        positions: dict[int, _PositionRow] = {}
+        booked: dict[int, _Booked] = {}
+        new_ids: dict[int, int] = {}
+        make = _Booked._make
+        for row in rows:
+            if row[14] is not None:
+                positions[row[6]] = _PositionRow(row[12], row[6], row[7], row[8], row[9], row[14])
+            elif row[6] is None:
+                found.append(row)
+            else:
+                order_id = row[6]
+                if row[12] is not None:
+                    booked[order_id] = make(row[7:13])
+                new_ids[order_id] = row[13]
+        (fills,) = found
         filled, notional, bps, per_share, minimum, fees_bps = fills[:6]
         schedule = (
             engine.CommissionSchedule()
@@ -464,7 +476,6 @@ class FillRead:
                 bps=bps, per_share=per_share, min_per_ticket=minimum, fees_bps=fees_bps
             )
         )
-        booked, new_ids = _booked_rows([row[6:14] for row in booked_rows])
         return filled or ZERO, notional or ZERO, schedule, booked, new_ids, positions
 
 
@@ -749,8 +760,9 @@ def _rebook(
     rows: list[tuple[Any, ...]] = []
     # Every order holding quantity is re-priced when the average moves, even when rounding to
     # the cent left it without a row, so position cost stays exactly at the block's average:
-    # (order, quantity held before, quantity change) of each order whose position moves.
-    moves: list[tuple[Any, Decimal, Decimal]] = []
+    # (order, its account_id, quantity held before, quantity change) of each order whose
+    # position moves (account_id read once: on a model instance it is a Python descriptor).
+    moves: list[tuple[Any, int, Decimal, Decimal]] = []
     repriced = price != old_price
     ids = [o.id for o in orders]
     quantities = [targets.get(pk, ZERO) for pk in ids]
@@ -766,13 +778,14 @@ def _rebook(
         net = cum_net - before.net
         if not (delta or gross or commission or fees or net):
             if repriced and held:
-                moves.append((order, held, ZERO))
+                moves.append((order, order.account_id, held, ZERO))
             continue
         kind = fill_kind if delta > 0 else reversal_kind if delta < 0 else reprice_kind
+        account_id = order.account_id
         rows.append(
             (
                 pk,
-                order.account_id,
+                account_id,
                 kind,
                 delta,
                 gross,
@@ -787,7 +800,7 @@ def _rebook(
                 before.last_id if delta < 0 else None,
             )
         )
-        moves.append((order, held, delta))
+        moves.append((order, account_id, held, delta))
     now = timezone.now()
     user_id = user.pk if user is not None else None
     common = {
@@ -810,7 +823,7 @@ def _rebook(
         # statement inserts the rows in its arrays' order, which is id order (no sort to ask for).
         ids = sorted(new_ids[row[0]] for row in rows)
         # Positions, then cash, each locked in account order.
-        moving = {o.account_id for o, _, _ in moves}
+        moving = {account_id for _, account_id, _, _ in moves}
         if positions is None:
             positions = _lock_positions(instrument.pk, moving, now)
         elif not moving <= positions.keys():
@@ -841,8 +854,8 @@ def _rebook(
             with raw_cursor() as cursor:
                 cursor.execute(_BOOK_INSERT_SQL, params)
         short_breach: set[int] = set()
-        for order, held, delta in moves:
-            pos = positions[order.account_id]
+        for order, account_id, held, delta in moves:
+            pos = positions[account_id]
             # book.position_reprice, then engine.apply_trade or book.position_reverse, in one call.
             quantity, pos.avg_cost, pos.realised_pnl = position_move(
                 pos.quantity, pos.avg_cost, pos.realised_pnl, sign, held, old_price, price, delta
@@ -850,7 +863,7 @@ def _rebook(
             pos.quantity = quantity
             pos.version += 1
             if quantity < 0 and not _short_ok(order):
-                short_breach.add(order.account_id)
+                short_breach.add(account_id)
         locked = [positions[account_id] for account_id in sorted(moving)]
 
         cash_moves: dict[int, Decimal] = defaultdict(Decimal)
@@ -897,7 +910,7 @@ def _rebook(
             pos_version=_array(p.version for p in locked),
             cash_account=_array(cash_accounts),
             cash_delta=_array(cash_moves[k] for k in cash_accounts),
-            ord_id=_array(o.pk for o in changed),
+            ord_id=_array(o.id for o in changed),
             ord_status=_array(o.status for o in changed),
             ord_cum=_array(o.cum_qty for o in changed),
             ord_leaves=_array(o.leaves_qty for o in changed),
@@ -920,45 +933,28 @@ def _rebook(
             cursor.execute(sql, params)  # nothing to read back (see _BOOKED_SQL)
         # In pipeline mode (PIPELINE_MIN_ORDERS) what follows runs while PostgreSQL writes.
         allocations = (
-            []
-            if not returning
-            else [
-                model_from_row(
-                    Allocation,
-                    {
-                        "id": pk,
-                        "execution_id": execution.pk,
-                        "block_id": block_id,
-                        "order_id": row[0],
-                        "account_id": row[1],
-                        "instrument_id": instrument.pk,
-                        "broker_id": broker_id,
-                        "side": side,
-                        "kind": row[2],
-                        "quantity": row[3],
-                        "price": price,
-                        "gross": row[4],
-                        "commission": row[5],
-                        "fees": row[6],
-                        "net": row[7],
-                        "cum_quantity": row[8],
-                        "cum_gross": row[9],
-                        "cum_commission": row[10],
-                        "cum_fees": row[11],
-                        "cum_net": row[12],
-                        "currency": currency,
-                        "trade_date": trade_date,
-                        "settlement_date": settles,
-                        "method": method,
-                        "reversal_of_id": row[13],
-                        "cash_settled": False,
-                        "cash_settled_at": None,
-                        "created_by_id": user_id,
-                        "created_at": now,
-                    },
-                )
-                for pk, row in zip(ids, rows, strict=True)
-            ]
+            _allocation_instances(
+                ids,
+                rows,
+                {
+                    "execution_id": execution.pk,
+                    "block_id": block_id,
+                    "instrument_id": instrument.pk,
+                    "broker_id": broker_id,
+                    "side": side,
+                    "price": price,
+                    "currency": currency,
+                    "trade_date": trade_date,
+                    "settlement_date": settles,
+                    "method": method,
+                    "cash_settled": False,
+                    "cash_settled_at": None,
+                    "created_by_id": user_id,
+                    "created_at": now,
+                },
+            )
+            if returning
+            else []
         )
 
         stream = f"block:{block_id}:allocations" if block else f"order:{orders[0].pk}:allocations"
@@ -996,6 +992,42 @@ def _rebook(
             else:
                 audit_record_many(entries=[entry])
     return allocations
+
+
+def _allocation_instances(
+    ids: Sequence[int], rows: Sequence[tuple[Any, ...]], shared: dict[str, Any]
+) -> list[Allocation]:
+    """The Allocation instances of rows just written (`ids` and `rows` in _ALLOCATION_ROW_COLUMNS
+    order), as `model_from_row` makes them: every field set, `shared` the fill's columns that
+    are the same on every row. Each instance's dict and state are made directly (a 1,000-row
+    fill's instances: about half of model_from_row's time)."""
+    new_allocation, new_state = Allocation.__new__, ModelState.__new__
+    instances = []
+    for pk, row in zip(ids, rows, strict=True):
+        state = new_state(ModelState)
+        state.__dict__ = {"adding": False, "db": "default"}
+        allocation = new_allocation(Allocation)
+        allocation.__dict__ = {
+            "id": pk,
+            "order_id": row[0],
+            "account_id": row[1],
+            "kind": row[2],
+            "quantity": row[3],
+            "gross": row[4],
+            "commission": row[5],
+            "fees": row[6],
+            "net": row[7],
+            "cum_quantity": row[8],
+            "cum_gross": row[9],
+            "cum_commission": row[10],
+            "cum_fees": row[11],
+            "cum_net": row[12],
+            "reversal_of_id": row[13],
+            **shared,
+            "_state": state,
+        }
+        instances.append(allocation)
+    return instances
 
 
 def _columns(model: Any, alias: str) -> tuple[str, list[str]]:

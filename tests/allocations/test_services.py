@@ -646,3 +646,23 @@ def test_a_blocks_lock_reads_the_block_then_its_orders_in_one_statement(
         # and the orders are the rows the orders' own lock reads, by pk
         assert rows == expected_rows
         assert [r.id for r in rows] == sorted(o.pk for o in orders)
+
+
+def test_the_rows_fill_allocate_returns_are_the_rows_written(
+    three_accounts, instrument, broker, trader
+):
+    # given a block of 100/200/300 filled once, then again at another price (fill rows that
+    # re-price the first ones)
+    _, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    fill(placement, 150, "10.00")
+    # when the next fill's rows are returned
+    returned = fill(placement, 300, "10.10")
+    # then each instance holds exactly what a read of its row gives, field for field, and is
+    # an instance as loaded (not to be inserted)
+    fields = [f.attname for f in Allocation._meta.concrete_fields]
+    stored = Allocation.objects.filter(pk__in=[r.pk for r in returned]).order_by("pk")
+    assert len(returned) == 3
+    assert [[getattr(r, f) for f in fields] for r in returned] == [
+        [getattr(r, f) for f in fields] for r in stored
+    ]
+    assert all(not r._state.adding and r._state.db == "default" for r in returned)

@@ -111,3 +111,59 @@ def test_array_literals_read_back_as_the_values_given() -> None:
         row = cursor.fetchone()
     # then every element comes back as it was, None as NULL and not as the text "NULL"
     assert row == (texts, numbers, ids, [])
+
+
+@pytest.mark.django_db
+def test_fast_datetimes_reads_repeated_text_once_and_keeps_no_text_it_cannot_read(
+    monkeypatch,
+) -> None:
+    import datetime as dt
+
+    from oms_site import rows
+    from oms_site.rows import fast_datetimes, raw_cursor
+
+    # given an empty memo of read timestamps, and rows that repeat one timestamp's text
+    monkeypatch.setattr(rows, "_TIMESTAMPS", {})
+    sql = (
+        "SELECT t FROM (VALUES ('2026-11-20 15:00:00.25+00'::timestamptz), "
+        "('2026-11-20 15:00:00.25+00'::timestamptz), ('2026-11-20 10:00:00-05'::timestamptz)) "
+        "AS v(t)"
+    )
+    # when they are read with fast_datetimes
+    with fast_datetimes(raw_cursor()) as cursor:
+        cursor.execute(sql)
+        values = [row[0] for row in cursor.fetchall()]
+    # then the repeated text gives the one (immutable) datetime read first, each exact and UTC
+    assert values == [
+        dt.datetime(2026, 11, 20, 15, 0, 0, 250000, tzinfo=dt.UTC),
+        dt.datetime(2026, 11, 20, 15, 0, 0, 250000, tzinfo=dt.UTC),
+        dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC),
+    ]
+    assert values[0] is values[1]
+    assert all(v.tzinfo is dt.UTC for v in values)
+    assert set(rows._TIMESTAMPS) == {b"2026-11-20 15:00:00.25+00", b"2026-11-20 15:00:00+00"}
+    # and text it cannot read (left to Django's loader) is not kept
+    with fast_datetimes(raw_cursor()) as cursor:
+        cursor.execute("SELECT '-infinity'::timestamptz")
+        with pytest.raises(Exception):  # noqa: B017 - whatever Django's loader raises
+            cursor.fetchone()
+    assert len(rows._TIMESTAMPS) == 2
+
+
+@pytest.mark.django_db
+def test_fast_datetimes_memo_is_emptied_when_full(monkeypatch) -> None:
+    import datetime as dt
+
+    from oms_site import rows
+    from oms_site.rows import fast_datetimes, raw_cursor
+
+    # given a memo already at its bound
+    monkeypatch.setattr(rows, "_TIMESTAMPS", {b"x": dt.datetime(2000, 1, 1, tzinfo=dt.UTC)})
+    monkeypatch.setattr(rows, "_TIMESTAMPS_MAX", 1)
+    # when a new text is read
+    with fast_datetimes(raw_cursor()) as cursor:
+        cursor.execute("SELECT '2026-11-20 15:00:00+00'::timestamptz")
+        (value,) = cursor.fetchone()
+    # then it holds that text alone
+    assert value == dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC)
+    assert {b"2026-11-20 15:00:00+00": value} == rows._TIMESTAMPS

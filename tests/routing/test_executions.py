@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 
@@ -348,6 +349,75 @@ def test_block_fill_event_order_data_is_exactly_json_safe_of_the_order_payload(
     assert _order_json(limit)["stop_price"] is None
     creator = Order.objects.select_related("created_by").get(pk=limit.pk).created_by
     assert creator is not None and _order_json(limit)["created_by"] == creator.get_username()
+
+
+def test_order_json_datetime_texts_are_isoformat_from_the_memo_or_made_once(monkeypatch):
+    import datetime as dt
+
+    from orders.services import executions
+
+    # given an empty memo of datetime texts, bounded at two entries, and an order's instance
+    monkeypatch.setattr(executions, "_UTC_TEXTS", {})
+    monkeypatch.setattr(executions, "_UTC_TEXTS_MAX", 2)
+    created = dt.datetime(2026, 11, 20, 15, 0, 0, 250000, tzinfo=dt.UTC)
+    updated = dt.datetime(2026, 11, 20, 16, 0, tzinfo=dt.UTC)
+    order = Order(id=7, side="buy", quantity=Decimal("10"), created_at=created)
+    order.__dict__.update(updated_at=updated, created_by_id=None)
+    order._state.fields_cache.update(
+        account=SimpleNamespace(code="A1"), instrument=SimpleNamespace(symbol="XYZ")
+    )
+    # when its event data is written twice
+    first = executions._order_json(order)
+    second = executions._order_json(order)
+    # then both carry isoformat()'s texts, made once and kept
+    assert first == second
+    assert (first["created_at"], first["updated_at"]) == (
+        "2026-11-20T15:00:00.250000+00:00",
+        "2026-11-20T16:00:00+00:00",
+    )
+    assert {created: first["created_at"], updated: first["updated_at"]} == executions._UTC_TEXTS
+    # and a third datetime empties the full memo before it is kept alone
+    order.updated_at = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
+    assert executions._order_json(order)["updated_at"] == "2026-11-21T00:00:00+00:00"
+    assert {order.updated_at: "2026-11-21T00:00:00+00:00"} == executions._UTC_TEXTS
+    # and a datetime not in UTC is never kept (json_safe's path, as before)
+    third = order.updated_at
+    order.updated_at = dt.datetime(2026, 11, 21, 1, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert executions._order_json(order)["updated_at"] == "2026-11-21T00:00:00+00:00"
+    assert set(executions._UTC_TEXTS) == {third, created}
+
+
+def test_block_fill_event_groups_are_groups_for_account_from_the_memo_or_made_once(monkeypatch):
+    from allocations.models import Account
+    from oms_site.realtime import FIRM_GROUP
+    from orders.services import executions
+
+    # given an empty memo of event groups, bounded at two entries, and orders whose accounts
+    # are cached with their desk (one account's desk not loaded: read through the attribute)
+    monkeypatch.setattr(executions, "_GROUPS", {})
+    monkeypatch.setattr(executions, "_GROUPS_MAX", 2)
+
+    class Unloaded:
+        desk_id = 9
+
+    def order_of(account_id, account):
+        order = Order(id=account_id, account_id=account_id)
+        order._state.fields_cache["account"] = account
+        return order
+
+    first = order_of(1, Account(id=1, desk_id=5))
+    second = order_of(2, Account(id=2, desk_id=None))
+    third = order_of(3, Unloaded())
+    # when their groups are asked for, the first twice
+    groups = executions._groups(first)
+    # then they are groups_for_account's, made once and kept
+    assert groups == ["acct-1", FIRM_GROUP, "desk-5"]
+    assert executions._groups(first) is groups
+    assert executions._groups(second) == ["acct-2", FIRM_GROUP]
+    assert {(1, 5): groups, (2, None): ["acct-2", FIRM_GROUP]} == executions._GROUPS
+    # and a third key empties the full memo before it is kept alone
+    assert executions._groups(third) == ["acct-3", FIRM_GROUP, "desk-9"]
+    assert executions._GROUPS == {(3, 9): ["acct-3", FIRM_GROUP, "desk-9"]}
 
 
 def test_a_blocks_locked_orders_are_instances_as_loaded_from_the_database(
