@@ -416,18 +416,16 @@ _POSITIONS_CREATE_SQL = (
 
 
 # fill_read's with an Execution insert (`ins`) in the same statement: the positions locked once
-# the insert is done, and the inserted row counted with the fills.
+# the insert is done, and the inserted row added to the fills' sums. The stored fills are still
+# summed by _FILLS_SQL itself, so their part of the plan is the one without the insert.
 _POSITIONS_AFTER_INSERT_SQL = _POSITIONS_LOCK_SQL.replace(
     " WHERE ", " WHERE (SELECT count(*) FROM ins) >= 0 AND ", 1
 )
 _FILLS_WITH_INSERT_SQL = (
-    'SELECT f.filled, f.notional, c."bps", c."per_share", c."min_per_ticket", c."fees_bps" '
-    "FROM (SELECT sum(e.q) AS filled, sum(e.q * e.px) AS notional FROM ("
-    'SELECT e."last_qty" AS q, e."last_px" AS px '
-    f'FROM "{Execution._meta.db_table}" AS e JOIN "{Placement._meta.db_table}" AS p '
-    'ON p."id" = e."placement_id" WHERE p."{column}" = %s AND e."last_qty" > 0 '
-    'UNION ALL SELECT i."last_qty", i."last_px" FROM ins AS i WHERE i."last_qty" > 0) AS e) AS f '
-    f'LEFT JOIN "{CommissionSchedule._meta.db_table}" AS c ON c."broker_id" = %s'
+    "SELECT COALESCE(fi.filled, 0) + COALESCE(i.q, 0), "
+    "COALESCE(fi.notional, 0) + COALESCE(i.q * i.px, 0), fi.bps, fi.per_share, "
+    f"fi.min_per_ticket, fi.fees_bps FROM ({_FILLS_SQL}) AS fi LEFT JOIN ("
+    'SELECT "last_qty" AS q, "last_px" AS px FROM ins WHERE "last_qty" > 0) AS i ON true'
 )
 
 
