@@ -460,7 +460,7 @@ def audit_record_many(
     at = now.astimezone(dt.UTC).isoformat()
     streams = sorted({e.stream_name() for e in entries})
     with connection.cursor() as cursor:
-        if not new_streams and len(streams) == len(entries):
+        if not new_streams and len(streams) == len(entries) and not _big(entries):
             events = _write_one_statement(cursor, entries, streams, now, at)
             if events is not None:
                 return events
@@ -539,6 +539,20 @@ def audit_record_many(
         cursor.execute(sql, [now, *columns])
         ids = {(stream, seq): pk for pk, stream, seq in cursor.fetchall()}
     return _Events(rows, ids, now)
+
+
+# A payload given as canonical text longer than this (a big block's fill, 1,000 rows) is written
+# by the two statements: the one-statement write sends each payload twice (stored, and inside
+# the text PostgreSQL hashes), which for a few small events costs less than a round trip.
+_ONE_STATEMENT_MAX_TEXT = 8192
+
+
+def _big(entries: Sequence[AuditEntry]) -> bool:
+    return any(
+        type(value) is CanonicalJson and len(value) > _ONE_STATEMENT_MAX_TEXT
+        for entry in entries
+        for value in (entry.before, entry.after)
+    )
 
 
 def _contents(entry: AuditEntry) -> tuple[Any, Any, Any, str, str, str]:

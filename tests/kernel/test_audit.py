@@ -451,3 +451,23 @@ def test_one_statement_write_waiting_for_a_head_chains_after_the_writer_it_waite
         AuditEvent.objects.filter(stream="test.thing:race").values_list("seq", flat=True)
     ) == [1, 2, 3]
     assert audit_verify() == []
+
+
+def test_a_payload_given_as_a_long_canonical_text_takes_the_two_statements(
+    django_assert_num_queries,
+) -> None:
+    # given a stream with a history and a payload of more than 8,192 characters given as text
+    earlier = _write(1, stream_id="long")
+    value = {"rows": ["x" * 100] * 90}
+    text = CanonicalJson(canonical_text(value))
+    assert len(text) > 8192
+    # when it is written
+    with transaction.atomic(), django_assert_num_queries(2):
+        (event,) = audit_record_many(
+            entries=[AuditEntry(action="a", object_type="test.thing", object_id="long", after=text)]
+        )
+    # then it is chained and stored as with one statement
+    assert (event.seq, event.prev_hash, event.after) == (2, earlier[0].hash, value)
+    assert event.hash == _expected_hash(event)
+    assert AuditEvent.objects.get(pk=event.pk).after == value
+    assert audit_verify() == []
