@@ -168,7 +168,7 @@ def _digest(
     after_json: str,
     meta_json: str,
 ) -> str:
-    head, tail = _digest_parts(
+    p1, p2, p3, tail = _digest_parts(
         stream=stream,
         at=at,
         actor_id=actor_id,
@@ -176,16 +176,18 @@ def _digest(
         action=action,
         object_type=object_type,
         object_id=object_id,
-        before_json=before_json,
-        after_json=after_json,
-        meta_json=meta_json,
     )
     # The previous hash as its JSON string's inside (hex: the same text).
-    raw = f"{head}{_canonical(prev_hash)[1:-1]}{_SEQ_KEY}{int(seq)}{tail}"
+    raw = (
+        f"{p1}{after_json}{p2}{before_json}{p3}{meta_json}{_PREV_KEY}"
+        f"{_canonical(prev_hash)[1:-1]}{_SEQ_KEY}{int(seq)}{tail}"
+    )
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
-# What stands between an event's previous hash and its sequence number in the hashed text.
+# What stands before an event's previous hash, and between it and its sequence number, in the
+# hashed text.
+_PREV_KEY = ',"prev":"'
 _SEQ_KEY = '","seq":'
 
 
@@ -198,24 +200,22 @@ def _digest_parts(
     action: str,
     object_type: str,
     object_id: str,
-    before_json: str,
-    after_json: str,
-    meta_json: str,
-) -> tuple[str, str]:
-    """The hashed text of an event but for its previous hash and sequence number, as the text
-    before and after them: the whole is `head + prev_hash + '","seq":' + str(seq) + tail`,
-    hashed by `_digest` (or by PostgreSQL's sha256 in _WRITE_SQL, which reads the heads)."""
+) -> tuple[str, str, str, str]:
+    """The hashed text of an event but for its payload's three JSON texts, its previous hash
+    and its sequence number, as the four texts around them: the whole is `p1 + after + p2 +
+    before + p3 + meta + ',"prev":"' + prev_hash + '","seq":' + str(seq) + tail`, hashed by
+    `_digest` (or by PostgreSQL's sha256 in _WRITE_SQL, from the stored texts and the heads)."""
     # The payload's keys in sorted order, each value encoded as json.dumps would nest it; the
     # JSON texts of before/after/meta are the ones stored, so each is encoded only once.
     enc = _canonical
-    head = (
+    p1 = (
         f'{{"action":{enc(action)},"actor":{enc(actor_name)},'
-        f'"actor_id":{"null" if actor_id is None else int(actor_id)},"after":{after_json},'
-        f'"at":{enc(at)},"before":{before_json},"id":{enc(object_id)},"meta":{meta_json},'
-        '"prev":"'
+        f'"actor_id":{"null" if actor_id is None else int(actor_id)},"after":'
     )
+    p2 = f',"at":{enc(at)},"before":'
+    p3 = f',"id":{enc(object_id)},"meta":'
     tail = f',"stream":{enc(stream)},"type":{enc(object_type)}}}'
-    return head, tail
+    return p1, p2, p3, tail
 
 
 _LOCK_HEADS_SQL = (
@@ -282,11 +282,13 @@ _WRITE_SQL = (
     " ORDER BY s.stream FOR UPDATE OF s"
     "), v AS MATERIALIZED ("
     " SELECT x.*, h.seq, h.prev, encode(sha256(convert_to("
-    f" x.head || h.prev || '{_SEQ_KEY}' || h.seq::text || x.tail, 'UTF8')), 'hex') AS hash"
+    " x.p1 || COALESCE(x.after, 'null') || x.p2 || COALESCE(x.before, 'null') || x.p3"
+    f" || COALESCE(x.meta, 'null') || '{_PREV_KEY}' || h.prev || '{_SEQ_KEY}' || h.seq::text"
+    " || x.tail, 'UTF8')), 'hex') AS hash"
     " FROM unnest(%b::text[], %b::integer[], %b::text[], %b::text[], %b::text[], %b::text[],"
-    " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[]) WITH ORDINALITY"
-    " AS x(stream, actor_id, actor_name, action, object_type, object_id, before, after, meta,"
-    " head, tail, ord) JOIN h ON h.stream = x.stream"
+    " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
+    " WITH ORDINALITY AS x(stream, actor_id, actor_name, action, object_type, object_id,"
+    " before, after, meta, p1, p2, p3, tail, ord) JOIN h ON h.stream = x.stream"
     "), ev AS ("
     " INSERT INTO oms_site_auditevent (stream, seq, occurred_at, actor_id, actor_name, action,"
     " object_type, object_id, before, after, meta, prev_hash, hash)"
@@ -460,7 +462,7 @@ def audit_record_many(
     at = now.astimezone(dt.UTC).isoformat()
     streams = sorted({e.stream_name() for e in entries})
     with connection.cursor() as cursor:
-        if not new_streams and len(streams) == len(entries) and not _big(entries):
+        if not new_streams and len(streams) == len(entries):
             events = _write_one_statement(cursor, entries, streams, now, at)
             if events is not None:
                 return events
@@ -541,20 +543,6 @@ def audit_record_many(
     return _Events(rows, ids, now)
 
 
-# A payload given as canonical text longer than this (a big block's fill, 1,000 rows) is written
-# by the two statements: the one-statement write sends each payload twice (stored, and inside
-# the text PostgreSQL hashes), which for a few small events costs less than a round trip.
-_ONE_STATEMENT_MAX_TEXT = 8192
-
-
-def _big(entries: Sequence[AuditEntry]) -> bool:
-    return any(
-        type(value) is CanonicalJson and len(value) > _ONE_STATEMENT_MAX_TEXT
-        for entry in entries
-        for value in (entry.before, entry.after)
-    )
-
-
 def _contents(entry: AuditEntry) -> tuple[Any, Any, Any, str, str, str]:
     """An entry's before, after and meta values and their canonical texts."""
     before, before_json = _content(entry.before)
@@ -594,11 +582,8 @@ def _write_one_statement(
             action=entry.action,
             object_type=entry.object_type,
             object_id=entry.object_id,
-            before_json=content[3],
-            after_json=content[4],
-            meta_json=content[5],
         )
-        for entry, content, (actor_id, actor_name) in zip(entries, contents, named, strict=True)
+        for entry, (actor_id, actor_name) in zip(entries, named, strict=True)
     ]
     # None is stored as SQL NULL, as Django's JSONField stores it.
     columns: list[Any] = [
@@ -611,8 +596,7 @@ def _write_one_statement(
         [None if c[0] is None else c[3] for c in contents],
         [None if c[1] is None else c[4] for c in contents],
         [None if c[2] is None else c[5] for c in contents],
-        [head for head, _ in parts],
-        [tail for _, tail in parts],
+        *(list(column) for column in zip(*parts, strict=True)),
     ]
     if len(entries) <= _LITERALS_AT_MOST:
         sql = _WRITE_SQL_LITERALS
