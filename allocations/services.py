@@ -416,6 +416,20 @@ _POSITIONS_CREATE_SQL = (
 )
 
 
+# fill_read's with an Execution insert (`ins`) in the same statement: the positions locked once
+# the insert is done, and the inserted row added to the fills' sums. The stored fills are still
+# summed by _FILLS_SQL itself, so their part of the plan is the one without the insert.
+_POSITIONS_AFTER_INSERT_SQL = _POSITIONS_LOCK_SQL.replace(
+    " WHERE ", " WHERE (SELECT count(*) FROM ins) >= 0 AND ", 1
+)
+_FILLS_WITH_INSERT_SQL = (
+    "SELECT COALESCE(fi.filled, 0) + COALESCE(i.q, 0), "
+    "COALESCE(fi.notional, 0) + COALESCE(i.q * i.px, 0), fi.bps, fi.per_share, "
+    f"fi.min_per_ticket, fi.fees_bps FROM ({_FILLS_SQL}) AS fi LEFT JOIN ("
+    'SELECT "last_qty" AS q, "last_px" AS px FROM ins WHERE "last_qty" > 0) AS i ON true'
+)
+
+
 @dataclass(slots=True)
 class _PositionRow:
     pk: int
@@ -434,6 +448,19 @@ class FillRead:
         self.cursor = cursor
         self.block_id = block_id
         self.order_ids = order_ids
+        self._rows: list[Any] | None = None
+
+    def _fetch(self) -> list[Any]:
+        if self._rows is None:
+            with self.cursor as cursor:
+                self._rows = cursor.fetchall()
+        return self._rows
+
+    def inserted_id(self) -> int | None:
+        """The id of the Execution row the read inserted (`fill_read`'s `insert`); None when
+        it inserted none (its (session, ExecID) was stored already)."""
+        (fills,) = [row for row in self._fetch() if row[6] is None and row[14] is None]
+        return cast(int | None, fills[13])
 
     def result(
         self,
@@ -447,8 +474,7 @@ class FillRead:
     ]:
         """The fill's totals and schedule, what each order has booked and its new row id, and
         the positions locked (by account_id)."""
-        with self.cursor as cursor:
-            rows = cursor.fetchall()
+        rows = self._fetch()
         # The fills' row has no order (column 6) and no version (14); an order's row no version.
         # One pass over the rows (a big fill's are 2,000): what _booked_rows makes of the
         # orders' rows (columns 6 to 13), built here directly.
@@ -487,6 +513,7 @@ def fill_read(
     order_ids: list[int],
     instrument_id: int,
     account_ids: list[int],
+    insert: tuple[str, Sequence[Any]] | None = None,
 ) -> FillRead:
     """Send the read of a fill: `_fills_of` and `_booked`, and its orders' accounts' positions
     in the instrument locked as `_lock_positions` locks them (by account_id; missing ones are
@@ -496,14 +523,29 @@ def fill_read(
     Taken after the orders' locks and after the fill's Execution row is written, in the fixed
     lock order; the positions of every order of the block are locked, whether this fill moves
     them or not. The answer is read by `FillRead.result` (or by `fill_allocate`, given it).
+
+    `insert`: the fill's Execution row written by the same statement, first (a small fill's
+    caller: one round trip less), as an `INSERT ... ON CONFLICT DO NOTHING RETURNING id,
+    last_qty, last_px` and its parameters. Its row is counted with the fills (a statement's
+    snapshot does not see its own insert) and its id is `FillRead.inserted_id`. The
+    positions' lock starts with a one-time read of the insert's result (an InitPlan), so it
+    is taken once the insert is done (after any wait on a concurrent copy of the report), in
+    the same order as with two statements; the booked rows are read under the orders' locks
+    the caller took in earlier statements, as before.
     """
     column, key = ("block_id", block_id) if block_id is not None else ("order_id", order_id)
     block_match = _BLOCK_MATCH if block_id is not None else 'a."block_id" IS NULL'
+    if insert is None:
+        head, positions, fills, inserted = "WITH", _POSITIONS_LOCK_SQL, _FILLS_SQL, "NULL::bigint"
+    else:
+        head = f"WITH ins AS ({insert[0]}),"
+        positions = _POSITIONS_AFTER_INSERT_SQL
+        fills, inserted = _FILLS_WITH_INSERT_SQL, "(SELECT i.id FROM ins AS i)"
     sql = (
-        f"WITH pos AS MATERIALIZED ({_POSITIONS_LOCK_SQL}) "
+        f"{head} pos AS MATERIALIZED ({positions}) "
         f"SELECT fl.*, NULL::bigint, NULL::numeric, NULL::numeric, NULL::numeric, "
-        "NULL::numeric, NULL::numeric, NULL::bigint, NULL::bigint, NULL::integer "
-        f"FROM ({_FILLS_SQL.replace('{column}', column)}) AS fl "
+        f"NULL::numeric, NULL::numeric, NULL::bigint, {inserted}, NULL::integer "
+        f"FROM ({fills.replace('{column}', column)}) AS fl "
         "UNION ALL SELECT NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, "
         "NULL::numeric, NULL::numeric, bk.*, NULL::integer "
         f"FROM ({_BOOKED_SQL.replace('{block_match}', block_match)}) AS bk "
@@ -514,6 +556,8 @@ def fill_read(
     params: list[Any] = [instrument_id, _array(account_ids), key, broker_id, _array(order_ids)]
     if block_id is not None:
         params += [block_id, block_id]
+    if insert is not None:
+        params = [*insert[1], *params]
     cursor = raw_cursor()
     cursor.execute(sql, params)
     return FillRead(cursor, block_id, order_ids)

@@ -168,17 +168,54 @@ def _digest(
     after_json: str,
     meta_json: str,
 ) -> str:
+    p1, p2, p3, tail = _digest_parts(
+        stream=stream,
+        at=at,
+        actor_id=actor_id,
+        actor_name=actor_name,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+    )
+    # The previous hash as its JSON string's inside (hex: the same text).
+    raw = (
+        f"{p1}{after_json}{p2}{before_json}{p3}{meta_json}{_PREV_KEY}"
+        f"{_canonical(prev_hash)[1:-1]}{_SEQ_KEY}{int(seq)}{tail}"
+    )
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+# What stands before an event's previous hash, and between it and its sequence number, in the
+# hashed text.
+_PREV_KEY = ',"prev":"'
+_SEQ_KEY = '","seq":'
+
+
+def _digest_parts(
+    *,
+    stream: str,
+    at: str,
+    actor_id: int | None,
+    actor_name: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+) -> tuple[str, str, str, str]:
+    """The hashed text of an event but for its payload's three JSON texts, its previous hash
+    and its sequence number, as the four texts around them: the whole is `p1 + after + p2 +
+    before + p3 + meta + ',"prev":"' + prev_hash + '","seq":' + str(seq) + tail`, hashed by
+    `_digest` (or by PostgreSQL's sha256 in _WRITE_SQL, from the stored texts and the heads)."""
     # The payload's keys in sorted order, each value encoded as json.dumps would nest it; the
     # JSON texts of before/after/meta are the ones stored, so each is encoded only once.
     enc = _canonical
-    raw = (
+    p1 = (
         f'{{"action":{enc(action)},"actor":{enc(actor_name)},'
-        f'"actor_id":{"null" if actor_id is None else int(actor_id)},"after":{after_json},'
-        f'"at":{enc(at)},"before":{before_json},"id":{enc(object_id)},"meta":{meta_json},'
-        f'"prev":{enc(prev_hash)},"seq":{int(seq)},"stream":{enc(stream)},'
-        f'"type":{enc(object_type)}}}'
+        f'"actor_id":{"null" if actor_id is None else int(actor_id)},"after":'
     )
-    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+    p2 = f',"at":{enc(at)},"before":'
+    p3 = f',"id":{enc(object_id)},"meta":'
+    tail = f',"stream":{enc(stream)},"type":{enc(object_type)}}}'
+    return p1, p2, p3, tail
 
 
 _LOCK_HEADS_SQL = (
@@ -224,6 +261,47 @@ _INSERT_NEW_SQL = (
 _LITERALS_AT_MOST = 8
 _INSERT_SQL_LITERALS = _INSERT_SQL.replace("%b", "%s")
 _INSERT_NEW_SQL_LITERALS = _INSERT_NEW_SQL.replace("%b", "%s")
+
+# Events of streams that all have a head, one event per stream (a fill's, a single order's
+# change): the heads are locked and read, the events hashed (sha256 in PostgreSQL over the text
+# _digest_parts gives, with each head's hash and next sequence number put in), inserted and the
+# heads moved, all in one statement instead of two. The heads are locked only when every one of
+# them exists (counted in the statement's snapshot; heads are never deleted), in stream order as
+# _LOCK_HEADS_SQL locks them; otherwise nothing is locked or written, no row comes back, and the
+# caller takes the two statements, which create the missing heads. So a transaction holds either
+# every head of its batch, taken in the same order as before, or none: the lock order is the
+# one of _LOCK_HEADS_SQL. A head updated by a writer that committed after this statement's
+# snapshot is read at its new version once locked (FOR UPDATE), and the UPDATE below writes that
+# version (READ COMMITTED re-checks the row it finds changed).
+_WRITE_SQL = (
+    "WITH h AS MATERIALIZED ("
+    " SELECT s.stream, s.last_seq + 1 AS seq,"
+    f" COALESCE(NULLIF(s.last_hash, ''), '{GENESIS_HASH}') AS prev"
+    " FROM oms_site_auditstream AS s WHERE s.stream = ANY(%b::text[])"
+    " AND (SELECT count(*) FROM oms_site_auditstream AS c WHERE c.stream = ANY(%b::text[])) = %s"
+    " ORDER BY s.stream FOR UPDATE OF s"
+    "), v AS MATERIALIZED ("
+    " SELECT x.*, h.seq, h.prev, encode(sha256(convert_to("
+    " x.p1 || COALESCE(x.after, 'null') || x.p2 || COALESCE(x.before, 'null') || x.p3"
+    f" || COALESCE(x.meta, 'null') || '{_PREV_KEY}' || h.prev || '{_SEQ_KEY}' || h.seq::text"
+    " || x.tail, 'UTF8')), 'hex') AS hash"
+    " FROM unnest(%b::text[], %b::integer[], %b::text[], %b::text[], %b::text[], %b::text[],"
+    " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
+    " WITH ORDINALITY AS x(stream, actor_id, actor_name, action, object_type, object_id,"
+    " before, after, meta, p1, p2, p3, tail, ord) JOIN h ON h.stream = x.stream"
+    "), ev AS ("
+    " INSERT INTO oms_site_auditevent (stream, seq, occurred_at, actor_id, actor_name, action,"
+    " object_type, object_id, before, after, meta, prev_hash, hash)"
+    " SELECT v.stream, v.seq, %s, v.actor_id, v.actor_name, v.action, v.object_type,"
+    " v.object_id, v.before::jsonb, v.after::jsonb, v.meta::jsonb, v.prev, v.hash"
+    " FROM v ORDER BY v.ord"
+    " RETURNING id, stream, seq, prev_hash, hash"
+    "), heads AS ("
+    " UPDATE oms_site_auditstream AS s SET last_seq = v.seq, last_hash = v.hash"
+    " FROM v WHERE s.stream = v.stream"
+    ") SELECT id, stream, seq, prev_hash, hash FROM ev"
+)
+_WRITE_SQL_LITERALS = _WRITE_SQL.replace("%b", "%s")
 
 
 class _Rows:
@@ -368,7 +446,9 @@ def audit_record(
 def audit_record_many(
     *, entries: Sequence[AuditEntry], new_streams: bool = False
 ) -> Sequence[AuditEvent]:
-    """Append many events with two statements, whatever their number (baskets, bulk fills).
+    """Append many events with two statements, whatever their number (baskets, bulk fills);
+    with one when each event has a stream of its own and every stream has a head (a fill's,
+    a single order's change: _WRITE_SQL).
 
     `new_streams=True` says every stream belongs to an object created in this transaction (a
     new order, a new basket): their heads are created with the events, in one statement; a
@@ -382,6 +462,10 @@ def audit_record_many(
     at = now.astimezone(dt.UTC).isoformat()
     streams = sorted({e.stream_name() for e in entries})
     with connection.cursor() as cursor:
+        if not new_streams and len(streams) == len(entries):
+            events = _write_one_statement(cursor, entries, streams, now, at)
+            if events is not None:
+                return events
         heads: dict[str, tuple[int, str]]
         if not new_streams:
             # Creates missing heads and locks every head in one statement. The rows go in
@@ -390,12 +474,7 @@ def audit_record_many(
             # that a concurrent transaction has just inserted. Read after the events' JSON is
             # written: in pipeline mode (execution_apply) that work overlaps the statements.
             cursor.execute(_LOCK_HEADS_SQL, [streams])
-        contents = []
-        for entry in entries:
-            before, before_json = _content(entry.before)
-            after, after_json = _content(entry.after)
-            meta, meta_json = _content(entry.meta)
-            contents.append((before, after, meta, before_json, after_json, meta_json))
+        contents = [_contents(entry) for entry in entries]
         if new_streams:
             heads = dict.fromkeys(streams, (0, GENESIS_HASH))
         else:
@@ -403,15 +482,11 @@ def audit_record_many(
                 name: (seq, last_hash or GENESIS_HASH) for name, seq, last_hash in cursor.fetchall()
             }
         rows = _Rows()
-        actors: dict[int, tuple[int | None, str]] = {}
+        actors = _Actors()
         for entry, content in zip(entries, contents, strict=True):
             stream = entry.stream_name()
             last_seq, prev = heads[stream]
-            key = id(entry.actor)
-            actor = actors.get(key)
-            if actor is None:
-                actor = actors[key] = _actor_fields(entry.actor)
-            actor_id, actor_name = actor
+            actor_id, actor_name = actors.of(entry)
             before, after, meta, before_json, after_json, meta_json = content
             seq = last_seq + 1
             digest = _digest(
@@ -465,6 +540,96 @@ def audit_record_many(
             sql = _INSERT_NEW_SQL if new_streams else _INSERT_SQL
         cursor.execute(sql, [now, *columns])
         ids = {(stream, seq): pk for pk, stream, seq in cursor.fetchall()}
+    return _Events(rows, ids, now)
+
+
+def _contents(entry: AuditEntry) -> tuple[Any, Any, Any, str, str, str]:
+    """An entry's before, after and meta values and their canonical texts."""
+    before, before_json = _content(entry.before)
+    after, after_json = _content(entry.after)
+    meta, meta_json = _content(entry.meta)
+    return before, after, meta, before_json, after_json, meta_json
+
+
+class _Actors:
+    """Each entry's (actor_id, actor_name), looked up once per actor of a batch."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[int | None, str]] = {}
+
+    def of(self, entry: AuditEntry) -> tuple[int | None, str]:
+        key = id(entry.actor)
+        actor = self._known.get(key)
+        if actor is None:
+            actor = self._known[key] = _actor_fields(entry.actor)
+        return actor
+
+
+def _write_one_statement(
+    cursor: Any, entries: Sequence[AuditEntry], streams: list[str], now: dt.datetime, at: str
+) -> _Events | None:
+    """Write events of distinct streams with _WRITE_SQL; None (nothing locked or written) when
+    a stream has no head yet."""
+    contents = [_contents(entry) for entry in entries]
+    actors = _Actors()
+    named = [actors.of(entry) for entry in entries]
+    parts = [
+        _digest_parts(
+            stream=entry.stream_name(),
+            at=at,
+            actor_id=actor_id,
+            actor_name=actor_name,
+            action=entry.action,
+            object_type=entry.object_type,
+            object_id=entry.object_id,
+        )
+        for entry, (actor_id, actor_name) in zip(entries, named, strict=True)
+    ]
+    # None is stored as SQL NULL, as Django's JSONField stores it.
+    columns: list[Any] = [
+        [entry.stream_name() for entry in entries],
+        [actor_id for actor_id, _ in named],
+        [actor_name for _, actor_name in named],
+        [entry.action for entry in entries],
+        [entry.object_type for entry in entries],
+        [entry.object_id for entry in entries],
+        [None if c[0] is None else c[3] for c in contents],
+        [None if c[1] is None else c[4] for c in contents],
+        [None if c[2] is None else c[5] for c in contents],
+        *(list(column) for column in zip(*parts, strict=True)),
+    ]
+    if len(entries) <= _LITERALS_AT_MOST:
+        sql = _WRITE_SQL_LITERALS
+        names: Any = array_literal(streams)
+        columns = [array_literal(column) for column in columns]
+    else:
+        sql, names = _WRITE_SQL, streams
+    cursor.execute(sql, [names, names, len(streams), *columns, now])
+    written = {
+        stream: (pk, seq, prev, digest) for pk, stream, seq, prev, digest in cursor.fetchall()
+    }
+    if not written:
+        return None
+    if len(written) != len(entries):  # heads are never deleted: not expected
+        raise RuntimeError("audit stream heads vanished while their events were written")
+    rows = _Rows()
+    ids: dict[tuple[str, int], int] = {}
+    for entry, content, (actor_id, actor_name) in zip(entries, contents, named, strict=True):
+        stream = entry.stream_name()
+        pk, seq, prev, digest = written[stream]
+        ids[(stream, seq)] = pk
+        before, after, meta, before_json, after_json, meta_json = content
+        rows.add(
+            stream,
+            seq,
+            actor_id,
+            actor_name,
+            entry,
+            (before_json, after_json, meta_json),
+            prev,
+            digest,
+            (before, after, meta),
+        )
     return _Events(rows, ids, now)
 
 

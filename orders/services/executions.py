@@ -267,20 +267,29 @@ class _LockSql:
         o_cols, self.order = _select(Order, "o")
         self.user_name = user_model.USERNAME_FIELD
         user_column = cast(Field, user_model._meta.get_field(self.user_name)).column
-        self.block_sql = (
-            f"SELECT {k_cols}, {i_cols}, pol.id FROM {Block._meta.db_table} AS k "
+        # The block (with its instrument and its allocation policy's id) and then its orders,
+        # locked in that order in one round trip: the orders' CTE starts with a one-time filter
+        # reading the block's (an InitPlan, run before its own scan), so the block's row lock
+        # is taken before the first order's, as with two statements. The first row (marked
+        # true) is the block's, then one row per order (marked false). A block's orders share
+        # its instrument, so their rows do not carry the instrument's columns.
+        self.block_order_width = len(self.order) + 4
+        self.block_width = len(self.block) + len(self.instrument) + 1
+        self.block_orders_sql = (
+            f"WITH k AS MATERIALIZED (SELECT {k_cols}, {i_cols}, pol.id "
+            f"FROM {Block._meta.db_table} AS k "
             f"JOIN {Instrument._meta.db_table} AS i ON i.id = k.instrument_id "
             f"LEFT JOIN {BlockAllocationPolicy._meta.db_table} AS pol ON pol.block_id = k.id "
-            "WHERE k.id = %s FOR UPDATE OF k"
-        )
-        # A block's orders share its instrument (loaded with the block), so their rows do not
-        # carry the instrument's columns.
-        self.block_orders_sql = (
+            "WHERE k.id = %s FOR UPDATE OF k), "
+            "o AS MATERIALIZED ("
             f'SELECT {o_cols}, a.code, a.desk_id, a.short_selling_allowed, u."{user_column}" '
             f"FROM {Order._meta.db_table} AS o "
             f"JOIN {Account._meta.db_table} AS a ON a.id = o.account_id "
             f"LEFT JOIN {user_model._meta.db_table} AS u ON u.id = o.created_by_id "
-            "WHERE o.block_id = %s ORDER BY o.id FOR UPDATE OF o"
+            "WHERE (SELECT count(*) FROM k) >= 0 AND o.block_id = %s "
+            "ORDER BY o.id FOR UPDATE OF o) "
+            f"SELECT true, k.*, {', '.join(['NULL'] * self.block_order_width)} FROM k "
+            f"UNION ALL SELECT false, {', '.join(['NULL'] * self.block_width)}, o.* FROM o"
         )
         # The placement and, when it is a lone order's, the order: one round trip. The order is
         # locked by the second CTE, which reads the first (already locked) placement row, so
@@ -443,17 +452,18 @@ def _lock(
             return _Context(placement, None, _orders_from_rows(q, [row[m:]], None), entries)
         block = None
         if placement.block_id is not None:
-            cursor.execute(q.block_sql, [placement.block_id])
-            row = cursor.fetchone()
-            n, m = len(q.block), len(q.block) + len(q.instrument)
-            block = model_from_row(Block, dict(zip(q.block, row[:n], strict=True)))
+            cursor.execute(q.block_orders_sql, [placement.block_id, placement.block_id])
+            answer = cursor.fetchall()
+            (row,) = [r for r in answer if r[0]]  # the block's (its placement refers to it)
+            n, m = 1 + len(q.block), 1 + len(q.block) + len(q.instrument)
+            block = model_from_row(Block, dict(zip(q.block, row[1:n], strict=True)))
             block._state.fields_cache["instrument"] = model_from_row(
                 Instrument, dict(zip(q.instrument, row[n:m], strict=True))
             )
             if row[m] is None:  # no policy: pro-rata (what select_related would cache)
                 block._state.fields_cache["allocation_policy"] = None
-            cursor.execute(q.block_orders_sql, [placement.block_id])
-            rows = cursor.fetchall()
+            start = 1 + q.block_width
+            rows = [r[start:] for r in answer if not r[0]]  # by pk, as the CTE locked them
             if early is not None and len(rows) >= PIPELINE_MIN_ORDERS:
                 early.send(placement, block, rows)
         else:
@@ -536,6 +546,8 @@ _INSERT_EXECUTION_SQL = (
     + f") VALUES ({', '.join(['%s'] * len(_EXECUTION_COLUMNS))}) "
     'ON CONFLICT ("session_key", "exec_id") DO NOTHING RETURNING "id"'
 )
+# The same insert answering what fill_read's `insert` counts with the fills.
+_INSERT_EXECUTION_READ_SQL = _INSERT_EXECUTION_SQL + ', "last_qty", "last_px"'
 _PLACEMENT_FIELDS = PLACEMENT_REPORT_FIELDS
 # What a report can change on its placement (under the placement's row lock).
 _PLACEMENT_SAVE_SQL = (
@@ -564,6 +576,35 @@ def _insert_execution(execution: Execution) -> bool:
     One round trip instead of a look-up and an insert (or a savepoint around the insert).
     """
     return _insert_execution_done(execution, _insert_execution_send(execution))
+
+
+def _insert_execution_and_read(execution: Execution, ctx: _Context) -> Any:
+    """`_insert_execution` sent with its fill's read (fill_allocate's `fill_read`, of the
+    orders locked in `ctx`), one statement; the read, or None when (session, ExecID) was
+    stored already (nothing inserted; the read's position locks are then held unused, as
+    after a duplicate's early read)."""
+    execution.received_at = timezone.now()
+    block = ctx.block
+    orders = ctx.orders
+    read = _fill_read()(
+        block_id=block.pk if block is not None else None,
+        order_id=None if block is not None else orders[0].pk,
+        broker_id=execution.broker_id,
+        order_ids=[o.id for o in orders],
+        instrument_id=block.instrument_id if block is not None else orders[0].instrument_id,
+        account_ids=sorted({o.account_id for o in orders}),
+        insert=(
+            _INSERT_EXECUTION_READ_SQL,
+            [getattr(execution, name) for name in _EXECUTION_FIELDS],
+        ),
+    )
+    pk = read.inserted_id()
+    if pk is None:
+        return None
+    execution.pk = pk
+    execution._state.adding = False
+    execution._state.db = "default"
+    return read
 
 
 def _insert_execution_send(execution: Execution) -> Any:
@@ -865,7 +906,14 @@ def _execution_book(
         execution = _new_execution(
             session_key, report, raw_message_id, placement, block, first, fill=fill
         )
-        inserted = _insert_execution(execution)
+        if fill and ctx is not None and ctx.orders and ctx.fill_read is None:
+            # A small fill (a big block's was sent early above): its Execution row is written
+            # by its fill's read, one statement.
+            read = _insert_execution_and_read(execution, ctx)
+            inserted = read is not None
+            ctx.fill_read = read
+        else:
+            inserted = _insert_execution(execution)
     if not inserted:
         return None  # this (session, ExecID) is already in the book
     if ctx is None:

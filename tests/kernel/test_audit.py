@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -318,4 +320,156 @@ def test_a_payload_given_as_its_canonical_text_is_stored_hashed_and_read_as_the_
         after=value,
         meta={},
     )
+    assert audit_verify() == []
+
+
+def _stored(events) -> list[tuple]:
+    rows = AuditEvent.objects.filter(pk__in=[e.pk for e in events]).order_by("pk")
+    return [(r.stream, r.seq, r.prev_hash, r.hash, r.before, r.after, r.meta) for r in rows]
+
+
+def _expected_hash(event: AuditEvent) -> str:
+    return event_hash(
+        stream=event.stream,
+        seq=event.seq,
+        prev_hash=event.prev_hash,
+        occurred_at=event.occurred_at,
+        actor_id=event.actor_id,
+        actor_name=event.actor_name,
+        action=event.action,
+        object_type=event.object_type,
+        object_id=event.object_id,
+        before=event.before,
+        after=event.after,
+        meta=event.meta,
+    )
+
+
+@pytest.mark.parametrize("count", [2, 9])
+def test_one_event_per_stream_with_heads_is_hashed_and_written_in_one_statement(
+    count: int, django_assert_num_queries
+) -> None:
+    # given streams that have a history, and one event for each with JSON that needs escaping
+    # and non-ASCII text (at most 8 events go as text literals, more as binary arrays)
+    earlier = [_write(1, stream_id=f"s{n}")[0] for n in range(count)]
+    entries = [
+        AuditEntry(
+            action="é.step",
+            object_type="test.thing",
+            object_id=f"s{n}",
+            before={"q": 'say "hi"', "b": "back\\slash", "n": None},
+            after={"k": n, "u": "é ✓", "l": [1, "x,y"], "t": "tab\there"},
+            meta={"m": "{}"},
+        )
+        for n in range(count)
+    ]
+    # when
+    with transaction.atomic(), django_assert_num_queries(1):
+        events = audit_record_many(entries=entries)
+    # then each chain continues from its head with the hash Python computes for the event
+    assert [(e.stream, e.seq, e.prev_hash) for e in events] == [
+        (f"test.thing:s{n}", 2, earlier[n].hash) for n in range(count)
+    ]
+    assert [e.action for e in events] == ["é.step"] * count
+    for event in events:
+        assert event.hash == _expected_hash(event)
+    assert _stored(events) == [
+        (e.stream, e.seq, e.prev_hash, e.hash, e.before, e.after, e.meta) for e in events
+    ]
+    assert events[0].after == {"k": 0, "u": "é ✓", "l": [1, "x,y"], "t": "tab\there"}
+    heads = dict(
+        AuditStream.objects.filter(stream__in=[e.stream for e in events]).values_list(
+            "stream", "last_hash"
+        )
+    )
+    assert heads == {e.stream: e.hash for e in events}
+    assert AuditStream.objects.get(stream="test.thing:s0").last_seq == 2
+    assert audit_verify() == []
+
+
+def test_a_stream_without_head_among_others_takes_two_statements_and_writes_once(
+    django_assert_num_queries,
+) -> None:
+    # given one stream with a history and one without a head
+    earlier = _write(2, stream_id="old")
+    entries = [
+        AuditEntry(action="a", object_type="test.thing", object_id="old", after={"k": 1}),
+        AuditEntry(action="b", object_type="test.thing", object_id="new", after={"k": 2}),
+    ]
+    # when (the one-statement write finds a head missing: it locks and writes nothing)
+    with transaction.atomic(), django_assert_num_queries(3):
+        events = audit_record_many(entries=entries)
+    # then each event is written once, chained as before
+    assert [(e.stream, e.seq, e.prev_hash) for e in events] == [
+        ("test.thing:old", 3, earlier[1].hash),
+        ("test.thing:new", 1, GENESIS_HASH),
+    ]
+    assert AuditEvent.objects.count() == 4
+    assert AuditEvent.objects.filter(stream="test.thing:new").count() == 1
+    assert dict(AuditStream.objects.values_list("stream", "last_seq")) == {
+        "test.thing:old": 3,
+        "test.thing:new": 1,
+    }
+    assert audit_verify() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_statement_write_waiting_for_a_head_chains_after_the_writer_it_waited_for() -> None:
+    # given a stream with a history, and another transaction that has written to it and holds
+    # its head, not committed yet
+    _write(1, stream_id="race")
+    holding, release = threading.Event(), threading.Event()
+    held: list[AuditEvent] = []
+
+    def other() -> None:
+        try:
+            with transaction.atomic():
+                held.append(
+                    audit_record(action="other", object_type="test.thing", object_id="race")
+                )
+                holding.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert holding.wait(10)
+    # when this transaction's write (whose statement starts before the other commits) waits
+    # for the head, and the other commits meanwhile
+    timer = threading.Timer(0.3, release.set)
+    timer.start()
+    with transaction.atomic():
+        mine = audit_record(action="mine", object_type="test.thing", object_id="race")
+    thread.join(10)
+    timer.cancel()
+    # then this event follows the other's, and the head is this event
+    assert (held[0].seq, mine.seq, mine.prev_hash) == (2, 3, held[0].hash)
+    head = AuditStream.objects.get(stream="test.thing:race")
+    assert (head.last_seq, head.last_hash) == (3, mine.hash)
+    assert list(
+        AuditEvent.objects.filter(stream="test.thing:race").values_list("seq", flat=True)
+    ) == [1, 2, 3]
+    assert audit_verify() == []
+
+
+def test_a_long_payload_is_sent_once_in_the_one_statement_write(
+    django_assert_num_queries,
+) -> None:
+    # given a stream with a history and a payload of about 9,000 characters given as text,
+    # holding a marker once
+    earlier = _write(1, stream_id="long")
+    value = {"rows": ["x" * 100] * 90, "tag": "needle-7f3"}
+    text = CanonicalJson(canonical_text(value))
+    # when it is written
+    with transaction.atomic(), django_assert_num_queries(1) as captured:
+        (event,) = audit_record_many(
+            entries=[AuditEntry(action="a", object_type="test.thing", object_id="long", after=text)]
+        )
+    # then the statement carries the payload once (the hashed text is built from the stored
+    # one), and the event is chained, hashed and stored as Python hashes it
+    assert captured.captured_queries[0]["sql"].count("needle-7f3") == 1
+    assert (event.seq, event.prev_hash, event.after) == (2, earlier[0].hash, value)
+    assert event.hash == _expected_hash(event)
+    assert AuditEvent.objects.get(pk=event.pk).after == value
     assert audit_verify() == []

@@ -593,8 +593,11 @@ def test_a_lone_orders_report_locks_its_placement_and_order_in_one_statement(rou
     sent = _statements(monkeypatch)
     # when the broker acknowledges the order
     apply(report(placement.cl_ord_id, "0", "0"))
-    # then one statement read and locked both rows (no separate read of the order)
-    locking = [str(s) for s in sent if "FOR UPDATE" in str(s)]
+    # then one statement read and locked both rows (no separate read of the order); the audit
+    # write's own lock of its stream heads aside
+    locking = [
+        str(s) for s in sent if "FOR UPDATE" in str(s) and "oms_site_auditstream" not in str(s)
+    ]
     assert len(locking) == 1
     assert "FOR UPDATE OF p)" in locking[0] and "FOR UPDATE OF o)" in locking[0]
     # and the report was applied from what it read
@@ -613,12 +616,16 @@ def test_a_block_placement_is_locked_then_its_block_then_its_orders(
     # when it is filled
     apply(report(p.cl_ord_id, "F", "2", cum="100", avg="100", last_qty="100", last_px="100"))
     # then the placement's statement found no lone order, and the block and its orders followed
+    # in one statement, the orders' lock behind a one-time read of the locked block's row
     locking = [str(s) for s in sent if "FOR UPDATE" in str(s)]
-    assert [s.split(" FROM ", 2)[1].split()[0] for s in locking[:3]] == [
+    assert [s.split(" FROM ", 2)[1].split()[0] for s in locking[:2]] == [
         "orders_placement",
         "orders_block",
-        "orders_order",
     ]
+    block_orders = locking[1]
+    assert block_orders.index("FOR UPDATE OF k") < block_orders.index("FOR UPDATE OF o")
+    assert "FROM orders_order AS o " in block_orders
+    assert "WHERE (SELECT count(*) FROM k) >= 0 AND o.block_id = %s" in block_orders
     assert [state(o)[:2] for o in orders] == [
         ("filled", Decimal("60")),
         ("filled", Decimal("40")),
@@ -682,6 +689,71 @@ def test_the_placement_is_locked_before_the_order(trader, brokers, make_order):
     assert order.status == "working"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_block_is_locked_before_its_orders(trader, brokers, make_order):
+    import threading
+
+    import psycopg
+    from django.db import connection
+
+    block, orders, placement = _block_of(trader, make_order, [60, 40])
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("prepare_threshold", None)
+    # given another transaction holding the second order's row lock
+    holder = psycopg.connect(**params)
+    holder.execute("SELECT 1 FROM orders_order WHERE id = %s FOR UPDATE", [orders[1].pk])
+    done = threading.Event()
+
+    def fill() -> None:
+        try:
+            apply(
+                report(
+                    placement.cl_ord_id, "F", "1", cum="10", avg="100", last_qty="10", last_px="100"
+                )
+            )
+        finally:
+            connection.close()
+            done.set()
+
+    # when a fill of the block is applied meanwhile
+    applier = threading.Thread(target=fill)
+    applier.start()
+    probe = psycopg.connect(**params, autocommit=True)
+    try:
+        deadline = 0
+        while deadline < 200:  # until the applier waits on a row lock
+            waiting = probe.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ).fetchone()
+            if waiting and waiting[0]:
+                break
+            deadline += 1
+            done.wait(0.05)
+        assert not done.is_set()
+        # then it holds the placement's, the block's and the first order's locks while it
+        # waits for the second order's
+        for table, pk in (
+            ("orders_placement", placement.pk),
+            ("orders_block", block.pk),
+            ("orders_order", orders[0].pk),
+        ):
+            with pytest.raises(psycopg.errors.LockNotAvailable), probe.transaction():
+                probe.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE NOWAIT", [pk])
+    finally:
+        holder.rollback()
+        holder.close()
+        applier.join(timeout=30)
+        probe.close()
+    # and once the order is free the fill is booked
+    assert [state(o)[:2] for o in orders] == [
+        ("partially_filled", Decimal("6")),
+        ("partially_filled", Decimal("4")),
+    ]
+
+
 def _writes_rows(statement: str) -> bool:
     return statement.startswith(("UPDATE", "WITH placement AS (UPDATE"))
 
@@ -735,3 +807,66 @@ def test_a_report_that_moves_no_order_writes_the_placement_alone(routed, monkeyp
     stored = Placement.objects.get(pk=placement.pk)
     assert (stored.status, stored.version) == ("working", placement.version + 1)
     assert Order.objects.get(pk=order.pk).version == order.version
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_copies_of_a_small_block_fills_book_each_fill_once(trader, brokers, make_order):
+    import threading
+
+    from django.db import connection
+
+    from oms_site.audit import audit_verify
+
+    # given an acknowledged block of three orders and five fills of it
+    _, orders, p = _block_of(trader, make_order, [50, 30, 20])
+    fills = [
+        report(
+            p.cl_ord_id,
+            "F",
+            "1",
+            exec_id=f"PAR{i}",
+            cum=str(10 * (i + 1)),
+            avg="100",
+            last_qty="10",
+            last_px=str(100 + i),
+        )
+        for i in range(5)
+    ]
+    start = threading.Barrier(4)
+    applied: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            start.wait()
+            for fill in fills:
+                if apply(fill) is not None:
+                    applied.append(1)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    # when four threads apply every fill at once (each report four times)
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # then each fill is booked once: 50 in all at the fills' average, split 25/15/10
+    assert errors == [] and len(applied) == 5
+    assert Execution.objects.filter(exec_id__startswith="PAR").count() == 5
+    assert [state(o)[:3] for o in orders] == [
+        ("partially_filled", Decimal("25"), Decimal("102")),
+        ("partially_filled", Decimal("15"), Decimal("102")),
+        ("partially_filled", Decimal("10"), Decimal("102")),
+    ]
+    booked = {
+        o.pk: sum(
+            Allocation.objects.filter(order_id=o.pk).values_list("quantity", flat=True),
+            Decimal(0),
+        )
+        for o in orders
+    }
+    assert booked == {orders[0].pk: 25, orders[1].pk: 15, orders[2].pk: 10}
+    assert audit_verify() == []

@@ -194,6 +194,10 @@ def test_a_big_block_fill_sends_its_execution_and_read_before_the_orders_are_bui
     def execute(self, query, *args, **kwargs):
         if query is executions._INSERT_EXECUTION_SQL:
             seen.append(("execution", self.connection.pgconn.pipeline_status))
+        elif isinstance(query, str) and query.startswith(
+            f"WITH ins AS ({executions._INSERT_EXECUTION_READ_SQL})"
+        ):
+            seen.append(("execution in the read", self.connection.pgconn.pipeline_status))
         return original_execute(self, query, *args, **kwargs)
 
     def build(q, rows, shared):
@@ -226,12 +230,12 @@ def test_a_big_block_fill_sends_its_execution_and_read_before_the_orders_are_bui
         ("read", [a.pk, b.pk, c.pk]),
         ("orders built", 3),
     ]
-    # and the smaller block's, as before: the orders built, then the insert waited for, then
-    # the read
+    # and the smaller block's: the orders built, then the read, which carries the insert (one
+    # statement, not in pipeline mode)
     assert seen == [
         ("orders built", 2),
-        ("execution", pq.PipelineStatus.OFF),
         ("read", sorted(o.pk for o in Order.objects.filter(block_id=small.block_id))),
+        ("execution in the read", pq.PipelineStatus.OFF),
     ]
     # and the big block's fill booked its three orders 30/15/5 at 100
     assert [(r[1], r[3]) for r in _rows(execution)] == [
@@ -333,3 +337,66 @@ def test_a_batch_with_a_duplicate_big_block_fill_books_the_next_fill_on_its_own_
         (b.pk, Decimal("15"), Decimal("101"), Decimal("30")),
         (c.pk, Decimal("5"), Decimal("101"), Decimal("10")),
     ]
+
+
+def _book_state() -> dict:
+    return {
+        "executions": sorted(Execution.objects.values_list("pk", "exec_id", "last_qty")),
+        "allocations": sorted(Allocation.objects.values_list("pk", "order_id", "quantity")),
+        "audit": AuditEvent.objects.count(),
+        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
+        "positions": sorted(Position.objects.values_list("pk", "quantity", "version")),
+        "cash": sorted(CashBalance.objects.values_list("pk", "pending", "version")),
+    }
+
+
+def test_a_duplicate_small_block_fill_whose_insert_rides_in_its_read_changes_nothing(
+    trader, brokers, make_order, django_capture_on_commit_callbacks
+):
+    # given an acknowledged block of two orders (its fills' inserts go in their reads) and one
+    # fill applied
+    _, _, p = _acknowledged_block(trader, make_order, [60, 40])
+    fill = report(
+        p.cl_ord_id, "F", "1", exec_id="DUP3", cum="50", avg="100", last_qty="50", last_px="100"
+    )
+    first = execution_apply(session_key=KEY, report=fill)
+    before = _book_state()
+    # when the same report comes again
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        again = execution_apply(session_key=KEY, report=fill)
+    # then it is not applied: no execution, allocation, audit event, order, position or cash
+    # change, and no blotter event
+    assert first is not None and again is None
+    assert _book_state() == before
+    assert callbacks == []
+
+
+def test_a_batch_with_a_duplicate_small_block_fill_books_the_next_fill_with_its_own_row(
+    trader, brokers, make_order
+):
+    # given an acknowledged block of three orders, one fill applied
+    _, (a, b, c), p = _acknowledged_block(trader, make_order, [60, 30, 10])
+    fill = report(
+        p.cl_ord_id, "F", "1", exec_id="DUP4", cum="50", avg="100", last_qty="50", last_px="100"
+    )
+    execution_apply(session_key=KEY, report=fill)
+    # when a batch brings the same fill again, then a new fill of 50 at 102
+    dup, second = executions_apply(
+        session_key=KEY,
+        reports=[
+            (fill, None),
+            (
+                report(p.cl_ord_id, "F", "2", cum="100", avg="101", last_qty="50", last_px="102"),
+                None,
+            ),
+        ],
+    )
+    # then the copy is not applied, and the new fill books the whole block at the average of
+    # both fills (its read counts the row it inserted)
+    assert dup is None and second is not None
+    assert [(r[1], r[3], r[4], r[7]) for r in _rows(second)] == [
+        (a.pk, Decimal("30"), Decimal("101"), Decimal("60")),
+        (b.pk, Decimal("15"), Decimal("101"), Decimal("30")),
+        (c.pk, Decimal("5"), Decimal("101"), Decimal("10")),
+    ]
+    assert Execution.objects.filter(exec_id="DUP4").count() == 1
