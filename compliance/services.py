@@ -150,14 +150,7 @@ def _insert_results(
             [
                 key if order_ids is None else order_ids[key],
                 checked_at,
-                array_literal([r.rule_id for r in per_order]),
-                array_literal([r.rule_name for r in per_order]),
-                array_literal([r.rule_type for r in per_order]),
-                array_literal([r.rule_version for r in per_order]),
-                array_literal([r.outcome for r in per_order]),
-                array_literal([r.message for r in per_order]),
-                array_literal([r.measured for r in per_order]),
-                array_literal([r.limit for r in per_order]),
+                *_result_arrays(per_order),
             ]
         )
     if not rows:
@@ -303,6 +296,20 @@ RESULT_SET_AFTER_ORDER_SQL = (
 )
 
 
+def _result_arrays(per_order: Sequence[Any]) -> list[str]:
+    """One order's results as the array texts of a stored result set's columns, in order."""
+    return [
+        array_literal([r.rule_id for r in per_order]),
+        array_literal([r.rule_name for r in per_order]),
+        array_literal([r.rule_type for r in per_order]),
+        array_literal([r.rule_version for r in per_order]),
+        array_literal([r.outcome for r in per_order]),
+        array_literal([r.message for r in per_order]),
+        array_literal([r.measured for r in per_order]),
+        array_literal([r.limit for r in per_order]),
+    ]
+
+
 def compliance_results_one(check: CheckOutcome) -> tuple[datetime, list[Any]] | None:
     """(checked_at, parameters of RESULT_SET_AFTER_ORDER_SQL) for a check of one order, as
     `compliance_results_store` would store them; None when that would write no row, or not
@@ -315,14 +322,7 @@ def compliance_results_one(check: CheckOutcome) -> tuple[datetime, list[Any]] | 
     checked_at = timezone.now()
     return checked_at, [
         checked_at,
-        array_literal([r.rule_id for r in per_order]),
-        array_literal([r.rule_name for r in per_order]),
-        array_literal([r.rule_type for r in per_order]),
-        array_literal([r.rule_version for r in per_order]),
-        array_literal([r.outcome for r in per_order]),
-        array_literal([r.message for r in per_order]),
-        array_literal([r.measured for r in per_order]),
-        array_literal([r.limit for r in per_order]),
+        *_result_arrays(per_order),
     ]
 
 
