@@ -329,13 +329,13 @@ class _Rows:
         actor_id: int | None,
         actor_name: str,
         entry: AuditEntry,
-        texts: tuple[str, str, str],
+        content: tuple[Any, Any, Any, str, str, str],
         prev: str,
         digest: str,
-        values: tuple[Any, Any, Any],
     ) -> None:
-        before_json, after_json, meta_json = texts
-        before, after, meta = values
+        """One event; `content` is its before, after and meta values and their canonical
+        texts, as `_contents` gives them."""
+        before, after, meta, before_json, after_json, meta_json = content
         self.stream.append(stream)
         self.seq.append(seq)
         self.actor_id.append(actor_id)
@@ -487,7 +487,7 @@ def audit_record_many(
             stream = entry.stream_name()
             last_seq, prev = heads[stream]
             actor_id, actor_name = actors.of(entry)
-            before, after, meta, before_json, after_json, meta_json = content
+            _, _, _, before_json, after_json, meta_json = content
             seq = last_seq + 1
             digest = _digest(
                 stream=stream,
@@ -503,17 +503,7 @@ def audit_record_many(
                 after_json=after_json,
                 meta_json=meta_json,
             )
-            rows.add(
-                stream,
-                seq,
-                actor_id,
-                actor_name,
-                entry,
-                (before_json, after_json, meta_json),
-                prev,
-                digest,
-                (before, after, meta),
-            )
+            rows.add(stream, seq, actor_id, actor_name, entry, content, prev, digest)
             heads[stream] = (seq, digest)
         names = list(heads)
         columns: list[Any] = [
@@ -618,18 +608,7 @@ def _write_one_statement(
         stream = entry.stream_name()
         pk, seq, prev, digest = written[stream]
         ids[(stream, seq)] = pk
-        before, after, meta, before_json, after_json, meta_json = content
-        rows.add(
-            stream,
-            seq,
-            actor_id,
-            actor_name,
-            entry,
-            (before_json, after_json, meta_json),
-            prev,
-            digest,
-            (before, after, meta),
-        )
+        rows.add(stream, seq, actor_id, actor_name, entry, content, prev, digest)
     return _Events(rows, ids, now)
 
 
