@@ -337,11 +337,12 @@ def _sender_drain() -> None:
         return
 
     async def idle() -> None:
-        # Batches are sent one after another under this lock, in the order they were queued.
+        # Batches are sent one after another under this lock, in the order they were queued:
+        # once it is ours, every batch queued before has been sent.
         lock = realtime._batch_lock
         if lock is not None:
-            async with lock:
-                pass
+            await lock.acquire()
+            lock.release()
 
     asyncio.run_coroutine_threadsafe(idle(), loop).result(timeout=30)
 

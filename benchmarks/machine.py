@@ -22,12 +22,14 @@ PROBE_RUNS = 7
 
 
 def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what the platform module says."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux, or /proc not mounted
+        text = ""
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
 
 
