@@ -354,12 +354,14 @@ _NOTHING_BOOKED = _Booked()
 # caller waits for: in pipeline mode (execution_apply's big fills) the rest of the fill's
 # Python (its audit entry, the orders' states, the blotter events) runs while PostgreSQL
 # writes. An order that gets no row leaves its id unused (a gap in the sequence, as a rollback
-# leaves).
+# leaves). The sequence is named by a scalar subquery (an InitPlan, run once per statement):
+# as a joined one-row subquery the planner pulls it up and runs pg_get_serial_sequence (a
+# catalog look-up and a name parse) again for every order, about 3.5 ms for 1,000 orders.
 _BOOKED_SQL = (
     'SELECT o.id, a."cum_quantity", a."cum_gross", a."cum_commission", a."cum_fees", '
-    'a."cum_net", a."id", nextval(s.seq) FROM (SELECT pg_get_serial_sequence('
-    f"'\"{Allocation._meta.db_table}\"', 'id')::regclass AS seq) AS s "
-    "CROSS JOIN unnest(%s::bigint[]) AS o(id) LEFT JOIN LATERAL ("
+    'a."cum_net", a."id", nextval((SELECT pg_get_serial_sequence('
+    f"'\"{Allocation._meta.db_table}\"', 'id')::regclass)) "
+    "FROM unnest(%s::bigint[]) AS o(id) LEFT JOIN LATERAL ("
     f'SELECT * FROM "{Allocation._meta.db_table}" AS a '
     'WHERE a."order_id" = o.id AND {block_match} ORDER BY a."block_id" DESC, a."id" DESC LIMIT 1) '
     "AS a ON true"

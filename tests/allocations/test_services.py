@@ -595,6 +595,27 @@ def test_what_each_order_booked_is_its_latest_row_in_that_block_through_the_pair
     assert "Index Cond: (block_id" not in plan + without
 
 
+@pytest.mark.django_db
+def test_the_booked_read_names_the_allocation_sequence_once_per_statement():
+    from django.db import connection
+
+    from allocations.services import _BLOCK_MATCH, _BOOKED_SQL
+
+    # given the read of what 1,000 orders have booked (and their new row ids)
+    sql = f"EXPLAIN VERBOSE {_BOOKED_SQL.replace('{block_match}', _BLOCK_MATCH)}"
+    params = [f"{{{','.join(map(str, range(1, 1001)))}}}", 1, 1]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        plan = [row[0].strip() for row in cursor.fetchall()]
+
+    # then the sequence is looked up once, by an InitPlan, and each order's row only calls
+    # nextval on its result (not pg_get_serial_sequence again for every order)
+    named = [line for line in plan if "pg_get_serial_sequence" in line]
+    assert len(named) == 1 and named[0].startswith("Output: (pg_get_serial_sequence(")
+    assert any(line.startswith("InitPlan 1 (returns $0)") for line in plan)
+    assert any(line.startswith("Output: o.id,") and "nextval($0)" in line for line in plan)
+
+
 def test_a_blocks_lock_reads_the_block_then_its_orders_in_one_statement(
     three_accounts, instrument, broker, trader, monkeypatch
 ):
