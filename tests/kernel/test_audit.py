@@ -473,3 +473,70 @@ def test_a_long_payload_is_sent_once_in_the_one_statement_write(
     assert event.hash == _expected_hash(event)
     assert AuditEvent.objects.get(pk=event.pk).after == value
     assert audit_verify() == []
+
+
+def test_few_events_with_short_payloads_go_as_literals_and_a_long_payload_does_not() -> None:
+    from oms_site.audit import _LITERAL_PAYLOADS_AT_MOST, _LITERALS_AT_MOST, _as_literals
+
+    def content(size: int) -> tuple:
+        return (None, None, None, "null", "x" * (size - 6), "{}")
+
+    # (the three texts of an entry: before, after and meta, counted together)
+    at_most = content(_LITERAL_PAYLOADS_AT_MOST)
+    assert sum(len(t) for t in at_most[3:]) == _LITERAL_PAYLOADS_AT_MOST
+    assert _as_literals([at_most]) is True
+    assert _as_literals([content(_LITERAL_PAYLOADS_AT_MOST + 1)]) is False
+    assert _as_literals([content(100)] * _LITERALS_AT_MOST) is True
+    assert _as_literals([content(100)] * (_LITERALS_AT_MOST + 1)) is False
+    half = content(_LITERAL_PAYLOADS_AT_MOST // 2 + 1)
+    assert _as_literals([half, half]) is False
+
+
+@pytest.mark.parametrize("new_stream", [False, True])
+def test_a_long_payload_goes_in_binary_arrays_and_is_stored_and_hashed_alike(
+    new_stream: bool, monkeypatch, django_assert_num_queries
+) -> None:
+    from oms_site import audit
+
+    # given a payload of about 40,000 characters with JSON that needs escaping and non-ASCII
+    # text, for a stream with a history (one statement) or a new one (the two-statement write)
+    earlier = None if new_stream else _write(1, stream_id="big")[0]
+    if not new_stream:
+        _write(1, stream_id="small")
+    value = {
+        "rows": [{"q": 'say "hi"', "b": "back\\slash", "u": "é ✓", "n": i} for i in range(600)],
+        "t": "tab\there",
+    }
+    text = CanonicalJson(canonical_text(value))
+    assert len(text) > audit._LITERAL_PAYLOADS_AT_MOST
+    chosen: list[bool] = []
+    original = audit._as_literals
+
+    def spy(contents):
+        chosen.append(original(contents))
+        return chosen[-1]
+
+    monkeypatch.setattr(audit, "_as_literals", spy)
+    # when it is written with a short event of another stream
+    entries = [
+        AuditEntry(action="a", object_type="test.thing", object_id="big", after=text),
+        AuditEntry(action="b", object_type="test.thing", object_id="small", after={"k": 1}),
+    ]
+    with transaction.atomic(), django_assert_num_queries(1):
+        events = audit_record_many(entries=entries, new_streams=new_stream)
+    # then the batch went as binary arrays, in one statement, and both events are stored, chained and hashed as
+    # Python hashes them
+    assert chosen and set(chosen) == {False}
+    big = events[0]
+    assert big.stream == "test.thing:big"
+    if earlier is not None:
+        assert (big.seq, big.prev_hash) == (2, earlier.hash)
+    else:
+        assert (big.seq, big.prev_hash) == (1, GENESIS_HASH)
+    for event in events:
+        assert event.hash == _expected_hash(event)
+    assert AuditEvent.objects.get(pk=big.pk).after == value
+    assert _stored(events) == [
+        (e.stream, e.seq, e.prev_hash, e.hash, e.before, e.after, e.meta) for e in events
+    ]
+    assert audit_verify() == []
