@@ -110,6 +110,11 @@ DB_PREPARE_THRESHOLD: int | None = None if _prepare == "off" else int(_prepare)
 # The FIX gateway's threads keep one generic plan per prepared statement instead of planning
 # the largest ones again on every run ("off": PostgreSQL's default choice).
 DB_GENERIC_PLANS = os.environ.get("DB_GENERIC_PLANS", "on").strip().lower() != "off"
+# The planner's cost of a page read out of order, on those same connections (with generic
+# plans): the server's default (4) is made for disks; with the book in memory it made those
+# plans hash whole tables instead of looking a few rows up by index ("off": the server's).
+_page_cost = os.environ.get("DB_RANDOM_PAGE_COST", "1.1").strip().lower()
+DB_RANDOM_PAGE_COST: float | None = None if _page_cost == "off" else float(_page_cost)
 if DB_POOL_MAX_SIZE > 0:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool, not Django, keeps connections
     DATABASES["default"]["OPTIONS"]["pool"] = {

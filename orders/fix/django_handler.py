@@ -201,10 +201,26 @@ def prepare_connection(conn: Any) -> None:
     elements per array, exceeds that of a custom plan; those plans are the same index look-ups.
     Nothing is set when preparing is off (a pooler in transaction mode would hand the session
     setting to other clients).
+
+    Those plans are made once, guessing 10 elements for every array parameter, against the
+    table sizes of the moment; with the server's `random_page_cost` (4, made for disks) the
+    planner then hashed whole tables for a fill of a few orders: all the accounts to join the
+    block's orders, the audit stream heads three times (seq scans of 2,200 and 1,000 rows
+    where a few index look-ups do). With `DB_RANDOM_PAGE_COST` (1.1 by default: the book is in
+    memory), set in the same statement, those plans look the rows up by index. A 1,000-order
+    fill's plans then do so too (its positions, the reference check's accounts), where hashing
+    the benchmark's 2,200-row tables was cheaper: a trade-off, measured in the README.
     """
     conn.prepare_threshold = settings.DB_PREPARE_THRESHOLD
     if settings.DB_PREPARE_THRESHOLD is not None and settings.DB_GENERIC_PLANS:
-        conn.execute("SELECT set_config('plan_cache_mode', 'force_generic_plan', false)")
+        if settings.DB_RANDOM_PAGE_COST is None:
+            conn.execute("SELECT set_config('plan_cache_mode', 'force_generic_plan', false)")
+        else:
+            conn.execute(
+                "SELECT set_config('plan_cache_mode', 'force_generic_plan', false), "
+                "set_config('random_page_cost', %s, false)",
+                [str(settings.DB_RANDOM_PAGE_COST)],
+            )
 
 
 def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:

@@ -309,6 +309,56 @@ def _plan_cache_mode_on_thread(thread: _DbThread) -> str:
     return thread.run(work)
 
 
+def _random_page_cost_on_thread(thread: _DbThread) -> str:
+    def work() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW random_page_cost")
+            return str(cursor.fetchone()[0])
+
+    return thread.run(work)
+
+
+def _server_random_page_cost() -> str:
+    with concurrent.futures.ThreadPoolExecutor(1) as other:
+
+        def elsewhere() -> str:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SHOW random_page_cost")
+                    return str(cursor.fetchone()[0])
+            finally:
+                connection.close()
+
+        return other.submit(elsewhere).result()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gateway_threads_with_generic_plans_cost_random_pages_as_in_memory(settings):
+    settings.DB_PREPARE_THRESHOLD = 3
+    server = _server_random_page_cost()  # other connections keep the server's (4 by default)
+    # given gateway threads with generic plans on and the page cost set (the default), turned
+    # off, and generic plans off
+    for generic, cost, expected in ((True, 1.1, "1.1"), (True, None, server), (False, 1.1, server)):
+        settings.DB_GENERIC_PLANS = generic
+        settings.DB_RANDOM_PAGE_COST = cost
+        thread = _DbThread("test-db")
+        try:
+            # then its connection plans with that page cost (or the server's)
+            assert _random_page_cost_on_thread(thread) == expected
+            assert _plan_cache_mode_on_thread(thread) == (
+                "force_generic_plan" if generic else "auto"
+            )
+            # and so does one it opens again (after a database failure)
+            thread.run(lambda: connection.close())
+            assert _random_page_cost_on_thread(thread) == expected
+        finally:
+            thread.close()
+    # while another thread's connection keeps the server's
+    settings.DB_GENERIC_PLANS = True
+    settings.DB_RANDOM_PAGE_COST = 1.1
+    assert _server_random_page_cost() == server
+
+
 @pytest.mark.django_db(transaction=True)
 def test_gateway_threads_keep_generic_plans_unless_turned_off(settings):
     settings.DB_PREPARE_THRESHOLD = 3
