@@ -700,7 +700,9 @@ class _Prepared:
         self.memo: dict[Any, Any] | None = None
 
 
-_Check = Callable[[RuleSpec, dict[str, Any], _Prepared], RuleResult]
+# A rule's check, a plain function of the _Run (not a bound method: a run holding its own
+# bound methods would be a reference cycle, left to the cyclic collector after every check).
+_Check = Callable[["_Run", RuleSpec, dict[str, Any], _Prepared], RuleResult]
 
 
 class _Run:
@@ -710,14 +712,14 @@ class _Run:
         self.ctx = ctx
         day = ctx.as_of.date()
         checks: dict[str, _Check] = {
-            RULE_RESTRICTED_LIST: self._restricted_list,
-            RULE_CONCENTRATION: self._concentration,
-            RULE_OWNERSHIP: self._ownership,
-            RULE_FAT_FINGER: self._fat_finger,
-            RULE_SHORT_SELLING: self._short_selling,
-            RULE_BUYING_POWER: self._buying_power,
-            RULE_CONFLICTING_ORDERS: self._conflicting_orders,
-            RULE_DUPLICATE_ORDERS: self._duplicate_orders,
+            RULE_RESTRICTED_LIST: _Run._restricted_list,
+            RULE_CONCENTRATION: _Run._concentration,
+            RULE_OWNERSHIP: _Run._ownership,
+            RULE_FAT_FINGER: _Run._fat_finger,
+            RULE_SHORT_SELLING: _Run._short_selling,
+            RULE_BUYING_POWER: _Run._buying_power,
+            RULE_CONFLICTING_ORDERS: _Run._conflicting_orders,
+            RULE_DUPLICATE_ORDERS: _Run._duplicate_orders,
         }
         self.compiled: list[tuple[RuleSpec, dict[str, Any], _Check]] = []
         for rule in rules:
@@ -764,7 +766,7 @@ class _Run:
             if applicable is None:
                 applicable = [c for c in self.compiled if self._covers(c[0], account)]
                 self.rules_by_account[account.id] = applicable
-            out[order.key] = [check(rule, params, p) for rule, params, check in applicable]
+            out[order.key] = [check(self, rule, params, p) for rule, params, check in applicable]
             self._record(p)
         return out
 

@@ -174,6 +174,10 @@ class OrderListCreateView(OrderEntryThrottleMixin, generics.ListAPIView):
         if "compliance_results" not in getattr(order, "_prefetched_objects_cache", {}):
             compliance_results_attach([order])
         body = _ORDER_OUTPUT(order)
+        # The results' prefetch cache (a queryset holding the order, results holding it too) is
+        # a reference cycle: dropped once rendered, the order and its results are freed when
+        # the request ends instead of by the cyclic collector.
+        order.__dict__.pop("_prefetched_objects_cache", None)
         replayed = getattr(order, "replayed", False)
         return Response(body, status=status.HTTP_200_OK if replayed else status.HTTP_201_CREATED)
 

@@ -1258,3 +1258,28 @@ def test_keys_a_summary_leaves_out_count_as_no_open_orders() -> None:
         ("pass", D("1000")),
         ("pass", D("0")),
     ]
+
+
+# --- no reference cycles ---------------------------------------------------------------------
+
+
+def test_a_run_is_freed_without_the_cyclic_collector() -> None:
+    # given: the cyclic collector off, and a run that checked an order against two rules
+    import gc
+    import weakref
+
+    from compliance.engine import _Run
+
+    specs = [rule("fat_finger", id=1, params={"max_quantity": "1000"}), rule("restricted_list")]
+    gc.disable()
+    try:
+        run = _Run(context(), specs)
+        rows = run.run([order(quantity="10")])
+        ref = weakref.ref(run)
+        # when: its last reference goes
+        del run
+        # then: it is gone at once (it keeps no bound methods of its own), its rows intact
+        assert ref() is None
+        assert [r.outcome for r in rows["o1"]] == ["pass", "pass"]
+    finally:
+        gc.enable()

@@ -345,3 +345,88 @@ def test_the_script_prefix_and_context_locals_reach_every_step_of_a_request() ->
     assert messages[0]["status"] == 200
     assert messages[1]["body"] == b"/oms/"
     assert seen == ["from the view"]
+
+
+def test_an_answered_order_leaves_no_reference_cycle_through_the_handler(
+    pm: Any, account: Any, instrument: Any
+) -> None:
+    # given: a PM's token, and the cyclic collector keeping what it finds instead of freeing it
+    import asyncio
+    import gc
+
+    token = Token.objects.create(user=pm).key
+    _post_order(token, "1")  # the lane, caches and connections exist before the measured order
+    body = json.dumps(
+        {
+            "account": "ACC-A",
+            "instrument": "ACME",
+            "side": "buy",
+            "quantity": "5",
+            "order_type": "limit",
+            "limit_price": "100.00",
+        }
+    ).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/orders/",
+        "raw_path": b"/api/v1/orders/",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 5000),
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"authorization", f"Token {token}".encode()),
+        ],
+    }
+    statuses: list[int] = []
+
+    async def serve_one() -> None:
+        # As uvicorn does: the body first, then `http.disconnect` once the answer is complete
+        # (the handler's disconnect listener then ends with RequestAborted).
+        complete = asyncio.Event()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await complete.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+            elif not message.get("more_body"):
+                complete.set()
+
+        await asgi.application(scope, receive, send)
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        # when: one order is entered and answered
+        async_to_sync(serve_one)()
+        gc.collect()
+        found = list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    # then: it was created, and neither the handler's frames nor the order and its results
+    # were left for the cyclic collector (reference counting freed them)
+    assert statuses == [201]
+    assert Order.objects.filter(quantity=Decimal("5")).count() == 1
+    handler_frames = [
+        o for o in found if type(o).__name__ == "frame" and o.f_code.co_filename == asgi.__file__
+    ]
+    assert handler_frames == []
+    assert [
+        type(o).__name__ for o in found if type(o).__name__ in ("Order", "ComplianceResult")
+    ] == []
