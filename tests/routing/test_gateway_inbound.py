@@ -300,36 +300,42 @@ def test_gateway_threads_prepare_the_statements_they_repeat(settings):
         assert other.submit(elsewhere).result() == (None, [])
 
 
-def _plan_cache_mode_on_thread(thread: _DbThread) -> str:
+def _setting_on_thread(thread: _DbThread, name: str) -> str:
+    """A setting of the gateway thread's connection (SHOW `name`)."""
+
     def work() -> str:
         with connection.cursor() as cursor:
-            cursor.execute("SHOW plan_cache_mode")
+            cursor.execute(f"SHOW {name}")
             return str(cursor.fetchone()[0])
 
     return thread.run(work)
+
+
+def _plan_cache_mode_on_thread(thread: _DbThread) -> str:
+    return _setting_on_thread(thread, "plan_cache_mode")
 
 
 def _random_page_cost_on_thread(thread: _DbThread) -> str:
-    def work() -> str:
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW random_page_cost")
-            return str(cursor.fetchone()[0])
-
-    return thread.run(work)
+    return _setting_on_thread(thread, "random_page_cost")
 
 
-def _server_random_page_cost() -> str:
+def _setting_elsewhere(name: str) -> str:
+    """The same setting on a connection of another (not a gateway) thread."""
     with concurrent.futures.ThreadPoolExecutor(1) as other:
 
         def elsewhere() -> str:
             try:
                 with connection.cursor() as cursor:
-                    cursor.execute("SHOW random_page_cost")
+                    cursor.execute(f"SHOW {name}")
                     return str(cursor.fetchone()[0])
             finally:
                 connection.close()
 
         return other.submit(elsewhere).result()
+
+
+def _server_random_page_cost() -> str:
+    return _setting_elsewhere("random_page_cost")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -376,17 +382,7 @@ def test_gateway_threads_keep_generic_plans_unless_turned_off(settings):
             thread.close()
     # while another thread's connection keeps PostgreSQL's default
     settings.DB_GENERIC_PLANS = True
-    with concurrent.futures.ThreadPoolExecutor(1) as other:
-
-        def elsewhere() -> str:
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute("SHOW plan_cache_mode")
-                    return str(cursor.fetchone()[0])
-            finally:
-                connection.close()
-
-        assert other.submit(elsewhere).result() == "auto"
+    assert _setting_elsewhere("plan_cache_mode") == "auto"
 
 
 @pytest.mark.django_db(transaction=True)
