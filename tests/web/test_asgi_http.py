@@ -231,8 +231,8 @@ print("RESULT" + json.dumps({"before": before, "sent": sent}))
 """
 
 
-def test_the_servers_start_up_loads_the_urlconf_before_it_serves() -> None:
-    # given: a fresh interpreter that imported the application (as a server's worker does)
+def _fresh_interpreter_result(script: str) -> Any:
+    """Run `script` in a fresh interpreter with the project's settings; its RESULT line's JSON."""
     import os
     import subprocess
     import sys
@@ -240,9 +240,8 @@ def test_the_servers_start_up_loads_the_urlconf_before_it_serves() -> None:
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "DJANGO_SETTINGS_MODULE": "oms_site.settings"}
-    # when: the server's lifespan start-up and shut-down run
     out = subprocess.run(
-        [sys.executable, "-c", _LIFESPAN_SCRIPT],
+        [sys.executable, "-c", script],
         cwd=root,
         env=env,
         capture_output=True,
@@ -250,9 +249,15 @@ def test_the_servers_start_up_loads_the_urlconf_before_it_serves() -> None:
         timeout=180,
         check=True,
     )
+    return json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))[6:])
+
+
+def test_the_servers_start_up_loads_the_urlconf_before_it_serves() -> None:
+    # given: a fresh interpreter that imported the application (as a server's worker does)
+    # when: the server's lifespan start-up and shut-down run
+    result = _fresh_interpreter_result(_LIFESPAN_SCRIPT)
     # then: the URLconf was not loaded by the import, and was loaded when start-up completed
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))
-    assert json.loads(line[6:]) == {
+    assert result == {
         "before": False,
         "sent": [["lifespan.startup.complete", True], ["lifespan.shutdown.complete", True]],
     }
@@ -289,26 +294,10 @@ print("RESULT" + json.dumps({"before": before, "after": after, "all": sorted(nam
 
 def test_the_servers_start_up_preloads_and_raises_the_collectors_first_threshold() -> None:
     # given: a fresh interpreter that imported the application (as a server's worker does)
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "DJANGO_SETTINGS_MODULE": "oms_site.settings"}
     # when: the server's lifespan start-up completes
-    out = subprocess.run(
-        [sys.executable, "-c", _PRELOAD_SCRIPT],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=True,
-    )
+    result = _fresh_interpreter_result(_PRELOAD_SCRIPT)
     # then: the cache client, the channel layer and the session and message storages were
     # loaded by the start-up, none of them by the import
-    result = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT"))[6:])
     assert result["before"] == []
     assert result["after"] == result["all"]
     # and the collector's first threshold went from Python's default to 7000, the others kept
