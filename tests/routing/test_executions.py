@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -632,33 +636,30 @@ def test_a_block_placement_is_locked_then_its_block_then_its_orders(
     ]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_placement_is_locked_before_the_order(trader, brokers, make_order):
-    import threading
-
+@contextlib.contextmanager
+def _applier_behind_a_held_order(order_pk: int, applying: Callable[[], None]) -> Iterator[Any]:
+    """Hold the order's row lock in another transaction, run `applying` in a thread until it
+    waits on a row lock (and has not finished), and yield an autocommit probe connection; on
+    leaving, the lock is released and the thread joined."""
     import psycopg
     from django.db import connection
 
-    order = make_order(quantity=Decimal("100"))
-    placement = order_route(user=trader, order_id=order.pk, broker_code="BRKA")
     params = connection.get_connection_params()
     params.pop("cursor_factory", None)
     params.pop("context", None)
     params.pop("prepare_threshold", None)
-    # given another transaction holding the order's row lock
     holder = psycopg.connect(**params)
-    holder.execute("SELECT 1 FROM orders_order WHERE id = %s FOR UPDATE", [order.pk])
+    holder.execute("SELECT 1 FROM orders_order WHERE id = %s FOR UPDATE", [order_pk])
     done = threading.Event()
 
-    def ack() -> None:
+    def run() -> None:
         try:
-            apply(report(placement.cl_ord_id, "0", "0"))
+            applying()
         finally:
             connection.close()
             done.set()
 
-    # when a report of the order is applied meanwhile
-    applier = threading.Thread(target=ack)
+    applier = threading.Thread(target=run)
     applier.start()
     probe = psycopg.connect(**params, autocommit=True)
     try:
@@ -673,17 +674,32 @@ def test_the_placement_is_locked_before_the_order(trader, brokers, make_order):
             deadline += 1
             done.wait(0.05)
         assert not done.is_set()
-        # then it holds the placement's lock while it waits for the order's
-        with pytest.raises(psycopg.errors.LockNotAvailable), probe.transaction():
-            probe.execute(
-                "SELECT 1 FROM orders_placement WHERE id = %s FOR UPDATE NOWAIT",
-                [placement.pk],
-            )
+        yield probe
     finally:
         holder.rollback()
         holder.close()
         applier.join(timeout=30)
         probe.close()
+
+
+def _assert_locked(probe: Any, table: str, pk: int) -> None:
+    import psycopg
+
+    with pytest.raises(psycopg.errors.LockNotAvailable), probe.transaction():
+        probe.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE NOWAIT", [pk])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_placement_is_locked_before_the_order(trader, brokers, make_order):
+    order = make_order(quantity=Decimal("100"))
+    placement = order_route(user=trader, order_id=order.pk, broker_code="BRKA")
+    # given another transaction holding the order's row lock, when a report of the order is
+    # applied meanwhile
+    with _applier_behind_a_held_order(
+        order.pk, lambda: apply(report(placement.cl_ord_id, "0", "0"))
+    ) as probe:
+        # then it holds the placement's lock while it waits for the order's
+        _assert_locked(probe, "orders_placement", placement.pk)
     # and once the order is free the report is applied
     order.refresh_from_db()
     assert order.status == "working"
@@ -691,62 +707,16 @@ def test_the_placement_is_locked_before_the_order(trader, brokers, make_order):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_block_is_locked_before_its_orders(trader, brokers, make_order):
-    import threading
-
-    import psycopg
-    from django.db import connection
-
     block, orders, placement = _block_of(trader, make_order, [60, 40])
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    params.pop("prepare_threshold", None)
-    # given another transaction holding the second order's row lock
-    holder = psycopg.connect(**params)
-    holder.execute("SELECT 1 FROM orders_order WHERE id = %s FOR UPDATE", [orders[1].pk])
-    done = threading.Event()
-
-    def fill() -> None:
-        try:
-            apply(
-                report(
-                    placement.cl_ord_id, "F", "1", cum="10", avg="100", last_qty="10", last_px="100"
-                )
-            )
-        finally:
-            connection.close()
-            done.set()
-
-    # when a fill of the block is applied meanwhile
-    applier = threading.Thread(target=fill)
-    applier.start()
-    probe = psycopg.connect(**params, autocommit=True)
-    try:
-        deadline = 0
-        while deadline < 200:  # until the applier waits on a row lock
-            waiting = probe.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()"
-            ).fetchone()
-            if waiting and waiting[0]:
-                break
-            deadline += 1
-            done.wait(0.05)
-        assert not done.is_set()
+    fill = report(placement.cl_ord_id, "F", "1", cum="10", avg="100", last_qty="10", last_px="100")
+    # given another transaction holding the second order's row lock, when a fill of the block
+    # is applied meanwhile
+    with _applier_behind_a_held_order(orders[1].pk, lambda: apply(fill)) as probe:
         # then it holds the placement's, the block's and the first order's locks while it
         # waits for the second order's
-        for table, pk in (
-            ("orders_placement", placement.pk),
-            ("orders_block", block.pk),
-            ("orders_order", orders[0].pk),
-        ):
-            with pytest.raises(psycopg.errors.LockNotAvailable), probe.transaction():
-                probe.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE NOWAIT", [pk])
-    finally:
-        holder.rollback()
-        holder.close()
-        applier.join(timeout=30)
-        probe.close()
+        _assert_locked(probe, "orders_placement", placement.pk)
+        _assert_locked(probe, "orders_block", block.pk)
+        _assert_locked(probe, "orders_order", orders[0].pk)
     # and once the order is free the fill is booked
     assert [state(o)[:2] for o in orders] == [
         ("partially_filled", Decimal("6")),

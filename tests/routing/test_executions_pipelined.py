@@ -308,14 +308,23 @@ def test_an_overfill_of_a_big_block_sends_nothing_early_and_books_nothing(
     assert not Allocation.objects.exists()
 
 
-def test_a_batch_with_a_duplicate_big_block_fill_books_the_next_fill_on_its_own_read(
-    trader, brokers, make_order, monkeypatch
+@pytest.mark.parametrize(
+    "pipeline_min_orders, exec_id",
+    [(3, "DUP2"), (None, "DUP4")],
+    # a big block's fill counts its execution in its own read; a small block's read counts
+    # the row its insert added
+    ids=["big-block-pipelined", "small-block-insert-in-read"],
+)
+def test_a_batch_with_a_duplicate_block_fill_books_the_next_fill(
+    trader, brokers, make_order, monkeypatch, pipeline_min_orders, exec_id
 ):
-    # given an acknowledged block of three orders filled in pipeline mode, one fill applied
-    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 3)
+    # given an acknowledged block of three orders (filled in pipeline mode, or with each small
+    # fill's insert in its read), one fill applied
+    if pipeline_min_orders is not None:
+        monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", pipeline_min_orders)
     _, (a, b, c), p = _acknowledged_block(trader, make_order, [60, 30, 10])
     fill = report(
-        p.cl_ord_id, "F", "1", exec_id="DUP2", cum="50", avg="100", last_qty="50", last_px="100"
+        p.cl_ord_id, "F", "1", exec_id=exec_id, cum="50", avg="100", last_qty="50", last_px="100"
     )
     execution_apply(session_key=KEY, report=fill)
     # when a batch brings the same fill again, then a new fill of 50 at 102
@@ -330,13 +339,14 @@ def test_a_batch_with_a_duplicate_big_block_fill_books_the_next_fill_on_its_own_
         ],
     )
     # then the copy is not applied, and the new fill books the whole block at the average of
-    # both fills (its own read counts its execution)
+    # both fills
     assert dup is None and second is not None
     assert [(r[1], r[3], r[4], r[7]) for r in _rows(second)] == [
         (a.pk, Decimal("30"), Decimal("101"), Decimal("60")),
         (b.pk, Decimal("15"), Decimal("101"), Decimal("30")),
         (c.pk, Decimal("5"), Decimal("101"), Decimal("10")),
     ]
+    assert Execution.objects.filter(exec_id=exec_id).count() == 1
 
 
 def _book_state() -> dict:
@@ -369,34 +379,3 @@ def test_a_duplicate_small_block_fill_whose_insert_rides_in_its_read_changes_not
     assert first is not None and again is None
     assert _book_state() == before
     assert callbacks == []
-
-
-def test_a_batch_with_a_duplicate_small_block_fill_books_the_next_fill_with_its_own_row(
-    trader, brokers, make_order
-):
-    # given an acknowledged block of three orders, one fill applied
-    _, (a, b, c), p = _acknowledged_block(trader, make_order, [60, 30, 10])
-    fill = report(
-        p.cl_ord_id, "F", "1", exec_id="DUP4", cum="50", avg="100", last_qty="50", last_px="100"
-    )
-    execution_apply(session_key=KEY, report=fill)
-    # when a batch brings the same fill again, then a new fill of 50 at 102
-    dup, second = executions_apply(
-        session_key=KEY,
-        reports=[
-            (fill, None),
-            (
-                report(p.cl_ord_id, "F", "2", cum="100", avg="101", last_qty="50", last_px="102"),
-                None,
-            ),
-        ],
-    )
-    # then the copy is not applied, and the new fill books the whole block at the average of
-    # both fills (its read counts the row it inserted)
-    assert dup is None and second is not None
-    assert [(r[1], r[3], r[4], r[7]) for r in _rows(second)] == [
-        (a.pk, Decimal("30"), Decimal("101"), Decimal("60")),
-        (b.pk, Decimal("15"), Decimal("101"), Decimal("30")),
-        (c.pk, Decimal("5"), Decimal("101"), Decimal("10")),
-    ]
-    assert Execution.objects.filter(exec_id="DUP4").count() == 1
