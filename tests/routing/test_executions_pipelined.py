@@ -245,6 +245,17 @@ def test_a_big_block_fill_sends_its_execution_and_read_before_the_orders_are_bui
     ]
 
 
+def _book_state() -> dict:
+    return {
+        "executions": sorted(Execution.objects.values_list("pk", "exec_id", "last_qty")),
+        "allocations": sorted(Allocation.objects.values_list("pk", "order_id", "quantity")),
+        "audit": AuditEvent.objects.count(),
+        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
+        "positions": sorted(Position.objects.values_list("pk", "quantity", "version")),
+        "cash": sorted(CashBalance.objects.values_list("pk", "pending", "version")),
+    }
+
+
 def test_a_duplicate_big_block_fill_sent_early_changes_nothing(
     trader, brokers, make_order, monkeypatch, django_capture_on_commit_callbacks
 ):
@@ -255,28 +266,14 @@ def test_a_duplicate_big_block_fill_sent_early_changes_nothing(
         p.cl_ord_id, "F", "1", exec_id="DUP1", cum="50", avg="100", last_qty="50", last_px="100"
     )
     first = execution_apply(session_key=KEY, report=fill)
-    before = {
-        "executions": sorted(Execution.objects.values_list("pk", "exec_id", "last_qty")),
-        "allocations": sorted(Allocation.objects.values_list("pk", "order_id", "quantity")),
-        "audit": AuditEvent.objects.count(),
-        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
-        "positions": sorted(Position.objects.values_list("pk", "quantity", "version")),
-        "cash": sorted(CashBalance.objects.values_list("pk", "pending", "version")),
-    }
+    before = _book_state()
     # when the same report comes again (its insert and read were sent before it was known)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         again = execution_apply(session_key=KEY, report=fill)
     # then it is not applied: no execution, allocation, audit event, order, position or cash
     # change, and no blotter event
     assert first is not None and again is None
-    assert {
-        "executions": sorted(Execution.objects.values_list("pk", "exec_id", "last_qty")),
-        "allocations": sorted(Allocation.objects.values_list("pk", "order_id", "quantity")),
-        "audit": AuditEvent.objects.count(),
-        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
-        "positions": sorted(Position.objects.values_list("pk", "quantity", "version")),
-        "cash": sorted(CashBalance.objects.values_list("pk", "pending", "version")),
-    } == before
+    assert _book_state() == before
     assert callbacks == []
 
 
@@ -347,17 +344,6 @@ def test_a_batch_with_a_duplicate_block_fill_books_the_next_fill(
         (c.pk, Decimal("5"), Decimal("101"), Decimal("10")),
     ]
     assert Execution.objects.filter(exec_id=exec_id).count() == 1
-
-
-def _book_state() -> dict:
-    return {
-        "executions": sorted(Execution.objects.values_list("pk", "exec_id", "last_qty")),
-        "allocations": sorted(Allocation.objects.values_list("pk", "order_id", "quantity")),
-        "audit": AuditEvent.objects.count(),
-        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
-        "positions": sorted(Position.objects.values_list("pk", "quantity", "version")),
-        "cash": sorted(CashBalance.objects.values_list("pk", "pending", "version")),
-    }
 
 
 def test_a_duplicate_small_block_fill_whose_insert_rides_in_its_read_changes_nothing(
