@@ -256,18 +256,33 @@ def _book_state() -> dict:
     }
 
 
-def test_a_duplicate_big_block_fill_sent_early_changes_nothing(
-    trader, brokers, make_order, monkeypatch, django_capture_on_commit_callbacks
+@pytest.mark.parametrize(
+    "pipeline_min_orders, quantities, exec_id",
+    [(3, [60, 30, 10], "DUP1"), (None, [60, 40], "DUP3")],
+    # a big block's fill is filled in pipeline mode (its insert and read sent before the copy
+    # is known); a small block's fill insert rides in its read
+    ids=["big-block-sent-early", "small-block-insert-in-read"],
+)
+def test_a_duplicate_block_fill_changes_nothing(
+    trader,
+    brokers,
+    make_order,
+    monkeypatch,
+    django_capture_on_commit_callbacks,
+    pipeline_min_orders,
+    quantities,
+    exec_id,
 ):
-    # given an acknowledged block of three orders filled in pipeline mode, and one fill applied
-    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 3)
-    _, _, p = _acknowledged_block(trader, make_order, [60, 30, 10])
+    # given an acknowledged block, and one fill applied
+    if pipeline_min_orders is not None:
+        monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", pipeline_min_orders)
+    _, _, p = _acknowledged_block(trader, make_order, quantities)
     fill = report(
-        p.cl_ord_id, "F", "1", exec_id="DUP1", cum="50", avg="100", last_qty="50", last_px="100"
+        p.cl_ord_id, "F", "1", exec_id=exec_id, cum="50", avg="100", last_qty="50", last_px="100"
     )
     first = execution_apply(session_key=KEY, report=fill)
     before = _book_state()
-    # when the same report comes again (its insert and read were sent before it was known)
+    # when the same report comes again
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         again = execution_apply(session_key=KEY, report=fill)
     # then it is not applied: no execution, allocation, audit event, order, position or cash
@@ -344,24 +359,3 @@ def test_a_batch_with_a_duplicate_block_fill_books_the_next_fill(
         (c.pk, Decimal("5"), Decimal("101"), Decimal("10")),
     ]
     assert Execution.objects.filter(exec_id=exec_id).count() == 1
-
-
-def test_a_duplicate_small_block_fill_whose_insert_rides_in_its_read_changes_nothing(
-    trader, brokers, make_order, django_capture_on_commit_callbacks
-):
-    # given an acknowledged block of two orders (its fills' inserts go in their reads) and one
-    # fill applied
-    _, _, p = _acknowledged_block(trader, make_order, [60, 40])
-    fill = report(
-        p.cl_ord_id, "F", "1", exec_id="DUP3", cum="50", avg="100", last_qty="50", last_px="100"
-    )
-    first = execution_apply(session_key=KEY, report=fill)
-    before = _book_state()
-    # when the same report comes again
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        again = execution_apply(session_key=KEY, report=fill)
-    # then it is not applied: no execution, allocation, audit event, order, position or cash
-    # change, and no blotter event
-    assert first is not None and again is None
-    assert _book_state() == before
-    assert callbacks == []
