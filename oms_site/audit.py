@@ -134,15 +134,17 @@ def event_hash(
     after, meta}; `_digest` writes exactly that text from parts encoded once.
     """
     return _digest(
-        stream=stream,
+        _digest_parts(
+            stream=stream,
+            at=occurred_at.astimezone(dt.UTC).isoformat(),
+            actor_id=actor_id,
+            actor_name=actor_name,
+            action=action,
+            object_type=object_type,
+            object_id=object_id,
+        ),
         seq=seq,
         prev_hash=prev_hash,
-        at=occurred_at.astimezone(dt.UTC).isoformat(),
-        actor_id=actor_id,
-        actor_name=actor_name,
-        action=action,
-        object_type=object_type,
-        object_id=object_id,
         before_json=_canonical(before),
         after_json=_canonical(after),
         meta_json=_canonical(meta),
@@ -154,29 +156,16 @@ _canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 
 
 def _digest(
+    parts: tuple[str, str, str, str],
     *,
-    stream: str,
     seq: int,
     prev_hash: str,
-    at: str,
-    actor_id: int | None,
-    actor_name: str,
-    action: str,
-    object_type: str,
-    object_id: str,
     before_json: str,
     after_json: str,
     meta_json: str,
 ) -> str:
-    p1, p2, p3, tail = _digest_parts(
-        stream=stream,
-        at=at,
-        actor_id=actor_id,
-        actor_name=actor_name,
-        action=action,
-        object_type=object_type,
-        object_id=object_id,
-    )
+    """The event's hash, from its `_digest_parts` and the texts they leave out."""
+    p1, p2, p3, tail = parts
     # The previous hash as its JSON string's inside (hex: the same text).
     raw = (
         f"{p1}{after_json}{p2}{before_json}{p3}{meta_json}{_PREV_KEY}"
@@ -507,15 +496,17 @@ def audit_record_many(
             _, _, _, before_json, after_json, meta_json = content
             seq = last_seq + 1
             digest = _digest(
-                stream=stream,
+                _digest_parts(
+                    stream=stream,
+                    at=at,
+                    actor_id=actor_id,
+                    actor_name=actor_name,
+                    action=entry.action,
+                    object_type=entry.object_type,
+                    object_id=entry.object_id,
+                ),
                 seq=seq,
                 prev_hash=prev,
-                at=at,
-                actor_id=actor_id,
-                actor_name=actor_name,
-                action=entry.action,
-                object_type=entry.object_type,
-                object_id=entry.object_id,
                 before_json=before_json,
                 after_json=after_json,
                 meta_json=meta_json,
