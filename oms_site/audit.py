@@ -174,6 +174,21 @@ def _digest(
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
+def _entry_parts(
+    entry: AuditEntry, at: str, actor_id: int | None, actor_name: str
+) -> tuple[str, str, str, str]:
+    """`_digest_parts` of an entry written at `at` by the actor it names."""
+    return _digest_parts(
+        stream=entry.stream_name(),
+        at=at,
+        actor_id=actor_id,
+        actor_name=actor_name,
+        action=entry.action,
+        object_type=entry.object_type,
+        object_id=entry.object_id,
+    )
+
+
 # What stands before an event's previous hash, and between it and its sequence number, in the
 # hashed text.
 _PREV_KEY = ',"prev":"'
@@ -496,15 +511,7 @@ def audit_record_many(
             _, _, _, before_json, after_json, meta_json = content
             seq = last_seq + 1
             digest = _digest(
-                _digest_parts(
-                    stream=stream,
-                    at=at,
-                    actor_id=actor_id,
-                    actor_name=actor_name,
-                    action=entry.action,
-                    object_type=entry.object_type,
-                    object_id=entry.object_id,
-                ),
+                _entry_parts(entry, at, actor_id, actor_name),
                 seq=seq,
                 prev_hash=prev,
                 before_json=before_json,
@@ -572,15 +579,7 @@ def _write_one_statement(
     actors = _Actors()
     named = [actors.of(entry) for entry in entries]
     parts = [
-        _digest_parts(
-            stream=entry.stream_name(),
-            at=at,
-            actor_id=actor_id,
-            actor_name=actor_name,
-            action=entry.action,
-            object_type=entry.object_type,
-            object_id=entry.object_id,
-        )
+        _entry_parts(entry, at, actor_id, actor_name)
         for entry, (actor_id, actor_name) in zip(entries, named, strict=True)
     ]
     # None is stored as SQL NULL, as Django's JSONField stores it.
