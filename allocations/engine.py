@@ -514,6 +514,9 @@ def commissions_for(
     bps, per_share = schedule.bps, schedule.per_share
     minimum, fees_bps = schedule.min_per_ticket, schedule.fees_bps
     buy = side_sign == 1
+    # No fees (most schedules): every order's fees are the zero quantum that gross * 0 / 10000
+    # quantizes to (gross >= 0), made once instead of 1,000 times for a big block.
+    no_fees = fees_bps.is_zero() and not fees_bps.is_signed()
     out: list[tuple[Decimal, Decimal, Decimal, Decimal]] = []
     append = out.append
     for quantity in quantities:
@@ -525,10 +528,12 @@ def commissions_for(
             continue
         gross_exact = qty * px
         commission_exact = max(gross_exact * bps / _BPS + qty * per_share, minimum)
-        fees_exact = gross_exact * fees_bps / _BPS
         gross = gross_exact.quantize(quantum, rounding=ROUND_HALF_UP)
         commission = commission_exact.quantize(quantum, rounding=ROUND_HALF_UP)
-        fees = fees_exact.quantize(quantum, rounding=ROUND_HALF_UP)
+        if no_fees:
+            fees = zero
+        else:
+            fees = (gross_exact * fees_bps / _BPS).quantize(quantum, rounding=ROUND_HALF_UP)
         net = gross + commission + fees if buy else gross - commission - fees
         append((gross, commission, fees, net))
     return out

@@ -659,6 +659,23 @@ def test_commissions_for_many_equals_commission_for_each(
     ]
 
 
+@pytest.mark.parametrize("fees_bps", [D("0"), D("0.000"), D("-0"), D("0.5")])
+def test_commissions_for_without_fees_gives_commission_for_fees_digit_for_digit(fees_bps):
+    # given a schedule whose fees are zero (written three ways) or not
+    schedule = CommissionSchedule(
+        bps=D(5), per_share=D("0.005"), min_per_ticket=D(1), fees_bps=fees_bps
+    )
+    quantities = [D("0"), D("100.00000000"), D("333"), D("12345.5")]
+    for sign in (1, -1):
+        # when many quantities are priced in one call
+        many = commissions_for(schedule, quantities, D("10.03"), sign)
+        # then each is what commission_for gives alone, sign of zero and exponent included
+        one_by_one = [commission_for(schedule, q, D("10.03"), sign) for q in quantities]
+        assert [tuple(map(str, m)) for m in many] == [
+            (str(c.gross), str(c.commission), str(c.fees), str(c.net)) for c in one_by_one
+        ]
+
+
 def test_commissions_for_refuses_what_commission_for_refuses():
     schedule = CommissionSchedule(bps=D("5"))
     with pytest.raises(ValueError, match="side_sign"):
