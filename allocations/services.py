@@ -331,8 +331,16 @@ def _policy_targets(
         room = [_entry_target(o, requested=o.quantity - manual[o.pk]) for o in orders]
         extra = engine.allocate_cumulative(room, filled - policy.filled_at, lot)
         return {o.pk: manual[o.pk] + extra[o.pk] for o in orders}
-    targets = [_entry_target(o, requested=o.quantity) for o in orders]
-    return cast(dict[int, Decimal], engine.allocate_cumulative(targets, filled, lot))
+    return cast(
+        dict[int, Decimal],
+        engine.allocate_cumulative_pro_rata(
+            [o.id for o in orders],
+            [o.quantity for o in orders],
+            [(o.created_at, o.id) for o in orders],
+            filled,
+            lot,
+        ),
+    )
 
 
 class _Booked(NamedTuple):

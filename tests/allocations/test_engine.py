@@ -15,6 +15,7 @@ from allocations.engine import (
     CommissionSchedule,
     PositionState,
     allocate_cumulative,
+    allocate_cumulative_pro_rata,
     allocate_fill,
     apply_trade,
     commission_for,
@@ -658,6 +659,23 @@ def test_commissions_for_many_equals_commission_for_each(
     ]
 
 
+@pytest.mark.parametrize("fees_bps", [D("0"), D("0.000"), D("-0"), D("0.5")])
+def test_commissions_for_without_fees_gives_commission_for_fees_digit_for_digit(fees_bps):
+    # given a schedule whose fees are zero (written three ways) or not
+    schedule = CommissionSchedule(
+        bps=D(5), per_share=D("0.005"), min_per_ticket=D(1), fees_bps=fees_bps
+    )
+    quantities = [D("0"), D("100.00000000"), D("333"), D("12345.5")]
+    for sign in (1, -1):
+        # when many quantities are priced in one call
+        many = commissions_for(schedule, quantities, D("10.03"), sign)
+        # then each is what commission_for gives alone, sign of zero and exponent included
+        one_by_one = [commission_for(schedule, q, D("10.03"), sign) for q in quantities]
+        assert [tuple(map(str, m)) for m in many] == [
+            (str(c.gross), str(c.commission), str(c.fees), str(c.net)) for c in one_by_one
+        ]
+
+
 def test_commissions_for_refuses_what_commission_for_refuses():
     schedule = CommissionSchedule(bps=D("5"))
     with pytest.raises(ValueError, match="side_sign"):
@@ -672,3 +690,67 @@ def test_commissions_for_refuses_what_commission_for_refuses():
         commissions_for(schedule, [D("NaN")], D("10"), 1)
     # and no quantities is no money
     assert commissions_for(schedule, [], D("10"), 1) == []
+
+
+# allocate_cumulative_pro_rata: allocate_cumulative of pro-rata targets, without the targets
+
+
+def _pro_rata(targets, filled, lot):
+    return allocate_cumulative_pro_rata(
+        [t.key for t in targets],
+        [t.requested for t in targets],
+        [t.entry_seq for t in targets],
+        filled,
+        lot,
+    )
+
+
+@PROPS
+@given(blocks_with_fill())
+def test_property_pro_rata_entry_gives_what_pro_rata_targets_give(case):
+    lot, _unit, targets, filled = case
+    # given the block's orders as pro-rata targets (no weight: zero requests included)
+    pro_rata = [AllocationTarget(t.key, t.requested, entry_seq=t.entry_seq) for t in targets]
+    expected = allocate_cumulative(pro_rata, filled, lot)
+    # when the same orders are given as plain sequences
+    result = _pro_rata(pro_rata, filled, lot)
+    # then the allocation is the same, value for value (scale included) and in the same order
+    assert list(result.items()) == list(expected.items())
+    assert [str(v) for v in result.values()] == [str(v) for v in expected.values()]
+
+
+def test_pro_rata_entry_with_zero_requests_and_odd_scales():
+    # given orders of 0, 100.5 and 300 (a zero request weighs 1, as AllocationTarget makes it)
+    targets = [
+        AllocationTarget("a", D("0"), entry_seq=(1,)),
+        AllocationTarget("b", D("100.5"), entry_seq=(2,)),
+        AllocationTarget("c", D("300"), entry_seq=(3,)),
+    ]
+    # then both entries allocate 200 the same way
+    assert _pro_rata(targets, D("200"), D("1")) == allocate_cumulative(targets, D("200"), D("1"))
+    assert _pro_rata(targets, D("200"), D("1")) == {"a": D("0"), "b": D("50"), "c": D("150")}
+
+
+@pytest.mark.parametrize(
+    ("keys", "requested", "error", "message"),
+    [
+        (["a", "a"], [D(1), D(2)], ValueError, "duplicate allocation key 'a'"),
+        (["a"], [D(-1)], ValueError, "requested must be >= 0, got -1 for 'a'"),
+        (["a"], [1.5], TypeError, "requested must be a Decimal, got float"),
+        (["a"], [D("NaN")], ValueError, "requested must be finite"),
+    ],
+)
+def test_pro_rata_entry_refuses_what_allocation_targets_refuse(keys, requested, error, message):
+    with pytest.raises(error, match=message):
+        allocate_cumulative_pro_rata(keys, requested, [(0,)] * len(keys), D(0), D(1))
+    with pytest.raises(error, match=message):
+        allocate_cumulative(
+            [AllocationTarget(k, r, entry_seq=(0,)) for k, r in zip(keys, requested, strict=True)],
+            D(0),
+            D(1),
+        )
+
+
+def test_pro_rata_entry_refuses_sequences_of_different_lengths():
+    with pytest.raises(ValueError, match="same length"):
+        allocate_cumulative_pro_rata(["a", "b"], [D(1)], [(0,), (1,)], D(0), D(1))
