@@ -548,6 +548,114 @@ def audit_record_many(
     return _Events(rows, ids, now)
 
 
+# The first events of one object inserted by the same statement, chained from the genesis hash
+# (see new_object_events_sql): one row of an event's texts, its hash computed over them as
+# _digest computes it, with the new id put into its "id" and "stream". What the events share
+# (the id, time, actor, type) comes once from _ae0: psycopg caches the conversion of a
+# statement of at most 50 parameters only, and the order's insert with its results takes 31.
+_NEW_OBJECT_EVENT = (
+    "SELECT x.*, encode(sha256(convert_to(x.p1 || COALESCE(x.after, 'null') || x.p2"
+    " || COALESCE(x.before, 'null') || ',\"id\":\"' || x.oid || '\",\"meta\":'"
+    f" || COALESCE(x.meta, 'null') || '{_PREV_KEY}' || x.prev || '{_SEQ_KEY}' || x.seq::text"
+    " || x.t1 || x.oid || x.t2, 'UTF8')), 'hex') AS hash FROM (SELECT p.oid, p.at, p.p2,"
+    " p.actor_id, p.actor_name, p.otype, p.t1, p.t2, {seq}::bigint AS seq, {prev} AS prev,"
+    " %s::text AS p1, %s::text AS before, %s::text AS after, %s::text AS meta,"
+    " %s::text AS action FROM {source} AS p) AS x"
+)
+_new_object_sql: dict[tuple[str, int], str] = {}
+
+
+def new_object_events_sql(id_from: str, count: int) -> str:
+    """CTEs appending the first `count` events of an object that the same statement inserts.
+
+    To follow `WITH <id_from> AS (INSERT ... RETURNING id)`, with `new_object_events_params`
+    as their parameters: the events are hashed by PostgreSQL over the text `_digest` hashes,
+    with the new id as their object id and in their stream's name, and the stream's head is
+    inserted with them (as audit_record_many(new_streams=True) writes them, one statement
+    less: the object's id is not needed back in Python first).
+    """
+    key = (id_from, count)
+    sql = _new_object_sql.get(key)
+    if sql is None:
+        ctes = [
+            "_ae0 AS MATERIALIZED (SELECT n.id::text AS oid, %s::timestamptz AS at,"
+            " %s::text AS p2, %s::integer AS actor_id, %s::text AS actor_name,"
+            f" %s::text AS otype, %s::text AS t1, %s::text AS t2 FROM {id_from} AS n)"
+        ]
+        for k in range(1, count + 1):
+            prev = f"'{GENESIS_HASH}'::text" if k == 1 else "p.hash"
+            body = _NEW_OBJECT_EVENT.format(source=f"_ae{k - 1}", seq=k, prev=prev)
+            ctes.append(f"_ae{k} AS MATERIALIZED ({body})")
+        events = " UNION ALL ".join(f"SELECT * FROM _ae{k}" for k in range(1, count + 1))
+        ctes.append(
+            "_aev AS (INSERT INTO oms_site_auditevent (stream, seq, occurred_at, actor_id,"
+            " actor_name, action, object_type, object_id, before, after, meta, prev_hash, hash)"
+            " SELECT e.otype || ':' || e.oid, e.seq, e.at, e.actor_id, e.actor_name, e.action,"
+            " e.otype, e.oid, e.before::jsonb, e.after::jsonb, e.meta::jsonb, e.prev, e.hash"
+            f" FROM ({events}) AS e ORDER BY e.seq)"
+        )
+        ctes.append(
+            "_aeh AS (INSERT INTO oms_site_auditstream (stream, last_seq, last_hash)"
+            f" SELECT e.otype || ':' || e.oid, e.seq, e.hash FROM _ae{count} AS e)"
+        )
+        sql = _new_object_sql[key] = ", ".join(ctes)
+    return sql
+
+
+def new_object_events_params(entries: Sequence[AuditEntry], now: dt.datetime) -> list[Any]:
+    """The parameters of `new_object_events_sql(..., len(entries))` for these entries: the
+    first events of one new object by one actor, in order, each of the object's default
+    stream (their `object_id` is not used: the statement puts the new id in)."""
+    at = now.astimezone(dt.UTC).isoformat()
+    object_type = entries[0].object_type
+    actor_id, actor_name = _actor_fields(entries[0].actor)
+    _, p2, _, _ = _digest_parts(
+        stream="",
+        at=at,
+        actor_id=actor_id,
+        actor_name=actor_name,
+        action="",
+        object_type=object_type,
+        object_id="",
+    )
+    # The new id is digits, which JSON writes as they are: the stream's JSON string is the
+    # text of "<type>:" without its closing quote, the id, and the quote.
+    params: list[Any] = [
+        now,
+        p2,
+        actor_id,
+        actor_name,
+        object_type,
+        f',"stream":{_canonical(object_type + ":")[:-1]}',
+        '","type":' + _canonical(object_type) + "}",
+    ]
+    for entry in entries:
+        if (
+            entry.stream is not None
+            or entry.object_type != object_type
+            or entry.actor is not entries[0].actor
+        ):
+            raise ValueError("new object events share their object's default stream and actor")
+        before, after, meta, before_json, after_json, meta_json = _contents(entry)
+        p1, _, _, _ = _digest_parts(
+            stream="",
+            at=at,
+            actor_id=actor_id,
+            actor_name=actor_name,
+            action=entry.action,
+            object_type=object_type,
+            object_id="",
+        )
+        params += [
+            p1,
+            None if before is None else before_json,
+            None if after is None else after_json,
+            None if meta is None else meta_json,
+            entry.action,
+        ]
+    return params
+
+
 def _contents(entry: AuditEntry) -> tuple[Any, Any, Any, str, str, str]:
     """An entry's before, after and meta values and their canonical texts."""
     before, before_json = _content(entry.before)

@@ -26,7 +26,13 @@ from django.utils import timezone
 from allocations.models import Account
 from allocations.selectors import accounts_visible_to
 from oms_site import refcache
-from oms_site.audit import AuditEntry, audit_record_many, json_safe
+from oms_site.audit import (
+    AuditEntry,
+    audit_record_many,
+    json_safe,
+    new_object_events_params,
+    new_object_events_sql,
+)
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
 from oms_site.gcpause import collection_paused
 from oms_site.roles import has_role, role_keys
@@ -549,9 +555,14 @@ class _StaleReference(Exception):
 
 
 def _check_and_insert(
-    orders: Sequence[Order], *, attach_results: bool, version: int | None = None
-) -> dict[int, str]:
-    """Check new orders, insert them with their outcome, store the results; {pk: outcome}.
+    orders: Sequence[Order],
+    *,
+    attach_results: bool,
+    version: int | None = None,
+    audit: Callable[[Sequence[ComplianceOutcome]], Sequence[AuditEntry]] | None = None,
+) -> tuple[dict[int, str], bool]:
+    """Check new orders, insert them with their outcome, store the results; ({pk: outcome},
+    whether the orders' first audit events were written too).
 
     Compliance runs before the insert (it locks the accounts' cash first, as before), so each
     row is written once, already moved by its outcome (version 2), instead of inserted pending
@@ -560,6 +571,10 @@ def _check_and_insert(
     `version`: the refdata version the orders were validated under, when it was not read for
     them but guessed (the one this process saw last); raises _StaleReference, before writing
     anything, unless the check read that same version in this transaction.
+
+    `audit`: for a single order, its first audit events given its outcome (their object id is
+    not used); written by the order's own insert when its results are (one statement less),
+    else left to the caller.
     """
     from compliance.services import (
         compliance_check_new,
@@ -573,7 +588,7 @@ def _check_and_insert(
         _insert_orders(orders)
         outcomes = _run_compliance(orders, attach_results=attach_results)
         _set_outcomes(orders, outcomes)
-        return outcomes
+        return outcomes, False
     check = compliance_check_new(orders=orders)
     if version is not None and check.version != version:
         raise _StaleReference
@@ -584,14 +599,21 @@ def _check_and_insert(
     statuses = [OUTCOME_STATUS[outcome].value for outcome in final]
     values = [outcome.value for outcome in final]
     one = compliance_results_one(check) if len(orders) == 1 else None
+    audited = False
     if one is not None:
-        # The order and its result set in one statement (the set takes the order's id).
+        # The order and its result set in one statement (the set takes the order's id), and
+        # its first audit events with them when the caller gives them.
         checked_at, result_params = one
+        params = [*_insert_one_params(orders[0], statuses, values), *result_params]
+        entries = audit(final) if audit is not None else ()
+        if entries:
+            sql = _insert_one_with_results_sql(events=len(entries))
+            params += new_object_events_params(entries, timezone.now())
+            audited = True
+        else:
+            sql = _insert_one_with_results_sql()
         with connection.cursor() as cursor:
-            cursor.execute(
-                _insert_one_with_results_sql(),
-                [*_insert_one_params(orders[0], statuses, values), *result_params],
-            )
+            cursor.execute(sql, params)
             ids = cursor.fetchall()
         _saved(orders, ids)
         stored = compliance_results_stored(
@@ -604,7 +626,7 @@ def _check_and_insert(
         rows = stored.result_rows()
         for order in orders:
             set_prefetched(order, "compliance_results", rows.get(order.pk, []))
-    return {o.pk: outcome.value for o, outcome in zip(orders, final, strict=True)}
+    return {o.pk: outcome.value for o, outcome in zip(orders, final, strict=True)}, audited
 
 
 def _set_outcomes(orders: Sequence[Order], outcomes: Mapping[int, str]) -> None:
@@ -931,19 +953,22 @@ _INSERT_ONE_SQL = (
     f" ({', '.join(['%s'] * len(_INSERT_COLUMNS))}) RETURNING id"
 )
 
-_insert_one_with_results: str | None = None
+_insert_one_with_results: dict[int, str] = {}
 
 
-def _insert_one_with_results_sql() -> str:
-    """The order's insert (_INSERT_ONE_SQL) and its compliance result set in one statement."""
-    global _insert_one_with_results
-    if _insert_one_with_results is None:
+def _insert_one_with_results_sql(*, events: int = 0) -> str:
+    """The order's insert (_INSERT_ONE_SQL) and its compliance result set in one statement;
+    with `events`, also the order's first that many audit events (new_object_events_sql)."""
+    sql = _insert_one_with_results.get(events)
+    if sql is None:
         from compliance.services import RESULT_SET_AFTER_ORDER_SQL
 
-        _insert_one_with_results = (
-            f"WITH o AS ({_INSERT_ONE_SQL}), r AS ({RESULT_SET_AFTER_ORDER_SQL}) SELECT id FROM o"
+        audit = f", {new_object_events_sql('o', events)}" if events else ""
+        sql = _insert_one_with_results[events] = (
+            f"WITH o AS ({_INSERT_ONE_SQL}), r AS ({RESULT_SET_AFTER_ORDER_SQL}){audit}"
+            " SELECT id FROM o"
         )
-    return _insert_one_with_results
+    return sql
 
 
 _SET_OUTCOME_SQL = (
@@ -1099,6 +1124,40 @@ def _new_order(
     return order
 
 
+def _first_events(
+    order: Order, created: dict[str, Any], outcome: ComplianceOutcome, *, actor: Any
+) -> list[AuditEntry]:
+    """A new single order's first audit events, as _create_many writes them after the insert
+    (order.created, then its compliance outcome's transition), for its insert to write them;
+    the order is not moved (its object id is left blank: the statement puts its id in)."""
+    target = OUTCOME_STATUS[outcome]
+    ensure_transition(order.status, target)
+    return [
+        AuditEntry(
+            action="order.created",
+            object_type=ORDER_TYPE,
+            object_id="",
+            before={"status": OrderStatus.NEW.value},
+            after=created,
+            meta={},
+            actor=actor,
+        ),
+        AuditEntry(
+            action="order.compliance_checked",
+            object_type=ORDER_TYPE,
+            object_id="",
+            before={"status": order.status, "version": order.version},
+            after={
+                "status": target,
+                "version": order.version + 1,
+                "compliance_outcome": outcome.value,
+            },
+            meta={},
+            actor=actor,
+        ),
+    ]
+
+
 def _create_many(
     *,
     user: Any,
@@ -1145,7 +1204,16 @@ def _create_many(
         ]
         # Snapshots as created (pending compliance, version 1), before the outcome moves them.
         created = [_order_snapshot(o) for o in orders]
-        outcomes = _check_and_insert(orders, attach_results=single, version=version)
+
+        def first_events(final: Sequence[ComplianceOutcome]) -> list[AuditEntry]:
+            return _first_events(orders[0], created[0], final[0], actor=user)
+
+        outcomes, audited = _check_and_insert(
+            orders,
+            attach_results=single,
+            version=version,
+            audit=first_events if single and basket is None else None,
+        )
         entries = [
             AuditEntry(
                 action="order.created",
@@ -1171,8 +1239,9 @@ def _create_many(
                     actor=user,
                 )
             )
-        # Every stream is a new order's (or the new basket's): heads come with the events.
-        audit_record_many(entries=entries, new_streams=True)
+        if not audited:
+            # Every stream is a new order's (or the new basket's): heads come with the events.
+            audit_record_many(entries=entries, new_streams=True)
         publish_orders_updated(orders, event_type="order.created")
     return orders
 
