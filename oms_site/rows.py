@@ -77,7 +77,7 @@ class _TimestamptzLoader(Loader):
             value = dt.datetime.fromisoformat(text.decode())
         except ValueError:
             if self._fallback is None:
-                conn = self.connection or connection.connection
+                conn: Any = self.connection or connection.connection
                 loader = conn.adapters.get_loader(self.oid, Format.TEXT)
                 self._fallback = loader(self.oid, conn)  # type: ignore[misc]
             return self._fallback.load(data)
