@@ -42,12 +42,6 @@ def groups_for_account(account_id: int, desk_id: int | None) -> list[str]:
     return groups
 
 
-def _send(groups: Iterable[str], message: dict[str, Any]) -> None:
-    # One hop (one event loop, one Redis connection) for all the groups: from sync code every
-    # async_to_sync call costs a loop and a connection, ~2.5 ms each here.
-    _send_many([(group, message) for group in groups])
-
-
 def publish_on_commit(
     *,
     event_type: str,
@@ -66,8 +60,36 @@ def publish_on_commit(
             "data": json_safe(data),
         },
     }
-    targets = list(dict.fromkeys(groups))
-    transaction.on_commit(lambda: _send(targets, message))
+    _send_on_commit([(group, message) for group in dict.fromkeys(groups)])
+
+
+class _Hop:
+    """Blotter events queued back to back in one transaction: sent in one hop after commit."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        self.items = items
+
+    def __call__(self) -> None:
+        _send_many(self.items)
+
+
+def _send_on_commit(items: list[tuple[str, dict[str, Any]]]) -> None:
+    """`_send_many(items)` once the current transaction commits (at once outside one).
+
+    Joined to the hop queued right before it when that is the transaction's last commit hook
+    and was queued under the same savepoints (so a rollback to a savepoint drops both or
+    neither): the gateway's batch of 50 fills then sends its events in one hop, one channel
+    layer round trip, instead of 50. The events go out in the order they were queued, as
+    with one hop each (hops are sent one after another, in order; _send_all)."""
+    conn = transaction.get_connection()
+    if conn.in_atomic_block and conn.run_on_commit:
+        sids, last, robust = conn.run_on_commit[-1]
+        if type(last) is _Hop and not robust and sids == set(conn.savepoint_ids):
+            last.items += items
+            return
+    transaction.on_commit(_Hop(items))
 
 
 # Added by the orders helper (additive): one hop to the channel layer for many events. Sending
@@ -221,7 +243,7 @@ def publish_many_on_commit(
         for group in dict.fromkeys(groups) if len(groups) > 1 else groups:
             append((group, message))
     if items:
-        transaction.on_commit(lambda: _send_many(items))
+        _send_on_commit(items)
 
 
 # Added by the FIX/routing helper (additive): the FIX gateway applies execution reports on one
