@@ -677,20 +677,58 @@ def _transition(
     extra_after: dict[str, Any] | None = None,
 ) -> None:
     ensure_transition(order.status, target)
-    before = {"status": order.status, "version": order.version, **(extra_before or {})}
+    entries.append(
+        _transition_entry(
+            order,
+            target,
+            action=action,
+            actor=actor,
+            object_id=str(order.pk),
+            meta=meta,
+            extra_before=extra_before,
+            extra_after=extra_after,
+        )
+    )
     order.status = target
     order.version += 1
     order.updated_at = timezone.now()
-    entries.append(
-        AuditEntry(
-            action=action,
-            object_type=ORDER_TYPE,
-            object_id=str(order.pk),
-            before=before,
-            after={"status": order.status, "version": order.version, **(extra_after or {})},
-            meta=meta or {},
-            actor=actor,
-        )
+
+
+def _transition_entry(
+    order: Order,
+    target: str,
+    *,
+    action: str,
+    actor: Any,
+    object_id: str,
+    meta: dict[str, Any] | None = None,
+    extra_before: dict[str, Any] | None = None,
+    extra_after: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """The audit event of moving `order` (as it stands) to `target`, one version on."""
+    return AuditEntry(
+        action=action,
+        object_type=ORDER_TYPE,
+        object_id=object_id,
+        before={"status": order.status, "version": order.version, **(extra_before or {})},
+        after={"status": target, "version": order.version + 1, **(extra_after or {})},
+        meta=meta or {},
+        actor=actor,
+    )
+
+
+def _created_entry(
+    object_id: str, snapshot: dict[str, Any], *, basket: Basket | None, actor: Any
+) -> AuditEntry:
+    """The audit event of a new order, from its snapshot as created."""
+    return AuditEntry(
+        action="order.created",
+        object_type=ORDER_TYPE,
+        object_id=object_id,
+        before={"status": OrderStatus.NEW.value},
+        after=snapshot,
+        meta={"basket": basket.pk} if basket is not None else {},
+        actor=actor,
     )
 
 
@@ -1133,27 +1171,14 @@ def _first_events(
     target = OUTCOME_STATUS[outcome]
     ensure_transition(order.status, target)
     return [
-        AuditEntry(
-            action="order.created",
-            object_type=ORDER_TYPE,
-            object_id="",
-            before={"status": OrderStatus.NEW.value},
-            after=created,
-            meta={},
-            actor=actor,
-        ),
-        AuditEntry(
+        _created_entry("", created, basket=None, actor=actor),
+        _transition_entry(
+            order,
+            target,
             action="order.compliance_checked",
-            object_type=ORDER_TYPE,
-            object_id="",
-            before={"status": order.status, "version": order.version},
-            after={
-                "status": target,
-                "version": order.version + 1,
-                "compliance_outcome": outcome.value,
-            },
-            meta={},
             actor=actor,
+            object_id="",
+            extra_after={"compliance_outcome": outcome.value},
         ),
     ]
 
@@ -1214,18 +1239,16 @@ def _create_many(
             version=version,
             audit=first_events if single and basket is None else None,
         )
-        entries = [
-            AuditEntry(
-                action="order.created",
-                object_type=ORDER_TYPE,
-                object_id=str(o.pk),
-                before={"status": OrderStatus.NEW.value},
-                after=snapshot,
-                meta={"basket": basket.pk} if basket is not None else {},
-                actor=user,
-            )
-            for o, snapshot in zip(orders, created, strict=True)
-        ]
+        # Written by the single order's insert already when `audited` (the outcomes still
+        # move the orders).
+        entries = (
+            []
+            if audited
+            else [
+                _created_entry(str(o.pk), snapshot, basket=basket, actor=user)
+                for o, snapshot in zip(orders, created, strict=True)
+            ]
+        )
         _apply_outcomes(orders, outcomes, entries=entries, actor=user)
         for o in orders:
             o.updated_at = now
