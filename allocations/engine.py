@@ -94,6 +94,7 @@ __all__ = [
     "Commission",
     "CommissionSchedule",
     "PositionState",
+    "ProRata",
     "allocate_cumulative",
     "allocate_cumulative_pro_rata",
     "allocate_fill",
@@ -217,38 +218,67 @@ def allocate_cumulative_pro_rata(
     """`allocate_cumulative` of pro-rata targets (``AllocationTarget(key, requested,
     entry_seq=...)``, no weight) given as parallel sequences: the same result and the same
     errors, without making an AllocationTarget per order (a 1,000-order block's fill)."""
-    if not len(keys) == len(requested) == len(entry_seqs):
-        raise ValueError("keys, requested and entry_seqs must have the same length")
-    checked = []
-    weights = []
-    by_request = True
-    one = Decimal(1)
-    for key, value in zip(keys, requested, strict=True):
-        quantity = _as_decimal(value, "requested")
-        if quantity < 0:
-            raise ValueError(f"requested must be >= 0, got {quantity} for {key!r}")
-        checked.append(quantity)
-        # AllocationTarget's weight: the request itself, or 1 for a zero request.
-        if quantity == 0:
-            by_request = False
-            weights.append(one)
-        else:
-            weights.append(quantity)
-    if len(set(keys)) != len(keys):
-        seen: set[Hashable] = set()
-        for key in keys:
-            if key in seen:
-                raise ValueError(f"duplicate allocation key {key!r}")
-            seen.add(key)
-    return _allocate(
-        keys,
-        checked,
-        checked if by_request else weights,
-        by_request,
-        entry_seqs,
-        filled_total,
-        lot_size,
-    )
+    return ProRata(keys, requested, entry_seqs).allocate(filled_total, lot_size)
+
+
+class ProRata:
+    """The orders of `allocate_cumulative_pro_rata`, checked and scaled to integers before the
+    filled quantity is known: a caller that waits for that quantity (a fill's read) does this
+    part meanwhile. ``ProRata(keys, requested, entry_seqs).allocate(filled_total, lot_size)``
+    is `allocate_cumulative_pro_rata` (the orders' errors raised by the constructor)."""
+
+    __slots__ = ("_by_request", "_checked", "_keys", "_places", "_req", "_seqs", "_weights")
+
+    def __init__(
+        self,
+        keys: Sequence[Hashable],
+        requested: Sequence[Decimal],
+        entry_seqs: Sequence[tuple[Any, ...]],
+    ) -> None:
+        if not len(keys) == len(requested) == len(entry_seqs):
+            raise ValueError("keys, requested and entry_seqs must have the same length")
+        checked = []
+        weights = []
+        by_request = True
+        one = Decimal(1)
+        for key, value in zip(keys, requested, strict=True):
+            quantity = _as_decimal(value, "requested")
+            if quantity < 0:
+                raise ValueError(f"requested must be >= 0, got {quantity} for {key!r}")
+            checked.append(quantity)
+            # AllocationTarget's weight: the request itself, or 1 for a zero request.
+            if quantity == 0:
+                by_request = False
+                weights.append(one)
+            else:
+                weights.append(quantity)
+        if len(set(keys)) != len(keys):
+            seen: set[Hashable] = set()
+            for key in keys:
+                if key in seen:
+                    raise ValueError(f"duplicate allocation key {key!r}")
+                seen.add(key)
+        self._keys = keys
+        self._checked = checked
+        self._weights = checked if by_request else weights
+        self._by_request = by_request
+        self._seqs = entry_seqs
+        # The requests as integers at their own scale: `_allocate`'s when the lot and the fill
+        # need no more places (a block's usual case: every quantity at the column's scale).
+        self._places = _scale_exponent(checked)
+        self._req = [_to_int(r, self._places) for r in checked]
+
+    def allocate(self, filled_total: Decimal, lot_size: Decimal) -> dict[Hashable, Decimal]:
+        return _allocate(
+            self._keys,
+            self._checked,
+            self._weights,
+            self._by_request,
+            self._seqs,
+            filled_total,
+            lot_size,
+            (self._places, self._req),
+        )
 
 
 def _allocate(
@@ -259,9 +289,11 @@ def _allocate(
     seqs: Sequence[tuple[Any, ...]],
     filled_total: Decimal,
     lot_size: Decimal,
+    scaled: tuple[int, list[int]] | None = None,
 ) -> dict[Hashable, Decimal]:
     """allocate_cumulative over checked parallel lists (`by_request`: `weights` is
-    `requested`, pro-rata by quantity)."""
+    `requested`, pro-rata by quantity; `scaled`: `_scale_exponent(requested)` and the
+    requests as integers at that scale, when the caller made them)."""
     lot_dec = _check_lot(lot_size)
     filled_dec = _as_decimal(filled_total, "filled_total")
     if filled_dec < 0:
@@ -275,12 +307,15 @@ def _allocate(
         return {}
 
     # Integer arithmetic throughout: exact, and several times faster than Fraction.
-    req_places = _scale_exponent(requested)
+    req_places = _scale_exponent(requested) if scaled is None else scaled[0]
     places = max(req_places, _scale_exponent([lot_dec, filled_dec]))
     w_places = req_places if by_request else _scale_exponent(weights)
     lot = _to_int(lot_dec, places)
     filled = _to_int(filled_dec, places)
-    req = [_to_int(r, places) for r in requested]
+    if scaled is not None and places == req_places:
+        req = scaled[1]
+    else:
+        req = [_to_int(r, places) for r in requested]
     same = by_request and w_places == places
     wts = req if same else [_to_int(w, w_places) for w in weights]
     n = len(keys)
@@ -293,7 +328,9 @@ def _allocate(
     # catches any order a float rounding put out of place.
     rest, weight_sum = filled, sum(wts)
     capped = [False] * n
-    if any(req[i] * weight_sum < rest * wts[i] for i in range(n)):
+    # Pro-rata by quantity never caps: an order's share filled * req / sum(req) is at most its
+    # request, since filled <= sum(req) (checked above).
+    if not same and any(req[i] * weight_sum < rest * wts[i] for i in range(n)):
         try:
             by_ratio = sorted(range(n), key=lambda i: req[i] / wts[i])
         except OverflowError:  # ratios beyond float range: exact keys
@@ -317,17 +354,30 @@ def _allocate(
             )
     # Exact shares as numerators over the common denominator `denom`.
     denom = weight_sum if weight_sum else 1
-    share_num = [req[i] * denom if capped[i] else wts[i] * rest for i in range(n)]
+    if any(capped):
+        share_num = [req[i] * denom if capped[i] else wts[i] * rest for i in range(n)]
+    else:
+        share_num = [w * rest for w in wts]
 
     # Step 2, floor to lots.
     lot_denom = lot * denom
-    alloc = [(share_num[i] // lot_denom) * lot for i in range(n)]
+    alloc = [(share // lot_denom) * lot for share in share_num]
     leftover = filled - sum(alloc)
 
     if leftover:
+        # Usually the orders come in entry order (a block's orders by id, entered in turn):
+        # then positions are already sorted by (entry_seq, position), the remainder order's
+        # tie-break, and a stable sort by remainder alone (reverse keeps the order of equal
+        # keys) gives the (-remainder, entry_seq, position) order without a tuple per order.
+        try:
+            in_entry_order = all(seqs[i] <= seqs[i + 1] for i in range(n - 1))
+        except TypeError:  # entry sequences only comparable on ties: the general sort
+            in_entry_order = False
 
         def largest_remainder_order() -> list[int]:
-            remainder = [share_num[i] - alloc[i] * denom for i in range(n)]
+            remainder = [share - a * denom for share, a in zip(share_num, alloc, strict=True)]
+            if in_entry_order:
+                return sorted(range(n), key=remainder.__getitem__, reverse=True)
             return sorted(range(n), key=lambda i: (-remainder[i], seqs[i], i))
 
         # Step 3, whole lots. After a complete pass every order that still has room got one lot,
@@ -356,7 +406,15 @@ def _allocate(
         # Sum of rooms >= leftover because filled <= sum(requested); anything else is a bug.
         assert leftover == 0, "allocation left quantity unplaced"
 
-    return {key: Decimal(alloc[i]).scaleb(-places) for i, key in enumerate(keys)}
+    # Orders share few distinct quantities (whole lots): each Decimal is made once.
+    made: dict[int, Decimal] = {}
+    result: dict[Hashable, Decimal] = {}
+    for key, quantity in zip(keys, alloc, strict=True):
+        value = made.get(quantity)
+        if value is None:
+            value = made[quantity] = Decimal(quantity).scaleb(-places)
+        result[key] = value
+    return result
 
 
 def allocate_fill(
@@ -517,25 +575,45 @@ def commissions_for(
     # No fees (most schedules): every order's fees are the zero quantum that gross * 0 / 10000
     # quantizes to (gross >= 0), made once instead of 1,000 times for a big block.
     no_fees = fees_bps.is_zero() and not fees_bps.is_signed()
+    # `gross * (bps / 10000)` instead of `gross * bps / 10000`: one operation less per order.
+    # The same value: bps / 10000 is exact (bps has its digits, its exponent 4 lower), so the
+    # product's coefficient and its rounding to the context's precision are the ones of
+    # gross * bps, and dividing that by 10000 (a power of ten) was exact. Equal values give
+    # equal sums and equal quantized results, digits and exponent alike.
+    rate, fees_rate = bps / _BPS, fees_bps / _BPS
     out: list[tuple[Decimal, Decimal, Decimal, Decimal]] = []
     append = out.append
-    for quantity in quantities:
-        qty = _as_decimal(quantity, "quantity")
-        if qty < 0:
-            raise ValueError(f"quantity must be >= 0, got {qty}")
-        if qty == 0:
+    # A block's orders share few distinct quantities (whole lots of the same pro-rata shares):
+    # each is priced once. Every result is quantized (or the zero quantum), so it depends only
+    # on the quantity's value, which is what a Decimal key compares: 100 and 100.00 give the
+    # same digits. Only finite Decimals are looked up (a float equal to a Decimal seen before
+    # is refused as before).
+    priced: dict[Decimal, tuple[Decimal, Decimal, Decimal, Decimal]] = {}
+    for qty in quantities:
+        if type(qty) is Decimal and qty.is_finite():
+            money = priced.get(qty)
+            if money is not None:
+                append(money)
+                continue
+        else:
+            qty = _as_decimal(qty, "quantity")
+        if qty <= 0:
+            if qty < 0:
+                raise ValueError(f"quantity must be >= 0, got {qty}")
+            priced[qty] = nothing
             append(nothing)
             continue
         gross_exact = qty * px
-        commission_exact = max(gross_exact * bps / _BPS + qty * per_share, minimum)
+        commission_exact = max(gross_exact * rate + qty * per_share, minimum)
         gross = gross_exact.quantize(quantum, rounding=ROUND_HALF_UP)
         commission = commission_exact.quantize(quantum, rounding=ROUND_HALF_UP)
         if no_fees:
             fees = zero
         else:
-            fees = (gross_exact * fees_bps / _BPS).quantize(quantum, rounding=ROUND_HALF_UP)
+            fees = (gross_exact * fees_rate).quantize(quantum, rounding=ROUND_HALF_UP)
         net = gross + commission + fees if buy else gross - commission - fees
-        append((gross, commission, fees, net))
+        money = priced[qty] = (gross, commission, fees, net)
+        append(money)
     return out
 
 

@@ -14,6 +14,7 @@ from allocations.engine import (
     Commission,
     CommissionSchedule,
     PositionState,
+    ProRata,
     allocate_cumulative,
     allocate_cumulative_pro_rata,
     allocate_fill,
@@ -754,3 +755,141 @@ def test_pro_rata_entry_refuses_what_allocation_targets_refuse(keys, requested, 
 def test_pro_rata_entry_refuses_sequences_of_different_lengths():
     with pytest.raises(ValueError, match="same length"):
         allocate_cumulative_pro_rata(["a", "b"], [D(1)], [(0,), (1,)], D(0), D(1))
+
+
+# The pro-rata allocation against a plain statement of its rules (exact fractions, one sort by
+# (-remainder, entry_seq, position)): the engine's fast paths (orders already in entry order,
+# shares without caps, one Decimal per distinct quantity) must give exactly this.
+
+
+def _pro_rata_by_the_rules(requested, seqs, filled, lot):
+    n = len(requested)
+    req, fill, lot = [Fraction(r) for r in requested], Fraction(filled), Fraction(lot)
+    share = [fill * r / sum(req) for r in req]
+    alloc = [(s // lot) * lot for s in share]
+    left = fill - sum(alloc)
+
+    def by_remainder():
+        return sorted(range(n), key=lambda i: (-(share[i] - alloc[i]), seqs[i], i))
+
+    order = by_remainder()
+    while left >= lot:
+        eligible = [i for i in order if req[i] - alloc[i] >= lot]
+        if not eligible:
+            break
+        for i in eligible:
+            if left < lot:
+                break
+            alloc[i] += lot
+            left -= lot
+    if left:
+        for i in by_remainder():
+            piece = min(req[i] - alloc[i], left)
+            if piece > 0:
+                alloc[i] += piece
+                left -= piece
+    assert left == 0
+    return alloc
+
+
+@st.composite
+def entry_ordered_blocks(draw):
+    """Positive orders on a quarter-lot grid, entry sequences ascending (ties included) or
+    shuffled, and a fill."""
+    lot = draw(st.sampled_from(LOTS))
+    n = draw(st.integers(min_value=1, max_value=40))
+    lots = draw(st.lists(st.integers(0, 30), min_size=n, max_size=n))
+    odds = draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
+    requested = [max(k * lot + o * lot / 4, lot / 4) for k, o in zip(lots, odds, strict=True)]
+    seqs = sorted(draw(st.lists(st.integers(0, 5), min_size=n, max_size=n)))
+    if draw(st.booleans()):
+        seqs = draw(st.permutations(seqs))
+    units = int(sum(requested) / (lot / 4))
+    filled = draw(st.integers(0, units)) * (lot / 4)
+    return lot, requested, [(s,) for s in seqs], filled
+
+
+@PROPS
+@given(entry_ordered_blocks())
+def test_property_pro_rata_is_the_rules_to_the_last_digit(case):
+    lot, requested, seqs, filled = case
+    # given orders (entry sequences in order, with ties, or not) and a fill
+    keys = list(range(len(requested)))
+    # when they are allocated pro-rata
+    result = allocate_cumulative_pro_rata(keys, requested, seqs, filled, lot)
+    # then each order gets what the rules give it, at the widest scale of the inputs
+    assert list(result.values()) == _pro_rata_by_the_rules(requested, seqs, filled, lot)
+    places = max(-v.as_tuple().exponent for v in [*requested, filled, lot])
+    assert all(v.as_tuple().exponent == -max(places, 0) for v in result.values())
+    # and the orders prepared first (ProRata) allocate the same, value for value
+    prepared = ProRata(keys, requested, seqs)
+    assert [str(v) for v in prepared.allocate(filled, lot).values()] == [
+        str(v) for v in result.values()
+    ]
+
+
+def test_pro_rata_with_entry_sequences_comparable_only_on_ties():
+    # given two orders whose entry sequences cannot be compared, and remainders that differ
+    keys, requested, seqs = ["a", "b"], [D(300), D(100)], [(1,), ("x",)]
+    # when 200 is allocated in lots of 100 (shares 150 and 50: remainders 50 and 50 tie...)
+    with pytest.raises(TypeError):
+        allocate_cumulative_pro_rata(keys, requested, seqs, D(200), D(100))
+    # ... and 300 (shares 225 and 75: remainders 25 and 75 do not tie): the larger one wins
+    assert allocate_cumulative_pro_rata(keys, requested, seqs, D(300), D(100)) == {
+        "a": D(200),
+        "b": D(100),
+    }
+
+
+def test_pro_rata_keeps_the_widest_scale_on_shared_quantities():
+    # given three orders of the same quantity written at two scales, and a fill at another
+    requested = [D("100"), D("100.00"), D("100")]
+    result = allocate_cumulative_pro_rata(
+        ["a", "b", "c"], requested, [(1,), (2,), (3,)], D("150.000"), D(1)
+    )
+    # then every quantity (one Decimal per distinct value) carries the widest scale
+    assert [str(v) for v in result.values()] == ["50.000", "50.000", "50.000"]
+
+
+@PROPS
+@given(
+    values=st.lists(
+        st.decimals(min_value=0, max_value=10**6, places=2, allow_nan=False),
+        min_size=1,
+        max_size=4,
+    ),
+    picks=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 8)), max_size=40),
+    price=st.decimals(min_value=0, max_value=10**4, places=8, allow_nan=False),
+    bps=st.decimals(min_value=0, max_value=100, places=3, allow_nan=False),
+    fees_bps=st.decimals(min_value=0, max_value=5, places=3, allow_nan=False),
+    sign=st.sampled_from([1, -1]),
+)
+def test_commissions_for_prices_repeated_quantities_as_each_alone(
+    values, picks, price, bps, fees_bps, sign
+):
+    # given few distinct quantities, each repeated and written at several scales (100, 100.00)
+    quantities = [values[i % len(values)].quantize(D(1).scaleb(-p)) for i, p in picks]
+    schedule = CommissionSchedule(
+        bps=bps, per_share=D("0.005"), min_per_ticket=D(1), fees_bps=fees_bps
+    )
+    # when they are priced in one call
+    many = commissions_for(schedule, quantities, price, sign)
+    # then each is exactly what commission_for gives it alone, digits and exponent alike
+    one_by_one = [commission_for(schedule, q, price, sign) for q in quantities]
+    assert [tuple(map(str, m)) for m in many] == [
+        (str(c.gross), str(c.commission), str(c.fees), str(c.net)) for c in one_by_one
+    ]
+
+
+def test_commissions_for_refuses_a_float_equal_to_a_quantity_priced_before():
+    schedule = CommissionSchedule(bps=D("5"))
+    # a float equal (and hashing equal) to a Decimal already priced is still refused
+    with pytest.raises(TypeError, match="quantity must be a Decimal"):
+        commissions_for(schedule, [D("1.5"), 1.5], D("10"), 1)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="quantity must be finite"):
+        commissions_for(schedule, [D("1.5"), D("sNaN")], D("10"), 1)
+    # and an int is priced as its Decimal
+    assert commissions_for(schedule, [D(2), 2], D("10"), 1) == [
+        (D("20.00"), D("0.01"), D("0.00"), D("20.01")),
+        (D("20.00"), D("0.01"), D("0.00"), D("20.01")),
+    ]
