@@ -56,7 +56,7 @@ import datetime as dt
 import json
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from types import SimpleNamespace
@@ -308,13 +308,21 @@ def _entry_target(order: Any, *, requested: Decimal, weight: Decimal | None = No
     )
 
 
+def _pro_rata(orders: Sequence[Any]) -> engine.ProRata:
+    return engine.ProRata(
+        [o.id for o in orders], [o.quantity for o in orders], [(o.created_at, o.id) for o in orders]
+    )
+
+
 def _policy_targets(
     orders: Sequence[Any],
     filled: Decimal,
     lot: Decimal,
     policy: BlockAllocationPolicy | None,
+    pro_rata: engine.ProRata | None = None,
 ) -> dict[int, Decimal]:
-    """Each order's cumulative quantity for `filled` under the block's allocation policy."""
+    """Each order's cumulative quantity for `filled` under the block's allocation policy
+    (`pro_rata`: `_pro_rata(orders)`, when the caller made it already)."""
     if policy is not None and policy.method == AllocationMethod.FIXED_RATIO:
         targets = [
             _entry_target(o, requested=o.quantity, weight=Decimal(policy.ratios[str(o.pk)]))
@@ -331,16 +339,7 @@ def _policy_targets(
         room = [_entry_target(o, requested=o.quantity - manual[o.pk]) for o in orders]
         extra = engine.allocate_cumulative(room, filled - policy.filled_at, lot)
         return {o.pk: manual[o.pk] + extra[o.pk] for o in orders}
-    return cast(
-        dict[int, Decimal],
-        engine.allocate_cumulative_pro_rata(
-            [o.id for o in orders],
-            [o.quantity for o in orders],
-            [(o.created_at, o.id) for o in orders],
-            filled,
-            lot,
-        ),
-    )
+    return cast(dict[int, Decimal], (pro_rata or _pro_rata(orders)).allocate(filled, lot))
 
 
 class _Booked(NamedTuple):
@@ -1112,9 +1111,15 @@ _BLOCK_ORDERS_LOCK_SQL = (
 )
 
 
-def _lock_block_orders(block_id: int) -> tuple[Block, list[_OrderRow]]:
+def _lock_block_orders(
+    block_id: int, read: Callable[[Block, list[int], list[int]], None] | None = None
+) -> tuple[Block, list[_OrderRow]]:
     """Lock a block (loaded with its instrument and allocation policy) and then its orders by
-    pk, in one round trip; the orders as plain rows with their account's fields."""
+    pk, in one round trip; the orders as plain rows with their account's fields.
+
+    `read`: called with the block, its orders' ids (ascending) and their accounts' ids (sorted,
+    distinct) once the rows are read and before they are made `_OrderRow`s, to send a
+    statement that PostgreSQL runs while they are made (fill_allocate's `fill_read`)."""
     with fast_datetimes(raw_cursor()) as cursor:
         cursor.execute(_BLOCK_ORDERS_LOCK_SQL, [block_id, block_id])
         rows = cursor.fetchall()
@@ -1134,6 +1139,13 @@ def _lock_block_orders(block_id: int) -> tuple[Block, list[_OrderRow]]:
         None if policy_id is None else BlockAllocationPolicy.objects.get(pk=policy_id)
     )
     start = n_instrument + 1
+    if read is not None:
+        order_rows = [row for row in rows if not row[0]]
+        read(
+            block,
+            sorted(row[start] for row in order_rows),
+            sorted({row[start + 1] for row in order_rows}),
+        )
     orders = sorted((_OrderRow(*row[start:]) for row in rows if not row[0]), key=_row_pk)
     return block, orders
 
@@ -1188,68 +1200,97 @@ def fill_allocate(
     if written is not None and written.pk != placement.pk:
         raise ValueError("the placement to write is not the execution's")
     locked: Sequence[Any]
-    if placement.block_id is not None:
-        if block is None or orders is None:
-            block, locked = _lock_block_orders(placement.block_id)
-        else:
-            locked = orders
-        if not locked:
-            raise ConflictError(f"block {block.pk} holds no orders", code="empty_block")
-        instrument = block.instrument
-        policy = _policy_of(block)
-        old_price = block.avg_px
-    else:
-        block = None
-        if orders is None:
-            locked = _lock_orders(order_id=placement.order_id)
-            instrument = Instrument.objects.get(pk=locked[0].instrument_id)
-        else:
-            locked = orders
-            instrument = orders[0].instrument
-        policy = None
-        old_price = locked[0].avg_px
+    early: list[FillRead] = []
+    stack = ExitStack()
 
-    order_ids = [o.id for o in locked]
-    if read is None:
-        read = fill_read(
-            block_id=block.pk if block else None,
-            order_id=None if block else locked[0].pk,
-            broker_id=execution.broker_id or placement.broker_id,
-            order_ids=order_ids,
-            instrument_id=instrument.pk,
-            account_ids=sorted({o.account_id for o in locked}),
+    def send_read(locked_block: Block, order_ids: list[int], account_ids: list[int]) -> None:
+        """A big block's read, sent in pipeline mode as soon as its orders are locked: PostgreSQL
+        runs it while their rows are made (as execution_apply's early read, _EarlyFill)."""
+        if read is None and len(order_ids) >= PIPELINE_MIN_ORDERS:
+            _pipeline_enter(stack)
+            early.append(
+                fill_read(
+                    block_id=locked_block.pk,
+                    order_id=None,
+                    broker_id=execution.broker_id or placement.broker_id,
+                    order_ids=order_ids,
+                    instrument_id=locked_block.instrument.pk,
+                    account_ids=account_ids,
+                )
+            )
+
+    # Leaving pipeline mode (entered by send_read or _rebook) waits for what was sent.
+    with stack:
+        if placement.block_id is not None:
+            if block is None or orders is None:
+                block, locked = _lock_block_orders(placement.block_id, send_read)
+            else:
+                locked = orders
+            if not locked:
+                raise ConflictError(f"block {block.pk} holds no orders", code="empty_block")
+            instrument = block.instrument
+            policy = _policy_of(block)
+            old_price = block.avg_px
+        else:
+            block = None
+            if orders is None:
+                locked = _lock_orders(order_id=placement.order_id)
+                instrument = Instrument.objects.get(pk=locked[0].instrument_id)
+            else:
+                locked = orders
+                instrument = orders[0].instrument
+            policy = None
+            old_price = locked[0].avg_px
+
+        order_ids = [o.id for o in locked]
+        pro_rata = None
+        if read is None and early:
+            read = early[0]  # sent with these orders' ids and accounts (send_read)
+            if policy is None:
+                # The allocation's part that needs no fill, made while PostgreSQL reads. Orders
+                # it refuses are refused again below, where an allocation's errors are raised.
+                with suppress(ValueError):
+                    pro_rata = _pro_rata(locked)
+        if read is None:
+            read = fill_read(
+                block_id=block.pk if block else None,
+                order_id=None if block else locked[0].pk,
+                broker_id=execution.broker_id or placement.broker_id,
+                order_ids=order_ids,
+                instrument_id=instrument.pk,
+                account_ids=sorted({o.account_id for o in locked}),
+            )
+        elif read.block_id != (block.pk if block else None) or read.order_ids != order_ids:
+            # The read counts what each order has booked and locks their positions: a read of
+            # other orders than the ones allocated here would book them wrong.
+            raise ValueError("the fill's read is not of the orders allocated")
+        filled, notional, schedule, booked, new_ids, positions = read.result()
+        price = _average(filled, notional)
+        try:
+            targets = _policy_targets(locked, filled, instrument.lot_size, policy, pro_rata)
+        except ValueError as exc:
+            raise ConflictError(f"cannot allocate {filled}: {exc}", code="overfill") from exc
+        method = policy.method if policy is not None else AllocationMethod.PRO_RATA
+        rows = _rebook(
+            block=block,
+            orders=locked,
+            instrument=instrument,
+            execution=execution,
+            filled=filled,
+            price=price,
+            old_price=old_price,
+            targets=targets,
+            method=method,
+            schedule=schedule,
+            audit=audit,
+            returning=returning,
+            block_fill=(filled, price),
+            booked=(booked, new_ids),
+            placement=written,
+            positions=positions,
+            states=states,
         )
-    elif read.block_id != (block.pk if block else None) or read.order_ids != order_ids:
-        # The read counts what each order has booked and locks their positions: a read of
-        # other orders than the ones allocated here would book them wrong.
-        raise ValueError("the fill's read is not of the orders allocated")
-    filled, notional, schedule, booked, new_ids, positions = read.result()
-    price = _average(filled, notional)
-    try:
-        targets = _policy_targets(locked, filled, instrument.lot_size, policy)
-    except ValueError as exc:
-        raise ConflictError(f"cannot allocate {filled}: {exc}", code="overfill") from exc
-    method = policy.method if policy is not None else AllocationMethod.PRO_RATA
-    rows = _rebook(
-        block=block,
-        orders=locked,
-        instrument=instrument,
-        execution=execution,
-        filled=filled,
-        price=price,
-        old_price=old_price,
-        targets=targets,
-        method=method,
-        schedule=schedule,
-        audit=audit,
-        returning=returning,
-        block_fill=(filled, price),
-        booked=(booked, new_ids),
-        placement=written,
-        positions=positions,
-        states=states,
-    )
-    return rows
+        return rows
 
 
 def _parse_by_order(

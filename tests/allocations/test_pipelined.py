@@ -18,6 +18,7 @@ from allocations import services as allocation_services
 from allocations.models import Allocation, CashBalance, Position
 from allocations.services import fill_allocate
 from oms_site.audit import audit_verify
+from oms_site.errors import ConflictError
 from oms_site.models import AuditEvent
 from orders.models import Block, Execution, Order
 from tests.allocations.support import block_100_200_300, new_execution
@@ -173,4 +174,64 @@ def test_a_read_of_other_orders_is_refused_and_nothing_is_booked(
         # then nothing was booked
         assert not Allocation.objects.exists()
         transaction.set_rollback(True)
+    assert _book(instrument) == before
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_big_blocks_read_is_sent_before_its_order_rows_are_made(
+    three_accounts, instrument, broker, trader, monkeypatch, pipelined
+):
+    # given a block of 100/200/300, big enough for pipeline mode or not
+    monkeypatch.setattr(allocation_services, "PIPELINE_MIN_ORDERS", 3 if pipelined else 64)
+    _, (a, b, c), placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    events = []
+    original_execute = psycopg.Cursor.execute
+    original_row = allocation_services._OrderRow
+
+    def execute(self, query, *args, **kwargs):
+        if isinstance(query, str) and "pos AS MATERIALIZED" in query:  # fill_read's statement
+            events.append(("read", self.connection.pgconn.pipeline_status))
+        return original_execute(self, query, *args, **kwargs)
+
+    def order_row(*values):
+        events.append(("order row", values[0]))
+        return original_row(*values)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    monkeypatch.setattr(allocation_services, "_OrderRow", order_row)
+    # when 150 fill at 10.00
+    with transaction.atomic():
+        rows = fill_allocate(execution=new_execution(placement, 150, "10.00"))
+    # then a big block's read went out in pipeline mode as soon as its orders were locked,
+    # before their rows were made (PostgreSQL reads meanwhile); a small block's after them
+    made = [("order row", a.pk), ("order row", b.pk), ("order row", c.pk)]
+    if pipelined:
+        assert events == [("read", pq.PipelineStatus.ON), *made]
+    else:
+        assert events == [*made, ("read", pq.PipelineStatus.OFF)]
+    # and the fill booked each order's exact share either way
+    assert [(r.order_id, r.quantity, r.net) for r in rows] == [
+        (a.pk, D(25), D("255.01")),
+        (b.pk, D(50), D("505.03")),
+        (c.pk, D(75), D("755.04")),
+    ]
+
+
+def test_an_overfill_of_a_big_block_read_early_is_refused_and_nothing_is_booked(
+    three_accounts, instrument, broker, trader, monkeypatch
+):
+    # given a block of 100/200/300 whose read is sent early (pipeline mode)
+    monkeypatch.setattr(allocation_services, "PIPELINE_MIN_ORDERS", 3)
+    _, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    before = _book(instrument)
+    # when a fill of 700 is allocated (more than the block's 600)
+    with (
+        pytest.raises(ConflictError, match="cannot allocate 700") as raised,
+        transaction.atomic(),
+    ):
+        fill_allocate(execution=new_execution(placement, 700, "10.00"))
+    # then it is refused as an overfill, as without pipeline mode, and nothing was booked
+    assert raised.value.code == "overfill"
+    assert connection.connection.pgconn.pipeline_status == pq.PipelineStatus.OFF
+    assert not Execution.objects.exists()
     assert _book(instrument) == before
