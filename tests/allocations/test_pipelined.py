@@ -178,7 +178,7 @@ def test_a_read_of_other_orders_is_refused_and_nothing_is_booked(
 
 
 @pytest.mark.parametrize("pipelined", [True, False])
-def test_a_big_blocks_read_is_sent_before_its_order_rows_are_made(
+def test_a_big_blocks_read_is_sent_before_its_order_rows_are_made_and_its_positions_after(
     three_accounts, instrument, broker, trader, monkeypatch, pipelined
 ):
     # given a block of 100/200/300, big enough for pipeline mode or not
@@ -189,8 +189,12 @@ def test_a_big_blocks_read_is_sent_before_its_order_rows_are_made(
     original_row = allocation_services._OrderRow
 
     def execute(self, query, *args, **kwargs):
-        if isinstance(query, str) and "pos AS MATERIALIZED" in query:  # fill_read's statement
-            events.append(("read", self.connection.pgconn.pipeline_status))
+        status = self.connection.pgconn.pipeline_status
+        if query == allocation_services._POSITIONS_LOCK_SQL:
+            events.append(("positions", status))
+        elif isinstance(query, str) and "pg_get_serial_sequence" in query:  # fill_read's
+            with_positions = "pos AS MATERIALIZED" in query
+            events.append(("read and positions" if with_positions else "read", status))
         return original_execute(self, query, *args, **kwargs)
 
     def order_row(*values):
@@ -203,17 +207,44 @@ def test_a_big_blocks_read_is_sent_before_its_order_rows_are_made(
     with transaction.atomic():
         rows = fill_allocate(execution=new_execution(placement, 150, "10.00"))
     # then a big block's read went out in pipeline mode as soon as its orders were locked,
-    # before their rows were made (PostgreSQL reads meanwhile); a small block's after them
+    # before their rows were made (PostgreSQL reads meanwhile), and its positions' lock once
+    # the read was answered; a small block's read, with the positions' lock, after them
+    # (the accounts' first fill: those locks find no position, and _lock_positions then
+    # creates and locks them, its select before and after the insert)
     made = [("order row", a.pk), ("order row", b.pk), ("order row", c.pk)]
     if pipelined:
-        assert events == [("read", pq.PipelineStatus.ON), *made]
+        on = pq.PipelineStatus.ON
+        lock = [("positions", on)] * 3
+        assert events == [("read", on), *made, *lock]
     else:
-        assert events == [*made, ("read", pq.PipelineStatus.OFF)]
+        off = pq.PipelineStatus.OFF
+        lock = [("positions", off)] * 2
+        assert events == [*made, ("read and positions", off), *lock]
     # and the fill booked each order's exact share either way
     assert [(r.order_id, r.quantity, r.net) for r in rows] == [
         (a.pk, D(25), D("255.01")),
         (b.pk, D(50), D("505.03")),
         (c.pk, D(75), D("755.04")),
+    ]
+    # when 150 more fill at 12.00 (the positions exist now)
+    events.clear()
+    with transaction.atomic():
+        rows = fill_allocate(execution=new_execution(placement, 150, "12.00"))
+    # then the read's own lock (split or not) found and locked them all, and nothing else did
+    if pipelined:
+        assert events == [("read", on), *made, ("positions", on)]
+    else:
+        assert events == [*made, ("read and positions", off)]
+    # and the positions moved from the values that lock read: 50/100/150 at the average 11.00
+    assert sorted(
+        Position.objects.filter(instrument=instrument).values_list(
+            "account_id", "quantity", "avg_cost"
+        )
+    ) == [(acct.pk, D(q), D(11)) for acct, q in zip(three_accounts, (50, 100, 150), strict=True)]
+    assert [(r.order_id, r.quantity, r.gross) for r in rows] == [
+        (a.pk, D(25), D("300.00")),
+        (b.pk, D(50), D("600.00")),
+        (c.pk, D(75), D("900.00")),
     ]
 
 
