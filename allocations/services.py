@@ -542,8 +542,10 @@ class FillRead:
     def positions(self) -> dict[int, _PositionRow]:
         """The positions the read locked, by account_id (waits for their lock)."""
         if self._positions is None:
-            self.totals()
-            if self.positions_cursor is not None:
+            if self.lock_positions is None:
+                self.totals()  # the read's own rows hold them
+            else:
+                self._fetch()  # the lock is sent once the rest is answered
                 with self.positions_cursor as cursor:
                     self._positions = {row[1]: _PositionRow(*row) for row in cursor.fetchall()}
         assert self._positions is not None

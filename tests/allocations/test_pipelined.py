@@ -266,3 +266,62 @@ def test_an_overfill_of_a_big_block_read_early_is_refused_and_nothing_is_booked(
     assert connection.connection.pgconn.pipeline_status == pq.PipelineStatus.OFF
     assert not Execution.objects.exists()
     assert _book(instrument) == before
+
+
+@pytest.mark.parametrize("positions_first", [True, False])
+def test_a_split_read_answers_as_the_whole_read(
+    three_accounts, instrument, broker, trader, positions_first
+):
+    # given a block of 100/200/300 filled once (its accounts hold 25/50/75 at 10.00)
+    _, (a, b, c), placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    with transaction.atomic():
+        fill_allocate(execution=new_execution(placement, 150, "10.00"))
+    with transaction.atomic():
+        new_execution(placement, 150, "12.00")
+        kwargs = {
+            "block_id": placement.block_id,
+            "order_id": None,
+            "broker_id": placement.broker_id,
+            "order_ids": [a.pk, b.pk, c.pk],
+            "instrument_id": instrument.pk,
+            "account_ids": sorted(acct.pk for acct in three_accounts),
+        }
+        # when its next fill's read is sent whole, and then split in pipeline mode (its
+        # answers asked for in either order)
+        whole = allocation_services.fill_read(**kwargs).result()
+        with connection.connection.pipeline():
+            read = allocation_services.fill_read(**kwargs, split=True)
+            if positions_first:
+                positions = read.positions()
+                totals = read.totals()
+            else:
+                totals = read.totals()
+                positions = read.positions()
+            # (asked again: the same answers, nothing sent again)
+            assert read.positions() is positions
+        # then both answer the same totals, booked rows and locked positions (and a new row
+        # id for each order: the sequence's next ones)
+        assert totals[:4] == whole[:4]
+        assert positions == whole[5]
+        assert list(totals[4]) == list(whole[4]) == [a.pk, b.pk, c.pk]
+        assert min(totals[4].values()) > max(whole[4].values())
+        assert totals[:2] == (D(300), D(3300))
+        assert sorted((p.account_id, p.quantity, p.avg_cost) for p in positions.values()) == [
+            (acct.pk, D(q), D(10)) for acct, q in zip(three_accounts, (25, 50, 75), strict=True)
+        ]
+        transaction.set_rollback(True)
+
+
+def test_a_split_read_inserts_nothing(three_accounts, instrument, broker, trader):
+    _, (a, _b, _c), placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    with pytest.raises(ValueError, match="a split read inserts nothing"):
+        allocation_services.fill_read(
+            block_id=placement.block_id,
+            order_id=None,
+            broker_id=placement.broker_id,
+            order_ids=[a.pk],
+            instrument_id=instrument.pk,
+            account_ids=[a.account_id],
+            insert=("INSERT ...", []),
+            split=True,
+        )
