@@ -269,3 +269,123 @@ END;
 $$ LANGUAGE plpgsql;
 """
     return forward, _check_function_per_parent(prefix, child_noun, references)
+
+
+def order_bound_check_sql(
+    *,
+    prefix: str,
+    child_noun: str,
+    references: Sequence[Reference],
+    order: str,
+    bound: Sequence[str],
+    per_id_max: int = 64,
+) -> tuple[str, str]:
+    """(forward, backward) SQL replacing the insert trigger's function of `single_query_check_sql`
+    with one that checks the `bound` references through the child's order instead of locking
+    their parents.
+
+    `order` is the column of `references` naming the child's order; each column of `bound` (also
+    in `references`) must equal the order's column of the same name. The named orders are locked
+    FOR SHARE (not FOR KEY SHARE): until this transaction ends nobody can delete an order or
+    change its bound columns, and while an order names a parent through its own foreign-key
+    constraint, that parent cannot be deleted either, so the child's bound parents need no lock
+    of their own. After commit the delete triggers of `statement_references_sql` protect them as
+    before. A writer that has locked its orders FOR UPDATE (every fill does) takes no new lock
+    and writes nothing for the orders: a 1,000-account fill no longer locks (and writes a WAL
+    record for) each of its 1,000 accounts.
+
+    Refusals: a missing parent as before (23503, the same message, the parents looked at in the
+    references' order); a child whose bound column differs from its order's (both existing):
+    23514, "<child> names <noun> other than its order's". Backward restores the one-query check.
+    """
+    by_column = {r.column: r for r in references}
+    if order not in by_column or not bound or any(c not in by_column for c in bound):
+        raise ValueError("the order and bound columns must be among the references")
+    if order in bound:
+        raise ValueError("the order column cannot be bound to itself")
+    order_table = by_column[order].parent_table
+    locked_refs = [r for r in references if r.column not in bound]
+    matched = " AND ".join(f"l.{c} = u.{c}" for c in bound)
+    branches = "".join(
+        f"""
+        WHEN coalesce(cardinality(ids.owned_0), 0) <> (SELECT count(*) FILTER (WHERE {matched})
+            FROM (SELECT * FROM unnest({", ".join(f"ids.owned_{k}" for k in range(len(bound) + 1))})
+                AS u(id, {", ".join(bound)}) ORDER BY u.id) AS u, LATERAL (
+                SELECT {", ".join(f"p.{c}" for c in bound)} FROM {r.parent_table} AS p WHERE p.id = u.id
+                FOR SHARE OF p
+            ) AS l)
+            THEN ''"""
+        if r.column == order
+        else f"""
+        WHEN coalesce(cardinality(ids.ids_{i}), 0) <> CASE
+            WHEN cardinality(ids.ids_{i}) > {per_id_max} THEN (SELECT count(*) FROM (
+                SELECT 1 FROM {r.parent_table} AS p JOIN unnest(ids.ids_{i}) AS u(id) ON p.id = u.id
+                FOR KEY SHARE OF p
+            ) AS locked)
+            ELSE (SELECT count(*) FROM unnest(ids.ids_{i}) AS u(id), LATERAL (
+                SELECT 1 FROM {r.parent_table} AS p WHERE p.id = u.id FOR KEY SHARE OF p
+            ) AS locked)
+            END
+            THEN '{r.parent_noun}'"""
+        for i, r in enumerate(locked_refs)
+    )
+    # Every row's order and bound columns, aligned (not distinct: a fill names each order once).
+    named = ",\n               ".join(
+        [
+            *(
+                f"array_agg(DISTINCT {r.column}) FILTER (WHERE {r.column} IS NOT NULL) AS ids_{i}"
+                for i, r in enumerate(locked_refs)
+                if r.column != order
+            ),
+            *(f"array_agg({c}) AS owned_{k}" for k, c in enumerate([order, *bound])),
+        ]
+    )
+    # Only once a check failed: which parent is missing (the references' order), else which
+    # bound column differs from the order's.
+    missing_checks = "".join(
+        f"""
+        {"IF" if i == 0 else "ELSIF"} EXISTS (SELECT 1 FROM new_rows AS n WHERE n.{r.column} IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM {r.parent_table} AS p WHERE p.id = n.{r.column})) THEN
+            missing := '{r.parent_noun}';"""
+        for i, r in enumerate(references)
+    )
+    differs_checks = "".join(
+        f"""
+        ELSIF EXISTS (SELECT 1 FROM new_rows AS n JOIN {order_table} AS o ON o.id = n.{order}
+                WHERE n.{c} IS DISTINCT FROM o.{c}) THEN
+            RAISE EXCEPTION '{child_noun} names {by_column[c].parent_noun} other than its order''s'
+                USING ERRCODE = 'check_violation';"""
+        for c in bound
+    )
+    forward = f"""
+CREATE OR REPLACE FUNCTION {prefix}_refs_check() RETURNS trigger AS $$
+DECLARE
+    missing text;
+BEGIN
+    -- One query, planned once: one pass over the new rows for the distinct ids of the parents
+    -- locked FOR KEY SHARE and every row's order with its bound columns; then each parent in
+    -- the references' order; each row's order looked up by primary key (in id order), locked
+    -- FOR SHARE and compared; the bound parents are neither looked up nor locked.
+    SELECT CASE{branches}
+        END
+        INTO missing
+        FROM (
+            SELECT {named}
+            FROM new_rows
+        ) AS ids;
+    IF missing = '' THEN{missing_checks}{differs_checks}
+        ELSE
+            missing := '{by_column[order].parent_noun}';
+        END IF;
+    END IF;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION '{child_noun} names % that does not exist', missing
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+"""
+    return forward, single_query_check_sql(
+        prefix=prefix, child_noun=child_noun, references=references, per_id_max=per_id_max
+    )[0]

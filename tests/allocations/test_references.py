@@ -1,19 +1,22 @@
 """Allocation rows reference their execution, block, order, account, instrument and broker
 through statement-level triggers (migration 0006, oms_site.references): the guarantees of the
-foreign keys they replace, checked once per statement."""
+foreign keys they replace, checked once per statement. Since migration 0008 a row's account and
+instrument must be its order's, and are protected through the order (locked FOR SHARE; the
+order's own foreign keys keep them) instead of being locked themselves."""
 
 from __future__ import annotations
 
 import threading
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
 from django.db import IntegrityError, OperationalError, connection, connections, transaction
 
-from allocations.models import Account, Allocation
+from allocations.models import Account, Allocation, CashBalance, Position
 from orders.models import Block, Broker, Execution, Instrument, Order
+from tests import factories as f
 from tests.allocations.support import block_100_200_300, fill, make_block
 
 D = Decimal
@@ -92,17 +95,50 @@ def test_rows_naming_existing_parents_are_accepted_and_a_null_block_too(
 ) -> None:
     # given a fill's allocation rows
     rows = _filled(three_accounts, instrument, broker, trader)
-    # when a copy names another existing account, and another names no block
-    other = three_accounts[2].pk
+    # when a copy names another existing order with that order's account, another a second
+    # existing broker, and another no block
+    other = rows[2]
+    spare = Broker.objects.create(code="SPARE", name="Spare")
     with connection.cursor() as cursor:
-        cursor.execute(_copy_sql("account_id"), [other, [rows[0].pk]])
+        cursor.execute(
+            _copies_sql(["order_id", "account_id"]),
+            [[other.order_id], [other.account_id], rows[0].pk],
+        )
+        cursor.execute(_copy_sql("broker_id"), [spare.pk, [rows[0].pk]])
         cursor.execute(_copy_sql("block_id"), [None, [rows[1].pk]])
-    # then both are stored
+    # then all three are stored
     copies = Allocation.objects.exclude(pk__in=[r.pk for r in rows]).order_by("pk")
-    assert [(c.account_id, c.block_id) for c in copies] == [
-        (other, rows[0].block_id),
-        (rows[1].account_id, None),
+    assert [(c.order_id, c.account_id, c.broker_id, c.block_id) for c in copies] == [
+        (other.order_id, other.account_id, rows[0].broker_id, rows[0].block_id),
+        (rows[0].order_id, rows[0].account_id, spare.pk, rows[0].block_id),
+        (rows[1].order_id, rows[1].account_id, rows[1].broker_id, None),
     ]
+
+
+@pytest.mark.parametrize("column", ["account_id", "instrument_id"])
+def test_a_row_naming_an_existing_account_or_instrument_other_than_its_orders_is_refused(
+    column: str, three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows, and another existing account and instrument
+    rows = _filled(three_accounts, instrument, broker, trader)
+    other = {
+        "account_id": three_accounts[2].pk,
+        "instrument_id": cast(Any, f.InstrumentFactory(symbol="OTHR")).pk,
+    }[column]
+    noun = _PARENTS[column][2]
+    # when one statement inserts a copy of its first row as stored and one naming the other
+    # account (or instrument) for the same order
+    with (
+        pytest.raises(
+            IntegrityError, match=f"^allocation names {noun} other than its order's"
+        ) as raised,
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(_copies_sql([column]), [[getattr(rows[0], column), other], rows[0].pk])
+    # then it is refused as a check violation, nothing stored
+    assert raised.value.__cause__.sqlstate == "23514"  # type: ignore[union-attr]
+    assert Allocation.objects.count() == 3
 
 
 def _copies_sql(columns: list[str]) -> str:
@@ -179,8 +215,32 @@ def test_several_missing_parents_name_the_first_in_reference_order(
 def test_a_statement_naming_more_parents_than_are_looked_up_one_by_one_is_checked_too(
     missing: bool, three_accounts: Any, instrument: Any, broker: Any, trader: Any
 ) -> None:
-    # given a fill's rows and 70 more accounts (more than the 64 ids a check looks up one by
+    # given a fill's rows and 70 more brokers (more than the 64 ids a check looks up one by
     # one: those of a bigger statement are joined to their table instead)
+    rows = _filled(three_accounts, instrument, broker, trader)
+    extra = Broker.objects.bulk_create(Broker(code=f"X{n}", name=f"X{n}") for n in range(70))
+    brokers = [b.pk for b in extra] + ([_missing_id(Broker)] if missing else [])
+    # when one statement inserts a copy naming each of them (and, once, a missing broker)
+    with connection.cursor() as cursor:
+        if missing:
+            with (
+                pytest.raises(IntegrityError, match="allocation names a broker that does not"),
+                transaction.atomic(),
+            ):
+                cursor.execute(_copies_sql(["broker_id"]), [brokers, rows[0].pk])
+        else:
+            cursor.execute(_copies_sql(["broker_id"]), [brokers, rows[0].pk])
+    # then it is refused (nothing stored) with the missing one, and stored without it
+    copies = Allocation.objects.exclude(pk__in=[r.pk for r in rows])
+    assert sorted(copies.values_list("broker_id", flat=True)) == (
+        [] if missing else sorted(brokers)
+    )
+
+
+def test_a_statement_naming_more_orders_than_are_looked_up_one_by_one_is_checked_too(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows and a block of 70 more orders, one per new account
     rows = _filled(three_accounts, instrument, broker, trader)
     extra = Account.objects.bulk_create(
         Account(
@@ -193,21 +253,28 @@ def test_a_statement_naming_more_parents_than_are_looked_up_one_by_one_is_checke
         )
         for n in range(70)
     )
-    accounts = [a.pk for a in extra] + ([_missing_id(Account)] if missing else [])
-    # when one statement inserts a copy naming each of them (and, once, a missing account)
+    _, orders, _ = make_block(
+        instrument=instrument, accounts=extra, quantities=[10] * 70, user=trader, broker=broker
+    )
+    order_ids = [o.pk for o in orders]
+    accounts = [a.pk for a in extra]
+    # when one statement inserts a copy per order naming the next order's account (the last
+    # the first's), and then one naming each order's own account
+    with (
+        pytest.raises(IntegrityError, match="allocation names an account other than its order's"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(
+            _copies_sql(["order_id", "account_id"]),
+            [order_ids, accounts[1:] + accounts[:1], rows[0].pk],
+        )
     with connection.cursor() as cursor:
-        if missing:
-            with (
-                pytest.raises(IntegrityError, match="allocation names an account that does not"),
-                transaction.atomic(),
-            ):
-                cursor.execute(_copies_sql(["account_id"]), [accounts, rows[0].pk])
-        else:
-            cursor.execute(_copies_sql(["account_id"]), [accounts, rows[0].pk])
-    # then it is refused (nothing stored) with the missing one, and stored without it
+        cursor.execute(_copies_sql(["order_id", "account_id"]), [order_ids, accounts, rows[0].pk])
+    # then the first is refused (nothing stored) and the second stored
     copies = Allocation.objects.exclude(pk__in=[r.pk for r in rows])
-    assert sorted(copies.values_list("account_id", flat=True)) == (
-        [] if missing else sorted(accounts)
+    assert sorted(copies.values_list("order_id", "account_id")) == sorted(
+        zip(order_ids, accounts, strict=True)
     )
 
 
@@ -342,6 +409,90 @@ def test_a_parent_named_by_an_uncommitted_fill_waits_for_it_and_is_then_refused(
     assert outcome == ["brokers still referenced by allocations"]
     assert Broker.objects.filter(pk=broker.pk).exists()
     assert [r.quantity for r in rows] == [D(50)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_account_named_by_an_uncommitted_fill_cannot_be_deleted(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given an account whose order an uncommitted fill holds (FOR UPDATE) and allocates to,
+    # with its cash and position rows already there (a new one's foreign key would lock the
+    # account at commit; the fill's allocations no longer do)
+    _, _, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts[:1],
+        quantities=[100],
+        user=trader,
+        broker=broker,
+    )
+    account = three_accounts[0]
+    CashBalance.objects.create(account=account, currency=instrument.currency)
+    Position.objects.create(account=account, instrument=instrument)
+    outcome: list[Any] = []
+    started = threading.Event()
+
+    def delete_account() -> None:
+        # a second connection deletes the account in SQL while the fill is open
+        try:
+            started.wait(10)
+            with transaction.atomic(), connections["default"].cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '20s'")
+                cursor.execute(
+                    "DELETE FROM allocations_account_managers WHERE account_id = %s", [account.pk]
+                )
+                cursor.execute("DELETE FROM allocations_account WHERE id = %s", [account.pk])
+            outcome.append("deleted")
+        except IntegrityError as exc:
+            outcome.append(str(exc).splitlines()[0])
+        finally:
+            connections["default"].close()
+
+    worker = threading.Thread(target=delete_account)
+    worker.start()
+    with transaction.atomic():
+        rows = fill(placement, 50, "10.00")
+        started.set()
+        # (the delete is refused by one of the foreign keys of the order, cash or position rows
+        # naming the account, at once or after waiting for this fill's lock on that row)
+        worker.join(0.5)
+    worker.join(20)
+    # then the delete was refused and the fill committed: the account and its allocation are
+    # there
+    assert len(outcome) == 1
+    assert 'update or delete on table "allocations_account" violates foreign key' in outcome[0]
+    assert Account.objects.filter(pk=account.pk).exists()
+    assert [(r.account_id, r.quantity) for r in rows] == [(account.pk, D(50))]
+    assert Allocation.objects.get().account_id == account.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fill_does_not_wait_for_a_lock_held_on_its_accounts(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a block's first fill (its accounts' cash and position rows exist), and another
+    # transaction holding the accounts FOR UPDATE (which a FOR KEY SHARE lock would wait for)
+    _, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    fill(placement, 60, "10.00")
+    other = psycopg.connect(_dsn())
+    try:
+        other.execute(
+            "SELECT 1 FROM allocations_account WHERE id = ANY(%s) FOR UPDATE",
+            [[a.pk for a in three_accounts]],
+        )
+        # when the next fill is applied with a short lock timeout
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '2s'")
+            rows = fill(placement, 120, "10.00")
+    finally:
+        other.rollback()
+        other.close()
+    # then it was booked without waiting, each row with its order's account
+    assert [(r.account_id, r.quantity) for r in rows] == [
+        (three_accounts[0].pk, D(20)),
+        (three_accounts[1].pk, D(40)),
+        (three_accounts[2].pk, D(60)),
+    ]
+    assert Allocation.objects.count() == 6
 
 
 @pytest.mark.django_db(transaction=True)
