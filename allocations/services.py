@@ -1101,7 +1101,7 @@ def _rebook(
                 object_type="execution",
                 object_id=str(execution.pk),
                 # What every row of the fill shares is said once (price, dates, method): the
-                # payload is hashed and stored as jsonb inside the fill's transaction, 1,000 rows
+                # payload is hashed and stored (as json text) inside the fill's transaction, 1,000 rows
                 # for a big block. Written as its canonical text from the rows' texts above.
                 after=_allocations_payload(
                     {

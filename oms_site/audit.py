@@ -236,7 +236,7 @@ _INSERT_EVENTS = (
     " INSERT INTO oms_site_auditevent (stream, seq, occurred_at, actor_id, actor_name, action,"
     " object_type, object_id, before, after, meta, prev_hash, hash)"
     " SELECT v.stream, v.seq, %s, v.actor_id, v.actor_name, v.action, v.object_type,"
-    " v.object_id, v.before::jsonb, v.after::jsonb, v.meta::jsonb, v.prev, v.hash"
+    " v.object_id, v.before::json, v.after::json, v.meta::jsonb, v.prev, v.hash"
     " FROM unnest(%b::text[], %b::bigint[], %b::integer[], %b::text[], %b::text[], %b::text[],"
     " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
     " AS v(stream, seq, actor_id, actor_name, action, object_type, object_id, before, after,"
@@ -314,7 +314,7 @@ _WRITE_SQL = (
     " INSERT INTO oms_site_auditevent (stream, seq, occurred_at, actor_id, actor_name, action,"
     " object_type, object_id, before, after, meta, prev_hash, hash)"
     " SELECT v.stream, v.seq, %s, v.actor_id, v.actor_name, v.action, v.object_type,"
-    " v.object_id, v.before::jsonb, v.after::jsonb, v.meta::jsonb, v.prev, v.hash"
+    " v.object_id, v.before::json, v.after::json, v.meta::jsonb, v.prev, v.hash"
     " FROM v ORDER BY v.ord"
     " RETURNING id, stream, seq, prev_hash, hash"
     "), heads AS ("
@@ -591,7 +591,7 @@ def new_object_events_sql(id_from: str, count: int) -> str:
             "_aev AS (INSERT INTO oms_site_auditevent (stream, seq, occurred_at, actor_id,"
             " actor_name, action, object_type, object_id, before, after, meta, prev_hash, hash)"
             " SELECT e.otype || ':' || e.oid, e.seq, e.at, e.actor_id, e.actor_name, e.action,"
-            " e.otype, e.oid, e.before::jsonb, e.after::jsonb, e.meta::jsonb, e.prev, e.hash"
+            " e.otype, e.oid, e.before::json, e.after::json, e.meta::jsonb, e.prev, e.hash"
             f" FROM ({events}) AS e ORDER BY e.seq)"
         )
         ctes.append(

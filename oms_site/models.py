@@ -7,8 +7,31 @@ PostgreSQL itself refuses UPDATE and DELETE on the event table (see migration 00
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
+
+
+class JsonTextField(models.JSONField):
+    """A JSONField stored as PostgreSQL `json` (its text, checked) instead of `jsonb`.
+
+    For the audit payloads, which are hashed as the canonical text the writer sends and only
+    ever read back whole: jsonb parses every document into its binary tree on the way in, which
+    for a 1,000-account fill's ~190 KB allocations payload was most of the audit write's
+    PostgreSQL time (about 2.9 ms of CPU, against 0.1 ms for json's syntax check of the same
+    text). json keeps the text exactly as sent, so what is stored is what was hashed; it has no
+    equality or containment operators, so nothing filters on these columns by value (key paths
+    still read). Read as text, like Django's jsonb columns, and parsed by `from_db_value`.
+    """
+
+    def db_type(self, connection: Any) -> str:
+        return "json"
+
+    def select_format(self, compiler: Any, sql: str, params: Any) -> Any:
+        # psycopg would parse a json value itself (Django has it leave only jsonb as text), and
+        # JSONField.from_db_value expects the text.
+        return f"({sql})::text", params
 
 
 class AuditEvent(models.Model):
@@ -24,8 +47,8 @@ class AuditEvent(models.Model):
     action = models.CharField(max_length=80)
     object_type = models.CharField(max_length=80)
     object_id = models.CharField(max_length=64)
-    before = models.JSONField(null=True, blank=True)
-    after = models.JSONField(null=True, blank=True)
+    before = JsonTextField(null=True, blank=True)
+    after = JsonTextField(null=True, blank=True)
     meta = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)

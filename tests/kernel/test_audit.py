@@ -8,6 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
+from django.db.migrations.executor import MigrationExecutor
 from django.db.utils import DatabaseError
 
 from oms_site.audit import (
@@ -577,4 +578,167 @@ def test_a_long_payload_is_stored_compressed_with_lz4_and_reads_back_the_same() 
         assert dict(cursor.fetchall()) == {long.pk: "lz4", short.pk: None}
     assert AuditEvent.objects.get(pk=long.pk).after == value
     assert AuditEvent.objects.get(pk=short.pk).after == {"k": 1}
+    assert audit_verify() == []
+
+
+def _stored_texts(pk: int) -> tuple[str | None, str | None, str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT before::text, after::text, meta::text FROM oms_site_auditevent WHERE id = %s",
+            [pk],
+        )
+        return cursor.fetchone()
+
+
+def test_payloads_are_stored_as_the_exact_canonical_text_that_was_hashed() -> None:
+    # given the before and after columns stored as json (their text), meta as jsonb
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attname, atttypid::regtype::text FROM pg_attribute WHERE attrelid = "
+            "'oms_site_auditevent'::regclass AND attname IN ('before', 'after', 'meta')"
+        )
+        assert dict(cursor.fetchall()) == {"before": "json", "after": "json", "meta": "jsonb"}
+    # when a dict payload, a canonical text payload and a long one are written, in both paths
+    # (one statement with heads, two statements for new streams)
+    long_value = {"rows": [{"id": i, "q": f"{i}.25"} for i in range(1200)]}
+    with transaction.atomic():
+        dict_event, text_event = audit_record_many(
+            entries=[
+                AuditEntry(
+                    action="a",
+                    object_type="t.json",
+                    object_id="1",
+                    before={"z": 1, "a": "é"},
+                    after={"b": [2, "x"], "a": None},
+                    meta={"m": 1},
+                ),
+                AuditEntry(
+                    action="a",
+                    object_type="t.json",
+                    object_id="2",
+                    after=CanonicalJson('{"a":"1.50","b":[{"id":7}]}'),
+                ),
+            ],
+            new_streams=True,
+        )
+        (long_event,) = audit_record_many(
+            entries=[AuditEntry(action="b", object_type="t.json", object_id="1", after=long_value)]
+        )
+    # then before and after hold exactly the canonical texts hashed (meta: jsonb's own text)
+    assert _stored_texts(dict_event.pk) == ('{"a":"é","z":1}', '{"a":null,"b":[2,"x"]}', '{"m": 1}')
+    assert _stored_texts(text_event.pk) == (None, '{"a":"1.50","b":[{"id":7}]}', "{}")
+    assert _stored_texts(long_event.pk)[1] == canonical_text(long_value)
+    # and they read back as the values, through the model and through a key path
+    stored = {e.pk: (e.before, e.after) for e in AuditEvent.objects.all()}
+    assert stored == {
+        dict_event.pk: ({"a": "é", "z": 1}, {"a": None, "b": [2, "x"]}),
+        text_event.pk: (None, {"a": "1.50", "b": [{"id": 7}]}),
+        long_event.pk: (None, long_value),
+    }
+    assert list(
+        AuditEvent.objects.filter(pk=text_event.pk).values_list("after__a", "after__b__0__id")
+    ) == [("1.50", 7)]
+    assert audit_verify() == []
+
+
+@pytest.mark.parametrize("value", ["1", "null", "", [], 5, "[1]"])
+def test_a_payload_of_a_json_scalar_or_a_string_that_looks_like_json_reads_back_as_written(
+    value,
+) -> None:
+    with transaction.atomic():
+        (event,) = audit_record_many(
+            entries=[AuditEntry(action="a", object_type="t.s", object_id="1", after=value)]
+        )
+    assert AuditEvent.objects.get(pk=event.pk).after == value
+    assert audit_verify() == []
+
+
+@pytest.mark.parametrize("new_streams", [False, True])
+def test_a_payload_text_that_is_not_json_is_refused_and_nothing_is_written(
+    new_streams: bool,
+) -> None:
+    # given a stream with one event
+    _write(1)
+    # when an event whose canonical text is not JSON is written
+    with (
+        pytest.raises(DatabaseError, match="invalid input syntax for type json"),
+        transaction.atomic(),
+    ):
+        audit_record_many(
+            entries=[
+                AuditEntry(
+                    action="a",
+                    object_type="test.thing" if not new_streams else "t.new",
+                    object_id="1",
+                    after=CanonicalJson('{"a":1,}'),
+                )
+            ],
+            new_streams=new_streams,
+        )
+    # then nothing is written: no event, no head moved
+    assert list(AuditEvent.objects.values_list("stream", "seq")) == [("test.thing:1", 1)]
+    assert list(AuditStream.objects.values_list("stream", "last_seq")) == [("test.thing:1", 1)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_to_json_keeps_every_payload_and_chain_both_ways() -> None:
+    # given events written while before and after were jsonb (migration 0004)
+    before_state, after_state = "0004_audit_payloads_lz4", "0005_audit_payloads_json"
+    executor = MigrationExecutor(connection)
+    executor.migrate([("oms_site", before_state)])
+    try:
+        values = [({"q": 'say "hi"', "n": None}, {"k": 1, "u": "é", "l": ["1.5", 2]}), (None, [])]
+        with transaction.atomic():
+            audit_record_many(
+                entries=[
+                    AuditEntry(
+                        action="a",
+                        object_type="t.m",
+                        object_id=str(n),
+                        before=before,
+                        after=after,
+                        meta={"n": n},
+                    )
+                    for n, (before, after) in enumerate(values)
+                ],
+                new_streams=True,
+            )
+
+        def columns() -> dict[str, tuple[str, str]]:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT attname, atttypid::regtype::text, attcompression::text"
+                    " FROM pg_attribute WHERE attrelid = 'oms_site_auditevent'::regclass"
+                    " AND attname IN ('before', 'after', 'meta')"
+                )
+                return {name: (kind, method) for name, kind, method in cursor.fetchall()}
+
+        lz4 = columns()["meta"][1]
+        assert columns() == {c: ("jsonb", lz4) for c in ("before", "after", "meta")}
+        # when migrated to json
+        MigrationExecutor(connection).migrate([("oms_site", after_state)])
+        # then the columns are json, compressed as before, and every value and chain is kept
+        assert columns() == {
+            "before": ("json", lz4),
+            "after": ("json", lz4),
+            "meta": ("jsonb", lz4),
+        }
+        stored = list(AuditEvent.objects.order_by("object_id").values_list("before", "after"))
+        assert stored == values
+        assert audit_verify() == []
+        # and back: jsonb again, the same values, the chains still verify
+        MigrationExecutor(connection).migrate([("oms_site", before_state)])
+        assert columns() == {c: ("jsonb", lz4) for c in ("before", "after", "meta")}
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT before::text, after::text FROM oms_site_auditevent ORDER BY object_id"
+            )
+            assert cursor.fetchall() == [
+                ('{"n": null, "q": "say \\"hi\\""}', '{"k": 1, "l": ["1.5", 2], "u": "é"}'),
+                (None, "[]"),
+            ]
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(executor.loader.graph.leaf_nodes())
     assert audit_verify() == []
