@@ -1101,8 +1101,9 @@ def _rebook(
                 object_type="execution",
                 object_id=str(execution.pk),
                 # What every row of the fill shares is said once (price, dates, method): the
-                # payload is hashed and stored (as json text) inside the fill's transaction, 1,000 rows
-                # for a big block. Written as its canonical text from the rows' texts above.
+                # payload is hashed and stored (as its json text) inside the fill's transaction,
+                # 1,000 rows for a big block. Written as its canonical text from the rows' texts
+                # above.
                 after=_allocations_payload(
                     {
                         "price": price,
