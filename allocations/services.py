@@ -461,11 +461,13 @@ class FillRead:
         block_id: int | None,
         order_ids: list[int],
         lock_positions: list[Any] | None = None,
+        lock_accounts: frozenset[int] = frozenset(),
     ) -> None:
         self.cursor = cursor
         self.block_id = block_id
         self.order_ids = order_ids
         self.lock_positions = lock_positions
+        self.lock_accounts = lock_accounts
         self.positions_cursor: Any = None
         self._rows: list[Any] | None = None
         self._positions: dict[int, _PositionRow] | None = None
@@ -538,6 +540,23 @@ class FillRead:
             )
         )
         return filled or ZERO, notional or ZERO, schedule, booked, new_ids
+
+    def positions_found(self, account_ids: set[int]) -> bool:
+        """Whether the positions' lock (sent on its own: `fill_read`'s `split`) asked for every
+        one of `account_ids` and found a position for each account it asked for. Waits for
+        the lock's answer but does not parse its rows (a big fill's 1,000: over a
+        millisecond), so a caller that needs none created can send its rows first."""
+        if self.lock_positions is None or not account_ids <= self.lock_accounts:
+            return False
+        self._fetch()
+        cursor = self.positions_cursor
+        # Waits for the answer (its row count), its rows left unparsed; an empty answer has
+        # no row 0 to stay at, and its count is set all the same.
+        with suppress(IndexError):
+            cursor.scroll(0)
+        # One position per (account, instrument) (unique), so as many rows as accounts asked
+        # for means none is missing.
+        return bool(cursor.rowcount == len(self.lock_accounts))
 
     def positions(self) -> dict[int, _PositionRow]:
         """The positions the read locked, by account_id (waits for their lock)."""
@@ -648,7 +667,13 @@ def _fill_read_split(
         params += [block_id, block_id]
     cursor = raw_cursor()
     cursor.execute(sql, params)
-    return FillRead(cursor, block_id, order_ids, [instrument_id, _array(account_ids)])
+    return FillRead(
+        cursor,
+        block_id,
+        order_ids,
+        [instrument_id, _array(account_ids)],
+        frozenset(account_ids),
+    )
 
 
 def _lock_positions(
@@ -851,6 +876,7 @@ def _rebook(
     booked: tuple[dict[int, _Booked], dict[int, int]] | None = None,
     placement: Placement | None = None,
     positions: dict[int, _PositionRow] | Callable[[], dict[int, _PositionRow]] | None = None,
+    positions_found: Callable[[set[int]], bool] | None = None,
     states: Callable[[], Sequence[Any]] | None = None,
 ) -> Sequence[Allocation]:
     """Book the difference between each order's target and its rows so far; move the book.
@@ -863,7 +889,9 @@ def _rebook(
     same statement writes. `positions`: positions the caller locked already (by account_id,
     `fill_read`), or a function that waits for them (`FillRead.positions`: called once the
     rows' texts are made); the ones a move needs that are not there are locked (created) here.
-    `states`: see `fill_allocate`. Returns
+    `positions_found` (with such a function: `FillRead.positions_found`): when it answers that
+    every account moved has its position locked already, a big fill's rows are sent before
+    the positions are parsed. `states`: see `fill_allocate`. Returns
     the rows written as model instances (`AllocationRows`, made when first read; none
     without `returning`).
     """
@@ -968,11 +996,18 @@ def _rebook(
             params.update(dict.fromkeys(_ALLOCATION_ROW_COLUMNS, "{}"))
         # Positions, then cash, each locked in account order (before the rows are written).
         moving = {account_id for _, account_id, _, _ in moves}
+        split = bool(rows) and len(orders) >= PIPELINE_MIN_ORDERS
+        later: Callable[[], dict[int, _PositionRow]] | None = None
         if callable(positions):
-            positions = positions()  # the caller's lock, sent with its read (fill_read)
+            if split and positions_found is not None and positions_found(moving):
+                # The caller's lock found them all: nothing to create before the rows, so they
+                # are sent first and the positions parsed while PostgreSQL inserts them.
+                later, positions = positions, {}
+            else:
+                positions = positions()  # the caller's lock, sent with its read (fill_read)
         if positions is None:
             positions = _lock_positions(instrument.pk, moving, now)
-        elif not moving <= positions.keys():
+        elif later is None and not moving <= positions.keys():
             # Accounts that hold no position yet (their first quantity in the instrument): only
             # those are locked (created) here; the caller's are locked already, with the values
             # read under that lock.
@@ -984,11 +1019,12 @@ def _rebook(
         # inserts them (and checks their references) while the positions, cash, orders and
         # states are computed here; the moves follow in a second statement. Same rows, same
         # values, the rows' reference checks taken before the cash is written instead of after.
-        split = bool(rows) and len(orders) >= PIPELINE_MIN_ORDERS
         if split:
             _pipeline_enter(stack)
             with raw_cursor() as cursor:
                 cursor.execute(_BOOK_INSERT_SQL, params)
+        if later is not None:
+            positions = later()
         short_breach: set[int] = set()
         for order, account_id, held, delta in moves:
             pos = positions[account_id]
@@ -1421,6 +1457,7 @@ def fill_allocate(
             booked=(booked, new_ids),
             placement=written,
             positions=read.positions,
+            positions_found=read.positions_found,
             states=states,
         )
         return rows
