@@ -325,3 +325,107 @@ def test_a_split_read_inserts_nothing(three_accounts, instrument, broker, trader
             insert=("INSERT ...", []),
             split=True,
         )
+
+
+def test_a_big_fill_sends_its_rows_before_parsing_its_positions_only_when_all_were_found(
+    three_accounts, instrument, broker, trader, monkeypatch
+):
+    # given a block of 100/200/300 in pipeline mode (its read split, its positions' lock a
+    # statement of its own), whose accounts hold no position in the instrument yet
+    monkeypatch.setattr(allocation_services, "PIPELINE_MIN_ORDERS", 3)
+    _, (a, b, c), placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    events = []
+    original_execute = psycopg.Cursor.execute
+    original_row = allocation_services._PositionRow
+    names = {
+        allocation_services._POSITIONS_CREATE_SQL: "create positions",
+        allocation_services._BOOK_INSERT_SQL: "rows",
+    }
+
+    def execute(self, query, *args, **kwargs):
+        if query in names:
+            events.append(names[query])
+        return original_execute(self, query, *args, **kwargs)
+
+    def position_row(*values):
+        events.append(("position", values[1]))
+        return original_row(*values)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    monkeypatch.setattr(allocation_services, "_PositionRow", position_row)
+    accounts = [acct.pk for acct in three_accounts]
+    # when 150 fill at 10.00 (the lock finds none of the three)
+    with transaction.atomic():
+        fill_allocate(execution=new_execution(placement, 150, "10.00"))
+    # then they are created and locked before the rows are sent, as before
+    assert events == ["create positions", *[("position", acct) for acct in accounts], "rows"]
+    # when 150 more fill at 12.00 (the lock finds all three)
+    events.clear()
+    with transaction.atomic():
+        fill_allocate(execution=new_execution(placement, 150, "12.00"))
+    # then the rows are sent first, the positions parsed after, none created
+    assert events == ["rows", *[("position", acct) for acct in accounts]]
+    # and they moved from the values the lock read: 50/100/150 at the average 11.00
+    assert sorted(
+        Position.objects.filter(instrument=instrument).values_list(
+            "account_id", "quantity", "avg_cost", "version"
+        )
+    ) == [(acct, D(q), D(11), 3) for acct, q in zip(accounts, (50, 100, 150), strict=True)]
+    assert [
+        (r.order_id, r.quantity, r.gross)
+        for r in Allocation.objects.filter(execution__last_px=D(12)).order_by("pk")
+    ] == [(a.pk, D(25), D("300.00")), (b.pk, D(50), D("600.00")), (c.pk, D(75), D("900.00"))]
+
+
+def test_a_split_reads_positions_found_answers_without_parsing_them(
+    three_accounts, instrument, broker, trader, monkeypatch
+):
+    # given a block of 100/200/300 filled once, so its three accounts hold a position
+    _, (a, b, c), placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    with transaction.atomic():
+        fill_allocate(execution=new_execution(placement, 150, "10.00"))
+    made = []
+    original_row = allocation_services._PositionRow
+
+    def position_row(*values):
+        made.append(values[1])
+        return original_row(*values)
+
+    monkeypatch.setattr(allocation_services, "_PositionRow", position_row)
+    accounts = [acct.pk for acct in three_accounts]
+    kwargs = {
+        "block_id": placement.block_id,
+        "order_id": None,
+        "broker_id": placement.broker_id,
+        "order_ids": [a.pk, b.pk, c.pk],
+        "instrument_id": instrument.pk,
+    }
+    with transaction.atomic(), connection.connection.pipeline():
+        # when its read is split and asks for the three accounts
+        read = allocation_services.fill_read(**kwargs, account_ids=accounts, split=True)
+        read.totals()
+        # then every one asked for is found, and none outside them; no row parsed
+        assert read.positions_found(set(accounts)) is True
+        assert read.positions_found(set(accounts[:2])) is True
+        assert read.positions_found({*accounts, -1}) is False
+        assert made == []
+        # and the positions parsed afterwards are the three locked
+        assert sorted(read.positions()) == accounts
+        assert made == accounts
+        transaction.set_rollback(True)
+    made.clear()
+    other = Position.objects.filter(instrument=instrument, account_id=accounts[2])
+    with transaction.atomic(), connection.connection.pipeline():
+        other.delete()
+        # when the third account holds none: not all found
+        read = allocation_services.fill_read(**kwargs, account_ids=accounts, split=True)
+        read.totals()
+        assert read.positions_found(set(accounts[:2])) is False
+        assert made == []
+        assert sorted(read.positions()) == accounts[:2]
+        transaction.set_rollback(True)
+    # when the read is not split, it never answers found (its positions come with the read)
+    with transaction.atomic():
+        read = allocation_services.fill_read(**kwargs, account_ids=accounts)
+        assert read.positions_found(set(accounts)) is False
+        transaction.set_rollback(True)

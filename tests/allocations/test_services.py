@@ -687,3 +687,48 @@ def test_the_rows_fill_allocate_returns_are_the_rows_written(
         [getattr(r, f) for f in fields] for r in stored
     ]
     assert all(not r._state.adding and r._state.db == "default" for r in returned)
+
+
+def test_the_rows_fill_allocate_returns_are_made_once_when_first_read(
+    three_accounts, instrument, broker, trader, monkeypatch
+):
+    from allocations import services
+
+    made: list[int] = []
+    original = services._allocation_instances
+
+    def counting(ids, rows, shared):
+        made.append(len(ids))
+        return original(ids, rows, shared)
+
+    monkeypatch.setattr(services, "_allocation_instances", counting)
+    # given a block of 100/200/300
+    _, orders, placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    # when 150 fill at 10.00 and the caller only counts the rows returned
+    returned = fill(placement, 150, "10.00")
+    assert len(returned) == 3
+    # then no instance was made for it
+    assert made == []
+    # when they are read (twice, by index, by slice, compared with a list)
+    first = [(r.order_id, r.quantity, r.net) for r in returned]
+    again = [(r.order_id, r.quantity, r.net) for r in returned]
+    # then they were made once, with each order's exact share, the same instances every time
+    assert made == [3]
+    assert (
+        first
+        == again
+        == [
+            (orders[0].pk, D(25), D("255.01")),
+            (orders[1].pk, D(50), D("505.03")),
+            (orders[2].pk, D(75), D("755.04")),
+        ]
+    )
+    assert returned[0] is next(iter(returned))
+    assert returned[1:] == list(returned)[1:]
+    assert returned == list(returned)
+    assert returned != []
+    assert len(returned) == 3
+    assert made == [3]
+    assert [r.pk for r in returned] == list(
+        Allocation.objects.order_by("pk").values_list("pk", flat=True)
+    )
