@@ -367,6 +367,39 @@ def test_django_protects_the_parents_as_before(
     assert Allocation.objects.count() == 3
 
 
+def _delete_while_filling(
+    placement: Any, statements: list[tuple[str, list[Any]]]
+) -> tuple[list[str], list[Any], bool]:
+    """A second connection runs the delete `statements` in SQL while a fill of 50 of
+    `placement` is open: (the delete's outcome, the fill's rows, whether the delete was still
+    waiting half a second into the fill)."""
+    outcome: list[str] = []
+    started = threading.Event()
+
+    def delete() -> None:
+        try:
+            started.wait(10)
+            with transaction.atomic(), connections["default"].cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '20s'")
+                for sql, params in statements:
+                    cursor.execute(sql, params)
+            outcome.append("deleted")
+        except IntegrityError as exc:
+            outcome.append(str(exc).splitlines()[0])
+        finally:
+            connections["default"].close()
+
+    worker = threading.Thread(target=delete)
+    worker.start()
+    with transaction.atomic():
+        rows = fill(placement, 50, "10.00")
+        started.set()
+        worker.join(0.5)
+        waiting = worker.is_alive()
+    worker.join(20)
+    return outcome, list(rows), waiting
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_parent_named_by_an_uncommitted_fill_waits_for_it_and_is_then_refused(
     three_accounts: Any, instrument: Any, broker: Any, trader: Any
@@ -380,32 +413,13 @@ def test_a_parent_named_by_an_uncommitted_fill_waits_for_it_and_is_then_refused(
         user=trader,
         broker=broker,
     )
-    outcome: list[Any] = []
-    started = threading.Event()
-
-    def delete_broker() -> None:
-        # a second connection deletes the broker in SQL while the fill is open
-        try:
-            started.wait(10)
-            with transaction.atomic(), connections["default"].cursor() as cursor:
-                cursor.execute("SET LOCAL lock_timeout = '20s'")
-                cursor.execute("DELETE FROM orders_broker WHERE id = %s", [broker.pk])
-            outcome.append("deleted")
-        except IntegrityError as exc:
-            outcome.append(str(exc).splitlines()[0])
-        finally:
-            connections["default"].close()
-
-    worker = threading.Thread(target=delete_broker)
-    worker.start()
-    with transaction.atomic():
-        rows = fill(placement, 50, "10.00")
-        started.set()
-        # the delete is blocked on the broker's row lock while this fill is open
-        worker.join(0.5)
-        assert worker.is_alive()
-    worker.join(20)
-    # then, once the fill committed, the delete saw its rows and was refused
+    # when a second connection deletes the broker in SQL while the fill is open
+    outcome, rows, waiting = _delete_while_filling(
+        placement, [("DELETE FROM orders_broker WHERE id = %s", [broker.pk])]
+    )
+    # then the delete was blocked on the broker's row lock while the fill was open
+    assert waiting
+    # and, once the fill committed, it saw its rows and was refused
     assert outcome == ["brokers still referenced by allocations"]
     assert Broker.objects.filter(pk=broker.pk).exists()
     assert [r.quantity for r in rows] == [D(50)]
@@ -428,34 +442,16 @@ def test_an_account_named_by_an_uncommitted_fill_cannot_be_deleted(
     account = three_accounts[0]
     CashBalance.objects.create(account=account, currency=instrument.currency)
     Position.objects.create(account=account, instrument=instrument)
-    outcome: list[Any] = []
-    started = threading.Event()
-
-    def delete_account() -> None:
-        # a second connection deletes the account in SQL while the fill is open
-        try:
-            started.wait(10)
-            with transaction.atomic(), connections["default"].cursor() as cursor:
-                cursor.execute("SET LOCAL lock_timeout = '20s'")
-                cursor.execute(
-                    "DELETE FROM allocations_account_managers WHERE account_id = %s", [account.pk]
-                )
-                cursor.execute("DELETE FROM allocations_account WHERE id = %s", [account.pk])
-            outcome.append("deleted")
-        except IntegrityError as exc:
-            outcome.append(str(exc).splitlines()[0])
-        finally:
-            connections["default"].close()
-
-    worker = threading.Thread(target=delete_account)
-    worker.start()
-    with transaction.atomic():
-        rows = fill(placement, 50, "10.00")
-        started.set()
-        # (the delete is refused by one of the foreign keys of the order, cash or position rows
-        # naming the account, at once or after waiting for this fill's lock on that row)
-        worker.join(0.5)
-    worker.join(20)
+    # when a second connection deletes the account in SQL while the fill is open (refused by
+    # one of the foreign keys of the order, cash or position rows naming the account, at once
+    # or after waiting for this fill's lock on that row)
+    outcome, rows, _ = _delete_while_filling(
+        placement,
+        [
+            ("DELETE FROM allocations_account_managers WHERE account_id = %s", [account.pk]),
+            ("DELETE FROM allocations_account WHERE id = %s", [account.pk]),
+        ],
+    )
     # then the delete was refused and the fill committed: the account and its allocation are
     # there
     assert len(outcome) == 1
