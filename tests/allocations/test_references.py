@@ -367,6 +367,18 @@ def test_django_protects_the_parents_as_before(
     assert Allocation.objects.count() == 3
 
 
+def _one_order_block(three_accounts: Any, instrument: Any, trader: Any, broker: Any) -> Any:
+    """The placement of a block of one order of 100 for the first account."""
+    _, _, placement = make_block(
+        instrument=instrument,
+        accounts=three_accounts[:1],
+        quantities=[100],
+        user=trader,
+        broker=broker,
+    )
+    return placement
+
+
 def _delete_while_filling(
     placement: Any, statements: list[tuple[str, list[Any]]]
 ) -> tuple[list[str], list[Any], bool]:
@@ -406,13 +418,7 @@ def test_a_parent_named_by_an_uncommitted_fill_waits_for_it_and_is_then_refused(
 ) -> None:
     # given a broker that an allocation inserted but not yet committed names (the row lock
     # FOR KEY SHARE taken by the statement's check)
-    _, _, placement = make_block(
-        instrument=instrument,
-        accounts=three_accounts[:1],
-        quantities=[100],
-        user=trader,
-        broker=broker,
-    )
+    placement = _one_order_block(three_accounts, instrument, trader, broker)
     # when a second connection deletes the broker in SQL while the fill is open
     outcome, rows, waiting = _delete_while_filling(
         placement, [("DELETE FROM orders_broker WHERE id = %s", [broker.pk])]
@@ -432,13 +438,7 @@ def test_an_account_named_by_an_uncommitted_fill_cannot_be_deleted(
     # given an account whose order an uncommitted fill holds (FOR UPDATE) and allocates to,
     # with its cash and position rows already there (a new one's foreign key would lock the
     # account at commit; the fill's allocations no longer do)
-    _, _, placement = make_block(
-        instrument=instrument,
-        accounts=three_accounts[:1],
-        quantities=[100],
-        user=trader,
-        broker=broker,
-    )
+    placement = _one_order_block(three_accounts, instrument, trader, broker)
     account = three_accounts[0]
     CashBalance.objects.create(account=account, currency=instrument.currency)
     Position.objects.create(account=account, instrument=instrument)
