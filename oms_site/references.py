@@ -84,6 +84,31 @@ $$ LANGUAGE plpgsql;
 """
 
 
+def _row_check(child_noun: str, r: Reference) -> str:
+    """The update trigger's check of one reference: where the row's `r` changes to a non-null id,
+    that parent locked FOR KEY SHARE, else 23503. Part of older migrations' SQL: keep it as it is."""
+    return f"""    IF NEW.{r.column} IS NOT NULL AND NEW.{r.column} IS DISTINCT FROM OLD.{r.column} THEN
+        PERFORM 1 FROM {r.parent_table} WHERE id = NEW.{r.column} FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION '{child_noun} names {r.parent_noun} that does not exist'
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END IF;
+"""
+
+
+def _row_check_function(prefix: str, child_noun: str, references: Sequence[Reference]) -> str:
+    """The update trigger's function as session 5 wrote it: each changed reference's parent
+    locked FOR KEY SHARE, in the references' order."""
+    row_checks = "".join(_row_check(child_noun, r) for r in references)
+    return f"""CREATE OR REPLACE FUNCTION {prefix}_refs_check_row() RETURNS trigger AS $$
+BEGIN
+{row_checks}    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+"""
+
+
 def statement_references_sql(
     *,
     prefix: str,
@@ -100,17 +125,6 @@ def statement_references_sql(
         raise ValueError("prefix too long for PostgreSQL identifiers")
     if not references:
         raise ValueError("no references")
-    row_checks = "".join(
-        f"""    IF NEW.{r.column} IS NOT NULL AND NEW.{r.column} IS DISTINCT FROM OLD.{r.column} THEN
-        PERFORM 1 FROM {r.parent_table} WHERE id = NEW.{r.column} FOR KEY SHARE;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION '{child_noun} names {r.parent_noun} that does not exist'
-                USING ERRCODE = 'foreign_key_violation';
-        END IF;
-    END IF;
-"""
-        for r in references
-    )
     columns = ", ".join(r.column for r in references)
     changed = " OR ".join(f"OLD.{r.column} IS DISTINCT FROM NEW.{r.column}" for r in references)
     forward = f"""{_check_function_per_parent(prefix, child_noun, references)}
@@ -122,12 +136,7 @@ CREATE TRIGGER {prefix}_refs_insert
 -- An update is checked only where it changes a reference, row by row, as a foreign key is:
 -- an update of other columns (settling cash, say) must not lock the parents, which could
 -- deadlock with a writer holding a parent FOR UPDATE and waiting for a row this one holds.
-CREATE OR REPLACE FUNCTION {prefix}_refs_check_row() RETURNS trigger AS $$
-BEGIN
-{row_checks}    RETURN NULL;
-END;
-$$ LANGUAGE plpgsql;
-
+{_row_check_function(prefix, child_noun, references)}
 CREATE TRIGGER {prefix}_refs_update
     AFTER UPDATE OF {columns} ON {child_table}
     FOR EACH ROW WHEN ({changed})
@@ -383,3 +392,83 @@ $$ LANGUAGE plpgsql;
     return forward, single_query_check_sql(
         prefix=prefix, child_noun=child_noun, references=references, per_id_max=per_id_max
     )[0]
+
+
+def order_bound_row_check_sql(
+    *,
+    prefix: str,
+    child_noun: str,
+    references: Sequence[Reference],
+    order: str,
+    bound: Sequence[str],
+) -> tuple[str, str]:
+    """(forward, backward) SQL replacing the update trigger's function of
+    `statement_references_sql` with one that ties the `bound` references to the row's order, as
+    `order_bound_check_sql` does for inserts.
+
+    An update that changes the row's order or one of its `bound` columns looks the (new) order up
+    and locks it FOR SHARE (so its bound columns cannot change until this transaction ends); each
+    `bound` column must then equal the order's column of the same name, else 23514, "<child>
+    names <noun> other than its order's". The other references are checked where they change as
+    before (their parent locked FOR KEY SHARE). A missing parent is refused first, as before
+    (23503, the references' order): a changed bound column's parent is looked up without a lock
+    (when it is the order's, the order's own foreign key keeps it). An update changing none of
+    the references does not fire the trigger (its WHEN) and locks nothing. Backward restores the
+    function `statement_references_sql` wrote.
+    """
+    by_column = {r.column: r for r in references}
+    if order not in by_column or not bound or any(c not in by_column for c in bound):
+        raise ValueError("the order and bound columns must be among the references")
+    if order in bound:
+        raise ValueError("the order column cannot be bound to itself")
+    order_ref = by_column[order]
+    tied = " OR ".join(f"NEW.{c} IS DISTINCT FROM OLD.{c}" for c in [order, *bound])
+    checks = []
+    for r in references:
+        if r.column == order:
+            checks.append(
+                f"""    IF NEW.{order} IS NOT NULL AND ({tied}) THEN
+        SELECT {", ".join(f"p.{c}" for c in bound)} INTO owner
+            FROM {order_ref.parent_table} AS p WHERE p.id = NEW.{order} FOR SHARE OF p;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION '{child_noun} names {order_ref.parent_noun} that does not exist'
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+        checked := true;
+    END IF;
+"""
+            )
+        elif r.column in bound:
+            checks.append(
+                f"""    IF NEW.{r.column} IS NOT NULL AND NEW.{r.column} IS DISTINCT FROM OLD.{r.column}
+            AND NOT EXISTS (SELECT 1 FROM {r.parent_table} AS p WHERE p.id = NEW.{r.column}) THEN
+        RAISE EXCEPTION '{child_noun} names {r.parent_noun} that does not exist'
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+"""
+            )
+        else:
+            checks.append(_row_check(child_noun, r))
+    differs = "".join(
+        f"""
+        {"IF" if k == 0 else "ELSIF"} NEW.{c} IS DISTINCT FROM owner.{c} THEN
+            RAISE EXCEPTION '{child_noun} names {by_column[c].parent_noun} other than its order''s'
+                USING ERRCODE = 'check_violation';"""
+        for k, c in enumerate(bound)
+    )
+    forward = f"""CREATE OR REPLACE FUNCTION {prefix}_refs_check_row() RETURNS trigger AS $$
+DECLARE
+    owner record;
+    checked boolean := false;
+BEGIN
+    -- Each changed reference in the references' order (a missing parent refused first); the
+    -- order looked up and locked FOR SHARE when it or a column bound to it changes; then each
+    -- bound column compared with the order's.
+{"".join(checks)}    IF checked THEN{differs}
+        END IF;
+    END IF;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+"""
+    return forward, _row_check_function(prefix, child_noun, references)

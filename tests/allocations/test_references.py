@@ -533,3 +533,133 @@ def _dsn() -> str:
         host=s["HOST"] or None,
         port=s["PORT"] or None,
     )
+
+
+@pytest.mark.parametrize("column", ["account_id", "instrument_id"])
+def test_an_update_to_an_account_or_instrument_other_than_its_orders_is_refused(
+    column: str, three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows, and another existing account and instrument
+    rows = _filled(three_accounts, instrument, broker, trader)
+    other = {
+        "account_id": three_accounts[2].pk,
+        "instrument_id": cast(Any, f.InstrumentFactory(symbol="OTHR")).pk,
+    }[column]
+    noun = _PARENTS[column][2]
+    before = sorted(Allocation.objects.values_list("pk", "order_id", "account_id", "instrument_id"))
+    # when the first row is moved to the other account (or instrument), its order kept
+    with (
+        pytest.raises(
+            IntegrityError, match=f"^allocation names {noun} other than its order's"
+        ) as raised,
+        transaction.atomic(),
+    ):
+        Allocation.objects.filter(pk=rows[0].pk).update(**{column: other})
+    # then it is refused as a check violation, nothing changed
+    assert raised.value.__cause__.sqlstate == "23514"  # type: ignore[union-attr]
+    assert (
+        sorted(Allocation.objects.values_list("pk", "order_id", "account_id", "instrument_id"))
+        == before
+    )
+
+
+def test_an_update_to_another_order_is_refused_unless_account_and_instrument_move_with_it(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows (one per order, each order of its own account)
+    rows = _filled(three_accounts, instrument, broker, trader)
+    first, other = rows[0], rows[2]
+    # when the first row is moved to the third row's order keeping its account
+    with (
+        pytest.raises(
+            IntegrityError, match=r"^allocation names an account other than its order's"
+        ) as raised,
+        transaction.atomic(),
+    ):
+        Allocation.objects.filter(pk=first.pk).update(order_id=other.order_id)
+    # then it is refused (23514) and still names its order and account
+    assert raised.value.__cause__.sqlstate == "23514"  # type: ignore[union-attr]
+    assert Allocation.objects.values_list("order_id", "account_id").get(pk=first.pk) == (
+        first.order_id,
+        first.account_id,
+    )
+    # and when it is moved to that order with that order's account, it is accepted
+    moved = Allocation.objects.filter(pk=first.pk).update(
+        order_id=other.order_id, account_id=other.account_id
+    )
+    assert moved == 1
+    assert Allocation.objects.values_list("order_id", "account_id", "instrument_id").get(
+        pk=first.pk
+    ) == (other.order_id, other.account_id, instrument.pk)
+
+
+def test_an_update_naming_its_orders_account_and_instrument_again_is_accepted(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows, the first moved in SQL (trigger disabled) to another account
+    rows = _filled(three_accounts, instrument, broker, trader)
+    with connection.cursor() as cursor:
+        # (ALTER TABLE refuses to run while deferred constraint checks are pending)
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("ALTER TABLE allocations_allocation DISABLE TRIGGER allocation_refs_update")
+        cursor.execute(
+            "UPDATE allocations_allocation SET account_id = %s WHERE id = %s",
+            [three_accounts[1].pk, rows[0].pk],
+        )
+        cursor.execute("ALTER TABLE allocations_allocation ENABLE TRIGGER allocation_refs_update")
+    # when it is updated to name its order's account (and instrument) again
+    updated = Allocation.objects.filter(pk=rows[0].pk).update(
+        account_id=rows[0].account_id, instrument_id=instrument.pk
+    )
+    # then it is accepted
+    assert updated == 1
+    assert Allocation.objects.get(pk=rows[0].pk).account_id == three_accounts[0].pk
+
+
+def test_a_missing_account_in_an_update_is_refused_as_missing_before_the_orders_check(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows
+    rows = _filled(three_accounts, instrument, broker, trader)
+    # when the first row names a missing account and a missing broker in one update
+    with (
+        pytest.raises(
+            IntegrityError, match=r"^allocation names an account that does not exist"
+        ) as raised,
+        transaction.atomic(),
+    ):
+        Allocation.objects.filter(pk=rows[0].pk).update(
+            account_id=_missing_id(Account), broker_id=_missing_id(Broker)
+        )
+    # then the account is named (the references' order), as a foreign-key violation
+    assert raised.value.__cause__.sqlstate == "23503"  # type: ignore[union-attr]
+    assert Allocation.objects.get(pk=rows[0].pk).account_id == rows[0].account_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_update_tied_to_its_order_waits_for_a_writer_of_that_order(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given committed rows, and another transaction holding the first row's order FOR UPDATE
+    # (it could change the order's account)
+    rows = _filled(three_accounts, instrument, broker, trader)
+    other = psycopg.connect(_dsn())
+    try:
+        other.execute("SELECT 1 FROM orders_order WHERE id = %s FOR UPDATE", [rows[0].order_id])
+        # when the row's account is named again (a tied column changes: the order is locked)
+        with (
+            pytest.raises(OperationalError, match="lock timeout"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("SET LOCAL lock_timeout = '500ms'")
+            cursor.execute(
+                "UPDATE allocations_allocation SET account_id = %s, instrument_id = %s "
+                "WHERE id = %s",
+                [three_accounts[1].pk, instrument.pk, rows[0].pk],
+            )
+    finally:
+        other.rollback()
+        other.close()
+    # then it waited for the order's lock, and nothing changed
+    assert Allocation.objects.get(pk=rows[0].pk).account_id == rows[0].account_id
