@@ -663,3 +663,40 @@ def test_an_update_tied_to_its_order_waits_for_a_writer_of_that_order(
         other.close()
     # then it waited for the order's lock, and nothing changed
     assert Allocation.objects.get(pk=rows[0].pk).account_id == rows[0].account_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_insert_holds_its_orders_against_a_change_of_their_account_until_it_ends(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given committed rows, and an open transaction that inserted copies of two of them (their
+    # orders not locked by it beforehand: the insert's check locks them FOR SHARE)
+    rows = _filled(three_accounts, instrument, broker, trader)
+    other = psycopg.connect(_dsn())
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                _copies_sql(["order_id", "account_id"]),
+                [
+                    [rows[2].order_id, rows[0].order_id],
+                    [rows[2].account_id, rows[0].account_id],
+                    rows[0].pk,
+                ],
+            )
+            # when another connection moves one of those orders to another account
+            other.execute("SET lock_timeout = '500ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                other.execute(
+                    "UPDATE orders_order SET account_id = %s WHERE id = %s",
+                    [rows[1].account_id, rows[0].order_id],
+                )
+            other.rollback()
+            # then it waited for the insert's lock (and the order it did not name is free)
+            other.execute(
+                "SELECT 1 FROM orders_order WHERE id = %s FOR UPDATE NOWAIT", [rows[1].order_id]
+            )
+            other.rollback()
+    finally:
+        other.close()
+    assert Order.objects.get(pk=rows[0].order_id).account_id == rows[0].account_id
+    assert Allocation.objects.count() == 5
