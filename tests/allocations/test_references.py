@@ -700,3 +700,55 @@ def test_an_insert_holds_its_orders_against_a_change_of_their_account_until_it_e
         other.close()
     assert Order.objects.get(pk=rows[0].order_id).account_id == rows[0].account_id
     assert Allocation.objects.count() == 5
+
+
+def test_the_insert_check_locks_the_rows_orders_in_one_pass_not_one_per_row(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows and a block of 70 more orders
+    rows = _filled(three_accounts, instrument, broker, trader)
+    extra = Account.objects.bulk_create(
+        Account(
+            code=f"P{n}",
+            name=f"P{n}",
+            client="P",
+            custodian_id=three_accounts[0].custodian_id,
+            custodian_account=f"P{n}",
+            desk_id=three_accounts[0].desk_id,
+        )
+        for n in range(70)
+    )
+    _, orders, _ = make_block(
+        instrument=instrument, accounts=extra, quantities=[10] * 70, user=trader, broker=broker
+    )
+    # when one statement inserts a row per order, with the plans (and row counts) of the
+    # statements run by its trigger logged (auto_explain)
+    notes: list[str] = []
+    raw = cast(Any, connection.connection)
+
+    def note(diagnostic: Any) -> None:
+        notes.append(diagnostic.message_primary or "")
+
+    raw.add_notice_handler(note)
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("LOAD 'auto_explain'")
+            cursor.execute("SET LOCAL auto_explain.log_min_duration = 0")
+            cursor.execute("SET LOCAL auto_explain.log_nested_statements = on")
+            cursor.execute("SET LOCAL auto_explain.log_analyze = on")
+            cursor.execute("SET LOCAL auto_explain.log_level = notice")
+            cursor.execute("SET LOCAL client_min_messages = notice")
+            cursor.execute(
+                _copies_sql(["order_id", "account_id"]),
+                [[o.pk for o in orders], [a.pk for a in extra], rows[0].pk],
+            )
+    finally:
+        raw.remove_notice_handler(note)
+    # then they were stored, and the check locked the 70 orders (FOR SHARE) in one pass of
+    # one lock node over the orders read in id order, not in a lock node run once per row
+    assert Allocation.objects.count() == 73
+    check = next(n for n in notes if "FOR SHARE OF p" in n and "ANY(ids.orders)" in n)
+    lines = check.splitlines()
+    scan = next(k for k, line in enumerate(lines) if "on orders_order p" in line)
+    lock = next(line for line in reversed(lines[:scan]) if "LockRows" in line)
+    assert "rows=70 loops=1)" in lock
