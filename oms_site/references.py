@@ -84,6 +84,31 @@ $$ LANGUAGE plpgsql;
 """
 
 
+def _row_check(child_noun: str, r: Reference) -> str:
+    """The update trigger's check of one reference: where the row's `r` changes to a non-null id,
+    that parent locked FOR KEY SHARE, else 23503. Part of older migrations' SQL: keep it as it is."""
+    return f"""    IF NEW.{r.column} IS NOT NULL AND NEW.{r.column} IS DISTINCT FROM OLD.{r.column} THEN
+        PERFORM 1 FROM {r.parent_table} WHERE id = NEW.{r.column} FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION '{child_noun} names {r.parent_noun} that does not exist'
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+    END IF;
+"""
+
+
+def _row_check_function(prefix: str, child_noun: str, references: Sequence[Reference]) -> str:
+    """The update trigger's function as session 5 wrote it: each changed reference's parent
+    locked FOR KEY SHARE, in the references' order."""
+    row_checks = "".join(_row_check(child_noun, r) for r in references)
+    return f"""CREATE OR REPLACE FUNCTION {prefix}_refs_check_row() RETURNS trigger AS $$
+BEGIN
+{row_checks}    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+"""
+
+
 def statement_references_sql(
     *,
     prefix: str,
@@ -100,17 +125,6 @@ def statement_references_sql(
         raise ValueError("prefix too long for PostgreSQL identifiers")
     if not references:
         raise ValueError("no references")
-    row_checks = "".join(
-        f"""    IF NEW.{r.column} IS NOT NULL AND NEW.{r.column} IS DISTINCT FROM OLD.{r.column} THEN
-        PERFORM 1 FROM {r.parent_table} WHERE id = NEW.{r.column} FOR KEY SHARE;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION '{child_noun} names {r.parent_noun} that does not exist'
-                USING ERRCODE = 'foreign_key_violation';
-        END IF;
-    END IF;
-"""
-        for r in references
-    )
     columns = ", ".join(r.column for r in references)
     changed = " OR ".join(f"OLD.{r.column} IS DISTINCT FROM NEW.{r.column}" for r in references)
     forward = f"""{_check_function_per_parent(prefix, child_noun, references)}
@@ -122,12 +136,7 @@ CREATE TRIGGER {prefix}_refs_insert
 -- An update is checked only where it changes a reference, row by row, as a foreign key is:
 -- an update of other columns (settling cash, say) must not lock the parents, which could
 -- deadlock with a writer holding a parent FOR UPDATE and waiting for a row this one holds.
-CREATE OR REPLACE FUNCTION {prefix}_refs_check_row() RETURNS trigger AS $$
-BEGIN
-{row_checks}    RETURN NULL;
-END;
-$$ LANGUAGE plpgsql;
-
+{_row_check_function(prefix, child_noun, references)}
 CREATE TRIGGER {prefix}_refs_update
     AFTER UPDATE OF {columns} ON {child_table}
     FOR EACH ROW WHEN ({changed})
@@ -283,6 +292,7 @@ def order_bound_check_sql(
     order: str,
     bound: Sequence[str],
     per_id_max: int = 64,
+    orders_joined: bool = False,
 ) -> tuple[str, str]:
     """(forward, backward) SQL replacing the insert trigger's function of `single_query_check_sql`
     with one that checks the `bound` references through the child's order instead of locking
@@ -301,6 +311,15 @@ def order_bound_check_sql(
     Refusals: a missing parent as before (23503, the same message, the parents looked at in the
     references' order); a child whose bound column differs from its order's (both existing):
     23514, "<child> names <noun> other than its order's". Backward restores the one-query check.
+
+    With `orders_joined`, the rows' orders are read in one index scan of the order table's
+    primary key (`id = ANY` of the rows' order ids: in id order, whatever the table's size, as
+    the plan guesses 10 ids), locked FOR SHARE as they are read, and joined to the new rows to
+    compare, instead of a lateral look-up per row locking its order in a subquery of its own,
+    whose row lock PostgreSQL sets up again for every row. The same orders are locked in the
+    same (id) order. A 1,000-row statement whose orders are already held FOR UPDATE, both
+    functions alternated statement by statement: the statement's PostgreSQL CPU -0.81 and
+    -0.55 ms median (two runs of 100 pairs, lower in 87 and 79).
     """
     by_column = {r.column: r for r in references}
     if order not in by_column or not bound or any(c not in by_column for c in bound):
@@ -310,8 +329,16 @@ def order_bound_check_sql(
     order_table = by_column[order].parent_table
     locked_refs = [r for r in references if r.column not in bound]
     matched = " AND ".join(f"l.{c} = u.{c}" for c in bound)
+    joined_branch = f"""
+        WHEN ids.n <> (SELECT count(*) FROM new_rows AS u JOIN (
+                SELECT p.id, {", ".join(f"p.{c}" for c in bound)} FROM {order_table} AS p
+                WHERE p.id = ANY(ids.orders) ORDER BY p.id FOR SHARE OF p
+            ) AS l ON l.id = u.{order} AND {" AND ".join(f"l.{c} = u.{c}" for c in bound)})
+            THEN ''"""
     branches = "".join(
-        f"""
+        joined_branch
+        if r.column == order and orders_joined
+        else f"""
         WHEN coalesce(cardinality(ids.owned_0), 0) <> (SELECT count(*) FILTER (WHERE {matched})
             FROM (SELECT * FROM unnest({", ".join(f"ids.owned_{k}" for k in range(len(bound) + 1))})
                 AS u(id, {", ".join(bound)}) ORDER BY u.id) AS u, LATERAL (
@@ -331,7 +358,11 @@ def order_bound_check_sql(
                 for i, r in enumerate(locked_refs)
                 if r.column != order
             ),
-            *(f"array_agg({c}) AS owned_{k}" for k, c in enumerate([order, *bound])),
+            *(
+                ["count(*) AS n", f"array_agg({order}) AS orders"]
+                if orders_joined
+                else (f"array_agg({c}) AS owned_{k}" for k, c in enumerate([order, *bound]))
+            ),
         ]
     )
     # Only once a check failed: which parent is missing (the references' order), else which
@@ -351,6 +382,17 @@ def order_bound_check_sql(
                 USING ERRCODE = 'check_violation';"""
         for c in bound
     )
+    lateral_comment = """    -- the references' order; each row's order looked up by primary key (in id order), locked
+    -- FOR SHARE and compared; the bound parents are neither looked up nor locked.
+"""
+    order_comment = (
+        """    -- the references' order; the rows' orders read by primary key in id order, locked FOR
+    -- SHARE as read, then joined to the rows and compared; the bound parents are neither looked
+    -- up nor locked.
+"""
+        if orders_joined
+        else lateral_comment
+    )
     forward = f"""
 CREATE OR REPLACE FUNCTION {prefix}_refs_check() RETURNS trigger AS $$
 DECLARE
@@ -358,9 +400,7 @@ DECLARE
 BEGIN
     -- One query, planned once: one pass over the new rows for the distinct ids of the parents
     -- locked FOR KEY SHARE and every row's order with its bound columns; then each parent in
-    -- the references' order; each row's order looked up by primary key (in id order), locked
-    -- FOR SHARE and compared; the bound parents are neither looked up nor locked.
-    SELECT CASE{branches}
+{order_comment}    SELECT CASE{branches}
         END
         INTO missing
         FROM (
@@ -380,6 +420,95 @@ BEGIN
 END;
 $$ LANGUAGE plpgsql;
 """
+    if orders_joined:
+        return forward, order_bound_check_sql(
+            prefix=prefix,
+            child_noun=child_noun,
+            references=references,
+            order=order,
+            bound=bound,
+            per_id_max=per_id_max,
+        )[0]
     return forward, single_query_check_sql(
         prefix=prefix, child_noun=child_noun, references=references, per_id_max=per_id_max
     )[0]
+
+
+def order_bound_row_check_sql(
+    *,
+    prefix: str,
+    child_noun: str,
+    references: Sequence[Reference],
+    order: str,
+    bound: Sequence[str],
+) -> tuple[str, str]:
+    """(forward, backward) SQL replacing the update trigger's function of
+    `statement_references_sql` with one that ties the `bound` references to the row's order, as
+    `order_bound_check_sql` does for inserts.
+
+    An update that changes the row's order or one of its `bound` columns looks the (new) order up
+    and locks it FOR SHARE (so its bound columns cannot change until this transaction ends); each
+    `bound` column must then equal the order's column of the same name, else 23514, "<child>
+    names <noun> other than its order's". The other references are checked where they change as
+    before (their parent locked FOR KEY SHARE). A missing parent is refused first, as before
+    (23503, the references' order): a changed bound column's parent is looked up without a lock
+    (when it is the order's, the order's own foreign key keeps it). An update changing none of
+    the references does not fire the trigger (its WHEN) and locks nothing. Backward restores the
+    function `statement_references_sql` wrote.
+    """
+    by_column = {r.column: r for r in references}
+    if order not in by_column or not bound or any(c not in by_column for c in bound):
+        raise ValueError("the order and bound columns must be among the references")
+    if order in bound:
+        raise ValueError("the order column cannot be bound to itself")
+    order_ref = by_column[order]
+    tied = " OR ".join(f"NEW.{c} IS DISTINCT FROM OLD.{c}" for c in [order, *bound])
+    checks = []
+    for r in references:
+        if r.column == order:
+            checks.append(
+                f"""    IF NEW.{order} IS NOT NULL AND ({tied}) THEN
+        SELECT {", ".join(f"p.{c}" for c in bound)} INTO owner
+            FROM {order_ref.parent_table} AS p WHERE p.id = NEW.{order} FOR SHARE OF p;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION '{child_noun} names {order_ref.parent_noun} that does not exist'
+                USING ERRCODE = 'foreign_key_violation';
+        END IF;
+        checked := true;
+    END IF;
+"""
+            )
+        elif r.column in bound:
+            checks.append(
+                f"""    IF NEW.{r.column} IS NOT NULL AND NEW.{r.column} IS DISTINCT FROM OLD.{r.column}
+            AND NOT EXISTS (SELECT 1 FROM {r.parent_table} AS p WHERE p.id = NEW.{r.column}) THEN
+        RAISE EXCEPTION '{child_noun} names {r.parent_noun} that does not exist'
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+"""
+            )
+        else:
+            checks.append(_row_check(child_noun, r))
+    differs = "".join(
+        f"""
+        {"IF" if k == 0 else "ELSIF"} NEW.{c} IS DISTINCT FROM owner.{c} THEN
+            RAISE EXCEPTION '{child_noun} names {by_column[c].parent_noun} other than its order''s'
+                USING ERRCODE = 'check_violation';"""
+        for k, c in enumerate(bound)
+    )
+    forward = f"""CREATE OR REPLACE FUNCTION {prefix}_refs_check_row() RETURNS trigger AS $$
+DECLARE
+    owner record;
+    checked boolean := false;
+BEGIN
+    -- Each changed reference in the references' order (a missing parent refused first); the
+    -- order looked up and locked FOR SHARE when it or a column bound to it changes; then each
+    -- bound column compared with the order's.
+{"".join(checks)}    IF checked THEN{differs}
+        END IF;
+    END IF;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+"""
+    return forward, _row_check_function(prefix, child_noun, references)

@@ -7,6 +7,8 @@ order's own foreign keys keep them) instead of being locked themselves."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, cast
 
@@ -115,17 +117,23 @@ def test_rows_naming_existing_parents_are_accepted_and_a_null_block_too(
     ]
 
 
+def _another_existing(column: str, three_accounts: Any) -> tuple[int, str]:
+    """The id of an existing account (the third, not the first row's) or of a new instrument,
+    for `column`, and the parent's noun."""
+    other = {
+        "account_id": lambda: three_accounts[2].pk,
+        "instrument_id": lambda: cast(Any, f.InstrumentFactory(symbol="OTHR")).pk,
+    }[column]()
+    return other, _PARENTS[column][2]
+
+
 @pytest.mark.parametrize("column", ["account_id", "instrument_id"])
 def test_a_row_naming_an_existing_account_or_instrument_other_than_its_orders_is_refused(
     column: str, three_accounts: Any, instrument: Any, broker: Any, trader: Any
 ) -> None:
     # given a fill's rows, and another existing account and instrument
     rows = _filled(three_accounts, instrument, broker, trader)
-    other = {
-        "account_id": three_accounts[2].pk,
-        "instrument_id": cast(Any, f.InstrumentFactory(symbol="OTHR")).pk,
-    }[column]
-    noun = _PARENTS[column][2]
+    other, noun = _another_existing(column, three_accounts)
     # when one statement inserts a copy of its first row as stored and one naming the other
     # account (or instrument) for the same order
     with (
@@ -237,11 +245,11 @@ def test_a_statement_naming_more_parents_than_are_looked_up_one_by_one_is_checke
     )
 
 
-def test_a_statement_naming_more_orders_than_are_looked_up_one_by_one_is_checked_too(
+def _seventy_orders(
     three_accounts: Any, instrument: Any, broker: Any, trader: Any
-) -> None:
-    # given a fill's rows and a block of 70 more orders, one per new account
-    rows = _filled(three_accounts, instrument, broker, trader)
+) -> tuple[list[Account], list[Order]]:
+    """70 new accounts (more than the ids a check looks up one by one) and a block of an order
+    of 10 for each: (the accounts, their orders)."""
     extra = Account.objects.bulk_create(
         Account(
             code=f"X{n}",
@@ -256,6 +264,15 @@ def test_a_statement_naming_more_orders_than_are_looked_up_one_by_one_is_checked
     _, orders, _ = make_block(
         instrument=instrument, accounts=extra, quantities=[10] * 70, user=trader, broker=broker
     )
+    return extra, list(orders)
+
+
+def test_a_statement_naming_more_orders_than_are_looked_up_one_by_one_is_checked_too(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows and a block of 70 more orders, one per new account
+    rows = _filled(three_accounts, instrument, broker, trader)
+    extra, orders = _seventy_orders(three_accounts, instrument, broker, trader)
     order_ids = [o.pk for o in orders]
     accounts = [a.pk for a in extra]
     # when one statement inserts a copy per order naming the next order's account (the last
@@ -469,8 +486,7 @@ def test_a_fill_does_not_wait_for_a_lock_held_on_its_accounts(
     # transaction holding the accounts FOR UPDATE (which a FOR KEY SHARE lock would wait for)
     _, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
     fill(placement, 60, "10.00")
-    other = psycopg.connect(_dsn())
-    try:
+    with _another_connection() as other:
         other.execute(
             "SELECT 1 FROM allocations_account WHERE id = ANY(%s) FOR UPDATE",
             [[a.pk for a in three_accounts]],
@@ -479,9 +495,6 @@ def test_a_fill_does_not_wait_for_a_lock_held_on_its_accounts(
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET LOCAL lock_timeout = '2s'")
             rows = fill(placement, 120, "10.00")
-    finally:
-        other.rollback()
-        other.close()
     # then it was booked without waiting, each row with its order's account
     assert [(r.account_id, r.quantity) for r in rows] == [
         (three_accounts[0].pk, D(20)),
@@ -498,8 +511,7 @@ def test_an_update_that_keeps_the_references_locks_no_parent(
     # given committed allocation rows, and another transaction holding their order FOR UPDATE
     # (as a fill of that block does while it waits for a cash row)
     rows = _filled(three_accounts, instrument, broker, trader)
-    other = psycopg.connect(_dsn())
-    try:
+    with _another_connection() as other:
         other.execute("SELECT 1 FROM orders_order WHERE id = %s FOR UPDATE", [rows[0].order_id])
         # when the rows' cash is settled (no reference changes)
         with transaction.atomic(), connection.cursor() as cursor:
@@ -517,11 +529,19 @@ def test_an_update_that_keeps_the_references_locks_no_parent(
         ):
             cursor.execute("SET LOCAL lock_timeout = '500ms'")
             Allocation.objects.filter(pk=rows[1].pk).update(order_id=rows[0].order_id)
+    assert Allocation.objects.filter(cash_settled=True).count() == 3
+    assert Allocation.objects.get(pk=rows[1].pk).order_id == rows[1].order_id
+
+
+@contextmanager
+def _another_connection() -> Iterator[psycopg.Connection[Any]]:
+    """A second connection to the test database (its transaction rolled back, then closed)."""
+    other = psycopg.connect(_dsn())
+    try:
+        yield other
     finally:
         other.rollback()
         other.close()
-    assert Allocation.objects.filter(cash_settled=True).count() == 3
-    assert Allocation.objects.get(pk=rows[1].pk).order_id == rows[1].order_id
 
 
 def _dsn() -> str:
@@ -533,3 +553,197 @@ def _dsn() -> str:
         host=s["HOST"] or None,
         port=s["PORT"] or None,
     )
+
+
+@pytest.mark.parametrize("column", ["account_id", "instrument_id"])
+def test_an_update_to_an_account_or_instrument_other_than_its_orders_is_refused(
+    column: str, three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows, and another existing account and instrument
+    rows = _filled(three_accounts, instrument, broker, trader)
+    other, noun = _another_existing(column, three_accounts)
+    before = sorted(Allocation.objects.values_list("pk", "order_id", "account_id", "instrument_id"))
+    # when the first row is moved to the other account (or instrument), its order kept
+    with (
+        pytest.raises(
+            IntegrityError, match=f"^allocation names {noun} other than its order's"
+        ) as raised,
+        transaction.atomic(),
+    ):
+        Allocation.objects.filter(pk=rows[0].pk).update(**{column: other})
+    # then it is refused as a check violation, nothing changed
+    assert raised.value.__cause__.sqlstate == "23514"  # type: ignore[union-attr]
+    assert (
+        sorted(Allocation.objects.values_list("pk", "order_id", "account_id", "instrument_id"))
+        == before
+    )
+
+
+def test_an_update_to_another_order_is_refused_unless_account_and_instrument_move_with_it(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows (one per order, each order of its own account)
+    rows = _filled(three_accounts, instrument, broker, trader)
+    first, other = rows[0], rows[2]
+    # when the first row is moved to the third row's order keeping its account
+    with (
+        pytest.raises(
+            IntegrityError, match=r"^allocation names an account other than its order's"
+        ) as raised,
+        transaction.atomic(),
+    ):
+        Allocation.objects.filter(pk=first.pk).update(order_id=other.order_id)
+    # then it is refused (23514) and still names its order and account
+    assert raised.value.__cause__.sqlstate == "23514"  # type: ignore[union-attr]
+    assert Allocation.objects.values_list("order_id", "account_id").get(pk=first.pk) == (
+        first.order_id,
+        first.account_id,
+    )
+    # and when it is moved to that order with that order's account, it is accepted
+    moved = Allocation.objects.filter(pk=first.pk).update(
+        order_id=other.order_id, account_id=other.account_id
+    )
+    assert moved == 1
+    assert Allocation.objects.values_list("order_id", "account_id", "instrument_id").get(
+        pk=first.pk
+    ) == (other.order_id, other.account_id, instrument.pk)
+
+
+def test_an_update_naming_its_orders_account_and_instrument_again_is_accepted(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows, the first moved in SQL (trigger disabled) to another account
+    rows = _filled(three_accounts, instrument, broker, trader)
+    with connection.cursor() as cursor:
+        # (ALTER TABLE refuses to run while deferred constraint checks are pending)
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("ALTER TABLE allocations_allocation DISABLE TRIGGER allocation_refs_update")
+        cursor.execute(
+            "UPDATE allocations_allocation SET account_id = %s WHERE id = %s",
+            [three_accounts[1].pk, rows[0].pk],
+        )
+        cursor.execute("ALTER TABLE allocations_allocation ENABLE TRIGGER allocation_refs_update")
+    # when it is updated to name its order's account (and instrument) again
+    updated = Allocation.objects.filter(pk=rows[0].pk).update(
+        account_id=rows[0].account_id, instrument_id=instrument.pk
+    )
+    # then it is accepted
+    assert updated == 1
+    assert Allocation.objects.get(pk=rows[0].pk).account_id == three_accounts[0].pk
+
+
+def test_a_missing_account_in_an_update_is_refused_as_missing_before_the_orders_check(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows
+    rows = _filled(three_accounts, instrument, broker, trader)
+    # when the first row names a missing account and a missing broker in one update
+    with (
+        pytest.raises(
+            IntegrityError, match=r"^allocation names an account that does not exist"
+        ) as raised,
+        transaction.atomic(),
+    ):
+        Allocation.objects.filter(pk=rows[0].pk).update(
+            account_id=_missing_id(Account), broker_id=_missing_id(Broker)
+        )
+    # then the account is named (the references' order), as a foreign-key violation
+    assert raised.value.__cause__.sqlstate == "23503"  # type: ignore[union-attr]
+    assert Allocation.objects.get(pk=rows[0].pk).account_id == rows[0].account_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_update_tied_to_its_order_waits_for_a_writer_of_that_order(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given committed rows, and another transaction holding the first row's order FOR UPDATE
+    # (it could change the order's account)
+    rows = _filled(three_accounts, instrument, broker, trader)
+    with _another_connection() as other:
+        other.execute("SELECT 1 FROM orders_order WHERE id = %s FOR UPDATE", [rows[0].order_id])
+        # when the row's account is named again (a tied column changes: the order is locked)
+        with (
+            pytest.raises(OperationalError, match="lock timeout"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("SET LOCAL lock_timeout = '500ms'")
+            cursor.execute(
+                "UPDATE allocations_allocation SET account_id = %s, instrument_id = %s "
+                "WHERE id = %s",
+                [three_accounts[1].pk, instrument.pk, rows[0].pk],
+            )
+    # then it waited for the order's lock, and nothing changed
+    assert Allocation.objects.get(pk=rows[0].pk).account_id == rows[0].account_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_insert_holds_its_orders_against_a_change_of_their_account_until_it_ends(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given committed rows, and an open transaction that inserted copies of two of them (their
+    # orders not locked by it beforehand: the insert's check locks them FOR SHARE)
+    rows = _filled(three_accounts, instrument, broker, trader)
+    with _another_connection() as other, transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            _copies_sql(["order_id", "account_id"]),
+            [
+                [rows[2].order_id, rows[0].order_id],
+                [rows[2].account_id, rows[0].account_id],
+                rows[0].pk,
+            ],
+        )
+        # when another connection moves one of those orders to another account
+        other.execute("SET lock_timeout = '500ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            other.execute(
+                "UPDATE orders_order SET account_id = %s WHERE id = %s",
+                [rows[1].account_id, rows[0].order_id],
+            )
+        other.rollback()
+        # then it waited for the insert's lock (and the order it did not name is free)
+        other.execute(
+            "SELECT 1 FROM orders_order WHERE id = %s FOR UPDATE NOWAIT", [rows[1].order_id]
+        )
+        other.rollback()
+    assert Order.objects.get(pk=rows[0].order_id).account_id == rows[0].account_id
+    assert Allocation.objects.count() == 5
+
+
+def test_the_insert_check_locks_the_rows_orders_in_one_pass_not_one_per_row(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given a fill's rows and a block of 70 more orders
+    rows = _filled(three_accounts, instrument, broker, trader)
+    extra, orders = _seventy_orders(three_accounts, instrument, broker, trader)
+    # when one statement inserts a row per order, with the plans (and row counts) of the
+    # statements run by its trigger logged (auto_explain)
+    notes: list[str] = []
+    raw = cast(Any, connection.connection)
+
+    def note(diagnostic: Any) -> None:
+        notes.append(diagnostic.message_primary or "")
+
+    raw.add_notice_handler(note)
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("LOAD 'auto_explain'")
+            cursor.execute("SET LOCAL auto_explain.log_min_duration = 0")
+            cursor.execute("SET LOCAL auto_explain.log_nested_statements = on")
+            cursor.execute("SET LOCAL auto_explain.log_analyze = on")
+            cursor.execute("SET LOCAL auto_explain.log_level = notice")
+            cursor.execute("SET LOCAL client_min_messages = notice")
+            cursor.execute(
+                _copies_sql(["order_id", "account_id"]),
+                [[o.pk for o in orders], [a.pk for a in extra], rows[0].pk],
+            )
+    finally:
+        raw.remove_notice_handler(note)
+    # then they were stored, and the check locked the 70 orders (FOR SHARE) in one pass of
+    # one lock node over the orders read in id order, not in a lock node run once per row
+    assert Allocation.objects.count() == 73
+    check = next(n for n in notes if "FOR SHARE OF p" in n and "ANY(ids.orders)" in n)
+    lines = check.splitlines()
+    scan = next(k for k, line in enumerate(lines) if "on orders_order p" in line)
+    lock = next(line for line in reversed(lines[:scan]) if "LockRows" in line)
+    assert "rows=70 loops=1)" in lock
