@@ -86,6 +86,49 @@ def test_group_send_many_delivers_in_order_to_every_subscribed_group() -> None:
     assert async_to_sync(scenario)() == ([1, 2, 3], [2], False)
 
 
+def test_a_big_group_send_many_goes_by_script_in_chunks_in_order(monkeypatch: Any) -> None:
+    from oms_site import channel_layers
+
+    # given: scripts for 3 messages or more, 2 messages per script call, and two channels
+    monkeypatch.setattr(channel_layers, "PUBLISH_SCRIPT_MIN", 3)
+    monkeypatch.setattr(channel_layers, "PUBLISH_CHUNK", 2)
+    layer = _layer()
+    evals: list[int] = []
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        a = await layer.new_channel()
+        b = await layer.new_channel()
+        await layer.group_add("g1", a)
+        await layer.group_add("g2", b)
+        shard = layer._get_layer()._shards[0]
+        pipeline = shard._redis.pipeline
+
+        def counted(**kwargs: Any) -> Any:
+            pipe = pipeline(**kwargs)
+            original = pipe.eval
+
+            def eval_(*args: Any) -> Any:
+                evals.append((len(args) - 2) // 2)
+                return original(*args)
+
+            pipe.eval = eval_
+            return pipe
+
+        shard._redis.pipeline = counted
+        # when: five messages go to the two groups in one call
+        await layer.group_send_many(
+            [("g1" if n % 2 else "g2", {"type": "m", "n": n}) for n in range(5)]
+        )
+        got_a = [(await asyncio.wait_for(layer.receive(a), 3))["n"] for _ in range(2)]
+        got_b = [(await asyncio.wait_for(layer.receive(b), 3))["n"] for _ in range(3)]
+        await layer.flush()
+        return got_a, got_b
+
+    # then: three script calls (2 + 2 + 1 messages) delivered each group's messages in order
+    assert async_to_sync(scenario)() == ([1, 3], [0, 2, 4])
+    assert evals == [2, 2, 1]
+
+
 class _FailingPubSub:
     """Stands in for redis-py's PubSub: the first two reads fail, later ones find nothing."""
 
