@@ -131,6 +131,49 @@ class _Shard(RedisSingleShardConnection):
                 await asyncio.sleep(RETRY_SECONDS)
 
 
+# PUBLISH of each (channel, message) pair of its arguments, in order, in one command: redis-py
+# packs each pipelined command and reads each answer in Python (about 20-30 µs of the sender's
+# CPU per message; a 1,000-account fill publishes about 1,010). EVAL, not EVALSHA: Redis finds
+# the compiled script by its text's digest (no NOSCRIPT after a restart).
+_PUBLISH_ALL = "for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end return 0"
+# Redis spends about 3 µs more per message in the script than on a PUBLISH of its own, and
+# more per byte (the message is copied into Lua and back): only runs of at least
+# PUBLISH_SCRIPT_MIN messages of at most PUBLISH_SCRIPT_MAX_BYTES each go by script (a
+# 1,000-account fill's one-event messages to each account's group); other messages, and the
+# long coalesced ones of the firm and desk groups, go as PUBLISHes, in their place.
+PUBLISH_SCRIPT_MIN = 16
+PUBLISH_SCRIPT_MAX_BYTES = 2048
+# Messages per script call, so one call keeps Redis busy for a bounded time.
+PUBLISH_CHUNK = 500
+
+
+def _publish_all(pipe: Any, messages: list[tuple[str, bytes]]) -> None:
+    """Queue the PUBLISH of each (channel, data) on `pipe`, in order: runs of short messages
+    as script calls (_PUBLISH_ALL), the rest one by one."""
+    run: list[tuple[str, bytes]] = []
+
+    def flush() -> None:
+        if len(run) >= PUBLISH_SCRIPT_MIN:
+            for start in range(0, len(run), PUBLISH_CHUNK):
+                pipe.eval(
+                    _PUBLISH_ALL,
+                    0,
+                    *[x for pair in run[start : start + PUBLISH_CHUNK] for x in pair],
+                )
+        else:
+            for channel, data in run:
+                pipe.publish(channel, data)
+        run.clear()
+
+    for channel, data in messages:
+        if len(data) <= PUBLISH_SCRIPT_MAX_BYTES:
+            run.append((channel, data))
+        else:
+            flush()
+            pipe.publish(channel, data)
+    flush()
+
+
 class _LoopLayer(RedisPubSubLoopLayer):
     def __init__(self, hosts: Any = None, *args: Any, capacity: int = 2000, **kwargs: Any) -> None:
         super().__init__(hosts, *args, **kwargs)
@@ -154,8 +197,7 @@ class _LoopLayer(RedisPubSubLoopLayer):
             async with shard._lock:
                 shard._ensure_redis()
                 pipe = shard._redis.pipeline(transaction=False)
-                for channel, data in messages:
-                    pipe.publish(channel, data)
+                _publish_all(pipe, messages)
                 await pipe.execute()
 
     def tell_all_lost(self) -> None:

@@ -1270,28 +1270,26 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
         them with the quantities: no statement of their own. Their audit entries follow the
         allocation's, as before."""
         ctx.entries = transitions
+        changed, partially = ctx.changed, S.PARTIALLY_FILLED
         try:
+            # The columns read and written in the instances' dicts (all loaded: _orders_from_rows).
             for order, version in zip(ctx.orders, versions, strict=True):
-                moved = order.version != version
+                values = order.__dict__
+                cum_qty = values["cum_qty"]
+                moved = values["version"] != version
                 if moved:  # as the columns hold them (8 decimals), like a row read back
-                    order.cum_qty = order.cum_qty.quantize(PRICE_QUANTUM)
-                    order.leaves_qty = order.leaves_qty.quantize(PRICE_QUANTUM)
-                    order.avg_px = order.avg_px.quantize(PRICE_QUANTUM)
-                status = order.status
+                    values["cum_qty"] = cum_qty = cum_qty.quantize(PRICE_QUANTUM)
+                    values["leaves_qty"] = values["leaves_qty"].quantize(PRICE_QUANTUM)
+                    values["avg_px"] = values["avg_px"].quantize(PRICE_QUANTUM)
+                status = values["status"]
                 if status not in TERMINAL_STATUSES:
-                    if order.cum_qty >= order.quantity:
+                    if cum_qty >= values["quantity"]:
                         ctx.transition(order, S.FILLED, action="order.filled", meta=meta)
                     # An order partially filled already stays so: ctx.transition's own first
                     # test, made here without the call (a block's 1,000 orders).
-                    elif (
-                        status != S.PARTIALLY_FILLED
-                        and order.cum_qty > 0
-                        and status not in PENDING_REQUEST
-                    ):
-                        ctx.transition(
-                            order, S.PARTIALLY_FILLED, action="order.partially_filled", meta=meta
-                        )
-                if moved or order.id in ctx.changed:
+                    elif status != partially and cum_qty > 0 and status not in PENDING_REQUEST:
+                        ctx.transition(order, partially, action="order.partially_filled", meta=meta)
+                if moved or values["id"] in changed:
                     touched.append(order)
             _fill_block_status(ctx, meta, write=False)
         finally:

@@ -86,6 +86,61 @@ def test_group_send_many_delivers_in_order_to_every_subscribed_group() -> None:
     assert async_to_sync(scenario)() == ([1, 2, 3], [2], False)
 
 
+def test_a_big_group_send_many_goes_by_script_in_chunks_in_order(monkeypatch: Any) -> None:
+    from oms_site import channel_layers
+
+    # given: scripts for runs of 2 short messages or more (at most 100 bytes), 2 per call
+    monkeypatch.setattr(channel_layers, "PUBLISH_SCRIPT_MIN", 2)
+    monkeypatch.setattr(channel_layers, "PUBLISH_SCRIPT_MAX_BYTES", 100)
+    monkeypatch.setattr(channel_layers, "PUBLISH_CHUNK", 2)
+    layer = _layer()
+    calls: list[tuple[str, int]] = []
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        a = await layer.new_channel()
+        b = await layer.new_channel()
+        await layer.group_add("g1", a)
+        await layer.group_add("g2", b)
+        shard = layer._get_layer()._shards[0]
+        pipeline = shard._redis.pipeline
+
+        def counted(**kwargs: Any) -> Any:
+            pipe = pipeline(**kwargs)
+            eval_, publish = pipe.eval, pipe.publish
+
+            def counted_eval(*args: Any) -> Any:
+                calls.append(("eval", (len(args) - 2) // 2))
+                return eval_(*args)
+
+            def counted_publish(*args: Any) -> Any:
+                calls.append(("publish", 1))
+                return publish(*args)
+
+            pipe.eval, pipe.publish = counted_eval, counted_publish
+            return pipe
+
+        shard._redis.pipeline = counted
+        # when: seven messages go to the two groups in one call, the fourth a long one
+        await layer.group_send_many(
+            [
+                (
+                    "g1" if n % 2 else "g2",
+                    {"type": "m", "n": n, "pad": "x" * (200 if n == 3 else 0)},
+                )
+                for n in range(7)
+            ]
+        )
+        got_a = [(await asyncio.wait_for(layer.receive(a), 3))["n"] for _ in range(3)]
+        got_b = [(await asyncio.wait_for(layer.receive(b), 3))["n"] for _ in range(4)]
+        await layer.flush()
+        return got_a, got_b
+
+    # then: each group got its messages in order: the short ones by script calls of at most
+    # two, the long one by a PUBLISH of its own, in its place
+    assert async_to_sync(scenario)() == ([1, 3, 5], [0, 2, 4, 6])
+    assert calls == [("eval", 2), ("eval", 1), ("publish", 1), ("eval", 2), ("eval", 1)]
+
+
 class _FailingPubSub:
     """Stands in for redis-py's PubSub: the first two reads fail, later ones find nothing."""
 
