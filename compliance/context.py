@@ -642,7 +642,9 @@ _ONE_SQL = (
     " o.instrument_id = ANY(%(sector_instruments)s::bigint[]) AS in_sector,"
     f" o.side = ANY({_BUYS}) AS buy, o.quantity - o.cum_qty AS leaves,"
     f" (o.limit_price IS NOT NULL AND o.order_type = ANY({_AT_LIMIT})) AS at_limit,"
-    " o.instrument_id = ANY(%(foreign_instruments)s::bigint[]) AS foreign_ccy,"
+    # Tested for limit-priced rows only (NULL otherwise: their notional is NULL anyway).
+    f" CASE WHEN o.limit_price IS NOT NULL AND o.order_type = ANY({_AT_LIMIT})"
+    " THEN o.instrument_id = ANY(%(foreign_instruments)s::bigint[]) END AS foreign_ccy,"
     # Each row's notional once (numeric products are the statement's main cost).
     f" CASE WHEN o.limit_price IS NOT NULL AND o.order_type = ANY({_AT_LIMIT})"
     " THEN (o.quantity - o.cum_qty) * o.limit_price END AS notional"
@@ -690,9 +692,8 @@ _ONE_SQL = (
     " WHERE i.issuer_id = %(issuer)b::bigint AND p.quantity > 0"
     " UNION ALL"
     " SELECT 'k' || c.currency, NULL, NULL, c.settled + c.pending, NULL, NULL, NULL, NULL"
-    " FROM allocations_cashbalance c"
-    " JOIN allocations_account a ON a.id = c.account_id AND c.currency <> a.base_currency"
-    " WHERE c.account_id = %(account)b::bigint AND c.settled + c.pending <> 0"
+    " FROM allocations_cashbalance c WHERE c.account_id = %(account)b::bigint"
+    " AND c.currency <> %(base)b::text AND c.settled + c.pending <> 0"
 )
 
 
@@ -749,6 +750,7 @@ def _one_rows(
                     by_sector.get(inst.sector, _NO_INSTRUMENTS) if inst.sector else _NO_INSTRUMENTS
                 ),
                 "foreign_instruments": foreign,
+                "base": base,
                 "side": order.side,
                 "quantity": order.quantity,
                 "exclude": int(order.pk) if order.pk is not None else 0,
