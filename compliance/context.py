@@ -269,16 +269,15 @@ def load_accounts(
     bases = {pk: static[3] for pk, static in statics.items() if static is not None}
     converted: dict[int, Decimal] = {}
     missing: dict[int, set[tuple[str, str]]] = {}
+    lacking: set[tuple[str, str]] = set()
 
     def add(account_id: int, amount: Decimal, currency: str) -> None:
-        base = bases.get(account_id, "")
-        if currency and base and currency != base and amount:
-            rate = rates.find(currency, base)
-            if rate is None:
-                missing.setdefault(account_id, set()).add((currency, base))
-                return
-            amount = fx.multiply(amount, rate)
-        converted[account_id] = converted.get(account_id, ZERO) + amount
+        value = engine.convert(amount, currency, bases.get(account_id, ""), rates, lacking)
+        if value is None:
+            missing.setdefault(account_id, set()).update(lacking)
+            lacking.clear()
+        else:
+            converted[account_id] = converted.get(account_id, ZERO) + value
 
     for (account_id, instrument_id), qty in holdings.items():
         inst = instruments.get(instrument_id)
@@ -772,6 +771,7 @@ def _summary(
     'i'; notional in the account's base currency."""
     acct = int(order.account_id)
     missing: dict[bool, set[tuple[str, str]]] = {}
+    lacking: set[tuple[str, str]] = set()
     keys = inst.buckets
     buy_notional = ZERO
     # [instrument, issuer, sector] notional per direction.
@@ -795,13 +795,14 @@ def _summary(
         elif tag == "m" or tag == "x":
             other = instruments[number]
             # 'm': leaves at the reference price; 'x': limit-priced notional.
-            notional = a * other.reference_price if tag == "m" else a
-            if other.currency and base and other.currency != base and notional:
-                rate = rates.find(other.currency, base)
-                if rate is None:
-                    missing.setdefault(buy, set()).add((other.currency, base))
-                    continue
-                notional = fx.multiply(notional, rate)
+            value = engine.convert(
+                a * other.reference_price if tag == "m" else a, other.currency, base, rates, lacking
+            )
+            if value is None:
+                missing.setdefault(buy, set()).update(lacking)
+                lacking.clear()
+                continue
+            notional = value
             if buy:
                 buy_notional += notional
             per_dim = buckets[buy]

@@ -119,8 +119,8 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import ROUND_CEILING, Decimal, InvalidOperation, localcontext
-from typing import Any, NamedTuple
+from decimal import ROUND_CEILING, Context, Decimal, InvalidOperation, localcontext
+from typing import Any, NamedTuple, Protocol
 
 SIDE_BUY = "buy"
 SIDE_SELL = "sell"
@@ -193,6 +193,30 @@ _PCT_PLACES = Decimal("0.000001")
 _MICRO = Decimal("0.000001")
 # Wide enough that products of 20-digit amounts never round before a comparison.
 _PRECISION = 60
+
+
+_WIDE = Context(prec=_PRECISION)
+
+
+class Rates(Protocol):
+    """Where rates are looked up: rates.get((from, to)) -> units of `to` per `from`, or None."""
+
+    def get(self, key: tuple[str, str], /) -> Decimal | None: ...
+
+
+def convert(
+    amount: Decimal, currency: str, base: str, rates: Rates, missing: set[tuple[str, str]]
+) -> Decimal | None:
+    """`amount` of `currency` in `base` (exact product with the rate); None, with the pair added
+    to `missing`, when there is no rate. Unconverted when either currency is empty ("" = no
+    currency given), both are the same, or the amount is zero (it needs no rate)."""
+    if not amount or not currency or not base or currency == base:
+        return amount
+    rate = rates.get((currency, base))
+    if rate is None:
+        missing.add((currency, base))
+        return None
+    return _WIDE.multiply(amount, rate)
 
 
 class ComplianceDataError(ValueError):
@@ -474,6 +498,7 @@ class ComplianceContext:
             for times_key, at in summary.times.items():
                 times[times_key] = list(at)
         missing: set[int] = set()
+        lacking: set[tuple[str, str]] = set()
         instruments = self.instruments
         for oo in self.open_orders:
             leaves = oo.leaves_quantity
@@ -486,16 +511,16 @@ class ComplianceContext:
             is_buy = oo.side in BUY_SIDES
             notional = leaves * oo.price
             acct = oo.account_id
-            if inst.currency:
-                account = self.accounts.get(acct)
-                base = account.base_currency if account is not None else ""
-                if base and base != inst.currency:
-                    rate = self.fx_rates.get((inst.currency, base))
-                    if rate is None:
-                        missing_rates.setdefault((acct, is_buy), set()).add((inst.currency, base))
-                        notional = _ZERO
-                    else:
-                        notional *= rate
+            account = self.accounts.get(acct)
+            if account is not None:
+                value = convert(
+                    notional, inst.currency, account.base_currency, self.fx_rates, lacking
+                )
+                if value is None:
+                    missing_rates.setdefault((acct, is_buy), set()).update(lacking)
+                    lacking.clear()
+                    value = _ZERO
+                notional = value
             if is_buy:
                 _add(buy_notional, acct, notional)
                 if inst.issuer_id is not None:
@@ -1049,13 +1074,9 @@ class _Run:
             if inst is None:
                 missing.append(instrument_id)
                 continue
-            value = qty * inst.reference_price
-            if base and inst.currency and inst.currency != base and value:
-                rate = rates.get((inst.currency, base))
-                if rate is None:
-                    no_rate.add((inst.currency, base))
-                    continue
-                value *= rate
+            value = convert(qty * inst.reference_price, inst.currency, base, rates, no_rate)
+            if value is None:
+                continue
             k0, k1, k2 = inst.buckets
             by_instrument[k0] = by_instrument.get(k0, _ZERO) + value
             by_issuer[k1] = by_issuer.get(k1, _ZERO) + value

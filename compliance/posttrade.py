@@ -143,13 +143,11 @@ def _concentration(
         for inst, qty in by_account[account_id]:
             key, label = _bucket(dim, inst)
             prev = buckets.get(key, (label, ZERO))[1]
-            value = qty * inst.reference_price
-            if base and inst.currency and inst.currency != base and value:
-                rate = fx_rates.get((inst.currency, base))
-                if rate is None:
-                    missing.add((inst.currency, base))
-                    continue
-                value *= rate
+            value = engine.convert(
+                qty * inst.reference_price, inst.currency, base, fx_rates, missing
+            )
+            if value is None:
+                continue
             buckets[key] = (label, prev + value)
         if missing:
             labels = ", ".join(f"{src}/{dst}" for src, dst in sorted(missing))

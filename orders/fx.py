@@ -102,6 +102,10 @@ class FxRates:
         self._memo[key] = found
         return found
 
+    def get(self, pair: tuple[str, str], /) -> Decimal | None:
+        """`find` for a (from, to) pair, as a mapping of rates would answer."""
+        return self.find(*pair)
+
     def rate(self, src: str, dst: str) -> Decimal:
         """Units of `dst` per unit of `src`; MissingRate when none exists."""
         found = self.find(src, dst)

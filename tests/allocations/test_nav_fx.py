@@ -12,17 +12,9 @@ from allocations.selectors import account_nav
 from orders import fx
 from tests import factories as f
 from tests.conftest import client_for
-from tests.orders.test_fx import fx_pair
 
 D = Decimal
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def pairs(db: Any) -> None:
-    fx_pair("GBPUSD", "1.2700")
-    fx_pair("EURUSD", "1.0850")
-    fx_pair("USDJPY", "151.20")
 
 
 def _row(pm: Any) -> dict[str, Any]:
@@ -32,7 +24,7 @@ def _row(pm: Any) -> dict[str, Any]:
 
 
 def test_nav_converts_positions_and_cash_of_every_currency(
-    account: Any, pm: Any, pairs: None
+    account: Any, pm: Any, fx_pairs: None
 ) -> None:
     # given 1,000,000 USD, 100 EUR, 15,120 JPY cash and 100 VOD at 10.00 GBP
     f.CashBalanceFactory(account=account, currency="EUR", settled=D("100"))
@@ -48,7 +40,7 @@ def test_nav_converts_positions_and_cash_of_every_currency(
     assert account_nav(account_id=account.pk) == D("1001478.500000000000003680")
 
 
-def test_a_gbp_account_values_usd_and_eur_through_the_pairs(pm: Any, pairs: None) -> None:
+def test_a_gbp_account_values_usd_and_eur_through_the_pairs(pm: Any, fx_pairs: None) -> None:
     # given a GBP account with 1,270 USD and 100 EUR (no EURGBP: a cross through USD)
     account = f.AccountFactory(code="ACC-G", base_currency="GBP")
     account.managers.add(pm)
@@ -60,7 +52,7 @@ def test_a_gbp_account_values_usd_and_eur_through_the_pairs(pm: Any, pairs: None
 
 
 def test_a_missing_rate_leaves_nav_null_and_names_the_rate(
-    account: Any, pm: Any, pairs: None
+    account: Any, pm: Any, fx_pairs: None
 ) -> None:
     # given CHF cash and a NOK position, neither with a rate, and a zero SEK balance
     f.CashBalanceFactory(account=account, currency="CHF", settled=D("5"))

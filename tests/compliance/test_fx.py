@@ -23,17 +23,9 @@ from orders.models import Instrument, Order
 from tests import factories as f
 from tests.compliance.conftest import check, results_of
 from tests.compliance.test_pretrade_one import _book, _both, _new_order, _rules
-from tests.orders.test_fx import fx_pair
 
 D = Decimal
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def pairs(db: Any) -> None:
-    fx_pair("GBPUSD", "1.2700")
-    fx_pair("EURUSD", "1.0850")
-    fx_pair("USDJPY", "151.20")
 
 
 def _equity(symbol: str, currency: str, last: str) -> Any:
@@ -46,7 +38,7 @@ def _row(order: Order, rule_type: str) -> Any:
 
 
 def test_a_gbp_buy_uses_usd_buying_power_at_the_gbpusd_rate(
-    account: Any, pairs: None, make_rule: Any, make_order: Any
+    account: Any, fx_pairs: None, make_rule: Any, make_order: Any
 ) -> None:
     # given a GBP equity at 10.00 and a buying-power rule on 1,000,000 USD of cash
     vod = _equity("VOD", "GBP", "10.00")
@@ -64,7 +56,7 @@ def test_a_gbp_buy_uses_usd_buying_power_at_the_gbpusd_rate(
 
 
 def test_concentration_values_a_gbp_position_and_order_in_usd(
-    account: Any, pairs: None, make_rule: Any, make_order: Any
+    account: Any, fx_pairs: None, make_rule: Any, make_order: Any
 ) -> None:
     # given 10,000 VOD at 10.00 GBP held: 127,000 USD, NAV 1,127,000 USD
     vod = _equity("VOD", "GBP", "10.00")
@@ -84,7 +76,7 @@ def test_concentration_values_a_gbp_position_and_order_in_usd(
 
 
 def test_fat_finger_notional_of_a_jpy_order_through_the_inverse_usdjpy_pair(
-    account: Any, pairs: None, make_rule: Any, make_order: Any
+    account: Any, fx_pairs: None, make_rule: Any, make_order: Any
 ) -> None:
     # given a JPY equity and a 2,000 USD notional limit
     toyota = _equity("7203", "JPY", "3000")
@@ -103,7 +95,7 @@ def test_fat_finger_notional_of_a_jpy_order_through_the_inverse_usdjpy_pair(
 
 
 def test_a_gbp_account_buys_eur_through_the_usd_cross(
-    pm: Any, pairs: None, make_rule: Any, make_order: Any
+    pm: Any, fx_pairs: None, make_rule: Any, make_order: Any
 ) -> None:
     # given a GBP-based account with 10,000 GBP and no EURGBP pair
     account = f.AccountFactory(code="ACC-GBP", base_currency="GBP")
@@ -123,7 +115,7 @@ def test_a_gbp_account_buys_eur_through_the_usd_cross(
 
 
 def test_a_missing_rate_fails_every_check_that_needs_the_notional_naming_the_rate(
-    account: Any, pairs: None, make_rule: Any, make_order: Any
+    account: Any, fx_pairs: None, make_rule: Any, make_order: Any
 ) -> None:
     # given a CHF equity and no CHF pair
     nestle = _equity("NESN", "CHF", "100")
@@ -145,7 +137,7 @@ def test_a_missing_rate_fails_every_check_that_needs_the_notional_naming_the_rat
 
 
 def test_a_held_position_or_cash_without_a_rate_leaves_nav_unknown(
-    account: Any, pairs: None, make_rule: Any, make_order: Any, instrument: Any
+    account: Any, fx_pairs: None, make_rule: Any, make_order: Any, instrument: Any
 ) -> None:
     # given a CHF position (no rate) and a USD order
     f.PositionFactory(account=account, instrument=_equity("NESN", "CHF", "100"), quantity=D("5"))
@@ -162,7 +154,7 @@ def test_a_held_position_or_cash_without_a_rate_leaves_nav_unknown(
 
 
 def test_nav_counts_cash_in_other_currencies_converted(
-    account: Any, pairs: None, make_rule: Any, make_order: Any, instrument: Any
+    account: Any, fx_pairs: None, make_rule: Any, make_order: Any, instrument: Any
 ) -> None:
     # given 100,000 EUR besides the 1,000,000 USD: NAV 1,108,500 USD
     f.CashBalanceFactory(account=account, currency="EUR", settled=D("100000"))
@@ -175,7 +167,7 @@ def test_nav_counts_cash_in_other_currencies_converted(
 
 
 def test_open_orders_in_other_currencies_are_converted_by_both_loaders(
-    account: Any, pairs: None, make_rule: Any, make_order: Any, pm: Any
+    account: Any, fx_pairs: None, make_rule: Any, make_order: Any, pm: Any
 ) -> None:
     # given open buys of GBP and JPY equities, limit and market priced
     vod = _equity("VOD", "GBP", "10.00")
@@ -206,7 +198,7 @@ def test_open_orders_in_other_currencies_are_converted_by_both_loaders(
 
 
 def test_one_order_check_stays_two_statements_with_foreign_open_orders(
-    account: Any, pairs: None, make_rule: Any, make_order: Any, pm: Any, instrument: Any
+    account: Any, fx_pairs: None, make_rule: Any, make_order: Any, pm: Any, instrument: Any
 ) -> None:
     # given open orders in two other currencies and cash in another, checked once (warm cache)
     make_rule("buying_power")
@@ -239,8 +231,8 @@ def test_one_order_check_stays_two_statements_with_foreign_open_orders(
 def test_both_loaders_agree_on_random_multi_currency_books(seed: int, pm: Any) -> None:
     # given random books whose instruments are in USD, GBP, JPY and CHF (no rate), accounts
     # based in USD or GBP, and cash in several currencies
-    fx_pair("GBPUSD", "1.2700")
-    fx_pair("USDJPY", "151.20")
+    f.fx_pair("GBPUSD", "1.2700")
+    f.fx_pair("USDJPY", "151.20")
     rng = random.Random(seed)
     _rules()
     Rule.objects.create(
@@ -276,7 +268,7 @@ def test_both_loaders_agree_on_random_multi_currency_books(seed: int, pm: Any) -
 
 
 def test_post_trade_concentration_in_base_currency_and_missing_rates(
-    account: Any, pairs: None, make_rule: Any
+    account: Any, fx_pairs: None, make_rule: Any
 ) -> None:
     # given 10,000 VOD (127,000 USD) in ACC-A, and a CHF position without a rate in ACC-B
     vod = _equity("VOD", "GBP", "10.00")

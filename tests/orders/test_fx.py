@@ -4,7 +4,6 @@ missing rates, from the FX spot instruments' reference prices."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from django.db import connection
@@ -21,18 +20,6 @@ QUOTES = {
     ("GBP", "USD"): D("1.2700"),
     ("USD", "JPY"): D("151.20"),
 }
-
-
-def fx_pair(symbol: str, last: str) -> Any:
-    """An FX spot instrument BASEQUOTE (currency = quote) whose reference price is the rate."""
-    return f.InstrumentFactory(
-        symbol=symbol,
-        isin=None,
-        asset_class="fx",
-        currency=symbol[3:],
-        shares_outstanding=None,
-        price__last=D(last),
-    )
 
 
 def test_same_currency_is_exactly_one() -> None:
@@ -86,8 +73,8 @@ def test_table_lists_every_existing_rate_between_quoted_currencies() -> None:
 @pytest.mark.django_db
 def test_rates_come_from_fx_spot_reference_prices_once_per_refdata_version() -> None:
     # given spot pairs, an equity and an FX instrument whose symbol is not BASEQUOTE
-    fx_pair("GBPUSD", "1.2700")
-    fx_pair("USDJPY", "151.20")
+    f.fx_pair("GBPUSD", "1.2700")
+    f.fx_pair("USDJPY", "151.20")
     f.InstrumentFactory(symbol="VOD", currency="GBP", price__last=D("0.72"))
     f.InstrumentFactory(
         symbol="EURUSD1M", isin=None, asset_class="fx", currency="USD", price__last=D("2")
