@@ -328,3 +328,17 @@ def test_engine_open_orders_without_a_rate_fail_buying_power_naming_it() -> None
     assert (
         row.message == "Account 7 open buy notional cannot be measured in USD: no FX rate CHF/USD"
     )
+
+
+def test_foreign_instruments_are_written_as_runs_of_ids() -> None:
+    # given instruments in USD and GBP with interleaved ids
+    from compliance.context import _foreign_instruments
+
+    Instrument.objects.all().delete()
+    made = [_equity(f"E{n}", "GBP" if n in (0, 1, 2, 4, 6) else "USD", "1") for n in range(7)]
+    first = made[0].pk
+    # then the GBP ones are the runs [0, 3), [4, 5), [6, 7) (shifted by the first id)
+    assert _foreign_instruments("USD") == (
+        f"{{[{first},{first + 3}),[{first + 4},{first + 5}),[{first + 6},{first + 7})}}"
+    )
+    assert _foreign_instruments("CHF") == f"{{[{first},{first + 7})}}"
