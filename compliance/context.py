@@ -388,7 +388,8 @@ def load_restricted(
 # (conflicts) and buys in the checked issuers (ownership), count in the last column; 'h' the
 # checked accounts' non-zero positions; 'f' the firm's long holding per checked issuer, summed
 # over all accounts; 'k' the checked accounts' non-zero cash in currencies other than their base
-# (currency in the side column, for NAV). Orders being checked belong to checked accounts, so only 'o' excludes them.
+# (currency in the side column, for NAV). Orders being checked belong to checked accounts, so
+# only 'o' excludes them.
 # Creation times travel as microseconds since the epoch (exact): Django's timestamptz loader
 # cost more per row than everything else the row needed.
 _BOOK_SQL = (
