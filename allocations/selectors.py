@@ -7,7 +7,9 @@ from decimal import Decimal
 from typing import Any
 
 import django_filters
+from django.contrib.postgres.fields import ArrayField
 from django.db.models import (
+    CharField,
     DecimalField,
     ExpressionWrapper,
     F,
@@ -19,12 +21,12 @@ from django.db.models import (
     QuerySet,
     Subquery,
     Sum,
-    Value,
 )
-from django.db.models.functions import Coalesce
+from django.db.models.expressions import RawSQL
 
 from allocations.models import Account, Allocation, AllocationKind, CashBalance, Position
 from oms_site.roles import role_keys, sees_everything
+from orders import fx
 from orders.models import Execution, Order
 
 
@@ -128,50 +130,87 @@ def executions_visible_to(*, user: Any) -> QuerySet[Execution]:
     ).order_by("-pk")
 
 
-def _nav_expression() -> Any:
-    market_value = (
-        Position.objects.filter(account=OuterRef("pk"))
-        .values("account")
-        .annotate(total=Sum(F("quantity") * F("instrument__price__last"), output_field=_MONEY_OUT))
-        .values("total")
-    )
-    cash = (
-        CashBalance.objects.filter(account=OuterRef("pk"))
-        .values("account")
-        .annotate(total=Sum(F("settled") + F("pending"), output_field=_MONEY_OUT))
-        .values("total")
-    )
-    zero = Value(Decimal(0), output_field=_MONEY_OUT)
-    return ExpressionWrapper(
-        Coalesce(Subquery(market_value, output_field=_MONEY_OUT), zero)
-        + Coalesce(Subquery(cash, output_field=_MONEY_OUT), zero),
-        output_field=_MONEY_OUT,
-    )
+# Every non-zero amount of an account's book with its currency: positions at their reference
+# price (a position without one counts nothing, as before) and cash of every currency.
+_BOOK_AMOUNTS = (
+    "SELECT p.quantity * rp.last AS amount, i.currency AS cur FROM allocations_position p"
+    " JOIN orders_instrument i ON i.id = p.instrument_id"
+    " JOIN orders_referenceprice rp ON rp.instrument_id = p.instrument_id"
+    ' WHERE p.account_id = "allocations_account"."id" AND p.quantity <> 0'
+    " UNION ALL SELECT c.settled + c.pending, c.currency FROM allocations_cashbalance c"
+    ' WHERE c.account_id = "allocations_account"."id" AND c.settled + c.pending <> 0'
+)
+# Each amount with its rate to the account's base currency (NULL: no rate); the rates come as
+# three arrays from orders.fx (same currency: 1).
+_CONVERTED = (
+    'SELECT m.amount, m.cur, CASE WHEN m.cur = "allocations_account"."base_currency"'
+    " THEN 1::numeric ELSE (SELECT r.rate FROM unnest(%s::text[], %s::text[], %s::numeric[])"
+    ' AS r(src, dst, rate) WHERE r.src = m.cur AND r.dst = "allocations_account"."base_currency")'
+    f" END AS rate FROM ({_BOOK_AMOUNTS}) m"
+)
+_NAV_SQL = (
+    "(SELECT CASE WHEN bool_or(x.rate IS NULL) THEN NULL"
+    f" ELSE COALESCE(SUM(x.amount * x.rate), 0) END FROM ({_CONVERTED}) x)"
+)
+_NAV_MISSING_SQL = (
+    'ARRAY(SELECT DISTINCT x.cur || \'/\' || "allocations_account"."base_currency"'
+    f" FROM ({_CONVERTED}) x WHERE x.rate IS NULL ORDER BY 1)"
+)
+
+
+def _rate_params() -> tuple[list[str], list[str], list[Decimal]]:
+    # Read afresh (one query): through the refdata cache it would be one or two (the version,
+    # then the rates when it changed), and the book's reads are not a hot path.
+    return fx.load().table()
+
+
+# Constant statements; the rates are bound parameters.
+def _nav_expression(params: tuple[list[str], list[str], list[Decimal]]) -> Any:
+    return RawSQL(_NAV_SQL, params, output_field=_MONEY_OUT)  # noqa: S611
+
+
+def _nav_missing_expression(params: tuple[list[str], list[str], list[Decimal]]) -> Any:
+    return RawSQL(_NAV_MISSING_SQL, params, output_field=ArrayField(CharField()))  # noqa: S611
 
 
 def accounts_with_book(*, user: Any) -> QuerySet[Account]:
-    """Visible accounts with their cash balances prefetched and `nav` annotated.
+    """Visible accounts with their cash balances prefetched, `nav` and `nav_missing_rates`.
 
-    NAV = cash (settled + pending, every currency) + market value of positions at reference
-    prices. There are no FX rates in the model, so amounts in other currencies than the
-    account's base currency are added at face value (the demo book is single-currency).
+    NAV is in the account's base currency: cash (settled + pending) of every currency plus the
+    market value of positions at reference prices (a position without a reference price counts
+    nothing), each converted at `orders.fx`'s rate to the base currency. When some non-zero
+    amount has no rate, `nav` is None (never a partial sum) and `nav_missing_rates` names the
+    missing rates ("JPY/USD"), sorted; otherwise it is empty.
     """
+    params = _rate_params()
     return (
         accounts_visible_to(user=user)
         .select_related("custodian", "desk")
         .prefetch_related(
             Prefetch("cash_balances", queryset=CashBalance.objects.order_by("currency"))
         )
-        .annotate(nav=_nav_expression())
+        .annotate(nav=_nav_expression(params), nav_missing_rates=_nav_missing_expression(params))
         .order_by("code")
     )
 
 
 def account_nav(*, account_id: int) -> Decimal:
-    """One account's NAV (see accounts_with_book)."""
-    row = Account.objects.filter(pk=account_id).annotate(nav=_nav_expression()).values("nav")
-    found = row.first()
-    return found["nav"] if found else Decimal(0)
+    """One account's NAV in its base currency (see accounts_with_book); 0 for no such account.
+
+    Raises fx.MissingRate naming every missing rate rather than returning a partial NAV.
+    """
+    params = _rate_params()
+    found = (
+        Account.objects.filter(pk=account_id)
+        .annotate(nav=_nav_expression(params), missing=_nav_missing_expression(params))
+        .values("nav", "missing", "base_currency")
+        .first()
+    )
+    if found is None:
+        return Decimal(0)
+    if found["nav"] is None:
+        raise fx.MissingRate(tuple(label.split("/")) for label in found["missing"])
+    return found["nav"]  # type: ignore[no-any-return]
 
 
 def allocation_net_lines(*, trade_date: date, custodian_id: int | None = None) -> list[dict]:

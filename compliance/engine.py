@@ -31,6 +31,20 @@ Notional and prices
     needs the order's notional fails, naming the missing price. Positions are valued at the
     reference price; ``OpenOrder.price`` is the price the caller wants open orders valued at.
 
+Currencies
+    Prices, notionals and position values are in the instrument's ``currency``; NAV, available
+    cash and ``max_notional`` in the account's ``base_currency``. Every money comparison is in
+    the base currency: an order's notional, open orders' notional and position values are
+    converted at ``ComplianceContext.fx_rates[(instrument currency, base)]`` (exact product, no
+    rounding). An empty currency on either side means no conversion. A missing rate fails
+    every check that needs the converted amount, naming the rate ("no FX rate GBP/USD"), as a
+    missing price does: the order's own notional (concentration, buying power, fat finger's
+    ``max_notional``), the account's NAV (``AccountInfo.nav_missing_rates``), its positions and
+    same-direction open orders (concentration), its open buys (buying power). Open-order sums
+    handed over in an ``OpenOrderSummary`` are already in the base currency, with the rates
+    they lacked in ``missing_rates``. A converted order's notional is quoted as "1270.00 USD
+    (1000.00 GBP at GBP/USD 1.27)"; single-currency messages are unchanged.
+
 Baskets
     Orders are evaluated in the given sequence. Every earlier order of the same call counts as
     an open order for every later one, whatever its own outcome (the conservative reading: a
@@ -105,8 +119,8 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import ROUND_CEILING, Decimal, InvalidOperation, localcontext
-from typing import Any, NamedTuple
+from decimal import ROUND_CEILING, Context, Decimal, InvalidOperation, localcontext
+from typing import Any, NamedTuple, Protocol
 
 SIDE_BUY = "buy"
 SIDE_SELL = "sell"
@@ -181,6 +195,30 @@ _MICRO = Decimal("0.000001")
 _PRECISION = 60
 
 
+_WIDE = Context(prec=_PRECISION)
+
+
+class Rates(Protocol):
+    """Where rates are looked up: rates.get((from, to)) -> units of `to` per `from`, or None."""
+
+    def get(self, key: tuple[str, str], /) -> Decimal | None: ...
+
+
+def convert(
+    amount: Decimal, currency: str, base: str, rates: Rates, missing: set[tuple[str, str]]
+) -> Decimal | None:
+    """`amount` of `currency` in `base` (exact product with the rate); None, with the pair added
+    to `missing`, when there is no rate. Unconverted when either currency is empty ("" = no
+    currency given), both are the same, or the amount is zero (it needs no rate)."""
+    if not amount or not currency or not base or currency == base:
+        return amount
+    rate = rates.get((currency, base))
+    if rate is None:
+        missing.add((currency, base))
+        return None
+    return _WIDE.multiply(amount, rate)
+
+
 class ComplianceDataError(ValueError):
     """Reference data the engine needs (account, instrument) is missing from the context."""
 
@@ -221,6 +259,8 @@ class InstrumentInfo:
     shares_outstanding: Decimal | None
     reference_price: Decimal
     tradable: bool = True
+    # Prices and notionals are in this currency ("" = the account's own, no conversion).
+    currency: str = ""
     # Concentration buckets (instrument, issuer, sector), derived once: the caller caches
     # instruments across checks, and every holding and open order is bucketed on every check.
     buckets: tuple[Any, Any, Any] = field(init=False, repr=False, compare=False)
@@ -238,6 +278,10 @@ class AccountInfo:
     available_cash: Decimal
     short_allowed: bool = False
     group_ids: frozenset[int] = frozenset()
+    # NAV and available cash are in this currency ("" = every instrument's, no conversion).
+    base_currency: str = ""
+    # (from, to) rates the NAV needed and the caller did not have: the NAV is then not known.
+    nav_missing_rates: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +336,11 @@ class OpenOrderSummary:
     issuer_buy_qty: Mapping[int, Decimal] = field(default_factory=dict)
     side_accounts: Mapping[tuple[int, bool], Mapping[int, int]] = field(default_factory=dict)
     times: Mapping[tuple[int, int, str, Decimal], Sequence[datetime]] = field(default_factory=dict)
+    # (account, is_buy) -> (from, to) rates missing to value some of those open orders in the
+    # account's base currency (their notional is then left out of the sums above).
+    missing_rates: Mapping[tuple[int, bool], frozenset[tuple[str, str]]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +452,9 @@ class ComplianceContext:
     open_summary: OpenOrderSummary | None = None
     restricted: Sequence[RestrictedEntry] = ()
     firm_issuer_holdings: Mapping[int, Decimal] = field(default_factory=dict)
+    # (from, to) -> units of `to` per unit of `from`, for the instruments' currencies into the
+    # accounts' base currencies; a pair absent here has no rate.
+    fx_rates: Mapping[tuple[str, str], Decimal] = field(default_factory=dict)
 
     _holdings_by_account: dict[int, list[tuple[int, Decimal]]] = field(init=False, repr=False)
     _open_buy_notional: dict[int, Decimal] = field(init=False, repr=False)
@@ -412,6 +464,9 @@ class ComplianceContext:
     _open_side_accounts: dict[tuple[int, bool], dict[int, int]] = field(init=False, repr=False)
     _open_side_count: dict[tuple[int, bool], int] = field(init=False, repr=False)
     _open_times: dict[tuple[int, int, str, Decimal], list[datetime]] = field(init=False, repr=False)
+    _open_missing_rates: dict[tuple[int, bool], set[tuple[str, str]]] = field(
+        init=False, repr=False
+    )
     _tallied_accounts: frozenset[int] = field(init=False, repr=False)
     _restricted_by_instrument: dict[int, list[RestrictedEntry]] = field(init=False, repr=False)
     _restricted_by_issuer: dict[int, list[RestrictedEntry]] = field(init=False, repr=False)
@@ -428,8 +483,11 @@ class ComplianceContext:
         side_accounts: dict[tuple[int, bool], dict[int, int]] = {}
         side_count: dict[tuple[int, bool], int] = {}
         times: dict[tuple[int, int, str, Decimal], list[datetime]] = {}
+        missing_rates: dict[tuple[int, bool], set[tuple[str, str]]] = {}
         summary = self.open_summary
         if summary is not None:
+            for rates_key, pairs in summary.missing_rates.items():
+                missing_rates[rates_key] = set(pairs)
             buy_notional.update(summary.buy_notional)
             sell_qty.update(summary.sell_qty)
             bucket.update(summary.bucket_notional)
@@ -440,6 +498,7 @@ class ComplianceContext:
             for times_key, at in summary.times.items():
                 times[times_key] = list(at)
         missing: set[int] = set()
+        lacking: set[tuple[str, str]] = set()
         instruments = self.instruments
         for oo in self.open_orders:
             leaves = oo.leaves_quantity
@@ -452,6 +511,16 @@ class ComplianceContext:
             is_buy = oo.side in BUY_SIDES
             notional = leaves * oo.price
             acct = oo.account_id
+            account = self.accounts.get(acct)
+            if account is not None:
+                value = convert(
+                    notional, inst.currency, account.base_currency, self.fx_rates, lacking
+                )
+                if value is None:
+                    missing_rates.setdefault((acct, is_buy), set()).update(lacking)
+                    lacking.clear()
+                    value = _ZERO
+                notional = value
             if is_buy:
                 _add(buy_notional, acct, notional)
                 if inst.issuer_id is not None:
@@ -513,6 +582,7 @@ class ComplianceContext:
         setter(self, "_open_side_accounts", side_accounts)
         setter(self, "_open_side_count", side_count)
         setter(self, "_open_times", times)
+        setter(self, "_open_missing_rates", missing_rates)
         setter(self, "_tallied_accounts", frozenset(tallied))
         setter(self, "_restricted_by_instrument", by_instrument)
         setter(self, "_restricted_by_issuer", by_issuer)
@@ -655,6 +725,18 @@ def _pct(x: Decimal) -> Decimal:
     return x.quantize(_PCT_PLACES, rounding=ROUND_CEILING)
 
 
+def _pair_labels(pairs: Iterable[tuple[str, str]]) -> str:
+    return ", ".join(f"{src}/{dst}" for src, dst in sorted(set(pairs)))
+
+
+def _no_rate_text(p: _Prepared) -> str:
+    currency, base = p.missing_rate or ("", "")
+    return (
+        f"no FX rate {currency}/{base}: the order's notional in {currency} cannot be measured "
+        f"in account {p.account.id}'s base currency {base}"
+    )
+
+
 _SIDE_WORDS = {side: side.replace("_", " ").capitalize() for side in SIDES}
 
 
@@ -672,6 +754,7 @@ class _Prepared:
         "key",
         "keys",
         "memo",
+        "missing_rate",
         "notional",
         "notional_text",
         "order",
@@ -679,7 +762,13 @@ class _Prepared:
         "priced_at",
     )
 
-    def __init__(self, order: OrderIntent, inst: InstrumentInfo, account: AccountInfo) -> None:
+    def __init__(
+        self,
+        order: OrderIntent,
+        inst: InstrumentInfo,
+        account: AccountInfo,
+        rates: Mapping[tuple[str, str], Decimal],
+    ) -> None:
         self.order = order
         self.key = order.key
         self.inst = inst
@@ -692,9 +781,29 @@ class _Prepared:
         else:
             self.price = inst.reference_price
             self.priced_at = "reference"
+        # The notional in the account's base currency (None: no price, or no rate to convert).
         self.notional: Decimal | None = order.quantity * self.price if self.price > 0 else None
-        # Concentration, fat finger and buying power all quote the notional: format it once.
-        self.notional_text = "" if self.notional is None else _money(self.notional)
+        self.missing_rate: tuple[str, str] | None = None
+        currency, base = inst.currency, account.base_currency
+        if currency and base and currency != base:
+            pair = (currency, base)
+            rate = rates.get(pair)
+            if rate is None:
+                self.missing_rate = pair
+                self.notional = None
+                self.notional_text = ""
+            elif self.notional is not None:
+                local = self.notional
+                self.notional = local * rate
+                self.notional_text = (
+                    f"{_money(self.notional)} {base} ({_money(local)} {currency} at "
+                    f"{currency}/{base} {_num(rate)})"
+                )
+            else:
+                self.notional_text = ""
+        else:
+            # Concentration, fat finger and buying power all quote the notional: format it once.
+            self.notional_text = "" if self.notional is None else _money(self.notional)
         # Measurements shared by several rules of one type on this order (typically a warn
         # and a block threshold), so each is computed and formatted once.
         self.memo: dict[Any, Any] | None = None
@@ -729,6 +838,7 @@ class _Run:
         self.day = day
         self.rules_by_account: dict[int, list[tuple[RuleSpec, dict[str, Any], _Check]]] = {}
         self.position_values: dict[int, tuple[dict[Any, Decimal], ...]] = {}
+        self.position_missing_rates: dict[int, set[tuple[str, str]]] = {}
         # Basket deltas layered over the context's open-order indexes.
         self.buy_notional: dict[int, Decimal] = {}
         self.sell_qty: dict[tuple[int, int], Decimal] = {}
@@ -761,7 +871,7 @@ class _Run:
                     f"Order {order.key}: account {account.id} has open orders given as tallies; "
                     "an account with an order in the call needs them one by one"
                 )
-            p = _Prepared(order, inst, account)
+            p = _Prepared(order, inst, account, ctx.fx_rates)
             applicable = self.rules_by_account.get(account.id)
             if applicable is None:
                 applicable = [c for c in self.compiled if self._covers(c[0], account)]
@@ -801,12 +911,33 @@ class _Run:
         )
 
     def _no_price(self, rule: RuleSpec, p: _Prepared, limit: Decimal | None) -> RuleResult:
+        if p.price > 0 and p.missing_rate is not None:
+            return _row(p, rule, False, _no_rate_text(p), None, limit)
         return _row(
             p,
             rule,
             False,
             f"{p.inst.symbol} has no positive reference price "
             f"({_money(p.inst.reference_price)}); the order's notional cannot be measured",
+            None,
+            limit,
+        )
+
+    def _unvalued(
+        self,
+        rule: RuleSpec,
+        p: _Prepared,
+        limit: Decimal | None,
+        what: str,
+        pairs: set[tuple[str, str]],
+    ) -> RuleResult:
+        """A failed row: amounts of the account's book have no rate to its base currency."""
+        return _row(
+            p,
+            rule,
+            False,
+            f"Account {p.account.id} {what} cannot be measured in {p.account.base_currency}: "
+            f"no FX rate {_pair_labels(pairs)}",
             None,
             limit,
         )
@@ -857,6 +988,9 @@ class _Run:
         max_pct: Decimal = params["max_pct"]
         if p.notional is None:
             return self._no_price(rule, p, max_pct)
+        missing = self._book_missing_rates(p)
+        if missing:
+            return self._unvalued(rule, p, max_pct, "NAV and exposure", missing)
         nav = p.account.nav
         if nav <= 0:
             return _row(
@@ -931,13 +1065,18 @@ class _Run:
         per_dim: tuple[dict[Any, Decimal], ...] = ({}, {}, {})
         by_instrument, by_issuer, by_sector = per_dim
         instruments = self.ctx.instruments
+        base = self.ctx.accounts[account_id].base_currency
+        rates = self.ctx.fx_rates
         missing = []
+        no_rate: set[tuple[str, str]] = set()
         for instrument_id, qty in self.ctx._holdings_by_account.get(account_id, ()):
             inst = instruments.get(instrument_id)
             if inst is None:
                 missing.append(instrument_id)
                 continue
-            value = qty * inst.reference_price
+            value = convert(qty * inst.reference_price, inst.currency, base, rates, no_rate)
+            if value is None:
+                continue
             k0, k1, k2 = inst.buckets
             by_instrument[k0] = by_instrument.get(k0, _ZERO) + value
             by_issuer[k1] = by_issuer.get(k1, _ZERO) + value
@@ -948,7 +1087,18 @@ class _Run:
                 f"context: {sorted(missing)}"
             )
         self.position_values[account_id] = per_dim
+        self.position_missing_rates[account_id] = no_rate
         return per_dim
+
+    def _book_missing_rates(self, p: _Prepared) -> set[tuple[str, str]]:
+        """Rates missing to value the account's NAV, positions and same-direction open orders."""
+        acct = p.account.id
+        self._position_values(acct)
+        return (
+            set(p.account.nav_missing_rates)
+            | self.position_missing_rates[acct]
+            | self.ctx._open_missing_rates.get((acct, p.is_buy), set())
+        )
 
     def _ownership(self, rule: RuleSpec, params: dict[str, Any], p: _Prepared) -> RuleResult:
         lim: dict[str, str] = params["_text"]
@@ -1081,7 +1231,9 @@ class _Run:
     ) -> tuple[str, str, tuple[Decimal | None, Decimal, Decimal | None, str] | None]:
         """The order's side of each fat-finger sentence, shared by all fat-finger rules."""
         quantity_head = f"quantity {_num(p.order.quantity)} "
-        if p.notional is None:
+        if p.notional is None and p.price > 0 and p.missing_rate is not None:
+            notional_head = f"notional cannot be measured: {_no_rate_text(p)}"
+        elif p.notional is None:
             notional_head = (
                 f"notional cannot be measured: {p.inst.symbol} has no positive reference price"
             )
@@ -1167,6 +1319,9 @@ class _Run:
             )
         if p.notional is None:
             return self._no_price(rule, p, limit)
+        missing = self.ctx._open_missing_rates.get((acct.id, True))
+        if missing:
+            return self._unvalued(rule, p, limit, "open buy notional", missing)
         memo = p.memo
         if memo is None:
             memo = p.memo = {}

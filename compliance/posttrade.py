@@ -5,6 +5,11 @@ Rules covered: ``concentration`` (per account, per bucket, long or short exposur
 firm-wide whatever the rule's scope, since it is a firm figure) and ``short_selling`` (a negative
 position in an account that may not sell short). Limits use the engine's semantics: a value
 exactly at the limit passes, compared exactly by cross-multiplication.
+
+Concentration compares in the account's base currency: position values (in the instrument's
+currency) are converted at ``fx_rates[(currency, base)]``. An account whose NAV or positions
+lack a rate gets one breach per concentration rule naming the missing rates, with no measured
+value (the exposure cannot be measured).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ class Breach:
     severity: str
     account_id: int | None
     subject: str
-    measured: Decimal
+    measured: Decimal | None
     limit: Decimal
     message: str
 
@@ -76,6 +81,7 @@ def find_breaches(
     holdings: Mapping[tuple[int, int], Decimal],
     instruments: Mapping[int, engine.InstrumentInfo],
     firm_issuer_holdings: Mapping[int, Decimal],
+    fx_rates: Mapping[tuple[str, str], Decimal] | None = None,
 ) -> list[Breach]:
     """Every breach of the position-based rules by the given holdings, in rule then key order."""
     by_account: dict[int, list[tuple[engine.InstrumentInfo, Decimal]]] = {}
@@ -88,7 +94,7 @@ def find_breaches(
             continue
         engine.validate_rule(rule)
         if rule.rule_type == engine.RULE_CONCENTRATION:
-            breaches += _concentration(rule, accounts, by_account)
+            breaches += _concentration(rule, accounts, by_account, fx_rates or {})
         elif rule.rule_type == engine.RULE_OWNERSHIP:
             breaches += _ownership(rule, holdings, instruments, firm_issuer_holdings)
         else:
@@ -100,7 +106,7 @@ def _breach(
     rule: engine.RuleSpec,
     account_id: int | None,
     subject: str,
-    measured: Decimal,
+    measured: Decimal | None,
     limit: Decimal,
     message: str,
 ) -> Breach:
@@ -122,6 +128,7 @@ def _concentration(
     rule: engine.RuleSpec,
     accounts: Mapping[int, engine.AccountInfo],
     by_account: Mapping[int, list[tuple[engine.InstrumentInfo, Decimal]]],
+    fx_rates: Mapping[tuple[str, str], Decimal],
 ) -> list[Breach]:
     dim = str(rule.params["dimension"]).strip()
     max_pct = Decimal(str(rule.params["max_pct"]).strip())
@@ -131,10 +138,31 @@ def _concentration(
         if not _covers(rule, account):
             continue
         buckets: dict[Any, tuple[str, Decimal]] = {}
+        base = account.base_currency
+        missing = set(account.nav_missing_rates)
         for inst, qty in by_account[account_id]:
             key, label = _bucket(dim, inst)
             prev = buckets.get(key, (label, ZERO))[1]
-            buckets[key] = (label, prev + qty * inst.reference_price)
+            value = engine.convert(
+                qty * inst.reference_price, inst.currency, base, fx_rates, missing
+            )
+            if value is None:
+                continue
+            buckets[key] = (label, prev + value)
+        if missing:
+            labels = ", ".join(f"{src}/{dst}" for src, dst in sorted(missing))
+            out.append(
+                _breach(
+                    rule,
+                    account_id,
+                    "NAV",
+                    None,
+                    max_pct,
+                    f"Account {account_id} concentration cannot be measured in {base}: "
+                    f"no FX rate {labels}",
+                )
+            )
+            continue
         nav = account.nav
         for label, value in buckets.values():
             exposure = abs(value)

@@ -21,10 +21,12 @@ from compliance.context import (
     build_pretrade,
     build_pretrade_one,
     firm_now,
+    fx_pairs,
     load_accounts,
     load_instruments,
     load_rules,
     read_cash,
+    read_other_cash,
     rule_spec,
 )
 from compliance.models import (
@@ -44,6 +46,7 @@ from oms_site.audit import AuditEntry, audit_record, audit_record_many, model_sn
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError, field_error
 from oms_site.roles import has_role
 from oms_site.rows import array_literal, model_from_row
+from orders import fx
 from orders.enums import OrderStatus
 from orders.models import Instrument, Issuer, Order
 from orders.state import ensure_transition
@@ -701,7 +704,7 @@ def breach_as_dict(b: Breach, account_codes: dict[int, str]) -> dict[str, Any]:
         "severity": b.severity,
         "account": account_codes.get(b.account_id) if b.account_id is not None else None,
         "subject": b.subject,
-        "measured": str(b.measured),
+        "measured": str(b.measured) if b.measured is not None else None,
         "limit": str(b.limit),
         "message": b.message,
     }
@@ -728,6 +731,7 @@ def compliance_post_trade_sweep(*, as_of: date | None = None, user: Any = None) 
         cash=read_cash(account_ids=account_ids),
         holdings=holdings,
         instruments=instruments,
+        other_cash=read_other_cash(account_ids=account_ids),
     )
     firm_issuer: dict[int, Any] = {}
     for (_, instrument_id), qty in holdings.items():
@@ -740,6 +744,7 @@ def compliance_post_trade_sweep(*, as_of: date | None = None, user: Any = None) 
         holdings=holdings,
         instruments=instruments,
         firm_issuer_holdings=firm_issuer,
+        fx_rates=fx_pairs(instruments, accounts, fx.rates()),
     )
     codes = dict(Account.objects.filter(pk__in=account_ids).values_list("pk", "code"))
     with transaction.atomic(durable=True):

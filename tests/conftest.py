@@ -91,6 +91,14 @@ def other_account(pm_other: Any, other_desk: Any) -> Any:
 
 
 @pytest.fixture
+def fx_pairs(db: Any) -> None:
+    """FX spot pairs GBPUSD 1.27, EURUSD 1.0850, USDJPY 151.20 (no EURGBP, no CHF pair)."""
+    f.fx_pair("GBPUSD", "1.2700")
+    f.fx_pair("EURUSD", "1.0850")
+    f.fx_pair("USDJPY", "151.20")
+
+
+@pytest.fixture
 def instrument(db: Any) -> Any:
     """ACME: an equity at 100.00 (bid 99.95, ask 100.05), lot 1, tick 0.01."""
     return f.InstrumentFactory(symbol="ACME")

@@ -71,6 +71,18 @@ class InstrumentFactory(factory.django.DjangoModelFactory):
     )
 
 
+def fx_pair(symbol: str, last: str) -> Instrument:
+    """An FX spot instrument BASEQUOTE (currency = quote) whose reference price is the rate."""
+    return InstrumentFactory(  # type: ignore[no-any-return]
+        symbol=symbol,
+        isin=None,
+        asset_class="fx",
+        currency=symbol[3:],
+        shares_outstanding=None,
+        price__last=Decimal(last),
+    )
+
+
 class ReferencePriceFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = ReferencePrice

@@ -37,7 +37,9 @@ class AccountOutput(serializers.Serializer):
     short_selling_allowed = serializers.BooleanField()
     active = serializers.BooleanField()
     cash = _AccountCash(source="cash_balances.all", many=True)
-    nav = serializers.DecimalField(**_MONEY)
+    # In base_currency; null when an amount has no FX rate, named in nav_missing_rates.
+    nav = serializers.DecimalField(**_MONEY, allow_null=True)
+    nav_missing_rates = serializers.ListField(child=serializers.CharField())
 
 
 class PositionOutput(serializers.Serializer):
