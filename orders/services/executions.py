@@ -254,6 +254,18 @@ def _select(model: Any, alias: str) -> tuple[str, list[str]]:
     return ", ".join(f'{alias}."{f.column}"' for f in fields), [f.attname for f in fields]
 
 
+def _lock_or_create(key: str) -> str:
+    """The ON CONFLICT clause of an INSERT ... SELECT ... ORDER BY (account_id, `key`) that
+    locks and creates in one pass: a row that exists is locked FOR UPDATE (the clause names a
+    key column, so its lock is FOR UPDATE's, and updates nothing: WHERE false), a missing one
+    is inserted; either in the order of the SELECT. A row another transaction is inserting
+    is waited for as one it has locked. The RETURNING rows are the inserted ones."""
+    return (
+        f"ON CONFLICT (account_id, {key}) DO UPDATE SET account_id = EXCLUDED.account_id "
+        "WHERE false"
+    )
+
+
 class _LockSql:
     """The locking reads of `_lock`, written once: Django compiles a select_related query of
     ~100 columns on every call (most of a small fill's Python time), these are constants."""
@@ -318,11 +330,22 @@ class _LockSql:
         # filter reading the whole previous CTE (an InitPlan, run before the CTE's own scan),
         # so every row of one kind is locked before the first row of the next; the arrays of
         # ids are InitPlan parameters, so the index scans of the one-by-one reads still apply.
-        # The positions and cash are locked only when the batch holds a fill. Once every lock
-        # is held, it answers what `placement_order_sql` would for each of the given single
-        # ClOrdIDs whose placement is a lone order's (not in a block): the key, then the
-        # same columns (from the locking CTEs, so the newest row versions), then the order's
-        # id again.
+        # The positions and cash are locked only when the batch holds a fill: those of every
+        # (account, instrument) and (account, currency) of the orders, each kind in one sorted
+        # pass that locks the rows that exist and creates the missing ones
+        # (`_lock_or_create`), so that a row first made in the batch is taken in the same
+        # order as one that exists (two batches cannot deadlock over the rows they create).
+        # A row made here and moved by no fill of the batch is deleted before the batch ends
+        # (`_drop_unmoved`): a new position is made as the fill that creates it would make
+        # it (version 1, moved to 2), a new cash row with version 0 (the fill's upsert then
+        # leaves version 1, as when it creates it). Once every lock is held, it answers what
+        # `placement_order_sql` would for each of the given single ClOrdIDs whose placement
+        # is a lone order's (not in a block): the key, then the same columns (from the
+        # locking CTEs, so the newest row versions), then the order's id again, and two
+        # empty columns; then, when rows were made, one more row: NULLs, and the ids of the
+        # positions and of the cash rows made.
+        width = 1 + len(self.placement) + len(self.broker) + self.block_order_width
+        width += len(self.instrument) + 1
         self.batch_lock_sql = (
             "WITH batch_placements AS MATERIALIZED ("
             f"SELECT {p_cols} FROM {Placement._meta.db_table} AS p "
@@ -349,30 +372,36 @@ class _LockSql:
             "WHERE (SELECT count(*) FROM batch_blocks) >= 0 "
             "AND (o.block_id = ANY((SELECT blocks FROM ids)::bigint[]) "
             "OR o.id = ANY((SELECT orders FROM ids)::bigint[])) ORDER BY o.id FOR UPDATE OF o), "
-            "batch_positions AS MATERIALIZED ("
-            f"SELECT t.id FROM {Position._meta.db_table} AS t "
-            "WHERE %s::boolean AND (SELECT count(*) FROM batch_orders) >= 0 "
-            "AND (t.account_id, t.instrument_id) IN "
-            "(SELECT b.account_id, b.instrument_id FROM batch_orders AS b) "
-            "ORDER BY t.account_id, t.instrument_id FOR UPDATE OF t), "
-            "batch_cash AS MATERIALIZED ("
-            f"SELECT c.id FROM {CashBalance._meta.db_table} AS c "
-            "WHERE (SELECT count(*) FROM batch_positions) >= 0 "
-            "AND c.account_id = ANY((SELECT array_agg(b.account_id) FROM batch_orders AS b "
-            "WHERE %s::boolean)::bigint[]) "
-            "AND c.currency = ANY((SELECT array_agg(b.currency) FROM batch_orders AS b)::varchar[]) "
-            "ORDER BY c.account_id, c.currency FOR UPDATE OF c), "
+            "batch_positions AS ("
+            f"INSERT INTO {Position._meta.db_table} AS t (account_id, instrument_id, quantity, "
+            "avg_cost, realised_pnl, version, updated_at) "
+            "SELECT DISTINCT b.account_id, b.instrument_id, 0, 0, 0, 1, statement_timestamp() "
+            "FROM batch_orders AS b WHERE %s::boolean "
+            "ORDER BY b.account_id, b.instrument_id "
+            f"{_lock_or_create('instrument_id')} RETURNING t.id), "
+            "batch_cash AS ("
+            f"INSERT INTO {CashBalance._meta.db_table} AS c (account_id, currency, settled, "
+            "pending, version, updated_at) "
+            "SELECT DISTINCT b.account_id, b.currency, 0, 0, 0, statement_timestamp() "
+            "FROM batch_orders AS b WHERE %s::boolean "
+            "AND (SELECT count(*) FROM batch_positions) >= 0 ORDER BY b.account_id, b.currency "
+            f"{_lock_or_create('currency')} RETURNING c.id), "
             "batch_keys AS MATERIALIZED (SELECT k.c, COALESCE("
             f"(SELECT m.placement_id FROM {OutboxMessage._meta.db_table} AS m "
             "WHERE m.cl_ord_id = k.c ORDER BY m.id LIMIT 1), "
             f"(SELECT x.id FROM {Placement._meta.db_table} AS x "
             "WHERE x.cl_ord_id = k.c ORDER BY x.id LIMIT 1)) AS placement_id "
             "FROM unnest(%s::varchar[]) AS k(c)) "
-            f"SELECT k.c, bp.*, {b_cols}, bo.* FROM batch_keys AS k "
+            f"SELECT k.c, bp.*, {b_cols}, bo.*, NULL::bigint[], NULL::bigint[] "
+            "FROM batch_keys AS k "
             "JOIN batch_placements AS bp ON bp.id = k.placement_id "
             f"JOIN {Broker._meta.db_table} AS br ON br.id = bp.broker_id "
             "JOIN batch_orders AS bo ON bo.batch_order_id = bp.order_id "
-            "WHERE (SELECT count(*) FROM batch_cash) >= 0 AND bo.block_id IS NULL"
+            "WHERE (SELECT count(*) FROM batch_cash) >= 0 AND bo.block_id IS NULL "
+            f"UNION ALL SELECT {', '.join(['NULL'] * width)}, made.p, made.c FROM ("
+            "SELECT ARRAY(SELECT t.id FROM batch_positions AS t ORDER BY t.id) AS p, "
+            "ARRAY(SELECT c.id FROM batch_cash AS c ORDER BY c.id) AS c) AS made "
+            "WHERE cardinality(made.p) + cardinality(made.c) > 0"
         )
 
 
@@ -749,8 +778,26 @@ def executions_apply(
             results.append(
                 _execution_apply(session_key, report, raw_message_id, entries, contexts, defer)
             )
+        _drop_unmoved(*contexts.made)
         audit_record_many(entries=entries)
     return results
+
+
+# The rows `_lock_batch` made that no fill of the batch moved: a fill moves a position it
+# finds at version 1 to 2 or more, and a cash row it finds at version 0 to 1 or more.
+_DROP_UNMOVED_SQL = (
+    f"WITH gone AS (DELETE FROM {Position._meta.db_table} "
+    "WHERE id = ANY(%s::bigint[]) AND version = 1) "
+    f"DELETE FROM {CashBalance._meta.db_table} WHERE id = ANY(%s::bigint[]) AND version = 0"
+)
+
+
+def _drop_unmoved(positions: list[int], cash: list[int]) -> None:
+    """Delete the positions and cash rows a batch made up front that none of its fills moved,
+    so that the batch leaves the rows its fills, applied one by one, would have made."""
+    if positions or cash:
+        with raw_cursor() as cursor:
+            cursor.execute(_DROP_UNMOVED_SQL, [array_literal(positions), array_literal(cash)])
 
 
 def _normalised(obj: Any) -> None:
@@ -788,6 +835,8 @@ class _Contexts:
 
     def __init__(self) -> None:
         self.kept: dict[tuple[str, ...], _Context] = {}
+        # The ids of the positions and of the cash rows `_lock_batch` made (`_drop_unmoved`).
+        self.made: tuple[list[int], list[int]] = ([], [])
 
     def get(self, key: tuple[str, ...]) -> _Context | None:
         return self.kept.get(key)
@@ -839,6 +888,9 @@ def _lock_batch(reports: Sequence[ExecReport], contexts: _Contexts) -> None:
         fast_datetimes(cursor)
         cursor.execute(q.batch_lock_sql, [ids, ids, fills, fills, array_literal(singles)])
         rows = cursor.fetchall()
+    if rows and rows[-1][0] is None:  # the ids of the rows made (none was: no such row)
+        made = rows.pop()
+        contexts.made = (made[-2], made[-1])
     if not rows:
         return
     found = [(row[0], *_placement_of_row(q, row[1:])) for row in rows]
@@ -847,7 +899,7 @@ def _lock_batch(reports: Sequence[ExecReport], contexts: _Contexts) -> None:
     for (key, placement, m), row in zip(found, rows, strict=True):
         if placements[placement.pk] > 1 or orders_seen[placement.order_id] > 1:
             continue
-        orders = _orders_from_rows(q, [row[1 + m : -1]], None)
+        orders = _orders_from_rows(q, [row[1 + m : -3]], None)
         contexts.kept[(key,)] = _Context(placement, None, orders)
 
 

@@ -48,7 +48,6 @@ def _fill(placement: Any, exec_id: str) -> Any:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="rows first created in a batch are made in report order")
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("positions_exist", [False, True], ids=["new-positions", "new-cash"])
 def test_two_batches_creating_the_same_rows_in_opposite_orders_do_not_deadlock(
