@@ -11,7 +11,12 @@ replace; a report naming no known ClOrdID is stored with unknown_order=True and 
 dropped.
 
 Locks: the placement, then its block, then the block's orders (or the single order) by pk, then
-fill_allocate's positions and cash, then audit streams: the same order as the routing services.
+fill_allocate's positions by (account, instrument) and cash by (account, currency), then audit
+streams: the same order as the routing services. A position or cash row that does not exist yet
+is taken in the same place as one that does: made by the pass that locks the others (an INSERT
+... ON CONFLICT DO UPDATE ... WHERE false, in key order), never after a later key is held, so
+fills that make the same new rows cannot deadlock. A row made so that no fill moves is deleted
+before the transaction ends (no empty row is left that the fills alone would not have made).
 
 `executions_apply` applies many reports of one session in one transaction with exactly the
 results of applying them one by one (see its docstring for the locks and the fallback).
@@ -110,6 +115,12 @@ def _fill_read() -> Any:
     from allocations.services import fill_read
 
     return fill_read
+
+
+def _positions_may_be_missing() -> Any:
+    from allocations.services import positions_may_be_missing
+
+    return positions_may_be_missing
 
 
 class _Context:
@@ -424,10 +435,17 @@ class _EarlyFill:
     nothing, and its read then only locks the positions and takes row ids, unused (a gap in
     the sequence, as a rollback leaves)."""
 
-    def __init__(self, session_key: str, report: ExecReport, raw_message_id: int | None) -> None:
+    def __init__(
+        self,
+        session_key: str,
+        report: ExecReport,
+        raw_message_id: int | None,
+        held: bool = False,
+    ) -> None:
         self.session_key = session_key
         self.report = report
         self.raw_message_id = raw_message_id
+        self.held = held  # the batch locked (made) the positions already (`_lock_batch`)
         self.execution: Execution | None = None
         self.cursor: Any = None
         self.read: Any = None
@@ -438,6 +456,7 @@ class _EarlyFill:
             return
         q = _lock_sql_get()
         at_id, at_account = q.order.index("id"), q.order.index("account_id")
+        at_cum = q.order.index("cum_qty")
         execution = _new_execution(
             self.session_key, self.report, self.raw_message_id, placement, block, None, fill=True
         )
@@ -450,6 +469,7 @@ class _EarlyFill:
             order_ids=[row[at_id] for row in rows],
             instrument_id=block.instrument_id,
             account_ids=sorted({row[at_account] for row in rows}),
+            create=not self.held and any(not row[at_cum] for row in rows),
         )
         self.execution = execution
 
@@ -607,11 +627,13 @@ def _insert_execution(execution: Execution) -> bool:
     return _insert_execution_done(execution, _insert_execution_send(execution))
 
 
-def _insert_execution_and_read(execution: Execution, ctx: _Context) -> Any:
+def _insert_execution_and_read(execution: Execution, ctx: _Context, held: bool = False) -> Any:
     """`_insert_execution` sent with its fill's read (fill_allocate's `fill_read`, of the
     orders locked in `ctx`), one statement; the read, or None when (session, ExecID) was
     stored already (nothing inserted; the read's position locks are then held unused, as
-    after a duplicate's early read)."""
+    after a duplicate's early read). The positions are locked or made in one pass when one
+    of the orders was never filled (`positions_may_be_missing`), unless `held` (the batch's
+    up-front lock made them)."""
     execution.received_at = timezone.now()
     block = ctx.block
     orders = ctx.orders
@@ -622,6 +644,7 @@ def _insert_execution_and_read(execution: Execution, ctx: _Context) -> Any:
         order_ids=[o.id for o in orders],
         instrument_id=block.instrument_id if block is not None else orders[0].instrument_id,
         account_ids=sorted({o.account_id for o in orders}),
+        create=not held and _positions_may_be_missing()(orders),
         insert=(
             _INSERT_EXECUTION_READ_SQL,
             [getattr(execution, name) for name in _EXECUTION_FIELDS],
@@ -751,8 +774,11 @@ def executions_apply(
     All or nothing: any exception rolls the whole batch back. The caller then applies the same
     reports one by one with `execution_apply`, which confines the failure to its report: a
     `oms_site.errors.DomainError` (a report a business rule refuses, such as an overfill of
-    the allocation) or a `django.db.Error` (`OperationalError` when PostgreSQL breaks a
-    deadlock over rows first created inside the batch, a lost connection, ...).
+    the allocation) or a database error (a lost connection, ...). Positions and cash rows
+    first made by the batch are made by its up-front lock, in the fixed order (`_lock_batch`),
+    so two batches making the same new rows wait for each other instead of deadlocking; the
+    ones no fill of the batch moved are deleted before it commits (`_drop_unmoved`), and a
+    batch rolled back leaves none.
     """
     if not reports:
         return []
@@ -837,6 +863,8 @@ class _Contexts:
         self.kept: dict[tuple[str, ...], _Context] = {}
         # The ids of the positions and of the cash rows `_lock_batch` made (`_drop_unmoved`).
         self.made: tuple[list[int], list[int]] = ([], [])
+        # Whether `_lock_batch` locked (or made) the positions of every order of the batch.
+        self.positions_held = False
 
     def get(self, key: tuple[str, ...]) -> _Context | None:
         return self.kept.get(key)
@@ -868,10 +896,11 @@ def _rows_of(ctx: _Context) -> set[tuple[str, int]]:
 def _lock_batch(reports: Sequence[ExecReport], contexts: _Contexts) -> None:
     """Lock every placement, block, order, position and cash row the reports can touch.
 
-    A superset is fine (a lock held a little longer); what matters is the order. Positions
-    and cash are locked only where they exist: one missing is created by the fill that
-    needs it, as when applied alone (never an empty row the fills would not have made).
-    One statement (`_LockSql.batch_lock_sql`) instead of one per kind, which also reads
+    A superset is fine (a lock held a little longer); what matters is the order. The positions
+    and cash rows of every order of the batch's placements (when it holds a fill) are locked
+    where they exist and made where they do not, one pass per kind in key order
+    (`_LockSql.batch_lock_sql`); `contexts.made` keeps the ids of those made, for
+    `_drop_unmoved` (never an empty row the fills would not have made). One statement (`_LockSql.batch_lock_sql`) instead of one per kind, which also reads
     the locked rows of the lone orders' placements named by a report's ClOrdID alone (an
     acknowledgement's, a fill's): `contexts` keeps them under that key, so those reports
     do not read them again (`_lock`). A placement or an order two keys lead to is not kept
@@ -888,6 +917,7 @@ def _lock_batch(reports: Sequence[ExecReport], contexts: _Contexts) -> None:
         fast_datetimes(cursor)
         cursor.execute(q.batch_lock_sql, [ids, ids, fills, fills, array_literal(singles)])
         rows = cursor.fetchall()
+    contexts.positions_held = fills
     if rows and rows[-1][0] is None:  # the ids of the rows made (none was: no such row)
         made = rows.pop()
         contexts.made = (made[-2], made[-1])
@@ -919,15 +949,18 @@ def _execution_apply(
     ids = [i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i]
     key = tuple(ids)
     ctx = contexts.get(key) if contexts is not None else None
+    held = contexts is not None and contexts.positions_held
     early = None
     if ctx is None:
-        early = _EarlyFill(session_key, report, raw_message_id) if report.is_fill else None
+        early = _EarlyFill(session_key, report, raw_message_id, held) if report.is_fill else None
         ctx = _lock(ids, entries, early)
         if contexts is not None and ctx is not None:
             contexts.forget(ctx)
     else:
         ctx.begin(entries)
-    execution = _execution_book(session_key, report, raw_message_id, entries, ctx, defer, early)
+    execution = _execution_book(
+        session_key, report, raw_message_id, entries, ctx, defer, early, held
+    )
     if ctx is not None and not defer:
         ctx.save_unsaved()
     if contexts is not None:
@@ -943,6 +976,7 @@ def _execution_book(
     ctx: _Context | None,
     defer: bool = False,
     early: _EarlyFill | None = None,
+    held: bool = False,
 ) -> Execution | None:
     placement = ctx.placement if ctx else None
     if early is not None and early.execution is not None and ctx is not None:
@@ -961,7 +995,7 @@ def _execution_book(
         if fill and ctx is not None and ctx.orders and ctx.fill_read is None:
             # A small fill (a big block's was sent early above): its Execution row is written
             # by its fill's read, one statement.
-            read = _insert_execution_and_read(execution, ctx)
+            read = _insert_execution_and_read(execution, ctx, held)
             inserted = read is not None
             ctx.fill_read = read
         else:

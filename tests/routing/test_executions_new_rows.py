@@ -49,13 +49,18 @@ def _fill(placement: Any, exec_id: str) -> Any:
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("positions_exist", [False, True], ids=["new-positions", "new-cash"])
+@pytest.mark.parametrize(
+    ("positions_exist", "b_one_by_one"),
+    [(False, False), (True, False), (False, True)],
+    ids=["new-positions", "new-cash", "new-positions-batch-and-single-reports"],
+)
 def test_two_batches_creating_the_same_rows_in_opposite_orders_do_not_deadlock(
-    role_groups, monkeypatch, positions_exist
+    role_groups, monkeypatch, positions_exist, b_one_by_one
 ):
     # given two accounts with no cash row, and four one-order blocks: batch A fills P's then
     # Q's, batch B fills Q's then P's (in the same instrument: no position either; or in two
-    # instruments of one currency whose positions exist: only the cash rows are new)
+    # instruments of one currency whose positions exist: only the cash rows are new); or B's
+    # reports applied one by one, each in its own transaction
     trader = f.UserFactory(username="trader_n", role="Trader")
     desk = f.DeskFactory(code="NR")
     broker = f.BrokerFactory(code="NRB")
@@ -110,7 +115,11 @@ def test_two_batches_creating_the_same_rows_in_opposite_orders_do_not_deadlock(
             start.wait()
             reports = [(r, None) for r in batches[name]]
             try:
-                executions_apply(session_key=KEY, reports=reports)
+                if name == "B" and b_one_by_one:
+                    for r, _ in reports:
+                        execution_apply(session_key=KEY, report=r)
+                else:
+                    executions_apply(session_key=KEY, reports=reports)
             except (OperationalError, psycopg.errors.DeadlockDetected) as exc:
                 cause = exc if exc.__cause__ is None else exc.__cause__
                 if not isinstance(cause, psycopg.errors.DeadlockDetected):
@@ -158,3 +167,71 @@ def test_two_batches_creating_the_same_rows_in_opposite_orders_do_not_deadlock(
             2,
         )
     assert audit_verify() == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("big", [False, True], ids=["small-fill", "big-fill-pipelined"])
+def test_a_fill_makes_a_missing_position_in_account_order_before_locking_later_ones(
+    role_groups, monkeypatch, big
+):
+    import allocations.services as alloc_services
+
+    if big:  # the read split, the positions' lock a statement of its own (pipeline mode)
+        monkeypatch.setattr(executions_module, "PIPELINE_MIN_ORDERS", 2)
+        monkeypatch.setattr(alloc_services, "PIPELINE_MIN_ORDERS", 2)
+    # given a block of two orders never filled, on accounts P (no position in the
+    # instrument) and Q (a position, flat), P before Q in account order
+    trader = f.UserFactory(username="trader_o", role="Trader")
+    desk = f.DeskFactory(code="OR")
+    broker = f.BrokerFactory(code="ORB")
+    p, q = (f.AccountFactory(code=c, desk=desk) for c in ("OR-P", "OR-Q"))
+    instrument = f.InstrumentFactory(symbol="ORI")
+    q_position = f.PositionFactory(account=q, instrument=instrument, quantity=D(0), avg_cost=D(0))
+    _, _, placement = make_block(
+        instrument=instrument, accounts=[p, q], quantities=[100, 100], user=trader, broker=broker
+    )
+    # and another transaction making P's position (not committed)
+    other = psycopg.connect(autocommit=False, **_plain_connection_params())
+    other.execute(
+        "INSERT INTO allocations_position (account_id, instrument_id, quantity, avg_cost, "
+        "realised_pnl, version, updated_at) VALUES (%s, %s, 0, 0, 0, 1, now())",
+        [p.pk, instrument.pk],
+    )
+    pid: list[int] = []
+    errors: list[BaseException] = []
+
+    def filler():
+        try:
+            connection.ensure_connection()
+            pid.append(connection.connection.info.backend_pid)
+            execution_apply(session_key=KEY, report=_fill(placement, "O-1"))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    # when the block's fill is applied meanwhile
+    thread = threading.Thread(target=filler)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not (pid and _blocked_on_a_lock(pid[0])) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        # then it waits for P's position, and has not locked Q's (a later account) meanwhile
+        assert pid and _blocked_on_a_lock(pid[0])
+        locked = other.execute(
+            "SELECT id FROM allocations_position WHERE id = %s FOR UPDATE NOWAIT",
+            [q_position.pk],
+        ).fetchall()
+        assert locked == [(q_position.pk,)]
+    finally:
+        other.rollback()  # the other transaction gives up P's position
+        other.close()
+        thread.join()
+    # and once the other transaction ended, the fill made P's position and moved both (50 each)
+    assert errors == []
+    assert sorted(
+        Position.objects.filter(instrument=instrument).values_list(
+            "account_id", "quantity", "version"
+        )
+    ) == [(p.pk, D(50), 2), (q.pk, D(50), 2)]
