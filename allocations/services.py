@@ -50,8 +50,9 @@ then the audit stream of the block. A missing position or cash row is made where
 locked, by the same pass (INSERT ... ON CONFLICT DO UPDATE ... WHERE false in key order, or the
 cash upsert): a fill whose orders were all filled before finds every position (see
 ``positions_may_be_missing``), and one with an order never filled locks or makes them all in
-one pass (``fill_read``'s ``create``), deleting the ones it made that no move needed. A trade bust (a fill taken back by the broker) is not
-handled here: the executions service must not call ``fill_allocate`` for one.
+one pass (``fill_read``'s ``create``), deleting the ones it made that no move needed. A trade
+bust (a fill taken back by the broker) is not handled here: the executions service must not
+call ``fill_allocate`` for one.
 """
 
 from __future__ import annotations
@@ -583,9 +584,8 @@ class FillRead:
     def positions_found(self, account_ids: set[int]) -> bool:
         """Whether the positions' lock (sent on its own: `fill_read`'s `split`) asked for every
         one of `account_ids` and found (or, with `create`, made) a position for each account it
-        asked for. Waits for
-        the lock's answer but does not parse its rows (a big fill's 1,000: over a
-        millisecond), so a caller that needs none created can send its rows first."""
+        asked for. Waits for the lock's answer but does not parse its rows (a big fill's 1,000:
+        over a millisecond), so a caller that needs none created can send its rows first."""
         if self.lock_positions is None or not account_ids <= self.lock_accounts:
             return False
         self._fetch()
@@ -625,7 +625,7 @@ def fill_read(
 ) -> FillRead:
     """Send the read of a fill: `_fills_of` and `_booked`, and its orders' accounts' positions
     in the instrument locked as `_lock_positions` locks them (by account_id; missing ones are
-    not created here), in one statement: one row of the fills, one per order, then one per
+    made only with `create`), in one statement: one row of the fills, one per order, then one per
     position found (the fills' values once, not on each of a big block's 1,000 order rows).
 
     Taken after the orders' locks and after the fill's Execution row is written, in the fixed
@@ -651,8 +651,10 @@ def fill_read(
     positions are locked or made in one pass in account order (`_POSITIONS_MAKE_SQL`), so a
     missing one is taken in the same order as one found, never after locking a later account
     (two fills making the same positions cannot deadlock); the rows made are marked
-    (`_PositionRow.made`), and `_rebook` deletes those no move needed. Without it the
-    positions found are locked, and a missing one would be made by `_rebook`, after them.
+    (`_PositionRow.made`), and `_rebook` deletes those no move needed. With `insert`, none is
+    made when the insert inserted nothing (a duplicate, whose read is not used). Without
+    `create` the positions found are locked, and a missing one would be made by `_rebook`,
+    after them.
     """
     column, key = ("block_id", block_id) if block_id is not None else ("order_id", order_id)
     block_match = _BLOCK_MATCH if block_id is not None else 'a."block_id" IS NULL'
@@ -678,7 +680,7 @@ def fill_read(
         fills, inserted = _FILLS_WITH_INSERT_SQL, "(SELECT i.id FROM ins AS i)"
     made = ""
     if create:
-        after = "WHERE (SELECT count(*) FROM ins) >= 0" if insert is not None else ""
+        after = "WHERE (SELECT count(*) FROM ins) > 0" if insert is not None else ""
         head = f"{head} made AS ({_POSITIONS_MAKE_SQL.replace('{after}', after)}),"
         positions = _POSITIONS_AFTER_MADE_SQL
         made = (

@@ -235,3 +235,31 @@ def test_a_fill_makes_a_missing_position_in_account_order_before_locking_later_o
             "account_id", "quantity", "version"
         )
     ) == [(p.pk, D(50), 2), (q.pk, D(50), 2)]
+
+
+@pytest.mark.django_db
+def test_a_duplicate_fill_of_orders_never_filled_makes_no_position(role_groups):
+    # given a block of two orders never filled, no position in its instrument, and the
+    # (session, ExecID) of its fill stored already
+    trader = f.UserFactory(username="trader_u", role="Trader")
+    broker = f.BrokerFactory(code="DUB")
+    accounts = [f.AccountFactory(code=c) for c in ("DU-P", "DU-Q")]
+    instrument = f.InstrumentFactory(symbol="DUI")
+    _, _, placement = make_block(
+        instrument=instrument, accounts=accounts, quantities=[100, 100], user=trader, broker=broker
+    )
+    Execution.objects.create(
+        session_key=KEY,
+        exec_id="DU-1",
+        exec_type="trade",
+        last_qty=D(0),
+        last_px=D(0),
+        trade_date="2026-11-20",
+    )
+    # when the fill arrives (again)
+    result = execution_apply(session_key=KEY, report=_fill(placement, "DU-1"))
+    # then nothing is booked and no position or cash row was left behind
+    assert result is None
+    assert not Position.objects.filter(instrument=instrument).exists()
+    assert not CashBalance.objects.filter(account__in=accounts).exists()
+    assert [o.cum_qty for o in Order.objects.filter(block=placement.block)] == [D(0), D(0)]
