@@ -46,8 +46,13 @@ schedule of the broker whose fill triggered it (exact when one broker fills the 
 
 Locks (fixed order, so parallel fills neither deadlock nor lose updates): the block (or the
 single order), its orders by pk, positions by (account_id, instrument_id), cash by account_id,
-then the audit stream of the block. A trade bust (a fill taken back by the broker) is not
-handled here: the executions service must not call ``fill_allocate`` for one.
+then the audit stream of the block. A missing position or cash row is made where it would be
+locked, by the same pass (INSERT ... ON CONFLICT DO UPDATE ... WHERE false in key order, or the
+cash upsert): a fill whose orders were all filled before finds every position (see
+``positions_may_be_missing``), and one with an order never filled locks or makes them all in
+one pass (``fill_read``'s ``create``), deleting the ones it made that no move needed. A trade
+bust (a fill taken back by the broker) is not handled here: the executions service must not
+call ``fill_allocate`` for one.
 """
 
 from __future__ import annotations
@@ -417,12 +422,41 @@ _POSITIONS_LOCK_SQL = (
     f'FROM "{Position._meta.db_table}" WHERE "instrument_id" = %s '
     'AND "account_id" = ANY(%s::bigint[]) ORDER BY "account_id" FOR UPDATE'
 )
-_POSITIONS_CREATE_SQL = (
-    f'INSERT INTO "{Position._meta.db_table}" ("account_id", "instrument_id", "quantity", '
+# Lock or create, one pass in account order (`made`, a data-modifying WITH part): a position
+# that exists is locked FOR UPDATE (the ON CONFLICT clause names a key column, so its lock is
+# FOR UPDATE's, and updates nothing: WHERE false), a missing one is inserted (version 1, as a
+# fill finds a new position), and one another transaction is inserting is waited for as one
+# it has locked: every position is taken in the one order, found or made. RETURNING gives the
+# inserted rows only. {after}: a one-time filter that runs an earlier WITH part first.
+_POSITIONS_MAKE_SQL = (
+    f'INSERT INTO "{Position._meta.db_table}" AS t ("account_id", "instrument_id", "quantity", '
     '"avg_cost", "realised_pnl", "version", "updated_at") '
-    "SELECT a, %s, 0, 0, 0, 1, %s FROM unnest(%s::bigint[]) AS a ORDER BY a "
-    'ON CONFLICT ("account_id", "instrument_id") DO NOTHING'
+    "SELECT a, %s, 0, 0, 0, 1, statement_timestamp() FROM unnest(%s::bigint[]) AS a {after} "
+    'ORDER BY a ON CONFLICT ("account_id", "instrument_id") DO UPDATE '
+    'SET "account_id" = EXCLUDED."account_id" WHERE false RETURNING t."id", t."account_id"'
 )
+# The values of the positions `made` locked (a statement's snapshot does not see its own
+# inserts, and the lock's read takes the newest version of a row locked after a wait).
+_POSITIONS_AFTER_MADE_SQL = _POSITIONS_LOCK_SQL.replace(
+    " WHERE ", " WHERE (SELECT count(*) FROM made) >= 0 AND ", 1
+)
+_POSITIONS_DROP_SQL = f'DELETE FROM "{Position._meta.db_table}" WHERE "id" = ANY(%s::bigint[])'
+# `_lock_positions` and a split read's positions when some may be missing: the rows found and
+# the rows made (zero, version 1), each with whether it was made.
+_POSITIONS_LOCK_OR_CREATE_SQL = (
+    f"WITH made AS ({_POSITIONS_MAKE_SQL.replace(' {after}', '')}), "
+    f"found AS MATERIALIZED ({_POSITIONS_AFTER_MADE_SQL}) "
+    "SELECT f.*, false FROM found AS f UNION ALL SELECT m.id, m.account_id, 0::numeric, "
+    "0::numeric, 0::numeric, 1, true FROM made AS m"
+)
+
+
+def positions_may_be_missing(orders: Iterable[Any]) -> bool:
+    """Whether an account of `orders` (locked, of one instrument) may hold no position in it yet:
+    one of them was never filled. An order filled before has its account's position: the fill
+    that moved its cum_qty moved that position (made it when missing), in the same transaction,
+    and a position moved once is never deleted."""
+    return any(not o.cum_qty for o in orders)
 
 
 # fill_read's with an Execution insert (`ins`) in the same statement: the positions locked once
@@ -447,6 +481,7 @@ class _PositionRow:
     avg_cost: Decimal
     realised_pnl: Decimal
     version: int
+    made: bool = False  # inserted by this lock (`_POSITIONS_MAKE_SQL`): dropped if not moved
 
 
 class FillRead:
@@ -462,12 +497,14 @@ class FillRead:
         order_ids: list[int],
         lock_positions: list[Any] | None = None,
         lock_accounts: frozenset[int] = frozenset(),
+        lock_sql: str = _POSITIONS_LOCK_SQL,
     ) -> None:
         self.cursor = cursor
         self.block_id = block_id
         self.order_ids = order_ids
         self.lock_positions = lock_positions
         self.lock_accounts = lock_accounts
+        self.lock_sql = lock_sql
         self.positions_cursor: Any = None
         self._rows: list[Any] | None = None
         self._positions: dict[int, _PositionRow] | None = None
@@ -481,7 +518,7 @@ class FillRead:
                 # sent before it answers one): PostgreSQL locks them while the caller makes the
                 # fill's rows from that answer.
                 self.positions_cursor = raw_cursor()
-                self.positions_cursor.execute(_POSITIONS_LOCK_SQL, self.lock_positions)
+                self.positions_cursor.execute(self.lock_sql, self.lock_positions)
         return self._rows
 
     def inserted_id(self) -> int | None:
@@ -510,7 +547,8 @@ class FillRead:
         """`result` but the positions: with the positions' lock sent on its own, this does not
         wait for it."""
         rows = self._fetch()
-        # The fills' row has no order (column 6) and no version (14); an order's row no version.
+        # The fills' row has no order (column 6) and no version (14); an order's row no version;
+        # a position's row has column 10 set when the read made it (`create`).
         # One pass over the rows (a big fill's are 2,000): what _booked_rows makes of the
         # orders' rows (columns 6 to 13), built here directly.
         found: list[Any] = []
@@ -520,7 +558,9 @@ class FillRead:
         make = _Booked._make
         for row in rows:
             if row[14] is not None:
-                positions[row[6]] = _PositionRow(row[12], row[6], row[7], row[8], row[9], row[14])
+                positions[row[6]] = _PositionRow(
+                    row[12], row[6], row[7], row[8], row[9], row[14], row[10] is not None
+                )
             elif row[6] is None:
                 found.append(row)
             else:
@@ -543,9 +583,9 @@ class FillRead:
 
     def positions_found(self, account_ids: set[int]) -> bool:
         """Whether the positions' lock (sent on its own: `fill_read`'s `split`) asked for every
-        one of `account_ids` and found a position for each account it asked for. Waits for
-        the lock's answer but does not parse its rows (a big fill's 1,000: over a
-        millisecond), so a caller that needs none created can send its rows first."""
+        one of `account_ids` and found (or, with `create`, made) a position for each account it
+        asked for. Waits for the lock's answer but does not parse its rows (a big fill's 1,000:
+        over a millisecond), so a caller that needs none created can send its rows first."""
         if self.lock_positions is None or not account_ids <= self.lock_accounts:
             return False
         self._fetch()
@@ -581,10 +621,11 @@ def fill_read(
     account_ids: list[int],
     insert: tuple[str, Sequence[Any]] | None = None,
     split: bool = False,
+    create: bool = False,
 ) -> FillRead:
     """Send the read of a fill: `_fills_of` and `_booked`, and its orders' accounts' positions
     in the instrument locked as `_lock_positions` locks them (by account_id; missing ones are
-    not created here), in one statement: one row of the fills, one per order, then one per
+    made only with `create`), in one statement: one row of the fills, one per order, then one per
     position found (the fills' values once, not on each of a big block's 1,000 order rows).
 
     Taken after the orders' locks and after the fill's Execution row is written, in the fixed
@@ -605,6 +646,15 @@ def fill_read(
     rest is answered (`FillRead.totals`), and `FillRead.positions` waits for it. PostgreSQL
     locks a big fill's positions (about 3 ms for 1,000) while the caller makes the fill's rows
     from the rest; the same locks in the same order, the first statement taking none.
+
+    `create` (some account may hold no position yet: `positions_may_be_missing`): the
+    positions are locked or made in one pass in account order (`_POSITIONS_MAKE_SQL`), so a
+    missing one is taken in the same order as one found, never after locking a later account
+    (two fills making the same positions cannot deadlock); the rows made are marked
+    (`_PositionRow.made`), and `_rebook` deletes those no move needed. With `insert`, none is
+    made when the insert inserted nothing (a duplicate, whose read is not used). Without
+    `create` the positions found are locked, and a missing one would be made by `_rebook`,
+    after them.
     """
     column, key = ("block_id", block_id) if block_id is not None else ("order_id", order_id)
     block_match = _BLOCK_MATCH if block_id is not None else 'a."block_id" IS NULL'
@@ -612,7 +662,15 @@ def fill_read(
         if insert is not None:
             raise ValueError("a split read inserts nothing")
         return _fill_read_split(
-            block_id, column, key, broker_id, order_ids, instrument_id, account_ids, block_match
+            block_id,
+            column,
+            key,
+            broker_id,
+            order_ids,
+            instrument_id,
+            account_ids,
+            block_match,
+            create,
         )
     if insert is None:
         head, positions, fills, inserted = "WITH", _POSITIONS_LOCK_SQL, _FILLS_SQL, "NULL::bigint"
@@ -620,6 +678,16 @@ def fill_read(
         head = f"WITH ins AS ({insert[0]}),"
         positions = _POSITIONS_AFTER_INSERT_SQL
         fills, inserted = _FILLS_WITH_INSERT_SQL, "(SELECT i.id FROM ins AS i)"
+    made = ""
+    if create:
+        after = "WHERE (SELECT count(*) FROM ins) > 0" if insert is not None else ""
+        head = f"{head} made AS ({_POSITIONS_MAKE_SQL.replace('{after}', after)}),"
+        positions = _POSITIONS_AFTER_MADE_SQL
+        made = (
+            " UNION ALL SELECT NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, "
+            "NULL::numeric, NULL::numeric, m.account_id, 0, 0, 0, 1, NULL::numeric, m.id, "
+            "NULL::bigint, 1 FROM made AS m"
+        )
     sql = (
         f"{head} pos AS MATERIALIZED ({positions}) "
         f"SELECT fl.*, NULL::bigint, NULL::numeric, NULL::numeric, NULL::numeric, "
@@ -630,9 +698,12 @@ def fill_read(
         f"FROM ({_BOOKED_SQL.replace('{block_match}', block_match)}) AS bk "
         "UNION ALL SELECT NULL::numeric, NULL::numeric, NULL::numeric, NULL::numeric, "
         "NULL::numeric, NULL::numeric, p.account_id, p.quantity, p.avg_cost, p.realised_pnl, "
-        "NULL::numeric, NULL::numeric, p.id, NULL::bigint, p.version FROM pos AS p"
+        f"NULL::numeric, NULL::numeric, p.id, NULL::bigint, p.version FROM pos AS p{made}"
     )
-    params: list[Any] = [instrument_id, _array(account_ids), key, broker_id, _array(order_ids)]
+    accounts = _array(account_ids)
+    params: list[Any] = [instrument_id, accounts, key, broker_id, _array(order_ids)]
+    if create:
+        params = [instrument_id, accounts, *params]
     if block_id is not None:
         params += [block_id, block_id]
     if insert is not None:
@@ -651,6 +722,7 @@ def _fill_read_split(
     instrument_id: int,
     account_ids: list[int],
     block_match: str,
+    create: bool,
 ) -> FillRead:
     """`fill_read`'s `split`: the fills and what each order booked, the positions' lock sent
     by `FillRead` once that is answered."""
@@ -667,34 +739,27 @@ def _fill_read_split(
         params += [block_id, block_id]
     cursor = raw_cursor()
     cursor.execute(sql, params)
+    accounts = _array(account_ids)
     return FillRead(
         cursor,
         block_id,
         order_ids,
-        [instrument_id, _array(account_ids)],
+        [instrument_id, accounts, instrument_id, accounts] if create else [instrument_id, accounts],
         frozenset(account_ids),
+        _POSITIONS_LOCK_OR_CREATE_SQL if create else _POSITIONS_LOCK_SQL,
     )
 
 
-def _lock_positions(
-    instrument_id: int, account_ids: set[int], now: dt.datetime
-) -> dict[int, _PositionRow]:
-    """Lock (creating when missing) the accounts' positions in one instrument, by account_id."""
+def _lock_positions(instrument_id: int, account_ids: set[int]) -> dict[int, _PositionRow]:
+    """Lock (creating when missing) the accounts' positions in one instrument, by account_id:
+    one pass in account order (`_POSITIONS_LOCK_OR_CREATE_SQL`). Made for accounts a move
+    needs, so none is left unmoved."""
     if not account_ids:
         return {}
     ids = _array(sorted(account_ids))
-
-    def select() -> dict[int, _PositionRow]:
-        cursor.execute(_POSITIONS_LOCK_SQL, [instrument_id, ids])
-        return {row[1]: _PositionRow(*row) for row in cursor.fetchall()}
-
     with raw_cursor() as cursor:
-        found = select()
-        missing = sorted(account_ids - found.keys())
-        if missing:
-            cursor.execute(_POSITIONS_CREATE_SQL, [instrument_id, now, _array(missing)])
-            found = select()
-    return found
+        cursor.execute(_POSITIONS_LOCK_OR_CREATE_SQL, [instrument_id, ids, instrument_id, ids])
+        return {row[1]: _PositionRow(*row) for row in cursor.fetchall()}
 
 
 def _lock_cash(pairs: set[tuple[int, str]]) -> dict[tuple[int, str], SimpleNamespace]:
@@ -1006,14 +1071,14 @@ def _rebook(
             else:
                 positions = positions()  # the caller's lock, sent with its read (fill_read)
         if positions is None:
-            positions = _lock_positions(instrument.pk, moving, now)
+            positions = _lock_positions(instrument.pk, moving)
         elif later is None and not moving <= positions.keys():
-            # Accounts that hold no position yet (their first quantity in the instrument): only
-            # those are locked (created) here; the caller's are locked already, with the values
-            # read under that lock.
+            # Accounts whose position the caller's lock did not find (the caller read without
+            # `create`, as for orders filled before: `positions_may_be_missing`): only those
+            # are locked (created) here, after the caller's.
             positions = {
                 **positions,
-                **_lock_positions(instrument.pk, moving - positions.keys(), now),
+                **_lock_positions(instrument.pk, moving - positions.keys()),
             }
         # A big fill sends its rows as soon as they are made, in pipeline mode: PostgreSQL
         # inserts them (and checks their references) while the positions, cash, orders and
@@ -1025,6 +1090,12 @@ def _rebook(
                 cursor.execute(_BOOK_INSERT_SQL, params)
         if later is not None:
             positions = later()
+        # Positions the caller's lock made (`fill_read`'s `create`) that no move needs: deleted,
+        # so the fill leaves the rows it would have made for its moves alone.
+        unmoved = [p.pk for a, p in positions.items() if p.made and a not in moving]
+        if unmoved:
+            with raw_cursor() as cursor:
+                cursor.execute(_POSITIONS_DROP_SQL, [_array(unmoved)])
         short_breach: set[int] = set()
         for order, account_id, held, delta in moves:
             pos = positions[account_id]
@@ -1279,14 +1350,15 @@ _BLOCK_ORDERS_LOCK_SQL = (
 
 
 def _lock_block_orders(
-    block_id: int, read: Callable[[Block, list[int], list[int]], None] | None = None
+    block_id: int, read: Callable[[Block, list[int], list[int], bool], None] | None = None
 ) -> tuple[Block, list[_OrderRow]]:
     """Lock a block (loaded with its instrument and allocation policy) and then its orders by
     pk, in one round trip; the orders as plain rows with their account's fields.
 
-    `read`: called with the block, its orders' ids (ascending) and their accounts' ids (sorted,
-    distinct) once the rows are read and before they are made `_OrderRow`s, to send a
-    statement that PostgreSQL runs while they are made (fill_allocate's `fill_read`)."""
+    `read`: called with the block, its orders' ids (ascending), their accounts' ids (sorted,
+    distinct) and whether one of them was never filled (`positions_may_be_missing`) once the
+    rows are read and before they are made `_OrderRow`s, to send a statement that PostgreSQL
+    runs while they are made (fill_allocate's `fill_read`)."""
     with fast_datetimes(raw_cursor()) as cursor:
         cursor.execute(_BLOCK_ORDERS_LOCK_SQL, [block_id, block_id])
         rows = cursor.fetchall()
@@ -1308,13 +1380,18 @@ def _lock_block_orders(
     start = n_instrument + 1
     if read is not None:
         order_rows = [row for row in rows if not row[0]]
+        cum = start + _ORDER_ROW_CUM
         read(
             block,
             sorted(row[start] for row in order_rows),
             sorted({row[start + 1] for row in order_rows}),
+            any(not row[cum] for row in order_rows),
         )
     orders = sorted((_OrderRow(*row[start:]) for row in rows if not row[0]), key=_row_pk)
     return block, orders
+
+
+_ORDER_ROW_CUM = list(_OrderRow.__dataclass_fields__).index("cum_qty")
 
 
 def _row_pk(row: _OrderRow) -> int:
@@ -1370,7 +1447,9 @@ def fill_allocate(
     early: list[FillRead] = []
     stack = ExitStack()
 
-    def send_read(locked_block: Block, order_ids: list[int], account_ids: list[int]) -> None:
+    def send_read(
+        locked_block: Block, order_ids: list[int], account_ids: list[int], create: bool
+    ) -> None:
         """A big block's read, sent in pipeline mode as soon as its orders are locked: PostgreSQL
         runs it while their rows are made (as execution_apply's early read, _EarlyFill)."""
         if read is None and len(order_ids) >= PIPELINE_MIN_ORDERS:
@@ -1384,6 +1463,7 @@ def fill_allocate(
                     instrument_id=locked_block.instrument.pk,
                     account_ids=account_ids,
                     split=True,
+                    create=create,
                 )
             )
 
@@ -1427,6 +1507,7 @@ def fill_allocate(
                 order_ids=order_ids,
                 instrument_id=instrument.pk,
                 account_ids=sorted({o.account_id for o in locked}),
+                create=positions_may_be_missing(locked),
             )
         elif read.block_id != (block.pk if block else None) or read.order_ids != order_ids:
             # The read counts what each order has booked and locks their positions: a read of

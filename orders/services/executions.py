@@ -11,7 +11,12 @@ replace; a report naming no known ClOrdID is stored with unknown_order=True and 
 dropped.
 
 Locks: the placement, then its block, then the block's orders (or the single order) by pk, then
-fill_allocate's positions and cash, then audit streams: the same order as the routing services.
+fill_allocate's positions by (account, instrument) and cash by (account, currency), then audit
+streams: the same order as the routing services. A position or cash row that does not exist yet
+is taken in the same place as one that does: made by the pass that locks the others (an INSERT
+... ON CONFLICT DO UPDATE ... WHERE false, in key order), never after a later key is held, so
+fills that make the same new rows cannot deadlock. A row made so that no fill moves is deleted
+before the transaction ends (no empty row is left that the fills alone would not have made).
 
 `executions_apply` applies many reports of one session in one transaction with exactly the
 results of applying them one by one (see its docstring for the locks and the fallback).
@@ -110,6 +115,12 @@ def _fill_read() -> Any:
     from allocations.services import fill_read
 
     return fill_read
+
+
+def _positions_may_be_missing() -> Any:
+    from allocations.services import positions_may_be_missing
+
+    return positions_may_be_missing
 
 
 class _Context:
@@ -254,6 +265,18 @@ def _select(model: Any, alias: str) -> tuple[str, list[str]]:
     return ", ".join(f'{alias}."{f.column}"' for f in fields), [f.attname for f in fields]
 
 
+def _lock_or_create(key: str) -> str:
+    """The ON CONFLICT clause of an INSERT ... SELECT ... ORDER BY (account_id, `key`) that
+    locks and creates in one pass: a row that exists is locked FOR UPDATE (the clause names a
+    key column, so its lock is FOR UPDATE's, and updates nothing: WHERE false), a missing one
+    is inserted; either in the order of the SELECT. A row another transaction is inserting
+    is waited for as one it has locked. The RETURNING rows are the inserted ones."""
+    return (
+        f"ON CONFLICT (account_id, {key}) DO UPDATE SET account_id = EXCLUDED.account_id "
+        "WHERE false"
+    )
+
+
 class _LockSql:
     """The locking reads of `_lock`, written once: Django compiles a select_related query of
     ~100 columns on every call (most of a small fill's Python time), these are constants."""
@@ -318,11 +341,22 @@ class _LockSql:
         # filter reading the whole previous CTE (an InitPlan, run before the CTE's own scan),
         # so every row of one kind is locked before the first row of the next; the arrays of
         # ids are InitPlan parameters, so the index scans of the one-by-one reads still apply.
-        # The positions and cash are locked only when the batch holds a fill. Once every lock
-        # is held, it answers what `placement_order_sql` would for each of the given single
-        # ClOrdIDs whose placement is a lone order's (not in a block): the key, then the
-        # same columns (from the locking CTEs, so the newest row versions), then the order's
-        # id again.
+        # The positions and cash are locked only when the batch holds a fill: those of every
+        # (account, instrument) and (account, currency) of the orders, each kind in one sorted
+        # pass that locks the rows that exist and creates the missing ones
+        # (`_lock_or_create`), so that a row first made in the batch is taken in the same
+        # order as one that exists (two batches cannot deadlock over the rows they create).
+        # A row made here and moved by no fill of the batch is deleted before the batch ends
+        # (`_drop_unmoved`): a new position is made as the fill that creates it would make
+        # it (version 1, moved to 2), a new cash row with version 0 (the fill's upsert then
+        # leaves version 1, as when it creates it). Once every lock is held, it answers what
+        # `placement_order_sql` would for each of the given single ClOrdIDs whose placement
+        # is a lone order's (not in a block): the key, then the same columns (from the
+        # locking CTEs, so the newest row versions), then the order's id again, and two
+        # empty columns; then, when rows were made, one more row: NULLs, and the ids of the
+        # positions and of the cash rows made.
+        width = 1 + len(self.placement) + len(self.broker) + self.block_order_width
+        width += len(self.instrument) + 1
         self.batch_lock_sql = (
             "WITH batch_placements AS MATERIALIZED ("
             f"SELECT {p_cols} FROM {Placement._meta.db_table} AS p "
@@ -349,30 +383,36 @@ class _LockSql:
             "WHERE (SELECT count(*) FROM batch_blocks) >= 0 "
             "AND (o.block_id = ANY((SELECT blocks FROM ids)::bigint[]) "
             "OR o.id = ANY((SELECT orders FROM ids)::bigint[])) ORDER BY o.id FOR UPDATE OF o), "
-            "batch_positions AS MATERIALIZED ("
-            f"SELECT t.id FROM {Position._meta.db_table} AS t "
-            "WHERE %s::boolean AND (SELECT count(*) FROM batch_orders) >= 0 "
-            "AND (t.account_id, t.instrument_id) IN "
-            "(SELECT b.account_id, b.instrument_id FROM batch_orders AS b) "
-            "ORDER BY t.account_id, t.instrument_id FOR UPDATE OF t), "
-            "batch_cash AS MATERIALIZED ("
-            f"SELECT c.id FROM {CashBalance._meta.db_table} AS c "
-            "WHERE (SELECT count(*) FROM batch_positions) >= 0 "
-            "AND c.account_id = ANY((SELECT array_agg(b.account_id) FROM batch_orders AS b "
-            "WHERE %s::boolean)::bigint[]) "
-            "AND c.currency = ANY((SELECT array_agg(b.currency) FROM batch_orders AS b)::varchar[]) "
-            "ORDER BY c.account_id, c.currency FOR UPDATE OF c), "
+            "batch_positions AS ("
+            f"INSERT INTO {Position._meta.db_table} AS t (account_id, instrument_id, quantity, "
+            "avg_cost, realised_pnl, version, updated_at) "
+            "SELECT DISTINCT b.account_id, b.instrument_id, 0, 0, 0, 1, statement_timestamp() "
+            "FROM batch_orders AS b WHERE %s::boolean "
+            "ORDER BY b.account_id, b.instrument_id "
+            f"{_lock_or_create('instrument_id')} RETURNING t.id), "
+            "batch_cash AS ("
+            f"INSERT INTO {CashBalance._meta.db_table} AS c (account_id, currency, settled, "
+            "pending, version, updated_at) "
+            "SELECT DISTINCT b.account_id, b.currency, 0, 0, 0, statement_timestamp() "
+            "FROM batch_orders AS b WHERE %s::boolean "
+            "AND (SELECT count(*) FROM batch_positions) >= 0 ORDER BY b.account_id, b.currency "
+            f"{_lock_or_create('currency')} RETURNING c.id), "
             "batch_keys AS MATERIALIZED (SELECT k.c, COALESCE("
             f"(SELECT m.placement_id FROM {OutboxMessage._meta.db_table} AS m "
             "WHERE m.cl_ord_id = k.c ORDER BY m.id LIMIT 1), "
             f"(SELECT x.id FROM {Placement._meta.db_table} AS x "
             "WHERE x.cl_ord_id = k.c ORDER BY x.id LIMIT 1)) AS placement_id "
             "FROM unnest(%s::varchar[]) AS k(c)) "
-            f"SELECT k.c, bp.*, {b_cols}, bo.* FROM batch_keys AS k "
+            f"SELECT k.c, bp.*, {b_cols}, bo.*, NULL::bigint[], NULL::bigint[] "
+            "FROM batch_keys AS k "
             "JOIN batch_placements AS bp ON bp.id = k.placement_id "
             f"JOIN {Broker._meta.db_table} AS br ON br.id = bp.broker_id "
             "JOIN batch_orders AS bo ON bo.batch_order_id = bp.order_id "
-            "WHERE (SELECT count(*) FROM batch_cash) >= 0 AND bo.block_id IS NULL"
+            "WHERE (SELECT count(*) FROM batch_cash) >= 0 AND bo.block_id IS NULL "
+            f"UNION ALL SELECT {', '.join(['NULL'] * width)}, made.p, made.c FROM ("
+            "SELECT ARRAY(SELECT t.id FROM batch_positions AS t ORDER BY t.id) AS p, "
+            "ARRAY(SELECT c.id FROM batch_cash AS c ORDER BY c.id) AS c) AS made "
+            "WHERE cardinality(made.p) + cardinality(made.c) > 0"
         )
 
 
@@ -395,10 +435,17 @@ class _EarlyFill:
     nothing, and its read then only locks the positions and takes row ids, unused (a gap in
     the sequence, as a rollback leaves)."""
 
-    def __init__(self, session_key: str, report: ExecReport, raw_message_id: int | None) -> None:
+    def __init__(
+        self,
+        session_key: str,
+        report: ExecReport,
+        raw_message_id: int | None,
+        held: bool = False,
+    ) -> None:
         self.session_key = session_key
         self.report = report
         self.raw_message_id = raw_message_id
+        self.held = held  # the batch locked (made) the positions already (`_lock_batch`)
         self.execution: Execution | None = None
         self.cursor: Any = None
         self.read: Any = None
@@ -409,6 +456,7 @@ class _EarlyFill:
             return
         q = _lock_sql_get()
         at_id, at_account = q.order.index("id"), q.order.index("account_id")
+        at_cum = q.order.index("cum_qty")
         execution = _new_execution(
             self.session_key, self.report, self.raw_message_id, placement, block, None, fill=True
         )
@@ -421,6 +469,7 @@ class _EarlyFill:
             order_ids=[row[at_id] for row in rows],
             instrument_id=block.instrument_id,
             account_ids=sorted({row[at_account] for row in rows}),
+            create=not self.held and any(not row[at_cum] for row in rows),
         )
         self.execution = execution
 
@@ -578,11 +627,13 @@ def _insert_execution(execution: Execution) -> bool:
     return _insert_execution_done(execution, _insert_execution_send(execution))
 
 
-def _insert_execution_and_read(execution: Execution, ctx: _Context) -> Any:
+def _insert_execution_and_read(execution: Execution, ctx: _Context, held: bool = False) -> Any:
     """`_insert_execution` sent with its fill's read (fill_allocate's `fill_read`, of the
     orders locked in `ctx`), one statement; the read, or None when (session, ExecID) was
     stored already (nothing inserted; the read's position locks are then held unused, as
-    after a duplicate's early read)."""
+    after a duplicate's early read). The positions are locked or made in one pass when one
+    of the orders was never filled (`positions_may_be_missing`), unless `held` (the batch's
+    up-front lock made them)."""
     execution.received_at = timezone.now()
     block = ctx.block
     orders = ctx.orders
@@ -593,6 +644,7 @@ def _insert_execution_and_read(execution: Execution, ctx: _Context) -> Any:
         order_ids=[o.id for o in orders],
         instrument_id=block.instrument_id if block is not None else orders[0].instrument_id,
         account_ids=sorted({o.account_id for o in orders}),
+        create=not held and _positions_may_be_missing()(orders),
         insert=(
             _INSERT_EXECUTION_READ_SQL,
             [getattr(execution, name) for name in _EXECUTION_FIELDS],
@@ -722,8 +774,11 @@ def executions_apply(
     All or nothing: any exception rolls the whole batch back. The caller then applies the same
     reports one by one with `execution_apply`, which confines the failure to its report: a
     `oms_site.errors.DomainError` (a report a business rule refuses, such as an overfill of
-    the allocation) or a `django.db.Error` (`OperationalError` when PostgreSQL breaks a
-    deadlock over rows first created inside the batch, a lost connection, ...).
+    the allocation) or a database error (a lost connection, ...). Positions and cash rows
+    first made by the batch are made by its up-front lock, in the fixed order (`_lock_batch`),
+    so two batches making the same new rows wait for each other instead of deadlocking; the
+    ones no fill of the batch moved are deleted before it commits (`_drop_unmoved`), and a
+    batch rolled back leaves none.
     """
     if not reports:
         return []
@@ -749,8 +804,26 @@ def executions_apply(
             results.append(
                 _execution_apply(session_key, report, raw_message_id, entries, contexts, defer)
             )
+        _drop_unmoved(*contexts.made)
         audit_record_many(entries=entries)
     return results
+
+
+# The rows `_lock_batch` made that no fill of the batch moved: a fill moves a position it
+# finds at version 1 to 2 or more, and a cash row it finds at version 0 to 1 or more.
+_DROP_UNMOVED_SQL = (
+    f"WITH gone AS (DELETE FROM {Position._meta.db_table} "
+    "WHERE id = ANY(%s::bigint[]) AND version = 1) "
+    f"DELETE FROM {CashBalance._meta.db_table} WHERE id = ANY(%s::bigint[]) AND version = 0"
+)
+
+
+def _drop_unmoved(positions: list[int], cash: list[int]) -> None:
+    """Delete the positions and cash rows a batch made up front that none of its fills moved,
+    so that the batch leaves the rows its fills, applied one by one, would have made."""
+    if positions or cash:
+        with raw_cursor() as cursor:
+            cursor.execute(_DROP_UNMOVED_SQL, [array_literal(positions), array_literal(cash)])
 
 
 def _normalised(obj: Any) -> None:
@@ -788,6 +861,10 @@ class _Contexts:
 
     def __init__(self) -> None:
         self.kept: dict[tuple[str, ...], _Context] = {}
+        # The ids of the positions and of the cash rows `_lock_batch` made (`_drop_unmoved`).
+        self.made: tuple[list[int], list[int]] = ([], [])
+        # Whether `_lock_batch` locked (or made) the positions of every order of the batch.
+        self.positions_held = False
 
     def get(self, key: tuple[str, ...]) -> _Context | None:
         return self.kept.get(key)
@@ -819,10 +896,11 @@ def _rows_of(ctx: _Context) -> set[tuple[str, int]]:
 def _lock_batch(reports: Sequence[ExecReport], contexts: _Contexts) -> None:
     """Lock every placement, block, order, position and cash row the reports can touch.
 
-    A superset is fine (a lock held a little longer); what matters is the order. Positions
-    and cash are locked only where they exist: one missing is created by the fill that
-    needs it, as when applied alone (never an empty row the fills would not have made).
-    One statement (`_LockSql.batch_lock_sql`) instead of one per kind, which also reads
+    A superset is fine (a lock held a little longer); what matters is the order. The positions
+    and cash rows of every order of the batch's placements (when it holds a fill) are locked
+    where they exist and made where they do not, one pass per kind in key order
+    (`_LockSql.batch_lock_sql`); `contexts.made` keeps the ids of those made, for
+    `_drop_unmoved` (never an empty row the fills would not have made). One statement (`_LockSql.batch_lock_sql`) instead of one per kind, which also reads
     the locked rows of the lone orders' placements named by a report's ClOrdID alone (an
     acknowledgement's, a fill's): `contexts` keeps them under that key, so those reports
     do not read them again (`_lock`). A placement or an order two keys lead to is not kept
@@ -839,6 +917,10 @@ def _lock_batch(reports: Sequence[ExecReport], contexts: _Contexts) -> None:
         fast_datetimes(cursor)
         cursor.execute(q.batch_lock_sql, [ids, ids, fills, fills, array_literal(singles)])
         rows = cursor.fetchall()
+    contexts.positions_held = fills
+    if rows and rows[-1][0] is None:  # the ids of the rows made (none was: no such row)
+        made = rows.pop()
+        contexts.made = (made[-2], made[-1])
     if not rows:
         return
     found = [(row[0], *_placement_of_row(q, row[1:])) for row in rows]
@@ -847,7 +929,7 @@ def _lock_batch(reports: Sequence[ExecReport], contexts: _Contexts) -> None:
     for (key, placement, m), row in zip(found, rows, strict=True):
         if placements[placement.pk] > 1 or orders_seen[placement.order_id] > 1:
             continue
-        orders = _orders_from_rows(q, [row[1 + m : -1]], None)
+        orders = _orders_from_rows(q, [row[1 + m : -3]], None)
         contexts.kept[(key,)] = _Context(placement, None, orders)
 
 
@@ -867,15 +949,18 @@ def _execution_apply(
     ids = [i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i]
     key = tuple(ids)
     ctx = contexts.get(key) if contexts is not None else None
+    held = contexts is not None and contexts.positions_held
     early = None
     if ctx is None:
-        early = _EarlyFill(session_key, report, raw_message_id) if report.is_fill else None
+        early = _EarlyFill(session_key, report, raw_message_id, held) if report.is_fill else None
         ctx = _lock(ids, entries, early)
         if contexts is not None and ctx is not None:
             contexts.forget(ctx)
     else:
         ctx.begin(entries)
-    execution = _execution_book(session_key, report, raw_message_id, entries, ctx, defer, early)
+    execution = _execution_book(
+        session_key, report, raw_message_id, entries, ctx, defer, early, held
+    )
     if ctx is not None and not defer:
         ctx.save_unsaved()
     if contexts is not None:
@@ -891,6 +976,7 @@ def _execution_book(
     ctx: _Context | None,
     defer: bool = False,
     early: _EarlyFill | None = None,
+    held: bool = False,
 ) -> Execution | None:
     placement = ctx.placement if ctx else None
     if early is not None and early.execution is not None and ctx is not None:
@@ -909,7 +995,7 @@ def _execution_book(
         if fill and ctx is not None and ctx.orders and ctx.fill_read is None:
             # A small fill (a big block's was sent early above): its Execution row is written
             # by its fill's read, one statement.
-            read = _insert_execution_and_read(execution, ctx)
+            read = _insert_execution_and_read(execution, ctx, held)
             inserted = read is not None
             ctx.fill_read = read
         else:

@@ -192,9 +192,14 @@ def test_a_big_blocks_read_is_sent_before_its_order_rows_are_made_and_its_positi
         status = self.connection.pgconn.pipeline_status
         if query == allocation_services._POSITIONS_LOCK_SQL:
             events.append(("positions", status))
+        elif query == allocation_services._POSITIONS_LOCK_OR_CREATE_SQL:
+            events.append(("positions, made where missing", status))
         elif isinstance(query, str) and "pg_get_serial_sequence" in query:  # fill_read's
             with_positions = "pos AS MATERIALIZED" in query
-            events.append(("read and positions" if with_positions else "read", status))
+            label = "read and positions" if with_positions else "read"
+            if "made AS (INSERT" in query:
+                label += ", made where missing"
+            events.append((label, status))
         return original_execute(self, query, *args, **kwargs)
 
     def order_row(*values):
@@ -209,17 +214,15 @@ def test_a_big_blocks_read_is_sent_before_its_order_rows_are_made_and_its_positi
     # then a big block's read went out in pipeline mode as soon as its orders were locked,
     # before their rows were made (PostgreSQL reads meanwhile), and its positions' lock once
     # the read was answered; a small block's read, with the positions' lock, after them
-    # (the accounts' first fill: those locks find no position, and _lock_positions then
-    # creates and locks them, its select before and after the insert)
+    # (the orders' first fill: the lock makes the missing positions in the same pass, and
+    # nothing locks or creates any apart)
     made = [("order row", a.pk), ("order row", b.pk), ("order row", c.pk)]
     if pipelined:
         on = pq.PipelineStatus.ON
-        lock = [("positions", on)] * 3
-        assert events == [("read", on), *made, *lock]
+        assert events == [("read", on), *made, ("positions, made where missing", on)]
     else:
         off = pq.PipelineStatus.OFF
-        lock = [("positions", off)] * 2
-        assert events == [*made, ("read and positions", off), *lock]
+        assert events == [*made, ("read and positions, made where missing", off)]
     # and the fill booked each order's exact share either way
     assert [(r.order_id, r.quantity, r.net) for r in rows] == [
         (a.pk, D(25), D("255.01")),
@@ -338,7 +341,8 @@ def test_a_big_fill_sends_its_rows_before_parsing_its_positions_only_when_all_we
     original_execute = psycopg.Cursor.execute
     original_row = allocation_services._PositionRow
     names = {
-        allocation_services._POSITIONS_CREATE_SQL: "create positions",
+        allocation_services._POSITIONS_LOCK_SQL: "lock positions",
+        allocation_services._POSITIONS_LOCK_OR_CREATE_SQL: "lock or make positions",
         allocation_services._BOOK_INSERT_SQL: "rows",
     }
 
@@ -354,17 +358,19 @@ def test_a_big_fill_sends_its_rows_before_parsing_its_positions_only_when_all_we
     monkeypatch.setattr(psycopg.Cursor, "execute", execute)
     monkeypatch.setattr(allocation_services, "_PositionRow", position_row)
     accounts = [acct.pk for acct in three_accounts]
-    # when 150 fill at 10.00 (the lock finds none of the three)
+    positions = [("position", acct) for acct in accounts]
+    # when 150 fill at 10.00 (no order was filled before, and no position exists)
     with transaction.atomic():
         fill_allocate(execution=new_execution(placement, 150, "10.00"))
-    # then they are created and locked before the rows are sent, as before
-    assert events == ["create positions", *[("position", acct) for acct in accounts], "rows"]
+    # then the positions' lock made the three in its pass, so the rows are sent first and the
+    # positions parsed after
+    assert events == ["lock or make positions", "rows", *positions]
     # when 150 more fill at 12.00 (the lock finds all three)
     events.clear()
     with transaction.atomic():
         fill_allocate(execution=new_execution(placement, 150, "12.00"))
     # then the rows are sent first, the positions parsed after, none created
-    assert events == ["rows", *[("position", acct) for acct in accounts]]
+    assert events == ["lock positions", "rows", *positions]
     # and they moved from the values the lock read: 50/100/150 at the average 11.00
     assert sorted(
         Position.objects.filter(instrument=instrument).values_list(
@@ -375,6 +381,23 @@ def test_a_big_fill_sends_its_rows_before_parsing_its_positions_only_when_all_we
         (r.order_id, r.quantity, r.gross)
         for r in Allocation.objects.filter(execution__last_px=D(12)).order_by("pk")
     ] == [(a.pk, D(25), D("300.00")), (b.pk, D(50), D("600.00")), (c.pk, D(75), D("900.00"))]
+    # when a position of an order filled before is gone (deleted by hand) and 150 more fill
+    Position.objects.filter(instrument=instrument, account_id=accounts[1]).delete()
+    events.clear()
+    with transaction.atomic():
+        fill_allocate(execution=new_execution(placement, 150, "12.00"))
+    # then the lock found two of three: the positions are parsed, the missing one is made
+    # (after the others: the orders said none was missing), and only then the rows are sent
+    assert events == [
+        "lock positions",
+        *[("position", acct) for acct in (accounts[0], accounts[2])],
+        "lock or make positions",
+        ("position", accounts[1]),
+        "rows",
+    ]
+    assert sorted(
+        Position.objects.filter(instrument=instrument).values_list("account_id", "quantity")
+    ) == [(accounts[0], D(75)), (accounts[1], D(50)), (accounts[2], D(225))]
 
 
 def test_a_split_reads_positions_found_answers_without_parsing_them(

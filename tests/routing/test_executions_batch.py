@@ -733,3 +733,76 @@ def test_an_acknowledgement_before_a_fill_that_books_nothing_is_written(world, a
     assert snapshot["orders"][3][0] == "working"
     assert snapshot["placements"]["lone"][0] == "working"
     assert audit_verify() == []
+
+
+def _rows_of(w: World) -> tuple[set[int], set[int]]:
+    return (
+        {p.account_id for p in Position.objects.filter(account__in=w.accounts)},
+        {c.account_id for c in CashBalance.objects.filter(account__in=w.accounts)},
+    )
+
+
+def test_a_batch_leaves_no_row_for_an_account_none_of_its_fills_moved(world, monkeypatch):
+    # given two identical worlds without positions or cash rows
+    one, batch = world(), world()
+    assert _rows_of(one) == _rows_of(batch) == (set(), set())
+    plan = [("block", "F", "1", 1, "50", "100"), ("lone", "0", "0", 2, None, None)]
+    for r in one.reports(plan):
+        execution_apply(session_key=KEY, report=r)
+    sent = _statements(monkeypatch)
+    # when the other world gets a fill of the block and an acknowledgement of the lone order
+    # in one batch (its up-front pass makes the lone order's account's rows too)
+    executions_apply(session_key=KEY, reports=[(r, None) for r in batch.reports(plan)])
+    # then those were made up front and dropped before the end: the batch leaves the rows
+    # and values the reports applied one by one leave
+    assert len([s for s in sent if s.startswith("WITH gone AS (DELETE")]) == 1
+    lone_account = batch.accounts[3].pk
+    assert _rows_of(batch) == ({a.pk for a in batch.accounts[:3]},) * 2
+    assert lone_account not in _rows_of(batch)[0]
+    assert batch.snapshot() == one.snapshot()
+    assert audit_verify() == []
+
+
+def test_a_batch_whose_rows_exist_makes_and_drops_none(world, monkeypatch):
+    # given a world whose accounts hold positions and cash rows
+    w = world()
+    for r in w.reports([("block", "F", "1", 1, "10", "99"), ("lone", "F", "1", 2, "10", "99")]):
+        execution_apply(session_key=KEY, report=r)
+    before = {p.pk: p.version for p in Position.objects.filter(account__in=w.accounts)}
+    sent = _statements(monkeypatch)
+    # when a batch fills the block and acknowledges nothing else
+    batch = w.reports([("block", "F", "1", 3, "10", "99"), ("lone", "F", "1", 4, "10", "99")])
+    executions_apply(session_key=KEY, reports=[(r, None) for r in batch])
+    # then nothing was made up front, so nothing is deleted; every row moved once more
+    assert not [s for s in sent if "DELETE" in s]
+    after = {p.pk: p.version for p in Position.objects.filter(account__in=w.accounts)}
+    assert after == {pk: v + 1 for pk, v in before.items()}
+
+
+def test_a_refused_batch_leaves_no_row_for_its_fills(world, monkeypatch):
+    import allocations.services as alloc_services
+    from oms_site.errors import ConflictError
+
+    # given a world without positions or cash rows, and the block's fill refused
+    w = world()
+    original = alloc_services.fill_allocate
+    refused = f"{w.tag}-E2"
+
+    def refusing(**kwargs):
+        if kwargs["execution"].exec_id == refused:
+            raise ConflictError("refused", code="overfill")
+        return original(**kwargs)
+
+    monkeypatch.setattr(alloc_services, "fill_allocate", refusing)
+    batch = w.reports([("lone", "F", "1", 1, "40", "99"), ("block", "F", "1", 2, "30", "101")])
+    # when the batch is applied, its second report refused
+    with pytest.raises(ConflictError):
+        executions_apply(session_key=KEY, reports=[(r, None) for r in batch])
+    # then it left no row at all (the rows it made up front went with its rollback)
+    assert _rows_of(w) == (set(), set())
+    assert not Execution.objects.filter(exec_id__startswith=f"{w.tag}-").exists()
+    # and one by one, the refused report leaves no row for its accounts either
+    assert execution_apply(session_key=KEY, report=batch[0]) is not None
+    with pytest.raises(ConflictError):
+        execution_apply(session_key=KEY, report=batch[1])
+    assert _rows_of(w) == ({w.accounts[3].pk},) * 2
