@@ -56,6 +56,18 @@ def accounts_visible_to(*, user: Any) -> QuerySet[Account]:
     return qs.filter(pk__in=ids)
 
 
+def of_visible_accounts(qs: QuerySet, *, user: Any) -> QuerySet:
+    """Rows of `qs` (with a non-null `account`) whose account the user may see.
+
+    Oversight roles see every account: their rows are not filtered by a semi-join with the
+    whole accounts table (the same rows, every account key being a real account), which only
+    made a year's count of 920,000 allocations hash-join 1,000 accounts (120 -> 35 ms).
+    """
+    if sees_everything(user):
+        return qs
+    return qs.filter(account__in=accounts_visible_to(user=user))
+
+
 def account_ids_visible_to(*, user: Any) -> set[int]:
     """The ids of the accounts the user may see."""
     return set(accounts_visible_to(user=user).values_list("pk", flat=True))
@@ -78,7 +90,7 @@ def positions_visible_to(*, user: Any) -> QuerySet[Position]:
     Market value is quantity × the instrument's reference (last) price, in the instrument's
     currency; a position without a reference price has none.
     """
-    qs = Position.objects.filter(account__in=accounts_visible_to(user=user))
+    qs = of_visible_accounts(Position.objects.all(), user=user)
     return (
         qs.select_related("account", "instrument", "instrument__price")
         .annotate(
@@ -97,7 +109,7 @@ def positions_visible_to(*, user: Any) -> QuerySet[Position]:
 def cash_visible_to(*, user: Any) -> QuerySet[CashBalance]:
     """Cash balances (settled and pending, per currency) of visible accounts."""
     return (
-        CashBalance.objects.filter(account__in=accounts_visible_to(user=user))
+        of_visible_accounts(CashBalance.objects.all(), user=user)
         .select_related("account")
         .annotate(total=ExpressionWrapper(F("settled") + F("pending"), output_field=_MONEY_OUT))
         .order_by("account__code", "currency")
@@ -107,7 +119,7 @@ def cash_visible_to(*, user: Any) -> QuerySet[CashBalance]:
 def allocations_visible_to(*, user: Any) -> QuerySet[Allocation]:
     """Allocation rows of visible accounts, newest first."""
     return (
-        Allocation.objects.filter(account__in=accounts_visible_to(user=user))
+        of_visible_accounts(Allocation.objects.all(), user=user)
         .select_related("account", "instrument", "broker")
         .order_by("-pk")
     )
