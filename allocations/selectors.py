@@ -164,20 +164,37 @@ def executions_of_order(order_id: Any) -> Q:
     )
 
 
-def executions_visible_to(*, user: Any) -> QuerySet[Execution]:
-    """Executions of visible orders, or of blocks holding at least one visible order."""
+def executions_visible_to(*, user: Any, few: bool = False) -> QuerySet[Execution]:
+    """Executions of visible orders, or of blocks holding at least one visible order.
+
+    `few`: the caller narrows the list to a few rows (an order's, a block's, a day's). The
+    same rows either way; only the shape of the check differs. With `few`, each row is
+    checked by four EXISTS (an index probe each: ?order= of a PM's order 101 -> 3 ms at
+    50,000 executions); without, PostgreSQL hashes the user's orders and blocks once and
+    scans, which is cheaper for the whole list (the EXISTS shape: 79 -> 95 ms for a PM).
+    """
     qs = Execution.objects.select_related("broker", "instrument", "placement")
     if sees_everything(user):
         return qs.order_by("-pk")
     if not role_keys(user) & {"pm", "trader"}:
         return qs.none()
-    ids = list(accounts_visible_to(user=user).values_list("pk", flat=True))
-    visible = Order.objects.filter(AnyOf(F("account_id"), ids))
+    if few:
+        ids = list(accounts_visible_to(user=user).values_list("pk", flat=True))
+        visible = Order.objects.filter(AnyOf(F("account_id"), ids))
+        return qs.filter(
+            Exists(visible.filter(pk=OuterRef("order_id")))
+            | Exists(visible.filter(block_id=OuterRef("block_id")))
+            | Exists(visible.filter(pk=OuterRef("placement__order_id")))
+            | Exists(visible.filter(block_id=OuterRef("placement__block_id")))
+        ).order_by("-pk")
+    visible_orders = Order.objects.filter(account_scope_q(user, prefix="account__"))
+    order_ids = visible_orders.values("pk")
+    block_ids = visible_orders.filter(block__isnull=False).values("block_id")
     return qs.filter(
-        Exists(visible.filter(pk=OuterRef("order_id")))
-        | Exists(visible.filter(block_id=OuterRef("block_id")))
-        | Exists(visible.filter(pk=OuterRef("placement__order_id")))
-        | Exists(visible.filter(block_id=OuterRef("placement__block_id")))
+        Q(order_id__in=order_ids)
+        | Q(placement__order_id__in=order_ids)
+        | Q(block_id__in=block_ids)
+        | Q(placement__block_id__in=block_ids)
     ).order_by("-pk")
 
 

@@ -7,9 +7,15 @@ from decimal import Decimal
 import pytest
 
 from allocations.models import Allocation
-from orders.models import Execution, Order
+from orders.models import Execution
 from tests import factories as f
-from tests.allocations.support import fill, make_block, make_order_placement
+from tests.allocations.support import (
+    TRADE_DATE,
+    fill,
+    make_block,
+    make_lone_order,
+    make_order_placement,
+)
 from tests.conftest import client_for
 
 D = Decimal
@@ -196,9 +202,12 @@ def test_executions_by_each_link_to_orders_and_blocks(
         user=trader,
         broker=broker,
     )
-    single_a = make_order_placement(order=_single_order(account, instrument, trader), broker=broker)
+    single_a = make_order_placement(
+        order=make_lone_order(account=account, instrument=instrument, user=trader), broker=broker
+    )
     single_b = make_order_placement(
-        order=_single_order(other_account, instrument, trader), broker=broker
+        order=make_lone_order(account=other_account, instrument=instrument, user=trader),
+        broker=broker,
     )
 
     def execution(**links):
@@ -211,6 +220,7 @@ def test_executions_by_each_link_to_orders_and_blocks(
             exec_type="trade",
             last_qty=D(1),
             last_px=D(10),
+            trade_date=TRADE_DATE,
             **links,
         ).pk
 
@@ -230,6 +240,11 @@ def test_executions_by_each_link_to_orders_and_blocks(
     assert ids(backoffice) == everything
     assert ids(pm) == [by_block_placement, by_block, by_order_placement, by_order]
     assert ids(pm_other) == [other_order, by_block_placement, by_block]
+    # a day's fills are checked row by row (executions_visible_to(few=True)): the same rows
+    day = f"?trade_date={TRADE_DATE.isoformat()}"
+    assert ids(backoffice, day) == everything
+    assert ids(pm, day) == [by_block_placement, by_block, by_order_placement, by_order]
+    assert ids(pm_other, day) == [other_order, by_block_placement, by_block]
     for user in (backoffice, pm):
         assert ids(user, f"?order={single_a.order_id}") == [by_order_placement, by_order]
         assert ids(user, f"?order={in_block_a.pk}") == [by_block_placement, by_block]
@@ -239,16 +254,3 @@ def test_executions_by_each_link_to_orders_and_blocks(
     assert ids(pm, f"?order={single_b.order_id}") == []
     assert ids(backoffice, f"?order={single_b.order_id}") == [other_order]
     assert ids(backoffice, "?order=999999999") == []
-
-
-def _single_order(account, instrument, user):
-    return Order.objects.create(
-        account=account,
-        instrument=instrument,
-        side="buy",
-        quantity=D(100),
-        leaves_qty=D(100),
-        order_type="market",
-        status="working",
-        created_by=user,
-    )
