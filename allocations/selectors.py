@@ -11,6 +11,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db.models import (
     CharField,
     DecimalField,
+    Exists,
     ExpressionWrapper,
     F,
     Max,
@@ -25,6 +26,7 @@ from django.db.models import (
 from django.db.models.expressions import RawSQL
 
 from allocations.models import Account, Allocation, AllocationKind, CashBalance, Position
+from oms_site.lookups import AnyOf
 from oms_site.roles import role_keys, sees_everything
 from orders import fx
 from orders.models import Execution, Order
@@ -55,6 +57,18 @@ def accounts_visible_to(*, user: Any) -> QuerySet[Account]:
     return qs.filter(pk__in=ids)
 
 
+def of_visible_accounts(qs: QuerySet, *, user: Any) -> QuerySet:
+    """Rows of `qs` (with a non-null `account`) whose account the user may see.
+
+    Oversight roles see every account: their rows are not filtered by a semi-join with the
+    whole accounts table (the same rows, every account key being a real account), which only
+    made a year's count of 920,000 allocations hash-join 1,000 accounts (120 -> 35 ms).
+    """
+    if sees_everything(user):
+        return qs
+    return qs.filter(account__in=accounts_visible_to(user=user))
+
+
 def account_ids_visible_to(*, user: Any) -> set[int]:
     """The ids of the accounts the user may see."""
     return set(accounts_visible_to(user=user).values_list("pk", flat=True))
@@ -77,7 +91,7 @@ def positions_visible_to(*, user: Any) -> QuerySet[Position]:
     Market value is quantity × the instrument's reference (last) price, in the instrument's
     currency; a position without a reference price has none.
     """
-    qs = Position.objects.filter(account__in=accounts_visible_to(user=user))
+    qs = of_visible_accounts(Position.objects.all(), user=user)
     return (
         qs.select_related("account", "instrument", "instrument__price")
         .annotate(
@@ -96,7 +110,7 @@ def positions_visible_to(*, user: Any) -> QuerySet[Position]:
 def cash_visible_to(*, user: Any) -> QuerySet[CashBalance]:
     """Cash balances (settled and pending, per currency) of visible accounts."""
     return (
-        CashBalance.objects.filter(account__in=accounts_visible_to(user=user))
+        of_visible_accounts(CashBalance.objects.all(), user=user)
         .select_related("account")
         .annotate(total=ExpressionWrapper(F("settled") + F("pending"), output_field=_MONEY_OUT))
         .order_by("account__code", "currency")
@@ -104,21 +118,75 @@ def cash_visible_to(*, user: Any) -> QuerySet[CashBalance]:
 
 
 def allocations_visible_to(*, user: Any) -> QuerySet[Allocation]:
-    """Allocation rows of visible accounts, newest first."""
-    return (
-        Allocation.objects.filter(account__in=accounts_visible_to(user=user))
-        .select_related("account", "instrument", "broker")
-        .order_by("-pk")
+    """Allocation rows of visible accounts, newest first.
+
+    A PM's or trader's account ids are read first and sent as one array: PostgreSQL then
+    knows how many accounts (and so how many of the table's rows) the page is drawn from, and
+    walks the newest rows by primary key instead of reading, joining and sorting every row of
+    the accounts for a page of 50 (a PM of 15 accounts among 1,000, 13,800 of 920,000 rows:
+    30 -> 2 ms).
+    """
+    qs = Allocation.objects.all()
+    if not sees_everything(user):
+        ids = list(accounts_visible_to(user=user).values_list("pk", flat=True))
+        qs = qs.filter(AnyOf(F("account_id"), ids))
+    return qs.select_related("account", "instrument", "broker").order_by("-pk")
+
+
+def _execution_ids(orders: Any, blocks: Any) -> QuerySet[Execution, Any]:
+    """Ids of the executions of these orders or blocks: directly or through a placement.
+
+    `orders` and `blocks` are what an `__in` (or an exact lookup) takes. Why a union of
+    four reads instead of one OR of the four conditions (same rows): PostgreSQL cannot answer
+    an OR spanning the execution and its placement from indexes, so it walked the whole
+    executions table backwards by primary key, joining every row's placement, until it had
+    a page (40-80 ms for one order's 3 fills at 50,000 executions). Each branch here is an
+    index scan, and the planner sees how few rows they give.
+    """
+    own = Execution.objects.values("pk")
+    return own.filter(order_id__in=orders).union(
+        own.filter(block_id__in=blocks),
+        own.filter(placement__order_id__in=orders),
+        own.filter(placement__block_id__in=blocks),
+        all=True,
     )
 
 
-def executions_visible_to(*, user: Any) -> QuerySet[Execution]:
-    """Executions of visible orders, or of blocks holding at least one visible order."""
+def executions_of_block(block_id: Any) -> Q:
+    """Executions of a block: its own, or through one of its placements."""
+    return Q(pk__in=_execution_ids([], [block_id]))
+
+
+def executions_of_order(order_id: Any) -> Q:
+    """Executions of an order: its own or its block's, directly or through a placement."""
+    return Q(
+        pk__in=_execution_ids([order_id], Order.objects.filter(pk=order_id).values("block_id"))
+    )
+
+
+def executions_visible_to(*, user: Any, few: bool = False) -> QuerySet[Execution]:
+    """Executions of visible orders, or of blocks holding at least one visible order.
+
+    `few`: the caller narrows the list to a few rows (an order's, a block's, a day's). The
+    same rows either way; only the shape of the check differs. With `few`, each row is
+    checked by four EXISTS (an index probe each: ?order= of a PM's order 101 -> 3 ms at
+    50,000 executions); without, PostgreSQL hashes the user's orders and blocks once and
+    scans, which is cheaper for the whole list (the EXISTS shape: 79 -> 95 ms for a PM).
+    """
     qs = Execution.objects.select_related("broker", "instrument", "placement")
     if sees_everything(user):
         return qs.order_by("-pk")
     if not role_keys(user) & {"pm", "trader"}:
         return qs.none()
+    if few:
+        ids = list(accounts_visible_to(user=user).values_list("pk", flat=True))
+        visible = Order.objects.filter(AnyOf(F("account_id"), ids))
+        return qs.filter(
+            Exists(visible.filter(pk=OuterRef("order_id")))
+            | Exists(visible.filter(block_id=OuterRef("block_id")))
+            | Exists(visible.filter(pk=OuterRef("placement__order_id")))
+            | Exists(visible.filter(block_id=OuterRef("placement__block_id")))
+        ).order_by("-pk")
     visible_orders = Order.objects.filter(account_scope_q(user, prefix="account__"))
     order_ids = visible_orders.values("pk")
     block_ids = visible_orders.filter(block__isnull=False).values("block_id")
@@ -300,16 +368,10 @@ class ExecutionFilter(django_filters.FilterSet):
         fields: list[str] = []
 
     def filter_order(self, queryset: QuerySet, name: str, value: Any) -> QuerySet:
-        block_id = Order.objects.filter(pk=value).values("block_id")
-        return queryset.filter(
-            Q(order_id=value)
-            | Q(placement__order_id=value)
-            | Q(block_id__in=block_id)
-            | Q(placement__block_id__in=block_id)
-        )
+        return queryset.filter(executions_of_order(value))
 
     def filter_block(self, queryset: QuerySet, name: str, value: Any) -> QuerySet:
-        return queryset.filter(Q(block_id=value) | Q(placement__block_id=value))
+        return queryset.filter(executions_of_block(value))
 
 
 class AccountFilter(django_filters.FilterSet):

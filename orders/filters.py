@@ -23,7 +23,10 @@ class InstrumentFilter(django_filters.FilterSet):
 class OrderFilter(django_filters.FilterSet):
     """`?status=` (repeatable), `?account=<code>`, `?instrument=<symbol>`, `?side=`, dates."""
 
-    status = django_filters.MultipleChoiceFilter(choices=OrderStatus.choices)
+    # Not distinct (django-filter's default for a multiple choice): the status is the order's
+    # own column, so no row can repeat, and the DISTINCT made PostgreSQL sort every matching
+    # order to count them (?status=filled over 318,000 orders: 355 ms -> an index count).
+    status = django_filters.MultipleChoiceFilter(choices=OrderStatus.choices, distinct=False)
     account = django_filters.CharFilter(field_name="account__code", lookup_expr="exact")
     instrument = django_filters.CharFilter(field_name="instrument__symbol", lookup_expr="iexact")
     side = django_filters.ChoiceFilter(choices=Side.choices)

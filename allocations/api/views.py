@@ -65,7 +65,10 @@ class ExecutionListView(generics.ListAPIView):
     ordering_fields = ["id", "received_at"]
 
     def get_queryset(self):
-        return selectors.executions_visible_to(user=self.request.user)
+        # An order's, a block's or a day's fills are few: their visibility is checked row by
+        # row (see executions_visible_to; the same rows).
+        few = any(self.request.query_params.get(k) for k in ("order", "block", "trade_date"))
+        return selectors.executions_visible_to(user=self.request.user, few=few)
 
 
 @extend_schema_view(get=extend_schema(summary="One execution", tags=["book"]))

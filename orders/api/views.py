@@ -373,7 +373,11 @@ class BlockListCreateView(generics.ListAPIView):
         return (
             blocks_visible_to(user=user)
             .select_related("instrument", "created_by")
-            .prefetch_related(Prefetch("orders", queryset=orders_visible_to(user=user).only("pk")))
+            # With the block key: the prefetch matches each order to its block by it, and
+            # loaded it order by order when deferred (1,500 queries for a page of 50 blocks).
+            .prefetch_related(
+                Prefetch("orders", queryset=orders_visible_to(user=user).only("pk", "block_id"))
+            )
         )
 
     @extend_schema(operation_id="blocks_list", tags=["blocks"])

@@ -79,6 +79,20 @@ def block_100_200_300(
     )
 
 
+def make_lone_order(*, account: Any, instrument: Any, user: Any, quantity: int = 100) -> Order:
+    """A working market order to buy, not in a block."""
+    return Order.objects.create(
+        account=account,
+        instrument=instrument,
+        side="buy",
+        quantity=Decimal(quantity),
+        leaves_qty=Decimal(quantity),
+        order_type="market",
+        status="working",
+        created_by=user,
+    )
+
+
 def make_order_placement(*, order: Order, broker: Any = None) -> Placement:
     """A placement of a lone order (not in a block)."""
     return Placement.objects.create(

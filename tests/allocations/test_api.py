@@ -7,8 +7,15 @@ from decimal import Decimal
 import pytest
 
 from allocations.models import Allocation
+from orders.models import Execution
 from tests import factories as f
-from tests.allocations.support import fill, make_block
+from tests.allocations.support import (
+    TRADE_DATE,
+    fill,
+    make_block,
+    make_lone_order,
+    make_order_placement,
+)
 from tests.conftest import client_for
 
 D = Decimal
@@ -181,3 +188,69 @@ def test_list_query_counts_do_not_grow_with_rows(
     fill(placement, 60, "10.00")
     # then each list costs the same number of queries
     assert [count(u) for u in urls] == before
+
+
+def test_executions_by_each_link_to_orders_and_blocks(
+    account, other_account, instrument, broker, trader, pm, pm_other, backoffice
+):
+    """An execution belongs to an order or block directly or through its placement: the list,
+    `?order=` and `?block=` find it by each of the four links, newest first, entitled only."""
+    block, (in_block_a, in_block_b), block_placement = make_block(
+        instrument=instrument,
+        accounts=[account, other_account],
+        quantities=[100, 100],
+        user=trader,
+        broker=broker,
+    )
+    single_a = make_order_placement(
+        order=make_lone_order(account=account, instrument=instrument, user=trader), broker=broker
+    )
+    single_b = make_order_placement(
+        order=make_lone_order(account=other_account, instrument=instrument, user=trader),
+        broker=broker,
+    )
+
+    def execution(**links):
+        return Execution.objects.create(
+            session_key="TEST",
+            exec_id=f"LINK-{Execution.objects.count()}",
+            broker=broker,
+            instrument=instrument,
+            side="buy",
+            exec_type="trade",
+            last_qty=D(1),
+            last_px=D(10),
+            trade_date=TRADE_DATE,
+            **links,
+        ).pk
+
+    by_order = execution(order=single_a.order)
+    by_order_placement = execution(placement=single_a)
+    by_block = execution(block=block)
+    by_block_placement = execution(placement=block_placement)
+    other_order = execution(placement=single_b)
+    unlinked = execution()
+
+    def ids(user, query=""):
+        response = client_for(user).get(f"/api/v1/executions/{query}")
+        assert response.status_code == 200, response.content
+        return [row["id"] for row in response.json()["results"]]
+
+    everything = [unlinked, other_order, by_block_placement, by_block, by_order_placement, by_order]
+    assert ids(backoffice) == everything
+    assert ids(pm) == [by_block_placement, by_block, by_order_placement, by_order]
+    assert ids(pm_other) == [other_order, by_block_placement, by_block]
+    # a day's fills are checked row by row (executions_visible_to(few=True)): the same rows
+    day = f"?trade_date={TRADE_DATE.isoformat()}"
+    assert ids(backoffice, day) == everything
+    assert ids(pm, day) == [by_block_placement, by_block, by_order_placement, by_order]
+    assert ids(pm_other, day) == [other_order, by_block_placement, by_block]
+    for user in (backoffice, pm):
+        assert ids(user, f"?order={single_a.order_id}") == [by_order_placement, by_order]
+        assert ids(user, f"?order={in_block_a.pk}") == [by_block_placement, by_block]
+        assert ids(user, f"?block={block.pk}") == [by_block_placement, by_block]
+    assert ids(pm_other, f"?order={single_a.order_id}") == []
+    assert ids(pm_other, f"?order={in_block_b.pk}") == [by_block_placement, by_block]
+    assert ids(pm, f"?order={single_b.order_id}") == []
+    assert ids(backoffice, f"?order={single_b.order_id}") == [other_order]
+    assert ids(backoffice, "?order=999999999") == []

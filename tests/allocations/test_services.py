@@ -20,6 +20,7 @@ from tests.allocations.support import (
     block_100_200_300,
     fill,
     make_block,
+    make_lone_order,
     make_order_placement,
     new_execution,
 )
@@ -309,16 +310,7 @@ def test_sell_realises_pnl_against_the_held_position(account, instrument, free_b
 
 def test_single_order_placement(account, instrument, broker, trader):
     # given a lone order (no block) for 100
-    order = Order.objects.create(
-        account=account,
-        instrument=instrument,
-        side="buy",
-        quantity=D(100),
-        leaves_qty=D(100),
-        order_type="market",
-        status="working",
-        created_by=trader,
-    )
+    order = make_lone_order(account=account, instrument=instrument, user=trader)
     placement = make_order_placement(order=order, broker=broker)
     # when it fills 40 at 50 and 60 at 51
     fill(placement, 40, "50")

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from oms_site.models import AuditEvent
@@ -711,3 +713,25 @@ def test_an_invalid_basket_leaves_the_garbage_collector_on(
     assert r.status_code == 400
     assert gc.isenabled()
     assert Order.objects.count() == 0
+
+
+def test_block_list_reads_its_orders_in_one_query(
+    blockable: list[Order], make_order: Any, trader: Any, clients: dict[str, APIClient]
+) -> None:
+    # Given two blocks of two orders each
+    first = block_create(user=trader, order_ids=[o.pk for o in blockable])
+    more = [make_order(), make_order(account="ACC-C", quantity="40")]
+    second = block_create(user=trader, order_ids=[o.pk for o in more])
+    # When the desk lists blocks (twice: the second request as the first)
+    for _ in range(2):
+        with CaptureQueriesContext(connection) as queries:
+            rows = clients["trader"].get("/api/v1/blocks/").json()["results"]
+        # Then each block lists its order ids, and the orders were read in one query
+        assert [(b["id"], b["orders"]) for b in rows] == [
+            (second.pk, sorted(o.pk for o in more)),
+            (first.pk, sorted(o.pk for o in blockable)),
+        ]
+        order_reads = [
+            q for q in queries.captured_queries if q["sql"].startswith('SELECT "orders_order".')
+        ]
+        assert len(order_reads) == 1
