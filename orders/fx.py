@@ -89,10 +89,8 @@ class FxRates:
         if src == dst:
             return _ONE
         key = (src, dst)
-        try:
+        if key in self._memo:  # None memoised too: a missing rate stays missing
             return self._memo[key]
-        except KeyError:
-            pass
         found = self._leg(src, dst)
         if found is None and PIVOT not in key:
             to_pivot = self._leg(src, PIVOT)
