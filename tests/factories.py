@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from allocations.models import Account, CashBalance, Custodian, Desk, Position
 from oms_site import roles
-from orders.models import Broker, FixSession, Instrument, Issuer, ReferencePrice
+from orders.models import Broker, FixSession, Instrument, Issuer, Order, ReferencePrice
 
 PASSWORD = "test-pass-123"
 
@@ -172,3 +172,18 @@ class FixSessionFactory(factory.django.DjangoModelFactory):
     target_comp_id = factory.LazyAttribute(lambda o: o.broker.code)
     fix_version = "FIX.4.4"
     heartbeat_seconds = 30
+
+
+def unsaved_market_buy(
+    account: Account, instrument: Instrument, creator: object, quantity: str
+) -> Order:
+    """A market buy as order entry hands it to the pre-trade check: built, not saved."""
+    return Order(
+        account=account,
+        instrument=instrument,
+        side="buy",
+        quantity=Decimal(quantity),
+        order_type="market",
+        created_by=creator,
+        created_at=timezone.now(),
+    )

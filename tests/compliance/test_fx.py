@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
 from compliance.context import build_pretrade_one
 from compliance.models import Rule
@@ -178,15 +177,7 @@ def test_open_orders_in_other_currencies_are_converted_by_both_loaders(
     make_order(account, vod, quantity="100", status="approved")
     make_order(account, toyota, quantity="1512", status="approved")
     make_rule("buying_power")
-    order = Order(
-        account=account,
-        instrument=vod,
-        side="buy",
-        quantity=D("1"),
-        order_type="market",
-        created_by=pm,
-        created_at=timezone.now(),
-    )
+    order = f.unsaved_market_buy(account, vod, pm, "1")
     # when checked by the one-order loader and the full loader
     full, one = _both(order)
     assert one == full
@@ -207,15 +198,7 @@ def test_one_order_check_stays_two_statements_with_foreign_open_orders(
     for _ in range(3):
         make_order(account, vod, order_type="limit", limit_price="10", status="approved")
     f.CashBalanceFactory(account=account, currency="EUR", settled=D("5"))
-    order = Order(
-        account=account,
-        instrument=instrument,
-        side="buy",
-        quantity=D("10"),
-        order_type="market",
-        created_by=pm,
-        created_at=timezone.now(),
-    )
+    order = f.unsaved_market_buy(account, instrument, pm, "10")
     with transaction.atomic():
         build_pretrade_one(order=order)
     # when checked again

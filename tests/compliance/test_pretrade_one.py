@@ -235,15 +235,7 @@ def test_a_reference_change_since_the_last_check_is_seen_by_the_next_one(
     account = f.AccountFactory()
     f.CashBalanceFactory(account=account, settled=D("1000000"))
     inst = f.InstrumentFactory()
-    order = Order(
-        account=account,
-        instrument=inst,
-        side="buy",
-        quantity=D("10"),
-        order_type="market",
-        created_by=pm,
-        created_at=timezone.now(),
-    )
+    order = f.unsaved_market_buy(account, inst, pm, "10")
     with transaction.atomic():
         assert build_pretrade_one(order=order).rules == []
     before = refcache.last_version()
