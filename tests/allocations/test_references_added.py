@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 
 from allocations.models import Allocation
 from tests.allocations.test_references import (
@@ -283,3 +283,40 @@ def test_an_uncommitted_insert_locks_the_user_it_names_against_a_delete(
                 "SELECT 1 FROM auth_user WHERE id = %s FOR NO KEY UPDATE NOWAIT", [trader.pk]
             ).fetchall() == [(1,)]
     assert Allocation.objects.filter(created_by_id=trader.pk).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_save_that_keeps_reversal_of_and_author_locks_neither_while_a_change_does(
+    three_accounts: Any, instrument: Any, broker: Any, trader: Any
+) -> None:
+    # given committed rows, the second naming its author and reversing the first, and another
+    # transaction holding that user and the first row FOR UPDATE
+    rows = _filled(three_accounts, instrument, broker, trader)
+    Allocation.objects.filter(pk=rows[1].pk).update(
+        reversal_of_id=rows[0].pk, created_by_id=trader.pk
+    )
+    with _another_connection() as other:
+        other.execute("SELECT 1 FROM auth_user WHERE id = %s FOR UPDATE", [trader.pk])
+        other.execute("SELECT 1 FROM allocations_allocation WHERE id = %s FOR UPDATE", [rows[0].pk])
+        # when the second row is saved whole (every column written, the references unchanged)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '3s'")
+            row = Allocation.objects.get(pk=rows[1].pk)
+            row.cash_settled = True
+            row.save()
+        # then it did not wait for either lock
+        assert Allocation.objects.get(pk=rows[1].pk).cash_settled is True
+        # while naming that user or that row in another one does wait (its check locks it)
+        for column, parent in (("created_by_id", trader.pk), ("reversal_of_id", rows[0].pk)):
+            with (
+                pytest.raises(OperationalError, match="lock timeout"),
+                transaction.atomic(),
+                connection.cursor() as cursor,
+            ):
+                cursor.execute("SET LOCAL lock_timeout = '500ms'")
+                Allocation.objects.filter(pk=rows[2].pk).update(**{column: parent})
+    assert _stored() == [
+        (rows[0].pk, None, None),
+        (rows[1].pk, rows[0].pk, trader.pk),
+        (rows[2].pk, None, None),
+    ]
