@@ -170,9 +170,10 @@ class Allocation(models.Model):
     fees and net (see allocations.services for how re-pricing and reversals are booked).
     """
 
-    # The six references every row carries are enforced by statement-level triggers
-    # (migration 0006, oms_site.references), not foreign-key constraints: a fill of a
-    # 1,000-account block would otherwise run 6,000 row-by-row checks at commit.
+    # Every reference is enforced by statement-level triggers (migrations 0006 and 0012,
+    # oms_site.references), not foreign-key constraints: a fill of a 1,000-account block would
+    # otherwise queue and run 8,000 row-by-row checks at commit (one per row and constraint,
+    # even for the null reversal_of and created_by).
     execution = models.ForeignKey(
         "orders.Execution",
         on_delete=models.PROTECT,
@@ -243,6 +244,7 @@ class Allocation(models.Model):
         on_delete=models.PROTECT,
         related_name="reversals",
         db_index=False,
+        db_constraint=False,
     )
     cash_settled = models.BooleanField(default=False)
     cash_settled_at = models.DateTimeField(null=True, blank=True)
@@ -253,6 +255,7 @@ class Allocation(models.Model):
         on_delete=models.PROTECT,
         related_name="+",
         db_index=False,
+        db_constraint=False,
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -109,48 +109,13 @@ $$ LANGUAGE plpgsql;
 """
 
 
-def statement_references_sql(
-    *,
-    prefix: str,
-    child_table: str,
-    child_noun: str,
-    child_plural: str,
-    references: Sequence[Reference],
-) -> tuple[str, str]:
-    """(forward, backward) SQL of the triggers enforcing `references` of `child_table`.
-
-    `prefix` names the functions and triggers (unique per child table, at most 40 characters).
-    """
-    if len(prefix) > 40:
-        raise ValueError("prefix too long for PostgreSQL identifiers")
-    if not references:
-        raise ValueError("no references")
-    columns = ", ".join(r.column for r in references)
-    changed = " OR ".join(f"OLD.{r.column} IS DISTINCT FROM NEW.{r.column}" for r in references)
-    forward = f"""{_check_function_per_parent(prefix, child_noun, references)}
-CREATE TRIGGER {prefix}_refs_insert
-    AFTER INSERT ON {child_table}
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION {prefix}_refs_check();
-
--- An update is checked only where it changes a reference, row by row, as a foreign key is:
--- an update of other columns (settling cash, say) must not lock the parents, which could
--- deadlock with a writer holding a parent FOR UPDATE and waiting for a row this one holds.
-{_row_check_function(prefix, child_noun, references)}
-CREATE TRIGGER {prefix}_refs_update
-    AFTER UPDATE OF {columns} ON {child_table}
-    FOR EACH ROW WHEN ({changed})
-    EXECUTE FUNCTION {prefix}_refs_check_row();
-"""
-    backward = [
-        f"DROP TRIGGER IF EXISTS {prefix}_refs_update ON {child_table};",
-        f"DROP FUNCTION IF EXISTS {prefix}_refs_check_row();",
-        f"DROP TRIGGER IF EXISTS {prefix}_refs_insert ON {child_table};",
-        f"DROP FUNCTION IF EXISTS {prefix}_refs_check();",
-    ]
-    for i, r in enumerate(references):
-        name = f"{prefix}_{i}"
-        forward += f"""
+def _parent_side(
+    name: str, child_table: str, child_plural: str, r: Reference
+) -> tuple[str, list[str]]:
+    """(forward, backward statements) of the triggers on `r`'s parent table refusing to delete,
+    renumber or truncate parents that `child_table` still references; their functions and
+    triggers are named after `name`. Part of older migrations' SQL: keep the text as it is."""
+    forward = f"""
 CREATE OR REPLACE FUNCTION {name}_gone() RETURNS trigger AS $$
 BEGIN
     -- A statement that deleted nothing fires too; without an index on the column the look-up
@@ -206,14 +171,126 @@ CREATE TRIGGER {name}_truncate
     AFTER TRUNCATE ON {r.parent_table}
     FOR EACH STATEMENT EXECUTE FUNCTION {name}_truncated();
 """
-        backward += [
-            f"DROP TRIGGER IF EXISTS {name}_truncate ON {r.parent_table};",
-            f"DROP FUNCTION IF EXISTS {name}_truncated();",
-            f"DROP TRIGGER IF EXISTS {name}_id_change ON {r.parent_table};",
-            f"DROP FUNCTION IF EXISTS {name}_id_change();",
-            f"DROP TRIGGER IF EXISTS {name}_delete ON {r.parent_table};",
-            f"DROP FUNCTION IF EXISTS {name}_gone();",
-        ]
+    backward = [
+        f"DROP TRIGGER IF EXISTS {name}_truncate ON {r.parent_table};",
+        f"DROP FUNCTION IF EXISTS {name}_truncated();",
+        f"DROP TRIGGER IF EXISTS {name}_id_change ON {r.parent_table};",
+        f"DROP FUNCTION IF EXISTS {name}_id_change();",
+        f"DROP TRIGGER IF EXISTS {name}_delete ON {r.parent_table};",
+        f"DROP FUNCTION IF EXISTS {name}_gone();",
+    ]
+    return forward, backward
+
+
+def statement_references_sql(
+    *,
+    prefix: str,
+    child_table: str,
+    child_noun: str,
+    child_plural: str,
+    references: Sequence[Reference],
+) -> tuple[str, str]:
+    """(forward, backward) SQL of the triggers enforcing `references` of `child_table`.
+
+    `prefix` names the functions and triggers (unique per child table, at most 40 characters).
+    """
+    if len(prefix) > 40:
+        raise ValueError("prefix too long for PostgreSQL identifiers")
+    if not references:
+        raise ValueError("no references")
+    columns = ", ".join(r.column for r in references)
+    changed = " OR ".join(f"OLD.{r.column} IS DISTINCT FROM NEW.{r.column}" for r in references)
+    forward = f"""{_check_function_per_parent(prefix, child_noun, references)}
+CREATE TRIGGER {prefix}_refs_insert
+    AFTER INSERT ON {child_table}
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {prefix}_refs_check();
+
+-- An update is checked only where it changes a reference, row by row, as a foreign key is:
+-- an update of other columns (settling cash, say) must not lock the parents, which could
+-- deadlock with a writer holding a parent FOR UPDATE and waiting for a row this one holds.
+{_row_check_function(prefix, child_noun, references)}
+CREATE TRIGGER {prefix}_refs_update
+    AFTER UPDATE OF {columns} ON {child_table}
+    FOR EACH ROW WHEN ({changed})
+    EXECUTE FUNCTION {prefix}_refs_check_row();
+"""
+    backward = [
+        f"DROP TRIGGER IF EXISTS {prefix}_refs_update ON {child_table};",
+        f"DROP FUNCTION IF EXISTS {prefix}_refs_check_row();",
+        f"DROP TRIGGER IF EXISTS {prefix}_refs_insert ON {child_table};",
+        f"DROP FUNCTION IF EXISTS {prefix}_refs_check();",
+    ]
+    for i, r in enumerate(references):
+        parent_forward, parent_backward = _parent_side(
+            f"{prefix}_{i}", child_table, child_plural, r
+        )
+        forward += parent_forward
+        backward += parent_backward
+    return forward, "\n".join(backward) + "\n"
+
+
+def added_references_sql(
+    *,
+    prefix: str,
+    name: str,
+    child_table: str,
+    child_noun: str,
+    child_plural: str,
+    references: Sequence[Reference],
+    first_index: int,
+) -> tuple[str, str]:
+    """(forward, backward) SQL of the update and parent-side triggers enforcing `references`
+    added to a child table whose other references `statement_references_sql` already enforces.
+
+    The insert check is not written here: the child's one-query insert function is rewritten
+    with every reference (`single_query_check_sql` or `order_bound_check_sql` given them all),
+    so that a statement still runs one check, not one more per added reference. Written here:
+
+    - a row-level update trigger `<name>_update` (function `<name>_check_row`) checking a
+      changed reference as `statement_references_sql`'s does (its parent locked FOR KEY SHARE,
+      23503 if missing), fired only by an UPDATE OF these columns that changes one of them;
+    - per reference, the parent side of `statement_references_sql`, numbered from
+      `first_index` (`<prefix>_<first_index>_gone`, ...) after the ones it wrote.
+
+    A reference may name the child table itself (a self-reference): the delete trigger runs
+    after the statement, so deleting a row together with the rows naming it goes through and
+    deleting only the named row is refused, as with a foreign key; truncating the table empties
+    the children with it.
+    """
+    if len(prefix) > 40 or len(name) > 40:
+        raise ValueError("prefix or name too long for PostgreSQL identifiers")
+    if not references:
+        raise ValueError("no references")
+    columns = ", ".join(r.column for r in references)
+    changed = " OR ".join(f"OLD.{r.column} IS DISTINCT FROM NEW.{r.column}" for r in references)
+    row_checks = "".join(_row_check(child_noun, r) for r in references)
+    forward = f"""
+-- As the other references' update trigger: only an update changing one of these columns is
+-- checked (row by row, its new parent locked FOR KEY SHARE); other updates lock no parent.
+CREATE OR REPLACE FUNCTION {name}_check_row() RETURNS trigger AS $$
+BEGIN
+{row_checks}    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER {name}_update
+    AFTER UPDATE OF {columns} ON {child_table}
+    FOR EACH ROW WHEN ({changed})
+    EXECUTE FUNCTION {name}_check_row();
+"""
+    backward: list[str] = []
+    for i, r in enumerate(references, start=first_index):
+        parent_forward, parent_backward = _parent_side(
+            f"{prefix}_{i}", child_table, child_plural, r
+        )
+        forward += parent_forward
+        backward = parent_backward + backward
+    backward = [
+        f"DROP TRIGGER IF EXISTS {name}_update ON {child_table};",
+        f"DROP FUNCTION IF EXISTS {name}_check_row();",
+        *backward,
+    ]
     return forward, "\n".join(backward) + "\n"
 
 
