@@ -618,14 +618,10 @@ _AT_LIMIT = _literal(_LIMIT_TYPES)
 # as id arrays from the refdata cache (the statement reads the version they belong to): joining
 # each open order to its instrument was 180 index probes, most of the statement's buffer reads,
 # on a book of 180 open orders.
-# The sector's instruments travel as an int8multirange of id runs (as the foreign ones do): a
-# sector holds hundreds of instruments in a real universe, and `= ANY(array)` compared every
-# open order with each of them (the prepared statement's generic plan does not hash a
-# parameter array). An issuer has a few instruments: its array stays (same cost either way).
 _ONE_SQL = (
     "WITH book AS (SELECT o.instrument_id, o.side, o.quantity, o.created_at,"
     " o.instrument_id = ANY(%(issuer_instruments)s::bigint[]) AS in_issuer,"
-    " o.instrument_id <@ %(sector_instruments)s::int8multirange AS in_sector,"
+    " o.instrument_id = ANY(%(sector_instruments)s::bigint[]) AS in_sector,"
     f" o.side = ANY({_BUYS}) AS buy, o.quantity - o.cum_qty AS leaves,"
     f" (o.limit_price IS NOT NULL AND o.order_type = ANY({_AT_LIMIT})) AS at_limit,"
     # Tested for limit-priced rows only (NULL otherwise: their notional is NULL anyway).
@@ -684,20 +680,6 @@ _ONE_SQL = (
 
 
 _NO_INSTRUMENTS = array_literal([])
-_NO_RUNS = "{}"  # the empty int8multirange: no instrument is in it
-
-
-def _id_runs(ids: Iterable[int]) -> str:
-    """These ids as an int8multirange literal of runs of consecutive ids ('{}' for none)."""
-    ordered = sorted(ids)
-    runs: list[str] = []
-    start = 0
-    for n, pk in enumerate(ordered):
-        if n == 0 or pk != ordered[n - 1] + 1:
-            start = pk
-        if n + 1 == len(ordered) or ordered[n + 1] != pk + 1:
-            runs.append(f"[{start},{pk + 1})")
-    return "{" + ",".join(runs) + "}"
 
 
 def _foreign_instruments(base: str) -> str:
@@ -708,12 +690,19 @@ def _foreign_instruments(base: str) -> str:
     instruments, 329 open orders: 0.03 ms less per check, and it does not grow with the
     number of instruments in other currencies).
     """
-    return _id_runs(Instrument.objects.exclude(currency=base).values_list("pk", flat=True))
+    ids = sorted(Instrument.objects.exclude(currency=base).values_list("pk", flat=True))
+    runs: list[str] = []
+    start = 0
+    for n, pk in enumerate(ids):
+        if n == 0 or pk != ids[n - 1] + 1:
+            start = pk
+        if n + 1 == len(ids) or ids[n + 1] != pk + 1:
+            runs.append(f"[{start},{pk + 1})")
+    return "{" + ",".join(runs) + "}"
 
 
 def _instrument_groups() -> tuple[dict[int, str], dict[str, str]]:
-    """Instrument ids per issuer (array literals) and per non-empty sector (int8multirange
-    literals of id runs)."""
+    """Instrument ids per issuer and per (non-empty) sector, as array literals."""
     by_issuer: dict[int, list[int]] = {}
     by_sector: dict[str, list[int]] = {}
     for pk, issuer_id, sector in Instrument.objects.values_list("pk", "issuer_id", "sector"):
@@ -723,7 +712,7 @@ def _instrument_groups() -> tuple[dict[int, str], dict[str, str]]:
             by_sector.setdefault(sector, []).append(pk)
     return (
         {issuer: array_literal(ids) for issuer, ids in by_issuer.items()},
-        {sector: _id_runs(ids) for sector, ids in by_sector.items()},
+        {sector: array_literal(ids) for sector, ids in by_sector.items()},
     )
 
 
@@ -752,7 +741,7 @@ def _one_rows(
                     else _NO_INSTRUMENTS
                 ),
                 "sector_instruments": (
-                    by_sector.get(inst.sector, _NO_RUNS) if inst.sector else _NO_RUNS
+                    by_sector.get(inst.sector, _NO_INSTRUMENTS) if inst.sector else _NO_INSTRUMENTS
                 ),
                 "foreign_instruments": foreign,
                 "base": base,

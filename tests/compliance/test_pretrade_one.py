@@ -283,22 +283,12 @@ def test_an_instrument_moved_into_the_orders_sector_counts_there_at_the_next_che
     assert one[0][0].measured == (D("2000") / nav * 100).quantize(D("0.000001"))
 
 
-def test_sector_instruments_are_written_as_runs_of_ids() -> None:
-    # given ids out of order with gaps, and none
-    from compliance.context import _id_runs
-
-    # then each run of consecutive ids is one half-open range, and no ids the empty multirange
-    assert _id_runs([7, 5, 1, 2, 3]) == "{[1,4),[5,6),[7,8)}"
-    assert _id_runs([4]) == "{[4,5)}"
-    assert _id_runs([]) == "{}"
-
-
-def test_the_sector_bucket_counts_exactly_the_sectors_instruments_at_run_edges(
+def test_the_sector_bucket_counts_exactly_the_sectors_instruments_with_interleaved_ids(
     pm: Any, make_order: Any
 ) -> None:
     # given seven consecutive instruments: Energy, Energy, Energy, Technology, Energy,
-    # Technology, no sector (Energy's ids are two runs; each Technology id is the first after a
-    # run's exclusive end), and one open limit buy of 100 in each, at 10, 20, ..., 70
+    # Technology, no sector (the sectors' ids interleave), and one open limit buy of 100 in
+    # each, at 10, 20, ..., 70
     sectors = ["Energy", "Energy", "Energy", "Technology", "Energy", "Technology", ""]
     made = [f.InstrumentFactory(sector=s) for s in sectors]
     assert [i.pk - made[0].pk for i in made] == list(range(7))
