@@ -281,3 +281,37 @@ def test_an_instrument_moved_into_the_orders_sector_counts_there_at_the_next_che
     nav = D("1000000")
     assert alone == (D("1000") / nav * 100).quantize(D("0.000001"))
     assert one[0][0].measured == (D("2000") / nav * 100).quantize(D("0.000001"))
+
+
+def test_the_sector_bucket_counts_exactly_the_sectors_instruments_with_interleaved_ids(
+    pm: Any, make_order: Any
+) -> None:
+    # given seven consecutive instruments: Energy, Energy, Energy, Technology, Energy,
+    # Technology, no sector (the sectors' ids interleave), and one open limit buy of 100 in
+    # each, at 10, 20, ..., 70
+    sectors = ["Energy", "Energy", "Energy", "Technology", "Energy", "Technology", ""]
+    made = [f.InstrumentFactory(sector=s) for s in sectors]
+    assert [i.pk - made[0].pk for i in made] == list(range(7))
+    account = f.AccountFactory()
+    f.CashBalanceFactory(account=account, settled=D("1000000"))
+    for n, inst in enumerate(made):
+        make_order(
+            account, inst, order_type="limit", limit_price=str(10 * (n + 1)), status="approved"
+        )
+
+    def buy_buckets(inst: Any) -> dict[int, Decimal]:
+        order = _limit_buy(account, inst, pm)
+        with transaction.atomic():
+            loaded = build_pretrade_one(order=order, key=0, as_of=firm_now())
+        summary = loaded.context.open_summary
+        return {dim: v for (_, dim, _, buy), v in summary.bucket_notional.items() if buy}
+
+    # when an Energy, a Technology and a sectorless instrument's orders are checked
+    energy, tech, alone = buy_buckets(made[0]), buy_buckets(made[3]), buy_buckets(made[6])
+    # then the sector sums are Energy's (10 + 20 + 30 + 50) x 100, Technology's (40 + 60) x
+    # 100, and the sectorless instrument's own 70 x 100
+    assert energy[2] == D("11000")
+    assert tech[2] == D("10000")
+    assert alone[2] == D("7000")
+    # and each instrument bucket holds its own order only
+    assert (energy[0], tech[0], alone[0]) == (D("1000"), D("4000"), D("7000"))
