@@ -48,7 +48,7 @@ from psycopg import pq
 from allocations.models import Account, BlockAllocationPolicy, CashBalance, Position
 from oms_site.audit import AuditEntry, audit_record_many, json_safe
 from oms_site.gcpause import collection_paused
-from oms_site.realtime import groups_for_account, publish_many_on_commit
+from oms_site.realtime import groups_for_account, publish_messages_on_commit
 from oms_site.rows import (
     array_literal,
     fast_datetimes,
@@ -1210,20 +1210,7 @@ def _apply(
         elif fills:  # a block's fill: one hop after commit for all its orders' events
             # The events' data made JSON-safe here (the shared execution once) and published
             # as it is: json_safe would walk it all again.
-            execution_data = json_safe(data)
-            publish_many_on_commit(
-                data_json_safe=True,
-                events=[
-                    {
-                        "event_type": "execution.created",
-                        "order_id": order.id,
-                        "version": order.version,
-                        "data": {"execution": execution_data, "order": _order_json(order)},
-                        "groups": _groups(order),
-                    }
-                    for order in fills
-                ],
-            )
+            publish_messages_on_commit(_fill_messages(fills, json_safe(data)))
     published = {o.id for o in fills}
     rest = [o for o in ctx.changed.values() if o.pk not in published]
     if len(rest) == 1:
@@ -1323,6 +1310,92 @@ def _order_json(order: Order) -> dict[str, Any]:
         "created_at": created,
         "updated_at": updated,
     }
+
+
+def _fill_messages(fills: list[Order], execution_data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The (group, message) pairs of a block fill's execution.created events, in the order of
+    `fills`, each group of an order's event in the order of `groups_for_account`: what
+    `publish_many_on_commit(events=..., data_json_safe=True)` makes of the events with
+    `{"execution": execution_data, "order": _order_json(order)}` and `_groups(order)`.
+
+    One pass, no intermediate event: the order's data is `_order_json`'s, written here with
+    what a fill's orders share read once (the instrument's symbol, the creator's name, the
+    fill's updated_at text: a block fill's 1,000 orders carry the same few).
+    """
+    items: list[tuple[str, Any]] = []
+    append = items.append
+    texts, groups_memo = _UTC_TEXTS, _GROUPS
+    usernames: dict[int, str] = {}
+    symbols: dict[int, str] = {}
+    seen: tuple[Any, str] = (None, "")  # the last UTC datetime and its text
+    utc = dt.UTC
+    for order in fills:
+        values = order.__dict__
+        cache = order._state.fields_cache
+        account = cache.get("account") or order.account
+        instrument = cache.get("instrument") or order.instrument
+        symbol = symbols.get(id(instrument))
+        if symbol is None:
+            symbol = symbols[id(instrument)] = instrument.symbol
+        created_at, updated_at = values["created_at"], values["updated_at"]
+        # json_safe's text of an aware UTC datetime is its isoformat(); others take its path.
+        if created_at is not None and created_at.tzinfo is utc:
+            created = texts.get(created_at) or _utc_text(created_at)
+        else:
+            created = json_safe(created_at)
+        if updated_at is seen[0]:
+            updated = seen[1]
+        elif updated_at is not None and updated_at.tzinfo is utc:
+            updated = texts.get(updated_at) or _utc_text(updated_at)
+            seen = (updated_at, updated)
+        else:
+            updated = json_safe(updated_at)
+        limit_price, stop_price = values["limit_price"], values["stop_price"]
+        creator_id = values["created_by_id"]
+        creator = None
+        if creator_id is not None:
+            creator = usernames.get(creator_id)
+            if creator is None:
+                user = cache.get("created_by") or order.created_by
+                creator = usernames[creator_id] = user.get_username()
+        order_id, version = values["id"], values["version"]
+        message = {
+            "type": "blotter.event",
+            "event": {
+                "type": "execution.created",
+                "order_id": order_id,
+                "version": version,
+                "data": {
+                    "execution": execution_data,
+                    "order": {
+                        "id": order_id,
+                        "account": account.code,
+                        "instrument": symbol,
+                        "side": values["side"],
+                        "quantity": str(values["quantity"]),
+                        "order_type": values["order_type"],
+                        "limit_price": None if limit_price is None else str(limit_price),
+                        "stop_price": None if stop_price is None else str(stop_price),
+                        "time_in_force": values["time_in_force"],
+                        "status": values["status"],
+                        "cum_qty": str(values["cum_qty"]),
+                        "leaves_qty": str(values["leaves_qty"]),
+                        "avg_px": str(values["avg_px"]),
+                        "compliance_outcome": values["compliance_outcome"],
+                        "block": values["block_id"],
+                        "version": version,
+                        "created_by": creator,
+                        "created_at": created,
+                        "updated_at": updated,
+                    },
+                },
+            },
+        }
+        groups = groups_memo.get((values["account_id"], _desk_id(order))) or _groups(order)
+        # groups_for_account's texts are distinct (acct-, firm, desk-): no de-duplication.
+        for group in groups:
+            append((group, message))
+    return items
 
 
 def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:

@@ -355,6 +355,59 @@ def test_block_fill_event_order_data_is_exactly_json_safe_of_the_order_payload(
     assert creator is not None and _order_json(limit)["created_by"] == creator.get_username()
 
 
+def test_block_fill_messages_are_exactly_what_publish_many_on_commit_queued(
+    trader, brokers, make_order, monkeypatch
+):
+    # given a block of a limit order and two market orders, filled once (versions, prices and
+    # timestamps moved), loaded as the fill loads them, and the shared execution data
+    from oms_site import realtime
+    from oms_site.audit import json_safe
+    from orders.services import executions
+
+    _, orders, p = _block_of(trader, make_order, [60, 40, 20])
+    Order.objects.filter(pk=orders[0].pk).update(order_type="limit", limit_price=Decimal("101.5"))
+    apply(report(p.cl_ord_id, "F", "1", cum="60", avg="100", last_qty="60", last_px="100.3"))
+    ctx = executions._lock([p.cl_ord_id])
+    assert ctx is not None and len(ctx.orders) == 3
+    execution_data = json_safe({"id": 5, "last_qty": Decimal("60"), "exec_id": "E1"})
+    queued: list = []
+    monkeypatch.setattr(realtime, "_send_on_commit", queued.append)
+    # when the one-pass messages are built, and the events as publish_many_on_commit took them
+    built = executions._fill_messages(ctx.orders, execution_data)
+    realtime.publish_many_on_commit(
+        data_json_safe=True,
+        events=[
+            {
+                "event_type": "execution.created",
+                "order_id": order.id,
+                "version": order.version,
+                "data": {"execution": execution_data, "order": executions._order_json(order)},
+                "groups": executions._groups(order),
+            }
+            for order in ctx.orders
+        ],
+    )
+    # then the pairs are equal, key order included (the bytes sent are the same), three
+    # groups per order in groups_for_account's order
+    (before,) = queued
+    assert built == before
+    assert [repr(pair) for pair in built] == [repr(pair) for pair in before]
+    assert [group for group, _ in built] == [
+        g for o in ctx.orders for g in (f"acct-{o.account_id}", "firm", f"desk-{o.account.desk_id}")
+    ]
+    limit = built[0][1]["event"]["data"]["order"]
+    assert (limit["id"], limit["limit_price"], limit["cum_qty"]) == (
+        orders[0].pk,
+        "101.50000000",
+        "30.00000000",
+    )
+    # and publish_messages_on_commit queues them as they are, nothing when there are none
+    queued.clear()
+    realtime.publish_messages_on_commit(built)
+    realtime.publish_messages_on_commit([])
+    assert queued == [built]
+
+
 def test_order_json_datetime_texts_are_isoformat_from_the_memo_or_made_once(monkeypatch):
     import datetime as dt
 
