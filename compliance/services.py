@@ -314,16 +314,16 @@ def _result_arrays(per_order: Sequence[Any], version: int | None = None) -> list
 
     The rule columns (id, name, type, version) are the same for every order the same rules
     apply to: with the refdata version the check read, they are cached in that version's
-    generation (`oms_site.refcache`, where the rules themselves are cached), keyed by the
-    rules' (id, version) in order. A rule's name and type change only with its version, and any
-    change to a rule bumps the refdata version, which drops the generation.
+    generation (`oms_site.refcache`, where the check's rules were cached), keyed by the rule
+    ids in order. Within one generation a rule id has one name, type and version: any change
+    to a rule bumps the refdata version, which drops the generation.
     """
     if version is None:
         rule_columns = _rule_arrays(per_order)
     else:
         rule_columns = refcache.cached(
             refcache.generation(version),
-            ("compliance.result_rule_arrays", tuple([r[1:3] for r in per_order])),
+            ("compliance.result_rule_arrays", tuple([r.rule_id for r in per_order])),
             lambda: _rule_arrays(per_order),
         )
     return [
