@@ -47,6 +47,8 @@ from orders.models import Instrument, Order, ReferencePrice
 ZERO = Decimal(0)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LIMIT_TYPES = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})
+# An amount in the base currency already, or in no currency: converted as it is.
+_SAME = object()
 
 
 def firm_now() -> datetime:
@@ -766,7 +768,6 @@ def _summary(
     'i'; notional in the account's base currency."""
     acct = int(order.account_id)
     missing: dict[bool, set[tuple[str, str]]] = {}
-    lacking: set[tuple[str, str]] = set()
     keys = inst.buckets
     buy_notional = ZERO
     # [instrument, issuer, sector] notional per direction.
@@ -775,8 +776,46 @@ def _summary(
     issuer_buy = None
     side_accounts: dict[tuple[int, bool], dict[int, int]] = {}
     times: list[datetime] = []
+    # Each currency's rate into the base looked up once per order, not once per row (an
+    # account's book in other currencies is one row per direction and instrument): the rate
+    # itself, _SAME when the amount needs no conversion, None when there is none (the pair is
+    # then named, as engine.convert names it).
+    rate_of: dict[str, Any] = {}
+    wide_multiply = engine.WIDE.multiply
+    key0, key1, key2 = keys
     for tag, buy, number, a, b, c, d, e in rows:
-        if tag == "a":
+        if tag == "m" or tag == "x":
+            other = instruments[number]
+            # 'm': leaves at the reference price; 'x': limit-priced notional.
+            amount = a * other.reference_price if tag == "m" else a
+            currency = other.currency
+            try:
+                rate = rate_of[currency]
+            except KeyError:
+                rate = rate_of[currency] = (
+                    _SAME
+                    if not currency or not base or currency == base
+                    else rates.get((currency, base))
+                )
+            # As engine.convert: a zero amount needs no rate and stays as it is.
+            if rate is _SAME or not amount:
+                notional = amount
+            elif rate is None:
+                missing.setdefault(buy, set()).add((currency, base))
+                continue
+            else:
+                notional = wide_multiply(amount, rate)
+            if buy:
+                buy_notional += notional
+            per_dim = buckets[buy]
+            bucket = other.buckets
+            if bucket[0] == key0:
+                per_dim[0] += notional
+            if bucket[1] == key1:
+                per_dim[1] += notional
+            if bucket[2] == key2:
+                per_dim[2] += notional
+        elif tag == "a":
             per_dim = buckets[buy]
             if a is not None:
                 if buy:
@@ -787,23 +826,6 @@ def _summary(
                 per_dim[2] += (d or ZERO) if inst.sector else (b or ZERO)
             if not buy and e is not None:
                 sell_qty += e
-        elif tag == "m" or tag == "x":
-            other = instruments[number]
-            # 'm': leaves at the reference price; 'x': limit-priced notional.
-            value = engine.convert(
-                a * other.reference_price if tag == "m" else a, other.currency, base, rates, lacking
-            )
-            if value is None:
-                missing.setdefault(buy, set()).update(lacking)
-                lacking.clear()
-                continue
-            notional = value
-            if buy:
-                buy_notional += notional
-            per_dim = buckets[buy]
-            for dim in range(3):
-                if other.buckets[dim] == keys[dim]:
-                    per_dim[dim] += notional
         elif tag == "d":
             times.append(_EPOCH + timedelta(microseconds=number))
         elif tag == "c":

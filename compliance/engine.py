@@ -196,6 +196,8 @@ _PRECISION = 60
 
 
 _WIDE = Context(prec=_PRECISION)
+# For callers that convert many amounts with one rate (compliance.context), as `convert` does.
+WIDE = _WIDE
 
 
 class Rates(Protocol):

@@ -42,6 +42,7 @@ from compliance.models import (
     Severity,
 )
 from compliance.posttrade import POST_TRADE_RULE_TYPES, Breach, find_breaches
+from oms_site import refcache
 from oms_site.audit import AuditEntry, audit_record, audit_record_many, model_snapshot
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError, field_error
 from oms_site.roles import has_role
@@ -299,13 +300,34 @@ RESULT_SET_AFTER_ORDER_SQL = (
 )
 
 
-def _result_arrays(per_order: Sequence[Any]) -> list[str]:
-    """One order's results as the array texts of a stored result set's columns, in order."""
-    return [
+def _rule_arrays(per_order: Sequence[Any]) -> tuple[str, str, str, str]:
+    return (
         array_literal([r.rule_id for r in per_order]),
         array_literal([r.rule_name for r in per_order]),
         array_literal([r.rule_type for r in per_order]),
         array_literal([r.rule_version for r in per_order]),
+    )
+
+
+def _result_arrays(per_order: Sequence[Any], version: int | None = None) -> list[str]:
+    """One order's results as the array texts of a stored result set's columns, in order.
+
+    The rule columns (id, name, type, version) are the same for every order the same rules
+    apply to: with the refdata version the check read, they are cached in that version's
+    generation (`oms_site.refcache`, where the check's rules were cached), keyed by the rule
+    ids in order. Within one generation a rule id has one name, type and version: any change
+    to a rule bumps the refdata version, which drops the generation.
+    """
+    if version is None:
+        rule_columns = _rule_arrays(per_order)
+    else:
+        rule_columns = refcache.cached(
+            refcache.generation(version),
+            ("compliance.result_rule_arrays", tuple([r.rule_id for r in per_order])),
+            lambda: _rule_arrays(per_order),
+        )
+    return [
+        *rule_columns,
         array_literal([r.outcome for r in per_order]),
         array_literal([r.message for r in per_order]),
         array_literal([r.measured for r in per_order]),
@@ -325,7 +347,7 @@ def compliance_results_one(check: CheckOutcome) -> tuple[datetime, list[Any]] | 
     checked_at = timezone.now()
     return checked_at, [
         checked_at,
-        *_result_arrays(per_order),
+        *_result_arrays(per_order, check.version),
     ]
 
 
