@@ -598,6 +598,15 @@ class FillRead:
         # for means none is missing.
         return bool(cursor.rowcount == len(self.lock_accounts))
 
+    def discard(self) -> None:
+        """Delete the positions the read made (`create`), for a read whose fill is not booked:
+        a duplicate report's read, sent before its insert was known to insert nothing, must
+        leave the book as it was (no empty position that no fill made)."""
+        made = [p.pk for p in self.positions().values() if p.made]
+        if made:
+            with raw_cursor() as cursor:
+                cursor.execute(_POSITIONS_DROP_SQL, [_array(made)])
+
     def positions(self) -> dict[int, _PositionRow]:
         """The positions the read locked, by account_id (waits for their lock)."""
         if self._positions is None:

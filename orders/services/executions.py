@@ -433,7 +433,8 @@ class _EarlyFill:
     the order instances are built (about 4 ms of Python for 1,000 orders); the same statements
     in the same order as without, nothing between them. A duplicate (session, ExecID) inserts
     nothing, and its read then only locks the positions and takes row ids, unused (a gap in
-    the sequence, as a rollback leaves)."""
+    the sequence, as a rollback leaves); positions it made for orders never filled are
+    deleted (`FillRead.discard`)."""
 
     def __init__(
         self,
@@ -983,8 +984,10 @@ def _execution_book(
         # Sent as soon as the block's orders were locked (_EarlyFill), before they were built.
         execution, fill = early.execution, True
         inserted = _insert_execution_done(execution, early.cursor)
-        if inserted:  # a duplicate's read is left unread (a later report reads its own)
+        if inserted:
             ctx.fill_read = early.read
+        else:  # a duplicate: its read is not used, and the positions it made are dropped
+            early.read.discard()
     else:
         fill = placement is not None and _books(report, placement)
         block = ctx.block if ctx else None

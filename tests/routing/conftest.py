@@ -64,22 +64,29 @@ def acknowledged_block(
 ) -> tuple[Any, list[Order], Any]:
     """A market buy block of new orders of these quantities, routed to BRKA and acknowledged
     through execution_apply: (block, orders, placement)."""
+    orders = [make_order(quantity=Decimal(q)) for q in quantities]
+    block, placement = acknowledged_block_of(trader, orders, session_key=session_key)
+    return block, orders, placement
+
+
+def acknowledged_block_of(trader: Any, orders: list[Order], *, session_key: str) -> tuple[Any, Any]:
+    """A market buy block of these orders (of one instrument), routed to BRKA and acknowledged
+    through execution_apply: (block, placement)."""
     from orders.models import Block
     from orders.services.executions import execution_apply
     from orders.services.routing import block_route
 
-    orders = [make_order(quantity=Decimal(q)) for q in quantities]
     block = Block.objects.create(
         instrument=orders[0].instrument,
         side="buy",
         order_type="market",
-        quantity=sum((Decimal(q) for q in quantities), Decimal(0)),
+        quantity=sum((o.quantity for o in orders), Decimal(0)),
         created_by=trader,
     )
     Order.objects.filter(pk__in=[o.pk for o in orders]).update(block=block)
     placement = block_route(user=trader, block_id=block.pk, broker_code="BRKA")
     execution_apply(session_key=session_key, report=report(placement.cl_ord_id, "0", "0"))
-    return block, orders, placement
+    return block, placement
 
 
 def report(

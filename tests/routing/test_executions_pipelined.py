@@ -19,7 +19,8 @@ from oms_site.models import AuditEvent
 from orders.models import Execution, Order
 from orders.services import executions
 from orders.services.executions import execution_apply, executions_apply
-from tests.routing.conftest import acknowledged_block, report
+from tests import factories as f
+from tests.routing.conftest import acknowledged_block, acknowledged_block_of, report
 
 pytestmark = pytest.mark.django_db
 KEY = "FIX.4.4:OMS->BRKA"
@@ -359,3 +360,33 @@ def test_a_batch_with_a_duplicate_block_fill_books_the_next_fill(
         (c.pk, Decimal("5"), Decimal("101"), Decimal("10")),
     ]
     assert Execution.objects.filter(exec_id=exec_id).count() == 1
+
+
+def test_a_duplicate_big_block_fill_makes_no_position_for_an_order_never_filled(
+    trader, brokers, make_order, account, monkeypatch, django_capture_on_commit_callbacks
+):
+    # given a big block (filled in pipeline mode) whose third order, of another account on the
+    # same desk, got nothing from the first fill (98/1/1 filled 50: 49, 1, 0 by the largest
+    # remainder, ties by entry time), so that account holds no position in the instrument
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 3)
+    second_account = f.AccountFactory(code="ACC-A2", desk=account.desk)
+    a = make_order(quantity=Decimal(98))
+    b = make_order(quantity=Decimal(1))
+    c = make_order(quantity=Decimal(1), account=second_account)
+    _, p = acknowledged_block_of(trader, [a, b, c], session_key=KEY)
+    fill = report(
+        p.cl_ord_id, "F", "1", exec_id="DUP5", cum="50", avg="100", last_qty="50", last_px="100"
+    )
+    first = execution_apply(session_key=KEY, report=fill)
+    assert [(r[1], r[3]) for r in _rows(first)] == [(a.pk, Decimal(49)), (b.pk, Decimal(1))]
+    assert not Position.objects.filter(account=second_account).exists()
+    before = _book_state()
+    # when the same report comes again (its read sent before the copy is known, with the
+    # never-filled order's position to be made)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        again = execution_apply(session_key=KEY, report=fill)
+    # then nothing changed: in particular no empty position was left for that account
+    assert again is None
+    assert _book_state() == before
+    assert not Position.objects.filter(account=second_account).exists()
+    assert callbacks == []
