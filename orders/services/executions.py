@@ -1287,15 +1287,28 @@ def _order_json(order: Order) -> dict[str, Any]:
         updated = _UTC_TEXTS.get(updated_at) or _utc_text(updated_at)
     else:
         updated = json_safe(updated_at)
-    limit_price, stop_price = values["limit_price"], values["stop_price"]
     creator = None
     if values["created_by_id"] is not None:
         user = cache.get("created_by") or order.created_by
         creator = user.get_username()
+    return _order_dict(values, account.code, instrument.symbol, creator, created, updated)
+
+
+def _order_dict(
+    values: dict[str, Any],
+    account: str,
+    symbol: str,
+    creator: str | None,
+    created: str | None,
+    updated: str | None,
+) -> dict[str, Any]:
+    """An order's blotter data from its field values (`order.__dict__`) and the texts made
+    from its related rows and datetimes (`_order_json`, `_fill_messages`)."""
+    limit_price, stop_price = values["limit_price"], values["stop_price"]
     return {
         "id": values["id"],
-        "account": account.code,
-        "instrument": instrument.symbol,
+        "account": account,
+        "instrument": symbol,
         "side": values["side"],
         "quantity": str(values["quantity"]),
         "order_type": values["order_type"],
@@ -1321,9 +1334,9 @@ def _fill_messages(fills: list[Order], execution_data: dict[str, Any]) -> list[t
     `publish_many_on_commit(events=..., data_json_safe=True)` makes of the events with
     `{"execution": execution_data, "order": _order_json(order)}` and `_groups(order)`.
 
-    One pass, no intermediate event: the order's data is `_order_json`'s, written here with
-    what a fill's orders share read once (the instrument's symbol, the creator's name, the
-    fill's updated_at text: a block fill's 1,000 orders carry the same few).
+    One pass, no intermediate event: the order's data is `_order_dict`'s, as `_order_json`
+    makes it, with what a fill's orders share read once (the instrument's symbol, the creator's
+    name, the fill's updated_at text: a block fill's 1,000 orders carry the same few).
     """
     items: list[tuple[str, Any]] = []
     append = items.append
@@ -1353,7 +1366,6 @@ def _fill_messages(fills: list[Order], execution_data: dict[str, Any]) -> list[t
             seen = (updated_at, updated)
         else:
             updated = json_safe(updated_at)
-        limit_price, stop_price = values["limit_price"], values["stop_price"]
         creator_id = values["created_by_id"]
         creator = None
         if creator_id is not None:
@@ -1370,27 +1382,7 @@ def _fill_messages(fills: list[Order], execution_data: dict[str, Any]) -> list[t
                 "version": version,
                 "data": {
                     "execution": execution_data,
-                    "order": {
-                        "id": order_id,
-                        "account": account.code,
-                        "instrument": symbol,
-                        "side": values["side"],
-                        "quantity": str(values["quantity"]),
-                        "order_type": values["order_type"],
-                        "limit_price": None if limit_price is None else str(limit_price),
-                        "stop_price": None if stop_price is None else str(stop_price),
-                        "time_in_force": values["time_in_force"],
-                        "status": values["status"],
-                        "cum_qty": str(values["cum_qty"]),
-                        "leaves_qty": str(values["leaves_qty"]),
-                        "avg_px": str(values["avg_px"]),
-                        "compliance_outcome": values["compliance_outcome"],
-                        "block": values["block_id"],
-                        "version": version,
-                        "created_by": creator,
-                        "created_at": created,
-                        "updated_at": updated,
-                    },
+                    "order": _order_dict(values, account.code, symbol, creator, created, updated),
                 },
             },
         }
