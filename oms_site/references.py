@@ -97,11 +97,15 @@ def _row_check(child_noun: str, r: Reference) -> str:
 """
 
 
-def _row_check_function(prefix: str, child_noun: str, references: Sequence[Reference]) -> str:
+def _row_check_function(
+    prefix: str, child_noun: str, references: Sequence[Reference], function: str | None = None
+) -> str:
     """The update trigger's function as session 5 wrote it: each changed reference's parent
-    locked FOR KEY SHARE, in the references' order."""
+    locked FOR KEY SHARE, in the references' order. Named `<prefix>_refs_check_row`, or
+    `function`."""
     row_checks = "".join(_row_check(child_noun, r) for r in references)
-    return f"""CREATE OR REPLACE FUNCTION {prefix}_refs_check_row() RETURNS trigger AS $$
+    name = function or f"{prefix}_refs_check_row"
+    return f"""CREATE OR REPLACE FUNCTION {name}() RETURNS trigger AS $$
 BEGIN
 {row_checks}    RETURN NULL;
 END;
@@ -264,16 +268,10 @@ def added_references_sql(
         raise ValueError("no references")
     columns = ", ".join(r.column for r in references)
     changed = " OR ".join(f"OLD.{r.column} IS DISTINCT FROM NEW.{r.column}" for r in references)
-    row_checks = "".join(_row_check(child_noun, r) for r in references)
     forward = f"""
 -- As the other references' update trigger: only an update changing one of these columns is
 -- checked (row by row, its new parent locked FOR KEY SHARE); other updates lock no parent.
-CREATE OR REPLACE FUNCTION {name}_check_row() RETURNS trigger AS $$
-BEGIN
-{row_checks}    RETURN NULL;
-END;
-$$ LANGUAGE plpgsql;
-
+{_row_check_function(prefix, child_noun, references, f"{name}_check_row")}
 CREATE TRIGGER {name}_update
     AFTER UPDATE OF {columns} ON {child_table}
     FOR EACH ROW WHEN ({changed})
