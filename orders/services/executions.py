@@ -1267,6 +1267,14 @@ def _utc_text(value: dt.datetime) -> str:
     return text
 
 
+def _datetime_text(value: dt.datetime | None) -> Any:
+    """json_safe's text of a datetime: an aware UTC one's isoformat(), kept in _UTC_TEXTS;
+    others (and None) take json_safe's path."""
+    if value is not None and value.tzinfo is dt.UTC:
+        return _UTC_TEXTS.get(value) or _utc_text(value)
+    return json_safe(value)
+
+
 def _order_json(order: Order) -> dict[str, Any]:
     """`json_safe(order_payload(order))` written directly (one per order of a block fill).
 
@@ -1277,16 +1285,7 @@ def _order_json(order: Order) -> dict[str, Any]:
     cache = order._state.fields_cache
     account = cache.get("account") or order.account
     instrument = cache.get("instrument") or order.instrument
-    created_at, updated_at = values["created_at"], values["updated_at"]
-    # json_safe's text of an aware UTC datetime is its isoformat(); others take its path.
-    if created_at is not None and created_at.tzinfo is dt.UTC:
-        created = _UTC_TEXTS.get(created_at) or _utc_text(created_at)
-    else:
-        created = json_safe(created_at)
-    if updated_at is not None and updated_at.tzinfo is dt.UTC:
-        updated = _UTC_TEXTS.get(updated_at) or _utc_text(updated_at)
-    else:
-        updated = json_safe(updated_at)
+    created, updated = _datetime_text(values["created_at"]), _datetime_text(values["updated_at"])
     creator = None
     if values["created_by_id"] is not None:
         user = cache.get("created_by") or order.created_by
@@ -1340,11 +1339,10 @@ def _fill_messages(fills: list[Order], execution_data: dict[str, Any]) -> list[t
     """
     items: list[tuple[str, Any]] = []
     append = items.append
-    texts, groups_memo = _UTC_TEXTS, _GROUPS
+    groups_memo = _GROUPS
     usernames: dict[int, str] = {}
     symbols: dict[int, str] = {}
-    seen: tuple[Any, str] = (None, "")  # the last UTC datetime and its text
-    utc = dt.UTC
+    seen: tuple[Any, Any] = (object(), None)  # the last updated_at and its text
     for order in fills:
         values = order.__dict__
         cache = order._state.fields_cache
@@ -1353,19 +1351,12 @@ def _fill_messages(fills: list[Order], execution_data: dict[str, Any]) -> list[t
         symbol = symbols.get(id(instrument))
         if symbol is None:
             symbol = symbols[id(instrument)] = instrument.symbol
-        created_at, updated_at = values["created_at"], values["updated_at"]
-        # json_safe's text of an aware UTC datetime is its isoformat(); others take its path.
-        if created_at is not None and created_at.tzinfo is utc:
-            created = texts.get(created_at) or _utc_text(created_at)
-        else:
-            created = json_safe(created_at)
-        if updated_at is seen[0]:
-            updated = seen[1]
-        elif updated_at is not None and updated_at.tzinfo is utc:
-            updated = texts.get(updated_at) or _utc_text(updated_at)
-            seen = (updated_at, updated)
-        else:
-            updated = json_safe(updated_at)
+        created = _datetime_text(values["created_at"])
+        updated_at = values["updated_at"]
+        # A fill's orders share its updated_at: its text is made once.
+        if updated_at is not seen[0]:
+            seen = (updated_at, _datetime_text(updated_at))
+        updated = seen[1]
         creator_id = values["created_by_id"]
         creator = None
         if creator_id is not None:
