@@ -67,8 +67,9 @@ class Recorder:
     """Statements sent and connection waits of this process, with perf_counter_ns stamps."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[int, str, str]] = []
-        self.waits: list[tuple[int, int, str]] = []
+        # (perf_counter_ns, thread_time_ns, statement); (start, end, what, its thread times)
+        self.events: list[tuple[int, int, str]] = []
+        self.waits: list[tuple[int, int, str, int, int]] = []
         self.on = False
         self.sync = os.environ.get("TIMELINE_SYNC") == "1"
 
@@ -83,7 +84,7 @@ class Recorder:
             if rec.on:
                 text = query if isinstance(query, str) else str(query)
                 label = " ".join(text.split())[:60]
-                rec.events.append((time.perf_counter_ns(), "send", label))
+                rec.events.append((time.perf_counter_ns(), time.thread_time_ns(), label))
                 rec.current = label
             result = execute(cur, query, *args, **kwargs)
             if rec.on and rec.sync and cur.connection._pipeline is not None:
@@ -94,13 +95,13 @@ class Recorder:
         def traced_wait(conn: Any, gen: Any, *args: Any, **kwargs: Any) -> Any:
             if not rec.on:
                 return wait(conn, gen, *args, **kwargs)
-            start = time.perf_counter_ns()
+            start, cpu = time.perf_counter_ns(), time.thread_time_ns()
             try:
                 return wait(conn, gen, *args, **kwargs)
             finally:
-                end = time.perf_counter_ns()
+                end, cpu_end = time.perf_counter_ns(), time.thread_time_ns()
                 name = getattr(gen, "__qualname__", getattr(gen, "__name__", "?"))
-                self.waits.append((start, end, name))
+                self.waits.append((start, end, name, cpu, cpu_end))
 
         psycopg.Cursor.execute = traced_execute  # type: ignore[method-assign]
         psycopg.Connection.wait = traced_wait  # type: ignore[method-assign]
@@ -120,7 +121,7 @@ def _busy_fraction(samples: list[tuple[int, int]], a: int, b: int) -> float:
 def analyse(
     rec: Recorder, samples: list[tuple[int, int]], start: int, end: int
 ) -> dict[str, float]:
-    waits = [(a, b) for a, b, _ in rec.waits if b > start and a < end]
+    waits = [(a, b) for a, b, *_ in rec.waits if b > start and a < end]
     phases = dict.fromkeys(("python_alone", "both", "postgres_alone", "idle_wait"), 0.0)
     t = start
     while t < end:
@@ -138,25 +139,31 @@ def analyse(
     return phases
 
 
-def events_table(rec: Recorder, samples: list[tuple[int, int]], start: int, end: int) -> str:
-    items: list[tuple[int, str]] = []
-    for t, _, label in rec.events:
+def events_table(
+    rec: Recorder, samples: list[tuple[int, int]], span: tuple[int, int, int, int]
+) -> str:
+    """The fill's events; before each, the CPU its Python thread and the backend used since
+    the previous one (Python CPU below the interval's length: the thread waited or was not
+    scheduled)."""
+    start, end, cpu_start, cpu_end = span
+    items: list[tuple[int, int, str]] = []
+    for t, cpu, label in rec.events:
         if start <= t <= end:
-            items.append((t, f"send   {label}"))
-    for a, b, name in rec.waits:
+            items.append((t, cpu, f"send   {label}"))
+    for a, b, name, cpu_a, cpu_b in rec.waits:
         if b < start or a > end or b - a < 30_000:
             continue  # sends that did not block
-        items.append((a, f"wait>  {name}"))
-        items.append((b, f"<wait  {name} ({(b - a) / 1e6:.2f} ms)"))
+        items.append((a, cpu_a, f"wait>  {name}"))
+        items.append((b, cpu_b, f"<wait  {name} ({(b - a) / 1e6:.2f} ms)"))
     items.sort()
-    lines = [f"{'t ms':>7} {'pg cpu before':>13}  event"]
-    last = start
-    for t, text in items:
+    items.append((end, cpu_end, "end (commit answered)"))
+    lines = [f"{'t ms':>7} {'py cpu':>7} {'pg cpu':>7}  event (CPU ms since the previous event)"]
+    last, last_cpu = start, cpu_start
+    for t, cpu, text in items:
         pg = _busy_fraction(samples, last, t) / 1e6
-        lines.append(f"{(t - start) / 1e6:7.2f} {pg:13.2f}  {text}")
-        last = t
-    pg = _busy_fraction(samples, last, end) / 1e6
-    lines.append(f"{(end - start) / 1e6:7.2f} {pg:13.2f}  end (commit answered)")
+        py = (cpu - last_cpu) / 1e6
+        lines.append(f"{(t - start) / 1e6:7.2f} {py:7.2f} {pg:7.2f}  {text}")
+        last, last_cpu = t, cpu
     return "\n".join(lines)
 
 
@@ -192,18 +199,19 @@ def main(n: int) -> None:
     )
     assert sampler.stdout is not None and sampler.stdout.readline().strip() == "ready"
     spans: dict[str, list[tuple[int, int, int, int]]] = {name: [] for name in bench.PATHS}
+    python_ms: dict[str, list[float]] = {name: [] for name in bench.PATHS}
     for i in range(n):
         px = Decimal("10.00") + Decimal(i % 9 + 1) / 100
         for name, apply in bench.PATHS.items():
             placement, step = blocks[name]
             time.sleep(0.02)
-            ev, wt = len(rec.events), len(rec.waits)
             rec.on = True
-            start = time.perf_counter_ns()
+            start, cpu_start = time.perf_counter_ns(), time.thread_time_ns()
             apply(placement, step, px)
-            end = time.perf_counter_ns()
+            end, cpu_end = time.perf_counter_ns(), time.thread_time_ns()
             rec.on = False
-            spans[name].append((start, end, ev, wt))
+            spans[name].append((start, end, cpu_start, cpu_end))
+            python_ms[name].append((cpu_end - cpu_start) / 1e6)
             bench._sender_drain()
             time.sleep(0.02)
     assert sampler.stdin is not None
@@ -216,14 +224,17 @@ def main(n: int) -> None:
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(samples)]
     print(f"backend CPU samples: {len(samples)}, median gap {statistics.median(gaps) / 1e3:.0f} µs")
     for name in bench.PATHS:
-        results = [(analyse(rec, samples, s, e), s, e) for s, e, _, _ in spans[name]]
+        results = [(analyse(rec, samples, span[0], span[1]), span) for span in spans[name]]
         results.sort(key=lambda r: r[0]["wall"])
         keys = list(results[0][0])
         print(f"\n== {name}: medians of {n} fills (ms)")
-        print("  ".join(f"{k} {statistics.median(r[0][k] for r in results):.1f}" for k in keys))
-        phases, s, e = results[len(results) // 2]
+        print(
+            "  ".join(f"{k} {statistics.median(r[0][k] for r in results):.1f}" for k in keys)
+            + f"  python_cpu {statistics.median(python_ms[name]):.1f}"
+        )
+        phases, span = results[len(results) // 2]
         print(f"-- the median fill ({phases['wall']:.1f} ms wall):")
-        print(events_table(rec, samples, s, e))
+        print(events_table(rec, samples, span))
 
 
 if __name__ == "__main__":
