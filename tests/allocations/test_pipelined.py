@@ -452,3 +452,25 @@ def test_a_split_reads_positions_found_answers_without_parsing_them(
         read = allocation_services.fill_read(**kwargs, account_ids=accounts)
         assert read.positions_found(set(accounts)) is False
         transaction.set_rollback(True)
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_big_fill_without_rows_books_as_a_small_one(
+    three_accounts, instrument, broker, trader, monkeypatch, pipelined
+):
+    # given a block of 100/200/300 filled 150 at 10.00, its writes in pipeline mode or not
+    monkeypatch.setattr(allocation_services, "PIPELINE_MIN_ORDERS", 3 if pipelined else 64)
+    block, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    with transaction.atomic():
+        fill_allocate(execution=new_execution(placement, 150, "10.00"))
+    before = _book(instrument)
+    # when an execution of nothing is allocated (no order's share or money moves)
+    with transaction.atomic():
+        rows = fill_allocate(execution=new_execution(placement, 0, "10.00"))
+    # then no row is written and the book is as it was, but the block's version
+    assert list(rows) == []
+    after = _book(instrument)
+    block_before, block_after = before.pop("blocks"), after.pop("blocks")
+    assert after == before
+    assert block_before == [(block.pk, D(150), 2)]
+    assert block_after == [(block.pk, D(150), 3)]

@@ -263,3 +263,83 @@ def test_a_duplicate_fill_of_orders_never_filled_makes_no_position(role_groups):
     assert not Position.objects.filter(instrument=instrument).exists()
     assert not CashBalance.objects.filter(account__in=accounts).exists()
     assert [o.cum_qty for o in Order.objects.filter(block=placement.block)] == [D(0), D(0)]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("big", [False, True], ids=["small-fill", "big-fill-pipelined"])
+def test_a_fill_locks_cash_only_once_every_position_is_locked(role_groups, monkeypatch, big):
+    import allocations.services as alloc_services
+
+    if big:  # the orders written first, then the rows with their cash, then the positions
+        monkeypatch.setattr(executions_module, "PIPELINE_MIN_ORDERS", 2)
+        monkeypatch.setattr(alloc_services, "PIPELINE_MIN_ORDERS", 2)
+    # given a block of two orders on accounts P and Q (P first in account order), both with a
+    # position in the instrument and a cash balance
+    trader = f.UserFactory(username="trader_c", role="Trader")
+    desk = f.DeskFactory(code="CL")
+    broker = f.BrokerFactory(code="CLB")
+    p, q = (f.AccountFactory(code=c, desk=desk) for c in ("CL-P", "CL-Q"))
+    instrument = f.InstrumentFactory(symbol="CLI")
+    positions = [
+        f.PositionFactory(account=a, instrument=instrument, quantity=D(0), avg_cost=D(0))
+        for a in (p, q)
+    ]
+    p_cash, q_cash = (f.CashBalanceFactory(account=a, currency="USD") for a in (p, q))
+    _, _, placement = make_block(
+        instrument=instrument, accounts=[p, q], quantities=[100, 100], user=trader, broker=broker
+    )
+    # and another transaction holding P's cash balance
+    other = psycopg.connect(autocommit=False, **_plain_connection_params())
+    other.execute("SELECT id FROM allocations_cashbalance WHERE id = %s FOR UPDATE", [p_cash.pk])
+    pid: list[int] = []
+    errors: list[BaseException] = []
+
+    def filler():
+        try:
+            connection.ensure_connection()
+            pid.append(connection.connection.info.backend_pid)
+            execution_apply(session_key=KEY, report=_fill(placement, "C-1"))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    # when the block's fill is applied meanwhile
+    thread = threading.Thread(target=filler)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not (pid and _blocked_on_a_lock(pid[0])) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        # then it waits for P's cash holding both positions, and not Q's cash (a later account)
+        assert pid and _blocked_on_a_lock(pid[0])
+        for position in positions:
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                other.execute("SAVEPOINT s")
+                try:
+                    other.execute(
+                        "SELECT id FROM allocations_position WHERE id = %s FOR UPDATE NOWAIT",
+                        [position.pk],
+                    )
+                finally:
+                    other.execute("ROLLBACK TO SAVEPOINT s")
+        locked = other.execute(
+            "SELECT id FROM allocations_cashbalance WHERE id = %s FOR UPDATE NOWAIT",
+            [q_cash.pk],
+        ).fetchall()
+        assert locked == [(q_cash.pk,)]
+    finally:
+        other.rollback()  # the other transaction gives up the cash balances
+        other.close()
+        thread.join()
+    # and once the other transaction ended, the fill moved both positions and cash balances
+    assert errors == []
+    assert sorted(
+        Position.objects.filter(instrument=instrument).values_list(
+            "account_id", "quantity", "version"
+        )
+    ) == [(p.pk, D(50), 2), (q.pk, D(50), 2)]
+    assert sorted(CashBalance.objects.values_list("account_id", "pending", "version")) == [
+        (p.pk, D("-500.00"), 2),
+        (q.pk, D("-500.00"), 2),
+    ]
