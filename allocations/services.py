@@ -827,8 +827,9 @@ _ALLOCATION_ROW_COLUMNS = (
 # order: a missing balance is created, and the row locks are taken in a fixed order), the
 # locked orders, the locked block and the caller's locked placement (no block or placement:
 # a NULL id, nothing updated). Arrays travel as text literals (see _array). A big fill in
-# pipeline mode sends the same writes as two statements, the rows (_BOOK_INSERT_SQL) and then
-# the rest (_BOOK_MOVE_SQL): see PIPELINE_MIN_ORDERS.
+# pipeline mode sends the same writes as three statements, each as soon as its values are
+# made: the orders, block and placement (_BOOK_ORDERS_SQL), the rows with their cash
+# (_BOOK_ROWS_SQL), then the positions (_BOOK_POSITIONS_SQL): see PIPELINE_MIN_ORDERS.
 _BOOK_INSERT_SQL = (
     f'INSERT INTO "{Allocation._meta.db_table}" ("id", "execution_id", "block_id", '
     '"order_id", "account_id", "instrument_id", "broker_id", "side", "kind", "quantity", '
@@ -849,13 +850,15 @@ _BOOK_INSERT_SQL = (
     "AS v(id, order_id, account_id, kind, quantity, gross, commission, fees, net, "
     "cum_quantity, cum_gross, cum_commission, cum_fees, cum_net, reversal_of)"
 )
-_BOOK_MOVES = (
+_BOOK_POSITIONS = (
     f'pos AS (UPDATE "{Position._meta.db_table}" AS t SET "quantity" = v.quantity, '
     '"avg_cost" = v.avg_cost, "realised_pnl" = v.realised_pnl, "version" = v.version, '
     '"updated_at" = %(now)s::timestamptz FROM unnest(%(pos_id)s::bigint[], '
     "%(pos_quantity)s::numeric[], %(pos_avg_cost)s::numeric[], %(pos_pnl)s::numeric[], "
     "%(pos_version)s::integer[]) AS v(id, quantity, avg_cost, realised_pnl, version) "
-    'WHERE t."id" = v.id), '
+    'WHERE t."id" = v.id)'
+)
+_BOOK_CASH = (
     f'cash AS (INSERT INTO "{CashBalance._meta.db_table}" AS c ("account_id", "currency", '
     '"settled", "pending", "version", "updated_at") '
     "SELECT v.account_id, %(currency)s::varchar, 0, v.delta, 1, %(now)s::timestamptz "
@@ -863,7 +866,9 @@ _BOOK_MOVES = (
     "WITH ORDINALITY AS v(account_id, delta, n) ORDER BY v.n "
     'ON CONFLICT ("account_id", "currency") DO UPDATE SET '
     '"pending" = c."pending" + EXCLUDED."pending", "version" = c."version" + 1, '
-    '"updated_at" = EXCLUDED."updated_at"), '
+    '"updated_at" = EXCLUDED."updated_at")'
+)
+_BOOK_ORDERS = (
     f'ord AS (UPDATE "{Order._meta.db_table}" AS t SET "status" = v.status, '
     '"cum_qty" = v.cum_qty, "leaves_qty" = v.leaves_qty, "avg_px" = v.avg_px, '
     '"version" = v.version, "updated_at" = %(now)s::timestamptz '
@@ -880,11 +885,13 @@ _BOOK_MOVES = (
     '"version" = (%(plc)s::text[])[4]::integer, "broker_order_id" = (%(plc)s::text[])[5], '
     '"cl_ord_id" = (%(plc)s::text[])[6], "orig_cl_ord_id" = (%(plc)s::text[])[7], '
     '"quantity" = (%(plc)s::text[])[8]::numeric, "limit_price" = (%(plc)s::text[])[9]::numeric, '
-    '"updated_at" = (%(plc)s::text[])[10]::timestamptz WHERE "id" = %(plc_id)s::bigint) '
-    "SELECT NULL"
+    '"updated_at" = (%(plc)s::text[])[10]::timestamptz WHERE "id" = %(plc_id)s::bigint)'
 )
+_BOOK_MOVES = f"{_BOOK_POSITIONS}, {_BOOK_CASH}, {_BOOK_ORDERS} SELECT NULL"
 _BOOK_WRITE_SQL = f"WITH ins AS ({_BOOK_INSERT_SQL}), {_BOOK_MOVES}"
-_BOOK_MOVE_SQL = f"WITH {_BOOK_MOVES}"
+_BOOK_ORDERS_SQL = f"WITH {_BOOK_ORDERS} SELECT NULL"
+_BOOK_ROWS_SQL = f"WITH ins AS ({_BOOK_INSERT_SQL}), {_BOOK_CASH} SELECT NULL"
+_BOOK_POSITIONS_SQL = f"WITH {_BOOK_POSITIONS} SELECT NULL"
 # The placement columns a caller's locked placement has written with the fill (plc above),
 # as one text array: psycopg parses a statement once only while it has at most 50 parameters.
 _PLACEMENT_WRITTEN = PLACEMENT_REPORT_FIELDS
@@ -906,19 +913,21 @@ def _placement_texts(placement: Placement) -> list[str | None]:
 
 
 # A fill of at least this many orders writes in psycopg's pipeline mode (when its caller has
-# not turned it on already, as execution_apply does for big blocks), in two statements that
-# answer nothing (see _BOOKED_SQL): its allocation rows as soon as they are made, while the
-# positions, cash, orders and states are computed; then those moves, while the Allocation
-# instances, the audit entry and its statements are made. Leaving the pipeline (before
-# fill_allocate returns) waits for all of it, and an error of any of them is raised there, in
-# the caller's transaction. Small fills write in one statement (_BOOK_WRITE_SQL): they gain less
-# than the pipeline's own cost per statement. Measured and not kept: a third statement writing
-# the orders, block and placement first, once their states are known (PostgreSQL is idle while
-# the rows are made): -2.3 ms wall per 1,000-order fill via fill_allocate, -1.0 ms via
-# execution_apply, +0.6 ms PostgreSQL CPU (alternation, 128 pairs); PostgreSQL's writes stay
-# the critical path (benchmarks/fill_timeline). Such a statement must be sent after the
-# positions' lock is answered: psycopg's pipeline answers a statement only once every
-# statement sent before the question is answered.
+# not turned it on already, as execution_apply does for big blocks), in three statements that
+# answer nothing (see _BOOKED_SQL), each sent as soon as its values are made so that PostgreSQL
+# writes while the rest is computed: the orders, block and placement once the orders' states
+# are known (while the rows are made); the rows and their cash (while the positions are
+# moved); the positions (while the Allocation instances, the audit entry and its statements
+# are made). Before, the orders' update went with the positions after the rows, and
+# PostgreSQL sat idle while the rows were made: writing them first measured -2.3 ms wall per
+# 1,000-order fill through fill_allocate (lower in 93 of 128 alternated pairs), -1.0 ms
+# through execution_apply (71/128), for +0.6 ms of PostgreSQL CPU (one statement more). The
+# gain needs a free core for PostgreSQL while Python makes the rows: with the other core busy
+# it was nil. PostgreSQL's writes are then the critical path: what is left idle before them
+# waits on the fill's read and targets (benchmarks/fill_timeline).
+# Leaving the pipeline (before fill_allocate returns) waits for all of it, and an error of any
+# of them is raised there, in the caller's transaction. Small fills write in one statement
+# (_BOOK_WRITE_SQL): they gain less than the pipeline's own cost per statement.
 PIPELINE_MIN_ORDERS = 64
 
 
@@ -970,10 +979,10 @@ def _rebook(
     `fill_read`), or a function that waits for them (`FillRead.positions`: called once the
     rows' texts are made); the ones a move needs that are not there are locked (created) here.
     `positions_found` (with such a function: `FillRead.positions_found`): when it answers that
-    every account moved has its position locked already, a big fill's rows are sent before
-    the positions are parsed. `states`: see `fill_allocate`. Returns
-    the rows written as model instances (`AllocationRows`, made when first read; none
-    without `returning`).
+    every account of the orders has its position locked already (asked before the orders'
+    statement is sent), a big fill's rows are sent before the positions are parsed. `states`:
+    see `fill_allocate`. Returns the rows written as model instances (`AllocationRows`, made
+    when first read; none without `returning`).
     """
     side = block.side if block is not None else orders[0].side
     sign = _side_sign(side)
@@ -997,52 +1006,8 @@ def _rebook(
         str(AllocationKind.REPRICE),
     )
 
-    # (order_id, account_id, kind, quantity, gross, commission, fees, net, cum_quantity,
-    #  cum_gross, cum_commission, cum_fees, cum_net, reversal_of): _ALLOCATION_ROW_COLUMNS.
-    rows: list[tuple[Any, ...]] = []
-    # Every order holding quantity is re-priced when the average moves, even when rounding to
-    # the cent left it without a row, so position cost stays exactly at the block's average:
-    # (order, its account_id, quantity held before, quantity change) of each order whose
-    # position moves (account_id read once: on a model instance it is a Python descriptor).
-    moves: list[tuple[Any, int, Decimal, Decimal]] = []
-    repriced = price != old_price
     ids = [o.id for o in orders]
     quantities = [targets.get(pk, ZERO) for pk in ids]
-    monies = engine.commissions_for(schedule, quantities, price, sign)
-    for order, pk, quantity, money in zip(orders, ids, quantities, monies, strict=True):
-        before = booked_rows.get(pk, _NOTHING_BOOKED)
-        cum_gross, cum_commission, cum_fees, cum_net = money
-        held = before.quantity
-        delta = quantity - held
-        gross = cum_gross - before.gross
-        commission = cum_commission - before.commission
-        fees = cum_fees - before.fees
-        net = cum_net - before.net
-        if not (delta or gross or commission or fees or net):
-            if repriced and held:
-                moves.append((order, order.account_id, held, ZERO))
-            continue
-        kind = fill_kind if delta > 0 else reversal_kind if delta < 0 else reprice_kind
-        account_id = order.account_id
-        rows.append(
-            (
-                pk,
-                account_id,
-                kind,
-                delta,
-                gross,
-                commission,
-                fees,
-                net,
-                quantity,
-                cum_gross,
-                cum_commission,
-                cum_fees,
-                cum_net,
-                before.last_id if delta < 0 else None,
-            )
-        )
-        moves.append((order, account_id, held, delta))
     now = timezone.now()
     user_id = user.pk if user is not None else None
     common = {
@@ -1059,77 +1024,9 @@ def _rebook(
         "user": user_id,
         "now": now,
     }
+    pipelined = len(orders) >= PIPELINE_MIN_ORDERS
 
     with ExitStack() as stack:
-        # The rows' ids, taken with what was booked (_BOOKED_SQL), ascending in row order: the
-        # statement inserts the rows in its arrays' order, which is id order (no sort to ask for).
-        ids = sorted(new_ids[row[0]] for row in rows)
-        params = dict(common)
-        # Each row value's text is made once, for the statement's arrays and the audit payload.
-        id_texts = list(map(str, ids))
-        texts = [list(map(str, column)) for column in zip(*rows, strict=True)]
-        params["id"] = _array_of_texts(id_texts)
-        if rows:
-            for name, column_texts in zip(_ALLOCATION_ROW_COLUMNS, texts, strict=True):
-                params[name] = _array_of_texts(column_texts)
-        else:
-            params.update(dict.fromkeys(_ALLOCATION_ROW_COLUMNS, "{}"))
-        # Positions, then cash, each locked in account order (before the rows are written).
-        moving = {account_id for _, account_id, _, _ in moves}
-        split = bool(rows) and len(orders) >= PIPELINE_MIN_ORDERS
-        later: Callable[[], dict[int, _PositionRow]] | None = None
-        if callable(positions):
-            if split and positions_found is not None and positions_found(moving):
-                # The caller's lock found them all: nothing to create before the rows, so they
-                # are sent first and the positions parsed while PostgreSQL inserts them.
-                later, positions = positions, {}
-            else:
-                positions = positions()  # the caller's lock, sent with its read (fill_read)
-        if positions is None:
-            positions = _lock_positions(instrument.pk, moving)
-        elif later is None and not moving <= positions.keys():
-            # Accounts whose position the caller's lock did not find (the caller read without
-            # `create`, as for orders filled before: `positions_may_be_missing`): only those
-            # are locked (created) here, after the caller's.
-            positions = {
-                **positions,
-                **_lock_positions(instrument.pk, moving - positions.keys()),
-            }
-        # A big fill sends its rows as soon as they are made, in pipeline mode: PostgreSQL
-        # inserts them (and checks their references) while the positions, cash, orders and
-        # states are computed here; the moves follow in a second statement. Same rows, same
-        # values, the rows' reference checks taken before the cash is written instead of after.
-        if split:
-            _pipeline_enter(stack)
-            with raw_cursor() as cursor:
-                cursor.execute(_BOOK_INSERT_SQL, params)
-        if later is not None:
-            positions = later()
-        # Positions the caller's lock made (`fill_read`'s `create`) that no move needs: deleted,
-        # so the fill leaves the rows it would have made for its moves alone.
-        unmoved = [p.pk for a, p in positions.items() if p.made and a not in moving]
-        if unmoved:
-            with raw_cursor() as cursor:
-                cursor.execute(_POSITIONS_DROP_SQL, [_array(unmoved)])
-        short_breach: set[int] = set()
-        for order, account_id, held, delta in moves:
-            pos = positions[account_id]
-            # book.position_reprice, then engine.apply_trade or book.position_reverse, in one call.
-            quantity, pos.avg_cost, pos.realised_pnl = position_move(
-                pos.quantity, pos.avg_cost, pos.realised_pnl, sign, held, old_price, price, delta
-            )
-            pos.quantity = quantity
-            pos.version += 1
-            if quantity < 0 and not _short_ok(order):
-                short_breach.add(account_id)
-        locked = [positions[account_id] for account_id in sorted(moving)]
-
-        cash_moves: dict[int, Decimal] = defaultdict(Decimal)
-        for row in rows:
-            # A buy pays its net, a sell receives it; pending until the settlement date.
-            cash_moves[row[1]] += -sign * row[7]
-        cash_accounts = sorted(k for k, v in cash_moves.items() if v)
-
         # Orders: cumulative quantity and the block's average price (status is the caller's).
         changed = []
         for order, quantity in zip(orders, quantities, strict=True):
@@ -1160,14 +1057,8 @@ def _rebook(
             if block_move is not None and block is not None:
                 block.updated_at = now
 
+        params = dict(common)
         params.update(
-            pos_id=_array(p.pk for p in locked),
-            pos_quantity=_array(p.quantity for p in locked),
-            pos_avg_cost=_array(p.avg_cost for p in locked),
-            pos_pnl=_array(p.realised_pnl for p in locked),
-            pos_version=_array(p.version for p in locked),
-            cash_account=_array(cash_accounts),
-            cash_delta=_array(cash_moves[k] for k in cash_accounts),
             ord_id=_array(o.id for o in changed),
             ord_status=_array(o.status for o in changed),
             ord_cum=_array(o.cum_qty for o in changed),
@@ -1182,17 +1073,160 @@ def _rebook(
             plc_id=placement.pk if placement is not None else None,
             plc=_placement_texts(placement) if placement is not None else None,
         )
+        # Whether the caller's lock found every position of the orders' accounts (so of every
+        # account a move needs), asked before the orders' statement is sent: psycopg's pipeline
+        # answers a statement only once every statement sent before the question is answered.
+        found = (
+            pipelined
+            and callable(positions)
+            and positions_found is not None
+            and positions_found({o.account_id for o in orders})
+        )
+        if pipelined:
+            # A big fill's orders, block and placement (all locked already: no new lock) are
+            # written first, in pipeline mode: PostgreSQL updates them (about a fifth of the
+            # fill's writing) while the rows are made here.
+            _pipeline_enter(stack)
+            with raw_cursor() as cursor:
+                cursor.execute(_BOOK_ORDERS_SQL, params)
+
+        # (order_id, account_id, kind, quantity, gross, commission, fees, net, cum_quantity,
+        #  cum_gross, cum_commission, cum_fees, cum_net, reversal_of): _ALLOCATION_ROW_COLUMNS.
+        rows: list[tuple[Any, ...]] = []
+        # Every order holding quantity is re-priced when the average moves, even when rounding
+        # to the cent left it without a row, so position cost stays exactly at the block's
+        # average: (order, its account_id, quantity held before, quantity change) of each order
+        # whose position moves (account_id read once: on a model instance it is a descriptor).
+        moves: list[tuple[Any, int, Decimal, Decimal]] = []
+        repriced = price != old_price
+        monies = engine.commissions_for(schedule, quantities, price, sign)
+        for order, pk, quantity, money in zip(orders, ids, quantities, monies, strict=True):
+            before = booked_rows.get(pk, _NOTHING_BOOKED)
+            cum_gross, cum_commission, cum_fees, cum_net = money
+            held = before.quantity
+            delta = quantity - held
+            gross = cum_gross - before.gross
+            commission = cum_commission - before.commission
+            fees = cum_fees - before.fees
+            net = cum_net - before.net
+            if not (delta or gross or commission or fees or net):
+                if repriced and held:
+                    moves.append((order, order.account_id, held, ZERO))
+                continue
+            kind = fill_kind if delta > 0 else reversal_kind if delta < 0 else reprice_kind
+            account_id = order.account_id
+            rows.append(
+                (
+                    pk,
+                    account_id,
+                    kind,
+                    delta,
+                    gross,
+                    commission,
+                    fees,
+                    net,
+                    quantity,
+                    cum_gross,
+                    cum_commission,
+                    cum_fees,
+                    cum_net,
+                    before.last_id if delta < 0 else None,
+                )
+            )
+            moves.append((order, account_id, held, delta))
+
+        cash_moves: dict[int, Decimal] = defaultdict(Decimal)
+        for row in rows:
+            # A buy pays its net, a sell receives it; pending until the settlement date.
+            cash_moves[row[1]] += -sign * row[7]
+        cash_accounts = sorted(k for k, v in cash_moves.items() if v)
+        params.update(
+            cash_account=_array(cash_accounts),
+            cash_delta=_array(cash_moves[k] for k in cash_accounts),
+        )
+
+        # Positions, then cash, each locked in account order (before the rows are written).
+        moving = {account_id for _, account_id, _, _ in moves}
+        split = bool(rows) and pipelined
+        later: Callable[[], dict[int, _PositionRow]] | None = None
+        if callable(positions):
+            if split and found:
+                # The caller's lock found them all: nothing to create before the rows, so they
+                # are sent first and the positions parsed while PostgreSQL inserts them.
+                later, positions = positions, {}
+            else:
+                positions = positions()  # the caller's lock, sent with its read (fill_read)
+        if positions is None:
+            positions = _lock_positions(instrument.pk, moving)
+        elif later is None and not moving <= positions.keys():
+            # Accounts whose position the caller's lock did not find (the caller read without
+            # `create`, as for orders filled before: `positions_may_be_missing`): only those
+            # are locked (created) here, after the caller's.
+            positions = {
+                **positions,
+                **_lock_positions(instrument.pk, moving - positions.keys()),
+            }
+
+        # The rows' ids, taken with what was booked (_BOOKED_SQL), ascending in row order: the
+        # statement inserts the rows in its arrays' order, which is id order (no sort to ask for).
+        row_ids = sorted(new_ids[row[0]] for row in rows)
+        # Each row value's text is made once, for the statement's arrays and the audit payload.
+        id_texts = list(map(str, row_ids))
+        texts = [list(map(str, column)) for column in zip(*rows, strict=True)]
+        params["id"] = _array_of_texts(id_texts)
+        if rows:
+            for name, column_texts in zip(_ALLOCATION_ROW_COLUMNS, texts, strict=True):
+                params[name] = _array_of_texts(column_texts)
+        else:
+            params.update(dict.fromkeys(_ALLOCATION_ROW_COLUMNS, "{}"))
+        # A big fill sends its rows (and their cash: every position is locked by now) as soon
+        # as they are made, in pipeline mode: PostgreSQL inserts them (and checks their
+        # references) while the positions are moved here; their writes follow in a statement
+        # of their own. Same rows, same values.
+        if split:
+            _pipeline_enter(stack)
+            with raw_cursor() as cursor:
+                cursor.execute(_BOOK_ROWS_SQL, params)
+        if later is not None:
+            positions = later()
+        # Positions the caller's lock made (`fill_read`'s `create`) that no move needs: deleted,
+        # so the fill leaves the rows it would have made for its moves alone.
+        unmoved = [p.pk for a, p in positions.items() if p.made and a not in moving]
+        if unmoved:
+            with raw_cursor() as cursor:
+                cursor.execute(_POSITIONS_DROP_SQL, [_array(unmoved)])
+        short_breach: set[int] = set()
+        for order, account_id, held, delta in moves:
+            pos = positions[account_id]
+            # book.position_reprice, then engine.apply_trade or book.position_reverse, in one call.
+            quantity, pos.avg_cost, pos.realised_pnl = position_move(
+                pos.quantity, pos.avg_cost, pos.realised_pnl, sign, held, old_price, price, delta
+            )
+            pos.quantity = quantity
+            pos.version += 1
+            if quantity < 0 and not _short_ok(order):
+                short_breach.add(account_id)
+        locked = [positions[account_id] for account_id in sorted(moving)]
+
+        params.update(
+            pos_id=_array(p.pk for p in locked),
+            pos_quantity=_array(p.quantity for p in locked),
+            pos_avg_cost=_array(p.avg_cost for p in locked),
+            pos_pnl=_array(p.realised_pnl for p in locked),
+            pos_version=_array(p.version for p in locked),
+        )
         # psycopg parses a statement once (and caches it) only up to 50 parameters.
         assert len(params) <= 50, "the fill statement must keep at most 50 parameters"
-        if len(orders) >= PIPELINE_MIN_ORDERS:
+        if pipelined:
             _pipeline_enter(stack)
-        sql = _BOOK_MOVE_SQL if split else _BOOK_WRITE_SQL
+        # A big fill without rows has no cash to move either (the cash follows the rows' net).
+        sql = _BOOK_POSITIONS_SQL if pipelined else _BOOK_WRITE_SQL
         with raw_cursor() as cursor:
             cursor.execute(sql, params)  # nothing to read back (see _BOOKED_SQL)
         # In pipeline mode (PIPELINE_MIN_ORDERS) what follows runs while PostgreSQL writes.
         allocations: Sequence[Allocation] = (
             AllocationRows(
-                ids,
+                row_ids,
                 rows,
                 {
                     "execution_id": execution.pk,

@@ -55,8 +55,9 @@ def test_a_big_fill_books_the_same_in_pipeline_mode(
     original = psycopg.Cursor.execute
     writes = {
         allocation_services._BOOK_WRITE_SQL: "rows and moves",
-        allocation_services._BOOK_INSERT_SQL: "rows",
-        allocation_services._BOOK_MOVE_SQL: "moves",
+        allocation_services._BOOK_ORDERS_SQL: "orders",
+        allocation_services._BOOK_ROWS_SQL: "rows",
+        allocation_services._BOOK_POSITIONS_SQL: "positions",
     }
 
     def execute(self, query, *args, **kwargs):
@@ -72,10 +73,14 @@ def test_a_big_fill_books_the_same_in_pipeline_mode(
         # then the pipeline is over when fill_allocate returns: the caller reads as usual
         assert connection.connection.pgconn.pipeline_status == pq.PipelineStatus.OFF
         assert Allocation.objects.filter(execution=execution).count() == 3
-    # and the writes went out in the mode asked for: in pipeline mode the rows first, then the
-    # moves; otherwise one statement
+    # and the writes went out in the mode asked for: in pipeline mode the orders (and block)
+    # first, then the rows (with their cash), then the positions; otherwise one statement
     if pipelined:
-        assert seen == [("rows", pq.PipelineStatus.ON), ("moves", pq.PipelineStatus.ON)]
+        assert seen == [
+            ("orders", pq.PipelineStatus.ON),
+            ("rows", pq.PipelineStatus.ON),
+            ("positions", pq.PipelineStatus.ON),
+        ]
     else:
         assert seen == [("rows and moves", pq.PipelineStatus.OFF)]
     # and the rows returned are the rows stored, each order's exact share at 10.00
@@ -120,15 +125,17 @@ def test_a_big_fill_books_the_same_in_pipeline_mode(
 @pytest.mark.parametrize(
     ("statement", "text", "failing_text"),
     [
-        ("_BOOK_INSERT_SQL", "false, %(user)s", "(1 / 0 = 1), %(user)s"),
-        ("_BOOK_MOVE_SQL", "SELECT NULL", "SELECT 1 / 0"),
+        ("_BOOK_ORDERS_SQL", "SELECT NULL", "SELECT 1 / 0"),
+        ("_BOOK_ROWS_SQL", "false, %(user)s", "(1 / 0 = 1), %(user)s"),
+        ("_BOOK_ROWS_SQL", "SELECT NULL", "SELECT 1 / 0"),
+        ("_BOOK_POSITIONS_SQL", "SELECT NULL", "SELECT 1 / 0"),
     ],
 )
 def test_an_error_of_the_write_not_waited_for_is_raised_by_fill_allocate(
     three_accounts, instrument, broker, trader, monkeypatch, statement, text, failing_text
 ):
-    # given a block whose fills' writes go out in pipeline mode, and one of its two writing
-    # statements (the rows, or the moves) failing in PostgreSQL
+    # given a block whose fills' writes go out in pipeline mode, and one of its three writing
+    # statements (the orders, the rows and cash, or the positions) failing in PostgreSQL
     monkeypatch.setattr(allocation_services, "PIPELINE_MIN_ORDERS", 3)
     _, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
     before = _book(instrument)
@@ -343,7 +350,7 @@ def test_a_big_fill_sends_its_rows_before_parsing_its_positions_only_when_all_we
     names = {
         allocation_services._POSITIONS_LOCK_SQL: "lock positions",
         allocation_services._POSITIONS_LOCK_OR_CREATE_SQL: "lock or make positions",
-        allocation_services._BOOK_INSERT_SQL: "rows",
+        allocation_services._BOOK_ROWS_SQL: "rows",
     }
 
     def execute(self, query, *args, **kwargs):
@@ -452,6 +459,62 @@ def test_a_split_reads_positions_found_answers_without_parsing_them(
         read = allocation_services.fill_read(**kwargs, account_ids=accounts)
         assert read.positions_found(set(accounts)) is False
         transaction.set_rollback(True)
+
+
+def test_a_big_fills_orders_are_written_before_its_rows_are_made(
+    three_accounts, instrument, broker, trader, monkeypatch
+):
+    # given a block of 100/200/300 in pipeline mode, filled once already (its positions exist)
+    monkeypatch.setattr(allocation_services, "PIPELINE_MIN_ORDERS", 3)
+    block, (a, b, c), placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    with transaction.atomic():
+        fill_allocate(execution=new_execution(placement, 150, "10.00"))
+    events = []
+    original_execute = psycopg.Cursor.execute
+    original_commissions = allocation_services.engine.commissions_for
+    names = {
+        allocation_services._POSITIONS_LOCK_SQL: "lock positions",
+        allocation_services._BOOK_ORDERS_SQL: "orders",
+        allocation_services._BOOK_ROWS_SQL: "rows and cash",
+        allocation_services._BOOK_POSITIONS_SQL: "positions",
+    }
+
+    def execute(self, query, *args, **kwargs):
+        if query in names:
+            events.append(names[query])
+        return original_execute(self, query, *args, **kwargs)
+
+    def commissions_for(*args, **kwargs):
+        events.append("rows' money")
+        return original_commissions(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    monkeypatch.setattr(allocation_services.engine, "commissions_for", commissions_for)
+    # when 150 more fill at 12.00
+    with transaction.atomic():
+        fill_allocate(execution=new_execution(placement, 150, "12.00"))
+    # then the orders' update went out before the rows' money was computed, and the cash with
+    # the rows, after the positions' lock (the lock order: orders, positions, cash)
+    assert events == ["lock positions", "orders", "rows' money", "rows and cash", "positions"]
+    # and everything was written: orders, block, positions and cash at the average 11.00
+    assert sorted(Order.objects.values_list("pk", "status", "cum_qty", "avg_px", "version")) == [
+        (a.pk, "working", D(50), D(11), 3),
+        (b.pk, "working", D(100), D(11), 3),
+        (c.pk, "working", D(150), D(11), 3),
+    ]
+    block.refresh_from_db()
+    assert (block.cum_qty, block.avg_px, block.version) == (D(300), D(11), 3)
+    accounts = [acct.pk for acct in three_accounts]
+    assert sorted(
+        Position.objects.filter(instrument=instrument).values_list(
+            "account_id", "quantity", "avg_cost", "version"
+        )
+    ) == [(acct, D(q), D(11), 3) for acct, q in zip(accounts, (50, 100, 150), strict=True)]
+    assert sorted(CashBalance.objects.values_list("account_id", "pending", "version")) == [
+        (acct, -D(net), 2)
+        for acct, net in zip(accounts, ("555.03", "1105.06", "1655.08"), strict=True)
+    ]
+    assert audit_verify() == []
 
 
 @pytest.mark.parametrize("pipelined", [True, False])
