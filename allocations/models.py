@@ -197,6 +197,9 @@ class Allocation(models.Model):
         db_index=False,
         db_constraint=False,
     )
+    # Indexed although the order names the account too (session 15): without it a PM's
+    # allocation list counts its accounts' rows through their orders (15 accounts, 13,500 of
+    # 900,000 rows: 1.3 -> 18-21 ms), for 1.2 ms less PostgreSQL CPU per 1,000-account fill.
     account = models.ForeignKey(
         Account, on_delete=models.PROTECT, related_name="allocations", db_constraint=False
     )
