@@ -294,8 +294,13 @@ class _LockSql:
         # locked in that order in one round trip: the orders' CTE starts with a one-time filter
         # reading the block's (an InitPlan, run before its own scan), so the block's row lock
         # is taken before the first order's, as with two statements. The first row (marked
-        # true) is the block's, then one row per order (marked false). A block's orders share
-        # its instrument, so their rows do not carry the instrument's columns.
+        # true) is the block's, with what a big fill's early read is sent with
+        # (`_EarlyFill.send`): the orders' ids, their accounts' ids and whether one of them
+        # was never filled (h: one pass over the locking CTE's rows, so the newest versions,
+        # as the orders' own rows; sorted by the caller). Then one row per order (marked
+        # false): the read goes out once the first row is parsed, and the orders' rows (1,000
+        # of about 40 columns for a big block) are parsed while PostgreSQL runs it. A block's
+        # orders share its instrument, so their rows do not carry the instrument's columns.
         self.block_order_width = len(self.order) + 4
         self.block_width = len(self.block) + len(self.instrument) + 1
         self.block_orders_sql = (
@@ -310,9 +315,12 @@ class _LockSql:
             f"JOIN {Account._meta.db_table} AS a ON a.id = o.account_id "
             f"LEFT JOIN {user_model._meta.db_table} AS u ON u.id = o.created_by_id "
             "WHERE (SELECT count(*) FROM k) >= 0 AND o.block_id = %s "
-            "ORDER BY o.id FOR UPDATE OF o) "
-            f"SELECT true, k.*, {', '.join(['NULL'] * self.block_order_width)} FROM k "
-            f"UNION ALL SELECT false, {', '.join(['NULL'] * self.block_width)}, o.* FROM o"
+            "ORDER BY o.id FOR UPDATE OF o), "
+            "h AS (SELECT array_agg(o.id) AS ids, array_agg(o.account_id) AS accounts, "
+            "COALESCE(bool_or(o.cum_qty = 0), false) AS missing FROM o) "
+            "SELECT true, k.*, h.ids, h.accounts, h.missing, "
+            f"{', '.join(['NULL'] * self.block_order_width)} FROM k, h "
+            f"UNION ALL SELECT false, {', '.join(['NULL'] * (self.block_width + 3))}, o.* FROM o"
         )
         # The placement and, when it is a lone order's, the order: one round trip. The order is
         # locked by the second CTE, which reads the first (already locked) placement row, so
@@ -429,8 +437,9 @@ def _lock_sql_get() -> _LockSql:
 class _EarlyFill:
     """A fill of a block of PIPELINE_MIN_ORDERS orders or more: its Execution insert and then
     its fill's read (fill_allocate's `fill_read`, with the ids of the orders just locked) are
-    sent in pipeline mode as soon as the orders' rows are read, so PostgreSQL runs them while
-    the order instances are built (about 4 ms of Python for 1,000 orders); the same statements
+    sent in pipeline mode as soon as the lock's first row (the block's, with the orders' ids
+    and accounts) is parsed, so PostgreSQL runs them while the orders' rows are parsed and
+    their instances built (about 6 ms of Python for 1,000 orders); the same statements
     in the same order as without, nothing between them. A duplicate (session, ExecID) inserts
     nothing, and its read then only locks the positions and takes row ids, unused (a gap in
     the sequence, as a rollback leaves); positions it made for orders never filled are
@@ -451,13 +460,19 @@ class _EarlyFill:
         self.cursor: Any = None
         self.read: Any = None
 
-    def send(self, placement: Placement, block: Block, rows: Sequence[Sequence[Any]]) -> None:
-        """Send the insert and the read, when the report is a fill that books (not an overfill)."""
+    def send(
+        self,
+        placement: Placement,
+        block: Block,
+        order_ids: list[int],
+        account_ids: list[int],
+        missing: bool,
+    ) -> None:
+        """Send the insert and the read, when the report is a fill that books (not an overfill):
+        the block's orders' ids (ascending), their accounts' ids (sorted, distinct) and whether
+        one of them was never filled (`positions_may_be_missing`), from the lock's first row."""
         if not _books(self.report, placement):
             return
-        q = _lock_sql_get()
-        at_id, at_account = q.order.index("id"), q.order.index("account_id")
-        at_cum = q.order.index("cum_qty")
         execution = _new_execution(
             self.session_key, self.report, self.raw_message_id, placement, block, None, fill=True
         )
@@ -467,10 +482,10 @@ class _EarlyFill:
             block_id=block.pk,
             order_id=None,
             broker_id=execution.broker_id,
-            order_ids=[row[at_id] for row in rows],
+            order_ids=order_ids,
             instrument_id=block.instrument_id,
-            account_ids=sorted({row[at_account] for row in rows}),
-            create=not self.held and any(not row[at_cum] for row in rows),
+            account_ids=account_ids,
+            create=not self.held and missing,
         )
         self.execution = execution
 
@@ -502,25 +517,48 @@ def _lock(
             return _Context(placement, None, _orders_from_rows(q, [row[m:]], None), entries)
         block = None
         if placement.block_id is not None:
-            cursor.execute(q.block_orders_sql, [placement.block_id, placement.block_id])
-            answer = cursor.fetchall()
-            (row,) = [r for r in answer if r[0]]  # the block's (its placement refers to it)
-            n, m = 1 + len(q.block), 1 + len(q.block) + len(q.instrument)
-            block = model_from_row(Block, dict(zip(q.block, row[1:n], strict=True)))
-            block._state.fields_cache["instrument"] = model_from_row(
-                Instrument, dict(zip(q.instrument, row[n:m], strict=True))
-            )
-            if row[m] is None:  # no policy: pro-rata (what select_related would cache)
-                block._state.fields_cache["allocation_policy"] = None
-            start = 1 + q.block_width
-            rows = [r[start:] for r in answer if not r[0]]  # by pk, as the CTE locked them
-            if early is not None and len(rows) >= PIPELINE_MIN_ORDERS:
-                early.send(placement, block, rows)
+            block, rows = _lock_block_orders(q, cursor, placement, early)
         else:
             rows = []  # no order (its row is gone): what the order's own read would find
 
     shared = block._state.fields_cache["instrument"] if block is not None else None
     return _Context(placement, block, _orders_from_rows(q, rows, shared), entries)
+
+
+def _block_of_row(q: _LockSql, row: Sequence[Any]) -> Block:
+    """The block (its instrument cached, and its policy when it has none) of the block's row
+    of `block_orders_sql`."""
+    n, m = 1 + len(q.block), 1 + len(q.block) + len(q.instrument)
+    block = model_from_row(Block, dict(zip(q.block, row[1:n], strict=True)))
+    block._state.fields_cache["instrument"] = model_from_row(
+        Instrument, dict(zip(q.instrument, row[n:m], strict=True))
+    )
+    if row[m] is None:  # no policy: pro-rata (what select_related would cache)
+        block._state.fields_cache["allocation_policy"] = None
+    return block
+
+
+def _lock_block_orders(
+    q: _LockSql, cursor: Any, placement: Placement, early: _EarlyFill | None
+) -> tuple[Block, list[Sequence[Any]]]:
+    """Lock the placement's block and its orders (`block_orders_sql`): the block and the
+    orders' rows (by pk, as the CTE locked them). A big fill's early read is sent once the
+    block's row is parsed, before the orders' rows are."""
+    cursor.execute(q.block_orders_sql, [placement.block_id, placement.block_id])
+    head = cursor.fetchone()
+    rest = None
+    if head is None or not head[0]:  # UNION ALL answers the block's row first
+        rest = [] if head is None else [head, *cursor.fetchall()]
+        (head,) = [r for r in rest if r[0]]  # the block's (its placement refers to it)
+    block = _block_of_row(q, head)
+    at = 1 + q.block_width
+    ids, accounts, missing = head[at : at + 3]
+    if early is not None and ids is not None and len(ids) >= PIPELINE_MIN_ORDERS:
+        # Sorted here (the CTE's rows come by pk, so the ids already are: no cost to speak of).
+        early.send(placement, block, sorted(ids), sorted(set(accounts)), missing)
+    answer = cursor.fetchall() if rest is None else [r for r in rest if not r[0]]
+    start = at + 3
+    return block, [r[start:] for r in answer]
 
 
 def _placement_of_row(q: _LockSql, row: Sequence[Any]) -> tuple[Placement, int]:

@@ -724,3 +724,59 @@ def test_the_rows_fill_allocate_returns_are_made_once_when_first_read(
     assert [r.pk for r in returned] == list(
         Allocation.objects.order_by("pk").values_list("pk", flat=True)
     )
+
+
+def test_a_blocks_lock_answers_the_fills_read_before_its_orders_rows_are_parsed(
+    three_accounts, instrument, broker, trader, monkeypatch
+):
+    import psycopg
+
+    from allocations.services import _lock_block_orders, positions_may_be_missing
+
+    # given a block of 100/200/300 and a fourth order of the first account, never filled
+    block, orders, placement = block_100_200_300(three_accounts, instrument, trader, broker)
+    extra, *_ = make_block(
+        instrument=instrument, accounts=[three_accounts[0]], quantities=[50], user=trader
+    )[1]
+    Order.objects.filter(pk=extra.pk).update(block=block)
+    Block.objects.filter(pk=block.pk).update(quantity=650)
+    seen: list[Any] = []
+    original = psycopg.Cursor.fetchall
+
+    def fetchall(self):
+        rows = original(self)
+        seen.append(("rows parsed", len(rows)))
+        return rows
+
+    def read(locked, order_ids, account_ids, missing):
+        seen.append(("read", locked.pk, order_ids, account_ids, missing))
+
+    monkeypatch.setattr(psycopg.Cursor, "fetchall", fetchall)
+    ids = sorted([*(o.pk for o in orders), extra.pk])
+    accounts = sorted(a.pk for a in three_accounts)
+    for filled in (None, 650):
+        if filled is not None:
+            # (every order filled: no position can be missing)
+            monkeypatch.setattr(psycopg.Cursor, "fetchall", original)
+            fill(placement, filled, "10.00")
+            monkeypatch.setattr(psycopg.Cursor, "fetchall", fetchall)
+        # when the allocation locks it with a read to send
+        seen.clear()
+        with transaction.atomic():
+            _, rows = _lock_block_orders(block.pk, read)
+        # then the read was told the orders' ids, their distinct accounts and whether one was
+        # never filled (as the orders' rows say), before the orders' rows were parsed
+        missing = filled is None
+        assert seen == [("read", block.pk, ids, accounts, missing), ("rows parsed", 4)]
+        assert [r.id for r in rows] == ids
+        assert positions_may_be_missing(rows) is missing
+
+
+def test_a_blocks_lock_of_a_missing_block_raises_and_reads_nothing(db):
+    from allocations.services import _lock_block_orders
+
+    told: list[Any] = []
+    # when a block that does not exist is locked, then it raises, and no read is sent
+    with transaction.atomic(), pytest.raises(Block.DoesNotExist):
+        _lock_block_orders(0, lambda *args: told.append(args))
+    assert told == []

@@ -390,3 +390,56 @@ def test_a_duplicate_big_block_fill_makes_no_position_for_an_order_never_filled(
     assert _book_state() == before
     assert not Position.objects.filter(account=second_account).exists()
     assert callbacks == []
+
+
+def test_a_big_block_fill_sends_its_read_before_the_orders_rows_are_parsed(
+    trader, brokers, make_order, monkeypatch
+):
+    # given an acknowledged block of three orders of one account, with blocks of three or more
+    # filled in pipeline mode
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 3)
+    _, (a, b, c), p = _acknowledged_block(trader, make_order, [60, 30, 10])
+    seen = []
+    locks = set()
+    original_execute = psycopg.Cursor.execute
+    original_fetchall = psycopg.Cursor.fetchall
+    original_read = allocation_services.fill_read
+
+    def execute(self, query, *args, **kwargs):
+        if query == executions._lock_sql_get().block_orders_sql:
+            locks.add(id(self))
+        return original_execute(self, query, *args, **kwargs)
+
+    def fetchall(self):
+        rows = original_fetchall(self)
+        if id(self) in locks:
+            seen.append(("orders' rows parsed", len(rows)))
+        return rows
+
+    def read(**kwargs):
+        seen.append(("read", kwargs["order_ids"], kwargs["account_ids"], kwargs["create"]))
+        return original_read(**kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    monkeypatch.setattr(psycopg.Cursor, "fetchall", fetchall)
+    monkeypatch.setattr(allocation_services, "fill_read", read)
+    # when it is filled twice
+    for n, (cum, last) in enumerate((("50", "50"), ("80", "30")), start=1):
+        seen.clear()
+        execution_apply(
+            session_key=KEY,
+            report=report(
+                p.cl_ord_id, "F", str(n), cum=cum, avg="100", last_qty=last, last_px="100"
+            ),
+        )
+        # then the read (of the orders' ids, their one account, positions made only while an
+        # order was never filled) went out before the orders' rows were parsed
+        assert seen == [
+            ("read", [a.pk, b.pk, c.pk], [a.account_id], n == 1),
+            ("orders' rows parsed", 3),
+        ]
+    # and the fills booked the orders 48/24/8 in all
+    assert [
+        sum(Allocation.objects.filter(order=o).values_list("quantity", flat=True))
+        for o in (a, b, c)
+    ] == [Decimal("48"), Decimal("24"), Decimal("8")]
