@@ -48,6 +48,32 @@ def _fill(placement: Any, exec_id: str) -> Any:
     )
 
 
+def _fill_until_blocked(
+    placement: Any, exec_id: str
+) -> tuple[threading.Thread, list[int], list[BaseException]]:
+    """Apply the block's fill (`execution_apply`) in a thread of its own, and return once its
+    backend waits on a lock (or after 20 s): the thread, its backend pid, its errors."""
+    pid: list[int] = []
+    errors: list[BaseException] = []
+
+    def filler() -> None:
+        try:
+            connection.ensure_connection()
+            pid.append(connection.connection.info.backend_pid)
+            execution_apply(session_key=KEY, report=_fill(placement, exec_id))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=filler)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not (pid and _blocked_on_a_lock(pid[0])) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return thread, pid, errors
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
     ("positions_exist", "b_one_by_one"),
@@ -197,25 +223,8 @@ def test_a_fill_makes_a_missing_position_in_account_order_before_locking_later_o
         "realised_pnl, version, updated_at) VALUES (%s, %s, 0, 0, 0, 1, now())",
         [p.pk, instrument.pk],
     )
-    pid: list[int] = []
-    errors: list[BaseException] = []
-
-    def filler():
-        try:
-            connection.ensure_connection()
-            pid.append(connection.connection.info.backend_pid)
-            execution_apply(session_key=KEY, report=_fill(placement, "O-1"))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
-
     # when the block's fill is applied meanwhile
-    thread = threading.Thread(target=filler)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not (pid and _blocked_on_a_lock(pid[0])) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    thread, pid, errors = _fill_until_blocked(placement, "O-1")
     try:
         # then it waits for P's position, and has not locked Q's (a later account) meanwhile
         assert pid and _blocked_on_a_lock(pid[0])
@@ -291,25 +300,8 @@ def test_a_fill_locks_cash_only_once_every_position_is_locked(role_groups, monke
     # and another transaction holding P's cash balance
     other = psycopg.connect(autocommit=False, **_plain_connection_params())
     other.execute("SELECT id FROM allocations_cashbalance WHERE id = %s FOR UPDATE", [p_cash.pk])
-    pid: list[int] = []
-    errors: list[BaseException] = []
-
-    def filler():
-        try:
-            connection.ensure_connection()
-            pid.append(connection.connection.info.backend_pid)
-            execution_apply(session_key=KEY, report=_fill(placement, "C-1"))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
-
     # when the block's fill is applied meanwhile
-    thread = threading.Thread(target=filler)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not (pid and _blocked_on_a_lock(pid[0])) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    thread, pid, errors = _fill_until_blocked(placement, "C-1")
     try:
         # then it waits for P's cash holding both positions, and not Q's cash (a later account)
         assert pid and _blocked_on_a_lock(pid[0])
