@@ -508,6 +508,21 @@ class FillRead:
         self.positions_cursor: Any = None
         self._rows: list[Any] | None = None
         self._positions: dict[int, _PositionRow] | None = None
+        # `prepare`'s: the orders it was made of (the very list) and their pro-rata part.
+        self._prepared: tuple[Sequence[Any], engine.ProRata] | None = None
+
+    def prepare(self, orders: Sequence[Any]) -> None:
+        """Make the allocation's part that needs no fill (`_pro_rata` of `orders`, the orders
+        of a block without allocation policy) while PostgreSQL runs this read, for
+        fill_allocate given this read and the same `orders` list. Orders it refuses are left
+        to fill_allocate, which refuses them where an allocation's errors are raised."""
+        with suppress(ValueError, TypeError):
+            self._prepared = (orders, _pro_rata(orders))
+
+    def pro_rata_of(self, orders: Sequence[Any]) -> engine.ProRata | None:
+        """`prepare`'s pro-rata part, when it was made of this very list of orders."""
+        prepared = self._prepared
+        return prepared[1] if prepared is not None and prepared[0] is orders else None
 
     def _fetch(self) -> list[Any]:
         if self._rows is None:
@@ -1498,7 +1513,8 @@ def fill_allocate(
     version the same statement writes (with the orders it moved and the block, all with the
     fill's updated_at). With `read`, the caller sent the fill's read already (`fill_read`, after
     writing `execution` and with the ids of `orders`, so PostgreSQL ran it while the caller
-    built them), and it is not sent again.
+    built them), and it is not sent again; nor is the pro-rata part made again when the caller
+    made it of the same `orders` list while PostgreSQL ran the read (`FillRead.prepare`).
     """
     if not connection.in_atomic_block:
         raise RuntimeError("fill_allocate must run inside the transaction that saved the fill")
@@ -1578,6 +1594,8 @@ def fill_allocate(
             # The read counts what each order has booked and locks their positions: a read of
             # other orders than the ones allocated here would book them wrong.
             raise ValueError("the fill's read is not of the orders allocated")
+        elif policy is None and pro_rata is None:
+            pro_rata = read.pro_rata_of(locked)  # made by the caller while PostgreSQL read
         # The positions are waited for only where the rows need them (_rebook): with a big
         # fill's read they are locked by a statement of their own, answered after the rest.
         filled, notional, schedule, booked, new_ids = read.totals()

@@ -7,6 +7,7 @@ to put small blocks there.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import django.db
 import psycopg
@@ -14,7 +15,8 @@ import pytest
 from psycopg import pq
 
 from allocations import services as allocation_services
-from allocations.models import Allocation, CashBalance, Position
+from allocations.models import Allocation, BlockAllocationPolicy, CashBalance, Position
+from oms_site.errors import ConflictError
 from oms_site.models import AuditEvent
 from orders.models import Execution, Order
 from orders.services import executions
@@ -443,3 +445,121 @@ def test_a_big_block_fill_sends_its_read_before_the_orders_rows_are_parsed(
         sum(Allocation.objects.filter(order=o).values_list("quantity", flat=True))
         for o in (a, b, c)
     ] == [Decimal("48"), Decimal("24"), Decimal("8")]
+
+
+def test_a_big_block_fill_makes_its_pro_rata_part_while_postgresql_reads(
+    trader, brokers, make_order, monkeypatch
+):
+    # given an acknowledged block of three orders without allocation policy, filled in
+    # pipeline mode, and a record of when the pro-rata part is made and the insert answered
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 3)
+    _, (a, b, c), p = _acknowledged_block(trader, make_order, [60, 30, 10])
+    calls: list[Any] = []
+    made = allocation_services._pro_rata
+    answered = executions._insert_execution_done
+
+    def pro_rata(orders):
+        calls.append([o.pk for o in orders])
+        return made(orders)
+
+    def done(execution, cursor):
+        calls.append("insert answered")
+        return answered(execution, cursor)
+
+    monkeypatch.setattr(allocation_services, "_pro_rata", pro_rata)
+    monkeypatch.setattr(executions, "_insert_execution_done", done)
+    # when it is filled 50
+    execution = execution_apply(
+        session_key=KEY,
+        report=report(p.cl_ord_id, "F", "1", cum="50", avg="100", last_qty="50", last_px="100"),
+    )
+    # then the pro-rata part was made once, of the block's orders, before the insert's answer
+    # (which waits for the read) and not again by the allocation
+    assert calls == [[a.pk, b.pk, c.pk], "insert answered"]
+    # and the orders got exactly their pro-rata share
+    assert [(r[1], r[3], r[7]) for r in _rows(execution)] == [
+        (a.pk, Decimal("30"), 30),
+        (b.pk, Decimal("15"), 15),
+        (c.pk, Decimal("5"), 5),
+    ]
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_orders_the_pro_rata_refuses_are_refused_by_the_allocation_with_its_error(
+    trader, brokers, make_order, monkeypatch, pipelined
+):
+    # given an acknowledged block (pipelined or not) whose orders the pro-rata refuses
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 2 if pipelined else 64)
+    _, _, p = _acknowledged_block(trader, make_order, [60, 40])
+    before = {
+        "allocations": Allocation.objects.count(),
+        "audit": AuditEvent.objects.count(),
+        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
+        "positions": Position.objects.count(),
+        "cash": CashBalance.objects.count(),
+    }
+    calls = []
+
+    def refused(orders):
+        calls.append(len(orders))
+        raise ValueError("requested must be >= 0, got -1 for 1")
+
+    monkeypatch.setattr(allocation_services, "_pro_rata", refused)
+    # when a fill is applied
+    with pytest.raises(
+        ConflictError, match=r"^cannot allocate 50\.00000000: requested must be >= 0, got -1 for 1$"
+    ) as err:
+        execution_apply(
+            session_key=KEY,
+            report=report(
+                p.cl_ord_id,
+                "F",
+                "1",
+                exec_id="REF1",
+                cum="50",
+                avg="100",
+                last_qty="50",
+                last_px="100",
+            ),
+        )
+    # then the allocation refused it as an overfill (tried early too when pipelined), and
+    # nothing of it stayed
+    assert err.value.code == "overfill"
+    assert calls == ([2, 2] if pipelined else [2])
+    assert not Execution.objects.filter(exec_id="REF1").exists()
+    assert {
+        "allocations": Allocation.objects.count(),
+        "audit": AuditEvent.objects.count(),
+        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
+        "positions": Position.objects.count(),
+        "cash": CashBalance.objects.count(),
+    } == before
+
+
+def test_a_big_block_with_an_allocation_policy_makes_no_early_pro_rata_part(
+    trader, brokers, make_order, monkeypatch
+):
+    # given an acknowledged block of three orders with fixed ratios, filled in pipeline mode
+    monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 3)
+    block, (a, b, c), p = _acknowledged_block(trader, make_order, [60, 30, 10])
+    BlockAllocationPolicy.objects.create(
+        block=block,
+        method="fixed_ratio",
+        ratios={str(a.pk): "2", str(b.pk): "1", str(c.pk): "1"},
+    )
+    prepared = []
+    monkeypatch.setattr(
+        allocation_services.FillRead, "prepare", lambda self, orders: prepared.append(orders)
+    )
+    # when it is filled 40
+    execution = execution_apply(
+        session_key=KEY,
+        report=report(p.cl_ord_id, "F", "1", cum="40", avg="100", last_qty="40", last_px="100"),
+    )
+    # then no pro-rata part was made, and the fill was shared by the ratios
+    assert prepared == []
+    assert [(r[1], r[3]) for r in _rows(execution)] == [
+        (a.pk, Decimal("20")),
+        (b.pk, Decimal("10")),
+        (c.pk, Decimal("10")),
+    ]
