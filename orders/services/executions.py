@@ -443,10 +443,10 @@ class _EarlyFill:
     in the same order as without, nothing between them. The allocation's pro-rata part (a
     block without allocation policy) is made then too, before the insert's answer, which
     waits for the read (`FillRead.prepare`): about 2 ms of Python that fill_allocate made
-    after the read's answer, while PostgreSQL waited for the orders' write. A duplicate (session, ExecID) inserts
-    nothing, and its read then only locks the positions and takes row ids, unused (a gap in
-    the sequence, as a rollback leaves); positions it made for orders never filled are
-    deleted (`FillRead.discard`)."""
+    after the read's answer, while PostgreSQL waited for the orders' write. A duplicate
+    (session, ExecID) inserts nothing, and its read then only locks the positions and takes
+    row ids, unused (a gap in the sequence, as a rollback leaves); positions it made for
+    orders never filled are deleted (`FillRead.discard`)."""
 
     def __init__(
         self,
