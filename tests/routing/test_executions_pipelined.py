@@ -40,6 +40,17 @@ def _rows(execution):
     )
 
 
+def _book_state() -> dict:
+    return {
+        "executions": sorted(Execution.objects.values_list("pk", "exec_id", "last_qty")),
+        "allocations": sorted(Allocation.objects.values_list("pk", "order_id", "quantity")),
+        "audit": AuditEvent.objects.count(),
+        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
+        "positions": sorted(Position.objects.values_list("pk", "quantity", "version")),
+        "cash": sorted(CashBalance.objects.values_list("pk", "pending", "version")),
+    }
+
+
 @pytest.mark.parametrize("pipelined", [True, False])
 def test_block_fills_write_the_rows_their_audit_event_names(
     trader, brokers, make_order, monkeypatch, pipelined
@@ -140,13 +151,7 @@ def test_an_error_of_the_write_not_waited_for_rolls_the_whole_report_back(
     # in PostgreSQL
     monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 2)
     _, _, p = _acknowledged_block(trader, make_order, [60, 40])
-    before = {
-        "allocations": Allocation.objects.count(),
-        "audit": AuditEvent.objects.count(),
-        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
-        "positions": Position.objects.count(),
-        "cash": CashBalance.objects.count(),
-    }
+    before = _book_state()
     failing = allocation_services._BOOK_WRITE_SQL.replace("SELECT NULL", "SELECT 1 / 0")
     assert failing != allocation_services._BOOK_WRITE_SQL
     monkeypatch.setattr(allocation_services, "_BOOK_WRITE_SQL", failing)
@@ -171,13 +176,7 @@ def test_an_error_of_the_write_not_waited_for_rolls_the_whole_report_back(
     # then nothing of it stayed: no execution, allocation, book row, order change, audit event
     # or blotter event
     assert not Execution.objects.filter(exec_id="BAD1").exists()
-    assert {
-        "allocations": Allocation.objects.count(),
-        "audit": AuditEvent.objects.count(),
-        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
-        "positions": Position.objects.count(),
-        "cash": CashBalance.objects.count(),
-    } == before
+    assert _book_state() == before
     assert callbacks == []
 
 
@@ -246,17 +245,6 @@ def test_a_big_block_fill_sends_its_execution_and_read_before_the_orders_are_bui
         (b.pk, Decimal("15")),
         (c.pk, Decimal("5")),
     ]
-
-
-def _book_state() -> dict:
-    return {
-        "executions": sorted(Execution.objects.values_list("pk", "exec_id", "last_qty")),
-        "allocations": sorted(Allocation.objects.values_list("pk", "order_id", "quantity")),
-        "audit": AuditEvent.objects.count(),
-        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
-        "positions": sorted(Position.objects.values_list("pk", "quantity", "version")),
-        "cash": sorted(CashBalance.objects.values_list("pk", "pending", "version")),
-    }
 
 
 @pytest.mark.parametrize(
@@ -491,13 +479,7 @@ def test_orders_the_pro_rata_refuses_are_refused_by_the_allocation_with_its_erro
     # given an acknowledged block (pipelined or not) whose orders the pro-rata refuses
     monkeypatch.setattr(executions, "PIPELINE_MIN_ORDERS", 2 if pipelined else 64)
     _, _, p = _acknowledged_block(trader, make_order, [60, 40])
-    before = {
-        "allocations": Allocation.objects.count(),
-        "audit": AuditEvent.objects.count(),
-        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
-        "positions": Position.objects.count(),
-        "cash": CashBalance.objects.count(),
-    }
+    before = _book_state()
     calls = []
 
     def refused(orders):
@@ -527,13 +509,7 @@ def test_orders_the_pro_rata_refuses_are_refused_by_the_allocation_with_its_erro
     assert err.value.code == "overfill"
     assert calls == ([2, 2] if pipelined else [2])
     assert not Execution.objects.filter(exec_id="REF1").exists()
-    assert {
-        "allocations": Allocation.objects.count(),
-        "audit": AuditEvent.objects.count(),
-        "orders": sorted(Order.objects.values_list("pk", "status", "cum_qty", "version")),
-        "positions": Position.objects.count(),
-        "cash": CashBalance.objects.count(),
-    } == before
+    assert _book_state() == before
 
 
 def test_a_big_block_with_an_allocation_policy_makes_no_early_pro_rata_part(
