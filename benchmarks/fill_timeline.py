@@ -50,10 +50,11 @@ while True:
         out.append((t, cpu))
         last = cpu
     try:
-        if os.read(stop, 1):
-            break
-    except BlockingIOError:
-        pass
+        stopped = bool(os.read(stop, 1))
+    except BlockingIOError:  # nothing written yet: go on sampling
+        stopped = False
+    if stopped:
+        break
     time.sleep(0.00008)
 out.append((now(), int(os.pread(fd, 64, 0).split()[0])))
 with open(sys.argv[2], "w") as f:
