@@ -48,6 +48,15 @@ def _fill(placement: Any, exec_id: str) -> Any:
     )
 
 
+def _pipelined_from_two_orders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block of two orders filled as a big block is (pipeline mode, the read split), by the
+    gateway's service and by the allocation it calls."""
+    import allocations.services as alloc_services
+
+    monkeypatch.setattr(executions_module, "PIPELINE_MIN_ORDERS", 2)
+    monkeypatch.setattr(alloc_services, "PIPELINE_MIN_ORDERS", 2)
+
+
 def _fill_until_blocked(
     placement: Any, exec_id: str
 ) -> tuple[threading.Thread, list[int], list[BaseException]]:
@@ -200,11 +209,8 @@ def test_two_batches_creating_the_same_rows_in_opposite_orders_do_not_deadlock(
 def test_a_fill_makes_a_missing_position_in_account_order_before_locking_later_ones(
     role_groups, monkeypatch, big
 ):
-    import allocations.services as alloc_services
-
     if big:  # the read split, the positions' lock a statement of its own (pipeline mode)
-        monkeypatch.setattr(executions_module, "PIPELINE_MIN_ORDERS", 2)
-        monkeypatch.setattr(alloc_services, "PIPELINE_MIN_ORDERS", 2)
+        _pipelined_from_two_orders(monkeypatch)
     # given a block of two orders never filled, on accounts P (no position in the
     # instrument) and Q (a position, flat), P before Q in account order
     trader = f.UserFactory(username="trader_o", role="Trader")
@@ -277,11 +283,8 @@ def test_a_duplicate_fill_of_orders_never_filled_makes_no_position(role_groups):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("big", [False, True], ids=["small-fill", "big-fill-pipelined"])
 def test_a_fill_locks_cash_only_once_every_position_is_locked(role_groups, monkeypatch, big):
-    import allocations.services as alloc_services
-
     if big:  # the orders written first, then the rows with their cash, then the positions
-        monkeypatch.setattr(executions_module, "PIPELINE_MIN_ORDERS", 2)
-        monkeypatch.setattr(alloc_services, "PIPELINE_MIN_ORDERS", 2)
+        _pipelined_from_two_orders(monkeypatch)
     # given a block of two orders on accounts P and Q (P first in account order), both with a
     # position in the instrument and a cash balance
     trader = f.UserFactory(username="trader_c", role="Trader")
