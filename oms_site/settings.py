@@ -130,6 +130,13 @@ if DB_POOL_MAX_SIZE > 0:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# pytest-xdist's workers share REDIS_URL's database: each keeps its cache keys and channel
+# groups under prefixes of its own, and tests/conftest.py clears only its own keys between
+# tests (a FLUSHDB by one worker emptied the others' throttle counters mid-test). Empty outside
+# pytest-xdist, so every other process keeps the configured prefixes.
+_WORKER_SUFFIX = (
+    f"-{os.environ['PYTEST_XDIST_WORKER']}" if os.environ.get("PYTEST_XDIST_WORKER") else ""
+)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -168,7 +175,7 @@ CACHES = {
     "default": {
         "BACKEND": "oms_site.cache.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": os.environ.get("CACHE_PREFIX", "oms"),
+        "KEY_PREFIX": os.environ.get("CACHE_PREFIX", "oms") + _WORKER_SUFFIX,
     }
 }
 
@@ -225,7 +232,7 @@ CHANNEL_LAYERS = {
             # Messages waiting per connection in the web process; past it the connection is
             # told it lost events (it closes, the client refetches) instead of growing memory.
             "capacity": int(os.environ.get("CHANNEL_CAPACITY", "2000")),
-            "prefix": os.environ.get("CHANNEL_PREFIX", "oms-ws"),
+            "prefix": os.environ.get("CHANNEL_PREFIX", "oms-ws") + _WORKER_SUFFIX,
         },
     }
 }

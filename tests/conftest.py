@@ -19,10 +19,36 @@ def _fast_password_hashing(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+def cache_keys_clear() -> int:
+    """Delete this process's cache keys (its KEY_PREFIX) and return how many went.
+
+    Not `cache.clear()`: that is a FLUSHDB, which under pytest-xdist emptied the other workers'
+    keys (their throttle counters) in the middle of their tests; each worker has a prefix of its
+    own (settings._WORKER_SUFFIX).
+    """
+    client = cache._cache.get_client(write=True)
+    pattern = f"{glob_escape(cache.key_prefix)}:*"
+    deleted = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += client.unlink(*batch)
+            batch.clear()
+    if batch:
+        deleted += client.unlink(*batch)
+    return deleted
+
+
+def glob_escape(text: str) -> str:
+    """`text` with Redis glob characters escaped, so a prefix matches only itself."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache() -> None:
     # Login throttles and idempotency live in Redis; tests must not see each other's counters.
-    cache.clear()
+    cache_keys_clear()
 
 
 @pytest.fixture

@@ -35,3 +35,31 @@ def test_values_written_in_one_thread_are_read_in_another() -> None:
         assert cache.get("kernel-test-cache-key") is None
     finally:
         cache.delete("kernel-test-cache-key")
+
+
+def test_clearing_between_tests_deletes_only_this_process_keys() -> None:
+    # Another pytest-xdist worker's keys (another prefix, and one whose prefix merely starts
+    # with ours) share the Redis database and must survive this worker's clearing.
+    from tests.conftest import cache_keys_clear
+
+    client = cache._cache.get_client(write=True)
+    others = [f"{cache.key_prefix}-gw9:1:throttle", f"{cache.key_prefix}x:1:throttle"]
+    for key in others:
+        client.set(key, b"7", ex=30)
+    try:
+        cache.set("kernel-a", 1, 30)
+        cache.set("kernel-b", 2, 30, version=3)
+        assert cache_keys_clear() == 2
+        assert cache.get("kernel-a") is None
+        assert cache.get("kernel-b", version=3) is None
+        assert [client.get(key) for key in others] == [b"7", b"7"]
+        assert cache_keys_clear() == 0
+    finally:
+        client.delete(*others)
+
+
+def test_glob_characters_in_a_prefix_match_only_themselves() -> None:
+    from tests.conftest import glob_escape
+
+    assert glob_escape("oms") == "oms"
+    assert glob_escape("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"
