@@ -966,6 +966,35 @@ def _short_ok(order: Any) -> bool:
     return bool(ok)
 
 
+def _row_texts(rows: Sequence[tuple[Any, ...]]) -> list[list[str]]:
+    """The str() of each value of a fill's rows, by column (_ALLOCATION_ROW_COLUMNS order).
+
+    A row's cum_quantity, cum_gross, cum_commission, cum_fees and cum_net are its order's
+    target and the money `engine.commissions_for` priced for it (one tuple per distinct
+    quantity): the orders given the same target object (a big block's 1,000 orders share a
+    few dozen) have the same five texts, made once per object (keyed by its id: alive as long
+    as `rows`). The other columns' are made for every row. Measured on 1,000-order fills (160
+    alternated pairs each): -0.88 ms of Python CPU via fill_allocate (117 pairs lower), -0.91
+    ms via execution_apply (99 lower).
+    """
+    columns = list(zip(*rows, strict=True))
+    if not columns:
+        return []
+    texts = [list(map(str, column)) for column in columns[:8]]
+    made: dict[int, tuple[str, str, str, str, str]] = {}
+    cumulative: list[tuple[str, str, str, str, str]] = []
+    append = cumulative.append
+    for quantity, gross, commission, fees, net in zip(*columns[8:13], strict=True):
+        key = id(quantity)
+        text = made.get(key)
+        if text is None:
+            text = made[key] = (str(quantity), str(gross), str(commission), str(fees), str(net))
+        append(text)
+    texts += map(list, zip(*cumulative, strict=True))
+    texts.append(list(map(str, columns[13])))
+    return texts
+
+
 def _rebook(
     *,
     block: Block | None,
@@ -1193,7 +1222,7 @@ def _rebook(
         row_ids = sorted(new_ids[row[0]] for row in rows)
         # Each row value's text is made once, for the statement's arrays and the audit payload.
         id_texts = list(map(str, row_ids))
-        texts = [list(map(str, column)) for column in zip(*rows, strict=True)]
+        texts = _row_texts(rows)
         params["id"] = _array_of_texts(id_texts)
         if rows:
             for name, column_texts in zip(_ALLOCATION_ROW_COLUMNS, texts, strict=True):
