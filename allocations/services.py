@@ -1188,6 +1188,8 @@ def _rebook(
         cash_moves: dict[int, Decimal] = defaultdict(Decimal)
         for row in rows:
             # A buy pays its net, a sell receives it; pending until the settlement date.
+            # (Negating the net instead of this product, and no sum for an account's first
+            # row: -0.1 to -0.2 ms of Python per 1,000 rows, 160 alternated pairs: not kept.)
             cash_moves[row[1]] += -sign * row[7]
         cash_accounts = sorted(k for k, v in cash_moves.items() if v)
         params.update(
@@ -1627,6 +1629,11 @@ def fill_allocate(
             pro_rata = read.pro_rata_of(locked)  # made by the caller while PostgreSQL read
         # The positions are waited for only where the rows need them (_rebook): with a big
         # fill's read they are locked by a statement of their own, answered after the rest.
+        # Parsing only the fills' row here and the orders' rows once the orders' statement is
+        # sent (and execution_apply's positions' rows once the rows' are) was measured in
+        # session 16 and not kept: -0.2 to -0.9 ms wall via fill_allocate, -0.3 to -1.1 ms via
+        # execution_apply (160-200 alternated pairs, busy machine), within the noise: the parse
+        # moves to the next step, which is Python's too.
         filled, notional, schedule, booked, new_ids = read.totals()
         price = _average(filled, notional)
         try:
