@@ -1264,7 +1264,9 @@ def _apply(
             publish_execution_created(fills[0], data)
         elif fills:  # a block's fill: one hop after commit for all its orders' events
             # The events' data made JSON-safe here (the shared execution once) and published
-            # as it is: json_safe would walk it all again.
+            # as it is: json_safe would walk it all again. (Made once the audit statement is
+            # sent instead, while PostgreSQL writes: -1.1 ms wall, 67 of 120 alternated pairs
+            # lower; not kept.)
             publish_messages_on_commit(_fill_messages(fills, json_safe(data)))
     published = {o.id for o in fills}
     rest = [o for o in ctx.changed.values() if o.pk not in published]
@@ -1474,7 +1476,10 @@ def _apply_fill(ctx: _Context, execution: Execution, meta: dict) -> list[Order]:
                 values = order.__dict__
                 cum_qty = values["cum_qty"]
                 moved = values["version"] != version
-                if moved:  # as the columns hold them (8 decimals), like a row read back
+                # As the columns hold them (8 decimals), like a row read back. Made once the
+                # fill's statements were sent instead (same values): -0.6 ms wall, -0.16 ms of
+                # Python per 1,000-order fill (160 alternated pairs): not kept.
+                if moved:
                     values["cum_qty"] = cum_qty = cum_qty.quantize(PRICE_QUANTUM)
                     values["leaves_qty"] = values["leaves_qty"].quantize(PRICE_QUANTUM)
                     values["avg_px"] = values["avg_px"].quantize(PRICE_QUANTUM)

@@ -495,6 +495,55 @@ def test_a_fills_audit_payload_text_is_the_canonical_json_of_its_dict() -> None:
     assert text == canonical_text(expected)
 
 
+def test_a_fills_row_texts_are_each_values_str_by_column() -> None:
+    # given rows as a fill makes them: targets shared by orders given the same object, one
+    # target of equal value printing otherwise (100 and 1E+2), and the money priced once
+    # per value (the same tuple for both)
+    from allocations.services import _row_texts
+
+    hundred, other_hundred, fifty = D(100), D("1E+2"), D("50.00000000")
+    money = (D("1001.50"), D("1.00"), D("0.00"), D("-1002.50"))
+    half = (D("500.75"), D("1.00"), D("0.00"), D("-501.75"))
+    rows = [
+        (
+            11,
+            21,
+            "fill",
+            D(100),
+            D("1001.50"),
+            D("1.00"),
+            D("0.00"),
+            D("-1002.50"),
+            hundred,
+            *money,
+            None,
+        ),
+        (
+            12,
+            22,
+            "reversal",
+            D("-1E+1"),
+            D("-1E+3"),
+            D("0E-8"),
+            D("0.01"),
+            D("999.99"),
+            other_hundred,
+            *money,
+            7,
+        ),
+        (13, 23, "fill", D(50), D("500.75"), D("1.00"), D(0), D("-501.75"), fifty, *half, None),
+        (14, 24, "reprice", D(0), D("0.01"), D(0), D(0), D("-0.01"), hundred, *money, None),
+    ]
+    # when their texts are made
+    texts = _row_texts(rows)
+    # then they are every value's str(), column by column, each target with its own digits
+    assert texts == [list(map(str, column)) for column in zip(*rows, strict=True)]
+    assert texts[8] == ["100", "1E+2", "50.00000000", "100"]
+    assert texts[13] == ["None", "7", "None", "None"]
+    # and a fill without rows has no texts
+    assert _row_texts([]) == []
+
+
 def test_a_fills_audit_events_verify(three_accounts, instrument, broker, trader):
     # given a block filled twice (the second fill re-prices every order)
     _, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
