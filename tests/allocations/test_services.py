@@ -544,6 +544,49 @@ def test_a_fills_row_texts_are_each_values_str_by_column() -> None:
     assert _row_texts([]) == []
 
 
+def test_rows_sharing_a_target_object_but_not_its_money_keep_their_own_texts() -> None:
+    # given two rows whose cum_quantity is the very same object but whose money differs
+    from allocations.services import _row_texts
+
+    target = D(100)
+    rows = [
+        (
+            11,
+            21,
+            "fill",
+            D(100),
+            D("10.00"),
+            D(1),
+            D(0),
+            D("-11.00"),
+            target,
+            *(D("10.00"), D(1), D(0), D("-11.00")),
+            None,
+        ),
+        (
+            12,
+            22,
+            "fill",
+            D(100),
+            D("20.00"),
+            D(2),
+            D(0),
+            D("-22.00"),
+            target,
+            *(D("20.00"), D(2), D(0), D("-22.00")),
+            None,
+        ),
+    ]
+    # when their texts are made, then each row has its own money's texts
+    texts = _row_texts(rows)
+    assert [texts[9], texts[10], texts[12]] == [
+        ["10.00", "20.00"],
+        ["1", "2"],
+        ["-11.00", "-22.00"],
+    ]
+    assert texts == [list(map(str, column)) for column in zip(*rows, strict=True)]
+
+
 def test_a_fills_audit_events_verify(three_accounts, instrument, broker, trader):
     # given a block filled twice (the second fill re-prices every order)
     _, _, placement = block_100_200_300(three_accounts, instrument, trader, broker)
