@@ -24,6 +24,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "oms_site.settings")
 django.setup(set_prefix=False)
 
 
+# Paths whose match SyncChainASGIHandler.resolve_request remembers, at most (per URLconf).
+RESOLVED_PATHS_MAX = 256
+
+
 class SyncChainASGIHandler(ASGIHandler):
     """Django's ASGI handler running middleware and view in one worker-thread hop.
 
@@ -163,6 +167,33 @@ class SyncChainASGIHandler(ASGIHandler):
             response.close()
         else:
             signals.request_finished.send(sender=self.__class__)
+
+    def resolve_request(self, request: Any) -> Any:
+        """Django's resolve_request, with a path's match remembered when it captured nothing.
+
+        Why: resolving /api/v1/orders/ walks three levels of includes and copies the list of
+        patterns tried at each: 2-3 % of a worker's samples under load; in process, 500
+        alternated pairs of whole orders, -119 us of CPU per order (median pair difference,
+        58 % of pairs lower, on a slow phase of 7.5 ms per order). A match
+        without arguments depends on the path and the URLconf only, and nothing writes to a
+        ResolverMatch, so requests share it. The memo lives on the resolver, which Django
+        replaces when the URLconf changes; a path that does not resolve is not remembered,
+        and at most RESOLVED_PATHS_MAX paths are.
+        """
+        if hasattr(request, "urlconf"):
+            return super().resolve_request(request)
+        resolver = get_resolver()
+        memo: dict[str, Any] | None = resolver.__dict__.get("_oms_matches")
+        if memo is None:
+            memo = resolver.__dict__.setdefault("_oms_matches", {})
+        path = request.path_info
+        match = memo.get(path)
+        if match is None:
+            match = resolver.resolve(path)
+            if not match.args and not match.kwargs and len(memo) < RESOLVED_PATHS_MAX:
+                memo[path] = match
+        request.resolver_match = match
+        return match
 
     async def get_response_async(self, request: Any) -> Any:
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
