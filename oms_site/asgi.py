@@ -23,6 +23,7 @@ from django.urls import get_resolver, set_script_prefix
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "oms_site.settings")
 django.setup(set_prefix=False)
 
+from django.conf.urls.i18n import is_language_prefix_patterns_used  # noqa: E402
 
 # Paths whose match SyncChainASGIHandler.resolve_request remembers, at most (per URLconf).
 RESOLVED_PATHS_MAX = 256
@@ -178,11 +179,16 @@ class SyncChainASGIHandler(ASGIHandler):
         without arguments depends on the path and the URLconf only, and nothing writes to a
         ResolverMatch, so requests share it. The memo lives on the resolver, which Django
         replaces when the URLconf changes; a path that does not resolve is not remembered,
-        and at most RESOLVED_PATHS_MAX paths are.
+        and at most RESOLVED_PATHS_MAX paths are. Language-prefixed routes are not memoized.
         """
-        if hasattr(request, "urlconf"):
-            return super().resolve_request(request)
         resolver = get_resolver()
+        if (
+            hasattr(request, "urlconf")
+            or is_language_prefix_patterns_used(resolver.urlconf_name)[0]
+        ):
+            # A request's own URLconf, or language-prefixed routes (the match depends on the
+            # active language): Django's resolution every time.
+            return super().resolve_request(request)
         memo: dict[str, Any] | None = resolver.__dict__.get("_oms_matches")
         if memo is None:
             memo = resolver.__dict__.setdefault("_oms_matches", {})

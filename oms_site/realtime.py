@@ -279,6 +279,7 @@ class _Background:
     def __init__(self) -> None:
         self.pending: deque[list[tuple[str, dict[str, Any]]]] = deque()
         self.draining = False  # read and written on the sender loop's thread only
+        self.task: asyncio.Task[None] | None = None  # the loop keeps only weak references
         self.pid = os.getpid()
 
     def put(self, items: list[tuple[str, dict[str, Any]]]) -> None:
@@ -288,6 +289,7 @@ class _Background:
             # parent had queued or was sending is the parent's.
             self.pending.clear()
             self.draining = False
+            self.task = None
             self.pid = os.getpid()
         loop.call_soon_threadsafe(self._arrive, items)
 
@@ -295,7 +297,7 @@ class _Background:
         self.pending.append(items)
         if not self.draining:
             self.draining = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self.task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         try:

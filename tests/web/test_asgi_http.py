@@ -535,3 +535,35 @@ def test_a_requests_own_urlconf_and_a_changed_urlconf_are_resolved_by_django(
     fresh = handler.resolve_request(_Request("/orders/"))
     assert (fresh.url_name, fresh.route) == ("api-orders", "orders/")
     assert resolve_calls == ["/api/v1/orders/"]
+
+
+def test_language_prefixed_routes_are_resolved_by_django_every_time(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a URLconf whose routes carry the language prefix
+    import sys
+    import types
+
+    from django.conf.urls.i18n import i18n_patterns
+    from django.urls import path
+    from django.utils import translation
+
+    settings.USE_I18N = True
+    module = types.ModuleType("oms_test_i18n_urls")
+    module.urlpatterns = i18n_patterns(  # type: ignore[attr-defined]
+        path("page/", lambda request: HttpResponse(b""), name="i18n-page")
+    )
+    monkeypatch.setitem(sys.modules, "oms_test_i18n_urls", module)
+    settings.ROOT_URLCONF = "oms_test_i18n_urls"
+    handler = asgi.SyncChainASGIHandler()
+    # when its page is resolved twice under the default language
+    with translation.override(settings.LANGUAGE_CODE):
+        prefix = f"/{translation.get_language()}/page/"
+        one = handler.resolve_request(_Request(prefix))
+        two = handler.resolve_request(_Request(prefix))
+    # then each request got its own match and nothing was remembered
+    from django.urls import get_resolver
+
+    assert (one.url_name, two.url_name) == ("i18n-page", "i18n-page")
+    assert one is not two
+    assert "_oms_matches" not in get_resolver().__dict__
