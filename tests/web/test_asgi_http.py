@@ -419,6 +419,14 @@ def test_an_answered_order_leaves_no_reference_cycle_through_the_handler(
     assert [
         type(o).__name__ for o in found if type(o).__name__ in ("Order", "ComplianceResult")
     ] == []
+    # and nor were the request's own objects (Django's request with its lazy user and message
+    # storages, DRF's view, request and response): _release broke their cycles
+    # (what a first Redis connection of the test's loop leaves is not the request's)
+    assert [
+        type(o).__qualname__
+        for o in found
+        if type(o).__module__.split(".")[0] in ("django", "rest_framework", "oms_site", "orders")
+    ] == []
 
 
 class _Request:
@@ -567,3 +575,31 @@ def test_language_prefixed_routes_are_resolved_by_django_every_time(
     assert (one.url_name, two.url_name) == ("i18n-page", "i18n-page")
     assert one is not two
     assert "_oms_matches" not in get_resolver().__dict__
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
+def test_a_requests_objects_are_dropped_only_once_its_answer_is_sent() -> None:
+    # given a view whose streamed answer reads its request while it is being sent
+    handler = asgi.SyncChainASGIHandler()
+    seen: list[Any] = []
+
+    def view(request: Any) -> StreamingHttpResponse:
+        request.note = "kept while sending"
+
+        def chunks() -> Iterator[bytes]:
+            yield b"first,"
+            seen.append((request.path, request.note))
+            yield b"second"
+
+        seen.append(request)
+        return StreamingHttpResponse(chunks(), content_type="text/plain")
+
+    handler.get_response = view  # type: ignore[method-assign]
+    # when it is requested
+    messages = async_to_sync(_exchange)(handler, _scope("/report/"), disconnect=False)
+    # then the whole answer was sent, the request intact while it was
+    assert messages[0]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in messages[1:]) == b"first,second"
+    assert seen[1] == ("/report/", "kept while sending")
+    # and once it was sent, the request holds nothing any more (no cycle for the collector)
+    assert vars(seen[0]) == {}
