@@ -419,3 +419,187 @@ def test_an_answered_order_leaves_no_reference_cycle_through_the_handler(
     assert [
         type(o).__name__ for o in found if type(o).__name__ in ("Order", "ComplianceResult")
     ] == []
+    # and nor were the request's own objects (Django's request with its lazy user and message
+    # storages, DRF's view, request and response): _release broke their cycles
+    # (what a first Redis connection of the test's loop leaves is not the request's)
+    assert [
+        type(o).__qualname__
+        for o in found
+        if type(o).__module__.split(".")[0] in ("django", "rest_framework", "oms_site", "orders")
+    ] == []
+
+
+class _Request:
+    """What resolve_request reads of a request (no `urlconf` attribute: the default URLconf)."""
+
+    def __init__(self, path_info: str) -> None:
+        self.path_info = path_info
+        self.resolver_match: Any = None
+
+
+@pytest.fixture
+def resolve_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The paths the URLconf's resolver walks, with a memo that starts empty."""
+    from django.urls import get_resolver
+    from django.urls.resolvers import URLResolver
+
+    resolver = get_resolver()
+    resolver.__dict__.pop("_oms_matches", None)
+    calls: list[str] = []
+    walk = URLResolver.resolve
+
+    def counted(self: Any, path: str) -> Any:
+        if self is resolver:
+            calls.append(path)
+        return walk(self, path)
+
+    monkeypatch.setattr(URLResolver, "resolve", counted)
+    yield calls
+    resolver.__dict__.pop("_oms_matches", None)
+
+
+def test_a_path_that_captures_nothing_is_resolved_once_and_its_match_shared(
+    resolve_calls: list[str],
+) -> None:
+    # given the server's handler
+    handler = asgi.SyncChainASGIHandler()
+    first, second = _Request("/api/v1/orders/"), _Request("/api/v1/orders/")
+    # when two requests for the order list are resolved
+    match = handler.resolve_request(first)
+    again = handler.resolve_request(second)
+    # then the URLconf was walked once, and both requests carry the same match
+    assert resolve_calls == ["/api/v1/orders/"]
+    assert again is match
+    assert first.resolver_match is match
+    assert second.resolver_match is match
+    assert (match.url_name, match.route, match.args, match.kwargs) == (
+        "api-orders",
+        "api/v1/orders/",
+        (),
+        {},
+    )
+    assert match.func.view_class.__name__ == "OrderListCreateView"
+
+
+def test_a_path_with_arguments_or_without_a_route_is_resolved_every_time(
+    resolve_calls: list[str],
+) -> None:
+    # given the server's handler
+    from django.urls import Resolver404
+
+    handler = asgi.SyncChainASGIHandler()
+    # when an order's detail path is resolved twice
+    one = handler.resolve_request(_Request("/api/v1/orders/7/"))
+    two = handler.resolve_request(_Request("/api/v1/orders/7/"))
+    # then each time walks the URLconf, and each match has its own arguments
+    assert resolve_calls == ["/api/v1/orders/7/", "/api/v1/orders/7/"]
+    assert one is not two
+    assert (one.url_name, one.kwargs, two.kwargs) == ("api-order-detail", {"pk": 7}, {"pk": 7})
+    # and a path no route matches raises Resolver404 every time, nothing remembered
+    for _ in range(2):
+        with pytest.raises(Resolver404):
+            handler.resolve_request(_Request("/no/such/page/"))
+    assert resolve_calls[2:] == ["/no/such/page/", "/no/such/page/"]
+    from django.urls import get_resolver
+
+    assert get_resolver().__dict__.get("_oms_matches", {}) == {}
+
+
+def test_at_most_the_limit_of_paths_is_remembered(
+    resolve_calls: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a memo limited to one path, which already holds the order list
+    monkeypatch.setattr(asgi, "RESOLVED_PATHS_MAX", 1)
+    handler = asgi.SyncChainASGIHandler()
+    handler.resolve_request(_Request("/api/v1/orders/"))
+    # when another path without arguments is resolved twice, and the order list again
+    handler.resolve_request(_Request("/api/v1/baskets/"))
+    handler.resolve_request(_Request("/api/v1/baskets/"))
+    handler.resolve_request(_Request("/api/v1/orders/"))
+    # then the second path is walked each time, the first one only once
+    assert resolve_calls == ["/api/v1/orders/", "/api/v1/baskets/", "/api/v1/baskets/"]
+
+
+def test_a_requests_own_urlconf_and_a_changed_urlconf_are_resolved_by_django(
+    resolve_calls: list[str], settings: Any
+) -> None:
+    # given the order list remembered for the default URLconf
+    handler = asgi.SyncChainASGIHandler()
+    remembered = handler.resolve_request(_Request("/api/v1/orders/"))
+    # when a request names its own URLconf (as a middleware may set it)
+    from django.urls import set_urlconf
+
+    own = _Request("/blotter/")
+    own.urlconf = "orders.urls"  # type: ignore[attr-defined]
+    try:
+        match = handler.resolve_request(own)
+    finally:
+        set_urlconf(None)
+    # then that URLconf resolves it, and the default URLconf's memo is not used
+    assert match is not remembered
+    assert match.url_name == "blotter"
+    # and when the project's URLconf changes, its new resolver resolves the path afresh
+    settings.ROOT_URLCONF = "orders.api.order_urls"
+    fresh = handler.resolve_request(_Request("/orders/"))
+    assert (fresh.url_name, fresh.route) == ("api-orders", "orders/")
+    assert resolve_calls == ["/api/v1/orders/"]
+
+
+def test_language_prefixed_routes_are_resolved_by_django_every_time(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a URLconf whose routes carry the language prefix
+    import sys
+    import types
+
+    from django.conf.urls.i18n import i18n_patterns
+    from django.urls import path
+    from django.utils import translation
+
+    settings.USE_I18N = True
+    module = types.ModuleType("oms_test_i18n_urls")
+    module.urlpatterns = i18n_patterns(  # type: ignore[attr-defined]
+        path("page/", lambda request: HttpResponse(b""), name="i18n-page")
+    )
+    monkeypatch.setitem(sys.modules, "oms_test_i18n_urls", module)
+    settings.ROOT_URLCONF = "oms_test_i18n_urls"
+    handler = asgi.SyncChainASGIHandler()
+    # when its page is resolved twice under the default language
+    with translation.override(settings.LANGUAGE_CODE):
+        prefix = f"/{translation.get_language()}/page/"
+        one = handler.resolve_request(_Request(prefix))
+        two = handler.resolve_request(_Request(prefix))
+    # then each request got its own match and nothing was remembered
+    from django.urls import get_resolver
+
+    assert (one.url_name, two.url_name) == ("i18n-page", "i18n-page")
+    assert one is not two
+    assert "_oms_matches" not in get_resolver().__dict__
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
+def test_a_requests_objects_are_dropped_only_once_its_answer_is_sent() -> None:
+    # given a view whose streamed answer reads its request while it is being sent
+    handler = asgi.SyncChainASGIHandler()
+    seen: list[Any] = []
+
+    def view(request: Any) -> StreamingHttpResponse:
+        request.note = "kept while sending"
+
+        def chunks() -> Iterator[bytes]:
+            yield b"first,"
+            seen.append((request.path, request.note))
+            yield b"second"
+
+        seen.append(request)
+        return StreamingHttpResponse(chunks(), content_type="text/plain")
+
+    handler.get_response = view  # type: ignore[method-assign]
+    # when it is requested
+    messages = async_to_sync(_exchange)(handler, _scope("/report/"), disconnect=False)
+    # then the whole answer was sent, the request intact while it was
+    assert messages[0]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in messages[1:]) == b"first,second"
+    assert seen[1] == ("/report/", "kept while sending")
+    # and once it was sent, the request holds nothing any more (no cycle for the collector)
+    assert vars(seen[0]) == {}
