@@ -24,6 +24,14 @@ from orders.services.executions import execution_apply, executions_apply
 from tests import factories as f
 from tests.routing.conftest import acknowledged_block, acknowledged_block_of, report
 
+
+def _first_fill(p: Any, qty: str = "50", *, exec_id: str | None = None) -> Any:
+    """Placement `p`'s first fill: `qty` at 100 (cumulative and last both `qty`)."""
+    return report(
+        p.cl_ord_id, "F", "1", exec_id=exec_id, cum=qty, avg="100", last_qty=qty, last_px="100"
+    )
+
+
 pytestmark = pytest.mark.django_db
 KEY = "FIX.4.4:OMS->BRKA"
 
@@ -118,7 +126,7 @@ def test_the_writing_statement_of_a_big_block_is_sent_in_pipeline_mode(
     # when one report is applied, then a batch of two
     execution_apply(
         session_key=KEY,
-        report=report(p.cl_ord_id, "F", "1", cum="10", avg="100", last_qty="10", last_px="100"),
+        report=_first_fill(p, "10"),
     )
     executions_apply(
         session_key=KEY,
@@ -139,7 +147,7 @@ def test_the_writing_statement_of_a_big_block_is_sent_in_pipeline_mode(
     seen.clear()
     execution_apply(
         session_key=KEY,
-        report=report(small.cl_ord_id, "F", "1", cum="10", avg="100", last_qty="10", last_px="100"),
+        report=_first_fill(small, "10"),
     )
     assert seen == [pq.PipelineStatus.OFF]
 
@@ -162,16 +170,7 @@ def test_an_error_of_the_write_not_waited_for_rolls_the_whole_report_back(
     ):
         execution_apply(
             session_key=KEY,
-            report=report(
-                p.cl_ord_id,
-                "F",
-                "1",
-                exec_id="BAD1",
-                cum="50",
-                avg="100",
-                last_qty="50",
-                last_px="100",
-            ),
+            report=_first_fill(p, exec_id="BAD1"),
         )
     # then nothing of it stayed: no execution, allocation, book row, order change, audit event
     # or blotter event
@@ -217,13 +216,13 @@ def test_a_big_block_fill_sends_its_execution_and_read_before_the_orders_are_bui
     # when each block is filled
     execution = execution_apply(
         session_key=KEY,
-        report=report(p.cl_ord_id, "F", "1", cum="50", avg="100", last_qty="50", last_px="100"),
+        report=_first_fill(p),
     )
     big = list(seen)
     seen.clear()
     execution_apply(
         session_key=KEY,
-        report=report(small.cl_ord_id, "F", "1", cum="10", avg="100", last_qty="10", last_px="100"),
+        report=_first_fill(small, "10"),
     )
     # then the big block's Execution insert and its fill's read (of the locked orders' ids)
     # went out in pipeline mode before its orders were built, once each
@@ -459,7 +458,7 @@ def test_a_big_block_fill_makes_its_pro_rata_part_while_postgresql_reads(
     # when it is filled 50
     execution = execution_apply(
         session_key=KEY,
-        report=report(p.cl_ord_id, "F", "1", cum="50", avg="100", last_qty="50", last_px="100"),
+        report=_first_fill(p),
     )
     # then the pro-rata part was made once, of the block's orders, before the insert's answer
     # (which waits for the read) and not again by the allocation
@@ -493,16 +492,7 @@ def test_orders_the_pro_rata_refuses_are_refused_by_the_allocation_with_its_erro
     ) as err:
         execution_apply(
             session_key=KEY,
-            report=report(
-                p.cl_ord_id,
-                "F",
-                "1",
-                exec_id="REF1",
-                cum="50",
-                avg="100",
-                last_qty="50",
-                last_px="100",
-            ),
+            report=_first_fill(p, exec_id="REF1"),
         )
     # then the allocation refused it as an overfill (tried early too when pipelined), and
     # nothing of it stayed
@@ -530,7 +520,7 @@ def test_a_big_block_with_an_allocation_policy_makes_no_early_pro_rata_part(
     # when it is filled 40
     execution = execution_apply(
         session_key=KEY,
-        report=report(p.cl_ord_id, "F", "1", cum="40", avg="100", last_qty="40", last_px="100"),
+        report=_first_fill(p, "40"),
     )
     # then no pro-rata part was made, and the fill was shared by the ratios
     assert prepared == []
