@@ -970,6 +970,10 @@ def _pipeline_enter(stack: ExitStack) -> None:
 # with its read ascend in it); positions, orders, blocks and placements get their last held
 # values (each row once, `updated_at` its last fill's moment); cash gets each (account,
 # currency)'s summed delta and one version per fill that moved it, upserted in key order.
+# Measured against one statement per fill (40 alternated pairs of identical worlds, batches
+# of 50 fills over 10 blocks of 5 orders filled before, the benchmark's shape: five merged
+# statements a batch), medians per fill: PostgreSQL CPU 2.54 -> 1.52 ms (paired -0.99, lower
+# in 40/40), Python CPU 2.40 -> 1.94 ms (-0.41, 39/40), wall 5.11 -> 3.69 ms (-1.45, 40/40).
 _MERGED_FILLS = (
     "fl AS MATERIALIZED (SELECT i AS f, s.a[i][1]::bigint AS execution_id, "
     "s.a[i][2]::bigint AS block_id, s.a[i][3]::bigint AS instrument_id, "

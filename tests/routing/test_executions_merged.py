@@ -10,13 +10,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 import allocations.services as alloc_services
 from allocations.models import Allocation, CashBalance, CommissionSchedule, Position
 from oms_site.audit import audit_verify
 from oms_site.errors import ConflictError
-from oms_site.models import AuditEvent
+from oms_site.models import AuditEvent, AuditStream
 from orders.models import Block, Execution, Order, Placement
 from orders.services import executions as executions_module
 from orders.services.executions import execution_apply, executions_apply
@@ -559,3 +560,65 @@ def test_a_reference_violation_in_a_merged_statement_raises_23503_and_changes_no
     assert s.dump(times=False) == before
     assert AuditEvent.objects.count() == events_before
     assert not Execution.objects.filter(exec_id__startswith=f"{s.tag}-").exists()
+
+
+_RAW_TABLES = (
+    Allocation._meta.db_table,
+    Execution._meta.db_table,
+    Order._meta.db_table,
+    Block._meta.db_table,
+    Placement._meta.db_table,
+    Position._meta.db_table,
+    CashBalance._meta.db_table,
+    AuditEvent._meta.db_table,
+    AuditStream._meta.db_table,
+)
+
+
+def _raw() -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the tables a batch writes, every column as stored (ids, hashes)."""
+    with connection.cursor() as cursor:
+        out = {}
+        for table in _RAW_TABLES:
+            cursor.execute(f'SELECT * FROM "{table}" ORDER BY 1')
+            out[table] = cursor.fetchall()
+        return out
+
+
+def _sequences() -> list[tuple[str, Any, bool]]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT schemaname || '.' || sequencename FROM pg_sequences")
+        names = [row[0] for row in cursor.fetchall()]
+        found = []
+        for name in names:
+            cursor.execute(f"SELECT last_value, is_called FROM {name}")
+            found.append((name, *cursor.fetchone()))
+        return found
+
+
+def test_a_merged_batch_writes_byte_for_byte_what_the_unmerged_batch_writes(scene, monkeypatch):
+    # given a scene, its reports, a clock that ticks per call and the sequences as they are
+    s = scene()
+    batch = s.batch(PLAN)
+    clock = Clock()
+    monkeypatch.setattr(timezone, "now", clock)
+    sequences = _sequences()
+    # when the batch is applied merged, and then (rolled back, the sequences set back and the
+    # clock restarted) with a booking statement per fill
+    with connection.cursor() as cursor:
+        cursor.execute("SAVEPOINT merged_probe")
+    merged = [_result(e) for e in executions_apply(session_key=KEY, reports=batch)]
+    merged_rows = _raw()
+    with connection.cursor() as cursor:
+        cursor.execute("ROLLBACK TO SAVEPOINT merged_probe")
+        for name, value, called in sequences:
+            cursor.execute("SELECT setval(%s, %s, %s)", [name, value, called])
+    clock.calls = 0
+    _unmerged(monkeypatch)
+    unmerged = [_result(e) for e in executions_apply(session_key=KEY, reports=batch)]
+    # then both wrote the same rows, column for column: ids, values, versions, timestamps,
+    # audit payloads and their hash chains
+    assert merged == unmerged
+    assert _raw() == merged_rows
+    assert len(merged_rows[Allocation._meta.db_table]) > 8
+    assert audit_verify() == []
