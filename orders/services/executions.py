@@ -1025,8 +1025,10 @@ def _execution_apply(
     whatever is still unsaved after a report that was not told so is written then.
 
     `book`: the batch's held booking writes (`allocations.services.BookBuffer`), sent before
-    any report that is not a fill, and before a fill's reads when it reads a row they write
-    (its placement, block or orders, their allocation rows, its accounts' positions)."""
+    any report that is not a fill, before a fill's locking read of a row they write (its
+    placement, block or orders) and before a big fill. A small fill's read of what its orders
+    booked and of its accounts' positions goes out without them, and what they hold of those
+    rows is laid over its answer (`BookBuffer.booked_over`, `BookBuffer.positions_over`)."""
     ids = [i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i]
     key = tuple(ids)
     if book is not None and not report.is_fill:
@@ -1094,8 +1096,8 @@ def _execution_book(
         if fill and ctx is not None and ctx.orders and ctx.fill_read is None:
             # A small fill (a big block's was sent early above): its Execution row is written
             # by its fill's read, one statement.
-            if book is not None and _read_touched(book, ctx):
-                book.flush()  # the read would find these rows as they were before
+            if book is not None and len(ctx.orders) >= PIPELINE_MIN_ORDERS:
+                book.flush()  # a big fill reads and writes after the held writes
             read = _insert_execution_and_read(execution, ctx, held)
             inserted = read is not None
             ctx.fill_read = read
@@ -1135,18 +1137,6 @@ def _touched(book: Any, ctx: _Context) -> bool:
             placement_id=ctx.placement.pk,
             block_id=ctx.block.pk if ctx.block is not None else None,
             order_ids=[o.pk for o in ctx.orders],
-        )
-    )
-
-
-def _read_touched(book: Any, ctx: _Context) -> bool:
-    """Whether the batch's held writes are of a row a fill of `ctx`'s orders reads (their
-    allocation rows, their accounts' positions in the instrument)."""
-    orders = ctx.orders
-    return bool(
-        book.touches(
-            order_ids=[o.pk for o in orders],
-            positions=[(o.account_id, o.instrument_id) for o in orders],
         )
     )
 

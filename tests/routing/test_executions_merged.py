@@ -36,7 +36,8 @@ BASE = dt.datetime(2026, 11, 20, 15, 0, tzinfo=dt.UTC)
 
 class Scene:
     """Three blocks and a lone order, at BRKA: X1 and X2 in instrument I1 share account A;
-    X3, in I2 (the same currency), shares A too; the lone order L (I2) is account E's."""
+    X3, in I2 (the same currency), shares A too; the lone order L (I2) is account E's; S1 sells
+    I1 for A and B (X1's accounts)."""
 
     def __init__(self, user: Any, broker: Any, desk: Any) -> None:
         n = next(_scenes)
@@ -46,10 +47,11 @@ class Scene:
         a, b, c, d, e = self.accounts
         i1, i2 = self.instruments
         self.cl_ord_ids: dict[str, str] = {}
-        for name, instrument, accounts, quantities in (
-            ("X1", i1, [a, b], [30, 20]),
-            ("X2", i1, [a, c], [20, 20]),
-            ("X3", i2, [a, d], [20, 20]),
+        for name, instrument, accounts, quantities, side in (
+            ("X1", i1, [a, b], [30, 20], "buy"),
+            ("X2", i1, [a, c], [20, 20], "buy"),
+            ("X3", i2, [a, d], [20, 20], "buy"),
+            ("S1", i1, [a, b], [15, 10], "sell"),
         ):
             _, _, placement = make_block(
                 instrument=instrument,
@@ -57,6 +59,7 @@ class Scene:
                 quantities=quantities,
                 user=user,
                 broker=broker,
+                side=side,
             )
             self.cl_ord_ids[name] = placement.cl_ord_id
         lone = Order.objects.create(
@@ -300,9 +303,9 @@ def _result(execution: Execution | None) -> Any:
 
 # First fills (rows made by the batch), two fills whose cash rows are the same (A's USD, X1 in I1
 # and X3 in I2: held together, summed), a fill of X2 whose position (A, I1) X1's held fill
-# writes (flushed first), an acknowledgement between fills (flushed first), a repeated fill of
-# X1 (flushed first), a duplicate ExecID of X1 (its read is X1's: flushed first): five merged
-# statements for eight booking fills.
+# moves (its read completed from the held values), an acknowledgement between fills (flushed
+# first), a repeated fill of X1 (its orders' latest rows held), a duplicate ExecID of X1: two
+# merged statements for eight booking fills.
 PLAN = [
     ("X1", "F", 1, "10", "100"),
     ("X3", "F", 2, "10", "101"),
@@ -367,12 +370,12 @@ def test_a_merged_batch_gives_exactly_the_unmerged_and_the_one_by_one_results(
     # then every result, row, timestamp, version, audit event and blotter message is the same
     # (_three_ways)
     assert results[8] is None and results[0] == ("E1", D(10), False)
-    # and the eight booking fills were written by five statements instead of eight
-    assert [s.startswith(MERGED) for s in merged].count(True) == 5
+    # and the eight booking fills were written by two statements instead of eight
+    assert [s.startswith(MERGED) for s in merged].count(True) == 2
     assert not [s for s in merged if s.startswith(ONE_FILL)]
     assert len([s for s in unmerged if s.startswith(ONE_FILL)]) == 8
     assert not [s for s in unmerged if s.startswith(MERGED)]
-    assert len(merged) == len(unmerged) - 3
+    assert len(merged) == len(unmerged) - 6
 
 
 def test_a_second_placement_of_a_block_with_held_writes_is_read_after_them(
@@ -465,9 +468,9 @@ def test_the_statements_of_a_batch_of_small_fills(scene, monkeypatch):
         ),
     )
     # then: the up-front lock; X1's and X3's two locking reads (placement, block and orders) by
-    # their first fill; one read with the Execution insert per fill; one merged booking
-    # statement per round (the second round's first fill reads X1's rows, so the first round
-    # is sent before it, and the end sends the second); the audit's two statements
+    # their first fill; one read with the Execution insert per fill (the second round's reads
+    # go out before the first round's rows are written, and are completed from them); one
+    # merged booking statement at the end; the audit's two statements
     kinds = [q.split(" ", 2)[1] for q in statements if "SAVEPOINT" not in q]
     assert kinds == [
         "batch_placements",  # _lock_batch
@@ -477,10 +480,9 @@ def test_the_statements_of_a_batch_of_small_fills(scene, monkeypatch):
         "p",
         "k",
         "ins",  # E5
-        "fl",  # E4 and E5 booked
         "ins",  # E6
         "ins",  # E7
-        "fl",  # E6 and E7 booked
+        "fl",  # E4 to E7 booked
         "INTO",  # the audit streams
         "ev",  # the audit events
     ]
@@ -511,8 +513,9 @@ def test_a_failing_report_after_held_fills_rolls_the_batch_back_and_one_by_one_a
     # when the batch is applied (held fills before the refused one)
     with pytest.raises(ConflictError):
         executions_apply(session_key=KEY, reports=s.batch(PLAN))
-    # then some fills were held when it failed, and nothing of the batch is in the book
-    assert [q.startswith(MERGED) for q in statements].count(True) == 3
+    # then the fills before the acknowledgement were sent merged, the two after it held, and
+    # nothing of the batch is in the book
+    assert [q.startswith(MERGED) for q in statements].count(True) == 1
     assert s.dump(times=False) == before
     assert AuditEvent.objects.count() == events_before
     assert not Execution.objects.filter(exec_id__startswith=f"{s.tag}-").exists()
@@ -596,10 +599,34 @@ def _sequences() -> list[tuple[str, Any, bool]]:
         return found
 
 
-def test_a_merged_batch_writes_byte_for_byte_what_the_unmerged_batch_writes(scene, monkeypatch):
+# Three rounds over the four placements at moving prices (repriced rows), each fill's read
+# sent before the previous rounds' rows are written: one merged statement.
+ROUNDS = [
+    (name, "F", 10 * r + n, qty, f"{100 + r * 0.37 + n * 0.11:.2f}")
+    for r in range(3)
+    for n, (name, qty) in enumerate((("X1", "10"), ("X2", "10"), ("X3", "10"), ("L", "5")))
+]
+
+
+# Buys and then sells of A's and B's I1 positions at prices that realise fractions of a cent
+# (the column keeps cents: the next fill's read must find the rounded value), all held.
+SELLS = [
+    ("X1", "F", 1, "10", "100.37"),
+    ("X1", "F", 2, "20", "101.13"),
+    ("S1", "F", 3, "7", "102.71"),
+    ("X1", "F", 4, "10", "99.93"),
+    ("S1", "F", 5, "9", "103.19"),
+    ("S1", "F", 6, "6", "98.77"),
+]
+
+
+@pytest.mark.parametrize("plan", [PLAN, ROUNDS, SELLS], ids=["plan", "rounds", "sells"])
+def test_a_merged_batch_writes_byte_for_byte_what_the_unmerged_batch_writes(
+    scene, monkeypatch, plan
+):
     # given a scene, its reports, a clock that ticks per call and the sequences as they are
     s = scene()
-    batch = s.batch(PLAN)
+    batch = s.batch(plan)
     clock = Clock()
     monkeypatch.setattr(timezone, "now", clock)
     sequences = _sequences()
@@ -620,5 +647,35 @@ def test_a_merged_batch_writes_byte_for_byte_what_the_unmerged_batch_writes(scen
     # audit payloads and their hash chains
     assert merged == unmerged
     assert _raw() == merged_rows
-    assert len(merged_rows[Allocation._meta.db_table]) > 8
+    assert len(merged_rows[Allocation._meta.db_table]) >= 8
     assert audit_verify() == []
+
+
+def test_a_later_read_finds_the_held_rows_as_their_columns_will_hold_them():
+    # given a buffer holding a fill's row (cumulative money to more decimals than the columns
+    # keep) and a position (avg_cost and realised P&L to eight decimals; P&L is kept in cents)
+    buffer = alloc_services.BookBuffer()
+    position = alloc_services._PositionRow(7, 3, D("14"), D("100.876666667"), D("7.33533332"), 4)
+    row = (11, 3, "fill", D("4"), D("1"), D("0"), D("0"), D("1"))
+    row += (D("14"), D("1412.275"), D("7.005"), D("0.004"), D("1419.284"), None)
+    common = dict.fromkeys(["execution", "block", "instrument", "broker", "user"], 1)
+    common.update(side="buy", price=D(100), currency="USD", method="pro_rata")
+    common.update(trade_date=BASE.date(), settles=BASE.date(), now=BASE)
+    buffer.add(common, [90], [row], ["90"], [], [position], 5, {}, [], [11], None, None)
+    # when a later fill's read of that order's rows and of that position is laid over
+    booked = buffer.booked_over(
+        {11: alloc_services._Booked(), 12: alloc_services._Booked()}, [11, 12]
+    )
+    positions = buffer.positions_over(
+        {3: alloc_services._PositionRow(7, 3, D(0), D(0), D(0), 1)}, 5
+    )
+    # then they hold what the columns will: rounded half away from zero to their scale
+    assert booked[11] == (D("14.00000000"), D("1412.28"), D("7.01"), D("0.00"), D("1419.28"), 90)
+    assert str(booked[11].gross) == "1412.28" and booked[12] == alloc_services._Booked()
+    assert positions[3] == alloc_services._PositionRow(
+        7, 3, D("14.00000000"), D("100.87666667"), D("7.34"), 4
+    )
+    assert str(positions[3].quantity) == "14.00000000"
+    # and a read of other rows is left as it is
+    assert buffer.positions_over({4: position}, 5) == {4: position}
+    assert buffer.positions_over({3: position}, 6) == {3: position}
