@@ -1648,7 +1648,10 @@ def _rebook(
         if pipelined:
             _pipeline_enter(stack)
         if merged is not None:
-            # A batch's small fill: held, and sent with the batch's others (book_merged).
+            # A batch's small fill: held, and sent with the batch's others (book_merged). Not
+            # making the parameters above when they are not sent measured -0.09 ms of Python
+            # per fill, lower in 25 of 40 alternated pairs (wall 22/40): within the noise, not
+            # kept.
             merged.add(
                 common,
                 row_ids,

@@ -860,8 +860,10 @@ def executions_apply(
         results = []
         last = len(reports) - 1
         # The small fills' booking writes are held and sent merged (_BOOK_MERGED_SQL) when
-        # every position and cash row was locked up front: a merged write then takes no lock
-        # (nor makes a row) of its own, so the lock order is that of one by one.
+        # every position and cash row was locked up front: a merged write then takes no row
+        # lock the batch does not hold already, nor makes a row (the reference triggers'
+        # FOR KEY SHARE of the rows' parents aside, as one by one), so the lock order is that
+        # of one by one. Without the up-front lock (one placement's reports) nothing is held.
         with _book_merged(contexts.positions_held) as book:
             for i, (report, raw_message_id) in enumerate(reports):
                 # An acknowledgement right before a fill of the same ClOrdIDs leaves its writes
