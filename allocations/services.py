@@ -979,8 +979,7 @@ def _pipeline_enter(stack: ExitStack) -> None:
 # (paired -1.59, lower in 40/40), Python CPU 2.56 -> 1.87 ms (-0.71, 39/40), wall 5.50 ->
 # 3.22 ms (-2.23, 39/40). Flushing before such a read instead (five merged statements a
 # batch, each block's rows updated once per round) cost +0.47 ms of PostgreSQL CPU per fill
-# (39/40), +0.20 ms of Python (28/40), +0.70 ms wall (36/40): most of a merged statement's
-# time is its row updates (new row versions and their index entries), not its fixed cost.
+# (39/40), +0.20 ms of Python (28/40), +0.70 ms wall (36/40).
 _MERGED_FILLS = (
     "fl AS MATERIALIZED (SELECT i AS f, s.a[i][1]::bigint AS execution_id, "
     "s.a[i][2]::bigint AS block_id, s.a[i][3]::bigint AS instrument_id, "

@@ -129,13 +129,6 @@ def _book_merged(enabled: bool) -> Any:
     return book_merged(enabled)
 
 
-def _book_pending() -> Any:
-    """The batch's held booking writes (`allocations.services.book_merged`), or None."""
-    from allocations.services import book_pending
-
-    return book_pending()
-
-
 def _book_flush() -> None:
     """Send the batch's held booking writes, if any: before a statement that reads or writes
     a row they write."""
