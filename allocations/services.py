@@ -59,9 +59,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from types import SimpleNamespace
@@ -92,7 +93,7 @@ from oms_site.audit import AuditEntry, CanonicalJson, audit_record_many, canonic
 from oms_site.errors import ConflictError, NotFound, NotPermitted, ValidationError
 from oms_site.gcpause import collection_paused
 from oms_site.roles import has_role
-from oms_site.rows import fast_datetimes, model_from_row, raw_cursor
+from oms_site.rows import array_literal, fast_datetimes, model_from_row, raw_cursor
 from orders.enums import BUY_SIDES, OrderStatus
 from orders.models import (
     PLACEMENT_REPORT_FIELDS,
@@ -959,6 +960,366 @@ def _pipeline_enter(stack: ExitStack) -> None:
         stack.enter_context(conn.pipeline())
 
 
+# A batch's small fills (executions_apply) merged into one booking statement per flush: the
+# writes `_BOOK_WRITE_SQL` would make for each fill, held (`BookBuffer.add`) and sent together
+# (`BookBuffer.flush`), so that its fixed cost (the parse or the prepared plan's start, one
+# run of each data-modifying part and of the allocation table's statement-level reference
+# trigger) is paid once per flush instead of once per fill. `fl`: each held fill's shared
+# columns (one row of a two-dimensional text array, 1-based in held order); every other part
+# names its fill by that index. The rows are inserted in held order (the ids each fill took
+# with its read ascend in it); positions, orders, blocks and placements get their last held
+# values (each row once, `updated_at` its last fill's moment); cash gets each (account,
+# currency)'s summed delta and one version per fill that moved it, upserted in key order.
+# A later fill's read of its orders' latest rows and of its positions is not a reason to
+# flush: it goes out as it is and what the held writes give those rows is laid over its
+# answer (`booked_over`, `positions_over`), so a batch's repeated fills of a block write its
+# rows once. Measured against one statement per fill (40 alternated pairs of identical
+# worlds, batches of 50 fills over 10 blocks of 5 orders filled before, the benchmark's
+# shape: one merged statement a batch), medians per fill: PostgreSQL CPU 2.70 -> 1.14 ms
+# (paired -1.59, lower in 40/40), Python CPU 2.56 -> 1.87 ms (-0.71, 39/40), wall 5.50 ->
+# 3.22 ms (-2.23, 39/40). Flushing before such a read instead (five merged statements a
+# batch, each block's rows updated once per round) cost +0.47 ms of PostgreSQL CPU per fill
+# (39/40), +0.20 ms of Python (28/40), +0.70 ms wall (36/40).
+_MERGED_FILLS = (
+    "fl AS MATERIALIZED (SELECT i AS f, s.a[i][1]::bigint AS execution_id, "
+    "s.a[i][2]::bigint AS block_id, s.a[i][3]::bigint AS instrument_id, "
+    "s.a[i][4]::bigint AS broker_id, s.a[i][5]::varchar AS side, s.a[i][6]::numeric AS price, "
+    "s.a[i][7]::varchar AS currency, s.a[i][8]::date AS trade_date, "
+    "s.a[i][9]::date AS settles, s.a[i][10]::varchar AS method, "
+    "s.a[i][11]::bigint AS user_id, s.a[i][12]::timestamptz AS now "
+    "FROM (SELECT %(fills)s::text[] AS a) AS s, generate_subscripts(s.a, 1) AS i)"
+)
+_MERGED_INSERT = (
+    f'ins AS (INSERT INTO "{Allocation._meta.db_table}" ("id", "execution_id", "block_id", '
+    '"order_id", "account_id", "instrument_id", "broker_id", "side", "kind", "quantity", '
+    '"price", "gross", "commission", "fees", "net", "cum_quantity", "cum_gross", '
+    '"cum_commission", "cum_fees", "cum_net", "currency", "trade_date", "settlement_date", '
+    '"method", "reversal_of_id", "cash_settled", "created_by_id", "created_at") '
+    "SELECT v.id, fl.execution_id, fl.block_id, v.order_id, v.account_id, fl.instrument_id, "
+    "fl.broker_id, fl.side, v.kind, v.quantity, fl.price, v.gross, v.commission, v.fees, "
+    "v.net, v.cum_quantity, v.cum_gross, v.cum_commission, v.cum_fees, v.cum_net, "
+    "fl.currency, fl.trade_date, fl.settles, fl.method, v.reversal_of, false, fl.user_id, "
+    "fl.now FROM unnest(%(id)s::bigint[], %(order_id)s::bigint[], %(account_id)s::bigint[], "
+    "%(kind)s::varchar[], %(quantity)s::numeric[], %(gross)s::numeric[], "
+    "%(commission)s::numeric[], %(fees)s::numeric[], %(net)s::numeric[], "
+    "%(cum_quantity)s::numeric[], %(cum_gross)s::numeric[], %(cum_commission)s::numeric[], "
+    "%(cum_fees)s::numeric[], %(cum_net)s::numeric[], %(reversal_of)s::bigint[], "
+    "%(row_fill)s::integer[]) WITH ORDINALITY AS v(id, order_id, account_id, kind, quantity, "
+    "gross, commission, fees, net, cum_quantity, cum_gross, cum_commission, cum_fees, cum_net, "
+    "reversal_of, f, n) JOIN fl ON fl.f = v.f ORDER BY v.n)"
+)
+_MERGED_POSITIONS = (
+    f'pos AS (UPDATE "{Position._meta.db_table}" AS t SET "quantity" = v.quantity, '
+    '"avg_cost" = v.avg_cost, "realised_pnl" = v.realised_pnl, "version" = v.version, '
+    '"updated_at" = fl.now FROM unnest(%(pos_id)s::bigint[], %(pos_quantity)s::numeric[], '
+    "%(pos_avg_cost)s::numeric[], %(pos_pnl)s::numeric[], %(pos_version)s::integer[], "
+    "%(pos_fill)s::integer[]) AS v(id, quantity, avg_cost, realised_pnl, version, f) "
+    'JOIN fl ON fl.f = v.f WHERE t."id" = v.id)'
+)
+_MERGED_CASH = (
+    f'cash AS (INSERT INTO "{CashBalance._meta.db_table}" AS c ("account_id", "currency", '
+    '"settled", "pending", "version", "updated_at") '
+    "SELECT v.account_id, v.currency, 0, v.delta, v.moves, fl.now "
+    "FROM unnest(%(cash_account)s::bigint[], %(cash_currency)s::varchar[], "
+    "%(cash_delta)s::numeric[], %(cash_moves)s::integer[], %(cash_fill)s::integer[]) "
+    "WITH ORDINALITY AS v(account_id, currency, delta, moves, f, n) JOIN fl ON fl.f = v.f "
+    'ORDER BY v.n ON CONFLICT ("account_id", "currency") DO UPDATE SET '
+    '"pending" = c."pending" + EXCLUDED."pending", "version" = c."version" + EXCLUDED."version", '
+    '"updated_at" = EXCLUDED."updated_at")'
+)
+_MERGED_ORDERS = (
+    f'ord AS (UPDATE "{Order._meta.db_table}" AS t SET "status" = v.status, '
+    '"cum_qty" = v.cum_qty, "leaves_qty" = v.leaves_qty, "avg_px" = v.avg_px, '
+    '"version" = v.version, "updated_at" = fl.now '
+    "FROM unnest(%(ord_id)s::bigint[], %(ord_status)s::varchar[], "
+    "%(ord_cum)s::numeric[], %(ord_leaves)s::numeric[], %(ord_avg)s::numeric[], "
+    "%(ord_version)s::integer[], %(ord_fill)s::integer[]) "
+    "AS v(id, status, cum_qty, leaves_qty, avg_px, version, f) "
+    'JOIN fl ON fl.f = v.f WHERE t."id" = v.id), '
+    f'blk AS (UPDATE "{Block._meta.db_table}" AS t SET "status" = v.status, '
+    '"cum_qty" = v.cum_qty, "avg_px" = v.avg_px, "version" = v.version, "updated_at" = fl.now '
+    "FROM unnest(%(blk_id)s::bigint[], %(blk_status)s::varchar[], %(blk_cum)s::numeric[], "
+    "%(blk_avg)s::numeric[], %(blk_version)s::integer[], %(blk_fill)s::integer[]) "
+    'AS v(id, status, cum_qty, avg_px, version, f) JOIN fl ON fl.f = v.f WHERE t."id" = v.id), '
+    f'plc AS (UPDATE "{Placement._meta.db_table}" AS t SET "status" = s.a[v.n][1], '
+    '"cum_qty" = s.a[v.n][2]::numeric, "avg_px" = s.a[v.n][3]::numeric, '
+    '"version" = s.a[v.n][4]::integer, "broker_order_id" = s.a[v.n][5], '
+    '"cl_ord_id" = s.a[v.n][6], "orig_cl_ord_id" = s.a[v.n][7], '
+    '"quantity" = s.a[v.n][8]::numeric, "limit_price" = s.a[v.n][9]::numeric, '
+    '"updated_at" = s.a[v.n][10]::timestamptz '
+    "FROM unnest(%(plc_id)s::bigint[]) WITH ORDINALITY AS v(id, n), "
+    '(SELECT %(plc)s::text[] AS a) AS s WHERE t."id" = v.id)'
+)
+_BOOK_MERGED_SQL = (
+    f"WITH {_MERGED_FILLS}, {_MERGED_INSERT}, {_MERGED_POSITIONS}, {_MERGED_CASH}, "
+    f"{_MERGED_ORDERS} SELECT NULL"
+)
+
+
+def _quanta(model: Any, names: Sequence[str]) -> tuple[Decimal, ...]:
+    """The smallest step of each decimal column (its scale)."""
+    return tuple(Decimal(1).scaleb(-model._meta.get_field(n).decimal_places) for n in names)
+
+
+_CUM_QUANTA = _quanta(
+    Allocation, ("cum_quantity", "cum_gross", "cum_commission", "cum_fees", "cum_net")
+)
+_POSITION_QUANTA = _quanta(Position, ("quantity", "avg_cost", "realised_pnl"))
+
+
+def _matrix_literal(rows: Iterable[Sequence[Any]]) -> str:
+    """A two-dimensional text array literal (rows of one length; None as NULL)."""
+    return "{" + ",".join(map(array_literal, rows)) + "}"
+
+
+class BookBuffer:
+    """The booking writes of a batch's small fills, held to be sent as one statement
+    (`_BOOK_MERGED_SQL`): see `book_merged`."""
+
+    def __init__(self) -> None:
+        self.fills: list[list[Any]] = []
+        self.row_texts: list[list[str]] = [[] for _ in range(len(_ALLOCATION_ROW_COLUMNS) + 2)]
+        # By id: the last held values and the index (1-based) of the fill that held them.
+        self.positions: dict[int, tuple[Any, ...]] = {}
+        self.orders: dict[int, tuple[Any, ...]] = {}
+        self.blocks: dict[int, tuple[Any, ...]] = {}
+        self.placements: dict[int, list[str | None]] = {}
+        # (account_id, currency): [summed delta, fills that moved it, last such fill]
+        self.cash: dict[tuple[int, str], list[Any]] = {}
+        # What a later statement must not read or write before the flush (`touches`).
+        self.order_ids: set[int] = set()
+        self.placement_ids: set[int] = set()
+        self.block_ids: set[int] = set()
+        # What a later fill's read finds of the held rows, as their columns will hold it
+        # (`booked_over`, `positions_over`): each order's latest held row, and each held
+        # position by (account_id, instrument_id).
+        self.booked: dict[int, _Booked] = {}
+        self.held_positions: dict[tuple[int, int], _PositionRow] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.fills)
+
+    def touches(
+        self,
+        *,
+        placement_id: int | None = None,
+        block_id: int | None = None,
+        order_ids: Iterable[int] = (),
+    ) -> bool:
+        """Whether a held write is of one of these rows."""
+        if not self.fills:
+            return False
+        return (
+            placement_id in self.placement_ids
+            or block_id in self.block_ids
+            or not self.order_ids.isdisjoint(order_ids)
+        )
+
+    def booked_over(
+        self, booked: dict[int, _Booked], order_ids: Iterable[int]
+    ) -> dict[int, _Booked]:
+        """A fill's read of what its orders booked (`_BOOKED_SQL`, sent before the held rows
+        are written) completed with the held rows: an order's latest held row is its latest."""
+        held = self.booked
+        over = [pk for pk in order_ids if pk in held] if held else []
+        if not over:
+            return booked
+        return {**booked, **{pk: held[pk] for pk in over}}
+
+    def positions_over(
+        self, positions: dict[int, _PositionRow], instrument_id: int
+    ) -> dict[int, _PositionRow]:
+        """A fill's locked positions (by account_id, read before the held writes are sent)
+        with the values the held writes give them."""
+        held = self.held_positions
+        if not held:
+            return positions
+        out = dict(positions)
+        for account_id, position in positions.items():
+            values = held.get((account_id, instrument_id))
+            if values is not None:
+                assert values.pk == position.pk
+                out[account_id] = _PositionRow(
+                    position.pk,
+                    account_id,
+                    values.quantity,
+                    values.avg_cost,
+                    values.realised_pnl,
+                    values.version,
+                    position.made,
+                )
+        return out
+
+    def add(
+        self,
+        common: Mapping[str, Any],
+        row_ids: Sequence[int],
+        rows: Sequence[tuple[Any, ...]],
+        id_texts: list[str],
+        texts: list[list[str]],
+        positions: Sequence[_PositionRow],
+        instrument_id: int,
+        cash: Mapping[int, Decimal],
+        orders: Sequence[Any],
+        order_ids: Sequence[int],
+        block: Block | None,
+        placement: Placement | None,
+    ) -> None:
+        """Hold one fill's writes (`_rebook`'s `_BOOK_WRITE_SQL`, with the same values)."""
+        now = common["now"]
+        self.fills.append(
+            [
+                common["execution"],
+                common["block"],
+                common["instrument"],
+                common["broker"],
+                common["side"],
+                common["price"],
+                common["currency"],
+                common["trade_date"],
+                common["settles"],
+                common["method"],
+                common["user"],
+                now.isoformat(),
+            ]
+        )
+        f = len(self.fills)
+        if id_texts:
+            columns = self.row_texts
+            columns[0] += id_texts
+            for column, column_texts in zip(columns[1:], texts, strict=False):
+                column += column_texts
+            columns[-1] += [str(f)] * len(id_texts)
+        booked, make = self.booked, _Booked._make
+        for pk, row in zip(row_ids, rows, strict=True):
+            # As the columns will hold them: rounded to their scale (PostgreSQL's numeric
+            # rounds half away from zero, as ROUND_HALF_UP).
+            booked[row[0]] = make(
+                [v.quantize(q, ROUND_HALF_UP) for v, q in zip(row[8:13], _CUM_QUANTA, strict=True)]
+                + [pk]
+            )
+        at = self.held_positions
+        quantity_q, cost_q, pnl_q = _POSITION_QUANTA
+        for p in positions:
+            self.positions[p.pk] = (p.quantity, p.avg_cost, p.realised_pnl, p.version, f)
+            at[(p.account_id, instrument_id)] = _PositionRow(
+                p.pk,
+                p.account_id,
+                p.quantity.quantize(quantity_q, ROUND_HALF_UP),
+                p.avg_cost.quantize(cost_q, ROUND_HALF_UP),
+                p.realised_pnl.quantize(pnl_q, ROUND_HALF_UP),
+                p.version,
+            )
+        currency = common["currency"]
+        for account_id, delta in cash.items():
+            key = (account_id, currency)
+            held = self.cash.get(key)
+            if held is None:
+                self.cash[key] = [delta, 1, f]
+            else:
+                held[0] += delta
+                held[1] += 1
+                held[2] = f
+        for o in orders:
+            self.orders[o.id] = (o.status, o.cum_qty, o.leaves_qty, o.avg_px, o.version, f)
+        self.order_ids.update(order_ids)
+        if block is not None:
+            self.blocks[block.pk] = (block.status, block.cum_qty, block.avg_px, block.version, f)
+            self.block_ids.add(block.pk)
+        if placement is not None:
+            self.placements[placement.pk] = _placement_texts(placement)
+            self.placement_ids.add(placement.pk)
+
+    def flush(self) -> None:
+        """Send the held writes as one statement (nothing when none is held)."""
+        if not self.fills:
+            return
+        columns = self.row_texts
+        params: dict[str, Any] = {"fills": _matrix_literal(self.fills)}
+        params["id"] = _array_of_texts(columns[0])
+        for name, column_texts in zip(_ALLOCATION_ROW_COLUMNS, columns[1:], strict=False):
+            params[name] = _array_of_texts(column_texts)
+        params["row_fill"] = _array_of_texts(columns[-1])
+        positions = self.positions
+        pos = [positions[pk] for pk in sorted(positions)]
+        params.update(
+            pos_id=_array(sorted(positions)),
+            pos_quantity=_array(p[0] for p in pos),
+            pos_avg_cost=_array(p[1] for p in pos),
+            pos_pnl=_array(p[2] for p in pos),
+            pos_version=_array(p[3] for p in pos),
+            pos_fill=_array(p[4] for p in pos),
+        )
+        keys = sorted(self.cash)
+        cash = [self.cash[k] for k in keys]
+        params.update(
+            cash_account=_array(k[0] for k in keys),
+            cash_currency=array_literal([k[1] for k in keys]),
+            cash_delta=_array(c[0] for c in cash),
+            cash_moves=_array(c[1] for c in cash),
+            cash_fill=_array(c[2] for c in cash),
+        )
+        orders = self.orders
+        ords = [orders[pk] for pk in sorted(orders)]
+        params.update(
+            ord_id=_array(sorted(orders)),
+            ord_status=_array(o[0] for o in ords),
+            ord_cum=_array(o[1] for o in ords),
+            ord_leaves=_array(o[2] for o in ords),
+            ord_avg=_array(o[3] for o in ords),
+            ord_version=_array(o[4] for o in ords),
+            ord_fill=_array(o[5] for o in ords),
+        )
+        blocks = self.blocks
+        blks = [blocks[pk] for pk in sorted(blocks)]
+        params.update(
+            blk_id=_array(sorted(blocks)),
+            blk_status=_array(b[0] for b in blks),
+            blk_cum=_array(b[1] for b in blks),
+            blk_avg=_array(b[2] for b in blks),
+            blk_version=_array(b[3] for b in blks),
+            blk_fill=_array(b[4] for b in blks),
+        )
+        placements = self.placements
+        params["plc_id"] = _array(sorted(placements))
+        params["plc"] = _matrix_literal([placements[pk] for pk in sorted(placements)])
+        self.__init__()  # type: ignore[misc]  # emptied before the statement: it is sent once
+        with raw_cursor() as cursor:
+            cursor.execute(_BOOK_MERGED_SQL, params)
+
+
+_book = threading.local()
+
+
+@contextmanager
+def book_merged(enabled: bool = True) -> Iterator[BookBuffer | None]:
+    """Hold the booking writes of the small fills `fill_allocate` books from here on (not a
+    pipelined big fill's) in a `BookBuffer` (None when not `enabled`), for the caller to
+    flush before any statement that reads or writes a row they write, and at the end. Left
+    without a flush (an error), what is held is dropped: the caller's transaction rolls back."""
+    if not enabled:
+        yield None
+        return
+    buffer = BookBuffer()
+    _book.buffer = buffer
+    try:
+        yield buffer
+    finally:
+        _book.buffer = None
+
+
+def book_pending() -> BookBuffer | None:
+    """The `book_merged` buffer of this thread, if one is open."""
+    return getattr(_book, "buffer", None)
+
+
+def book_flush() -> None:
+    """Send what this thread's `book_merged` buffer holds (nothing without one)."""
+    buffer = getattr(_book, "buffer", None)
+    if buffer is not None:
+        buffer.flush()
+
+
 def _short_ok(order: Any) -> bool:
     ok = getattr(order, "account_short_ok", None)
     if ok is None:  # an Order model instance loaded with its account (execution_apply)
@@ -1077,6 +1438,12 @@ def _rebook(
         "now": now,
     }
     pipelined = len(orders) >= PIPELINE_MIN_ORDERS
+    # A batch's held writes (book_merged): a small fill's join them; a big fill writes its
+    # own at once, after them (it may write the same cash rows).
+    merged = book_pending()
+    if merged is not None and pipelined:
+        merged.flush()
+        merged = None
 
     with ExitStack() as stack:
         # Orders: cumulative quantity and the block's average price (status is the caller's).
@@ -1210,6 +1577,12 @@ def _rebook(
                 later, positions = positions, {}
             else:
                 positions = positions()  # the caller's lock, sent with its read (fill_read)
+                if merged is not None:
+                    positions = merged.positions_over(positions, instrument.pk)
+        if merged is not None and (
+            positions is None or (later is None and not moving <= positions.keys())
+        ):
+            merged.flush()  # a lock that reads positions: after the writes held for them
         if positions is None:
             positions = _lock_positions(instrument.pk, moving)
         elif later is None and not moving <= positions.keys():
@@ -1273,10 +1646,31 @@ def _rebook(
         assert len(params) <= 50, "the fill statement must keep at most 50 parameters"
         if pipelined:
             _pipeline_enter(stack)
-        # A big fill without rows has no cash to move either (the cash follows the rows' net).
-        sql = _BOOK_POSITIONS_SQL if pipelined else _BOOK_WRITE_SQL
-        with raw_cursor() as cursor:
-            cursor.execute(sql, params)  # nothing to read back (see _BOOKED_SQL)
+        if merged is not None:
+            # A batch's small fill: held, and sent with the batch's others (book_merged). Not
+            # making the parameters above when they are not sent measured -0.09 ms of Python
+            # per fill, lower in 25 of 40 alternated pairs (wall 22/40): within the noise, not
+            # kept.
+            merged.add(
+                common,
+                row_ids,
+                rows,
+                id_texts,
+                texts,
+                locked,
+                instrument.pk,
+                {k: cash_moves[k] for k in cash_accounts},
+                changed,
+                ids,
+                block if block_move is not None else None,
+                placement,
+            )
+        else:
+            # A big fill without rows has no cash to move either (the cash follows the rows'
+            # net).
+            sql = _BOOK_POSITIONS_SQL if pipelined else _BOOK_WRITE_SQL
+            with raw_cursor() as cursor:
+                cursor.execute(sql, params)  # nothing to read back (see _BOOKED_SQL)
         # In pipeline mode (PIPELINE_MIN_ORDERS) what follows runs while PostgreSQL writes.
         allocations: Sequence[Allocation] = (
             AllocationRows(
@@ -1337,6 +1731,8 @@ def _rebook(
             if audit is not None:
                 audit.append(entry)  # the caller writes it with its own events, in one go
             else:
+                if merged is not None:
+                    merged.flush()  # the audit is written after the book
                 audit_record_many(entries=[entry])
     return allocations
 
@@ -1637,6 +2033,10 @@ def fill_allocate(
         # execution_apply (160-200 alternated pairs, busy machine), within the noise: the parse
         # moves to the next step, which is Python's too.
         filled, notional, schedule, booked, new_ids = read.totals()
+        merged = book_pending()
+        if merged is not None:
+            # Read before the batch's held rows are written: completed from them.
+            booked = merged.booked_over(booked, order_ids)
         price = _average(filled, notional)
         try:
             targets = _policy_targets(locked, filled, instrument.lot_size, policy, pro_rata)

@@ -123,6 +123,20 @@ def _positions_may_be_missing() -> Any:
     return positions_may_be_missing
 
 
+def _book_merged(enabled: bool) -> Any:
+    from allocations.services import book_merged
+
+    return book_merged(enabled)
+
+
+def _book_flush() -> None:
+    """Send the batch's held booking writes, if any: before a statement that reads or writes
+    a row they write."""
+    from allocations.services import book_flush
+
+    book_flush()
+
+
 class _Context:
     """The locked rows of one report and what changed, for audit and publishing."""
 
@@ -200,6 +214,7 @@ class _Context:
         block.updated_at = timezone.now()
         if not write:
             return
+        _book_flush()
         with raw_cursor() as cursor:
             cursor.execute(_BLOCK_STATUS_SQL, [status, block.version, block.updated_at, block.pk])
 
@@ -235,6 +250,7 @@ class _Context:
         writing statement does)."""
         orders, fields = self._orders_to_write()
         if orders:
+            _book_flush()
             rows_update(Order, orders, fields)
 
     def save_unsaved(self) -> None:
@@ -245,6 +261,7 @@ class _Context:
 
     def save_placement_and_orders(self) -> None:
         """Write the placement and the changed orders: one statement when both change."""
+        _book_flush()
         orders, fields = self._orders_to_write()
         if not orders:
             _placement_save(self.placement)
@@ -476,6 +493,7 @@ class _EarlyFill:
         one of them was never filled (`positions_may_be_missing`), from the lock's first row."""
         if not _books(self.report, placement):
             return
+        _book_flush()  # a big fill reads and writes after the batch's held writes
         execution = _new_execution(
             self.session_key, self.report, self.raw_message_id, placement, block, None, fill=True
         )
@@ -653,6 +671,7 @@ _BLOCK_STATUS_SQL = (
 
 
 def _placement_save(placement: Placement) -> None:
+    _book_flush()
     placement.updated_at = timezone.now()
     with raw_cursor() as cursor:
         cursor.execute(
@@ -833,19 +852,29 @@ def executions_apply(
         entries: list[AuditEntry] = []
         results = []
         last = len(reports) - 1
-        for i, (report, raw_message_id) in enumerate(reports):
-            # An acknowledgement right before a fill of the same ClOrdIDs leaves its writes to
-            # that fill's (one statement less per order).
-            after = reports[i + 1][0] if i < last else None
-            defer = (
-                after is not None
-                and after.is_fill
-                and (after.cl_ord_id, after.orig_cl_ord_id)
-                == (report.cl_ord_id, report.orig_cl_ord_id)
-            )
-            results.append(
-                _execution_apply(session_key, report, raw_message_id, entries, contexts, defer)
-            )
+        # The small fills' booking writes are held and sent merged (_BOOK_MERGED_SQL) when
+        # every position and cash row was locked up front: a merged write then takes no row
+        # lock the batch does not hold already, nor makes a row (the reference triggers'
+        # FOR KEY SHARE of the rows' parents aside, as one by one), so the lock order is that
+        # of one by one. Without the up-front lock (one placement's reports) nothing is held.
+        with _book_merged(contexts.positions_held) as book:
+            for i, (report, raw_message_id) in enumerate(reports):
+                # An acknowledgement right before a fill of the same ClOrdIDs leaves its writes
+                # to that fill's (one statement less per order).
+                after = reports[i + 1][0] if i < last else None
+                defer = (
+                    after is not None
+                    and after.is_fill
+                    and (after.cl_ord_id, after.orig_cl_ord_id)
+                    == (report.cl_ord_id, report.orig_cl_ord_id)
+                )
+                results.append(
+                    _execution_apply(
+                        session_key, report, raw_message_id, entries, contexts, defer, book
+                    )
+                )
+            if book is not None:
+                book.flush()
         _drop_unmoved(*contexts.made)
         audit_record_many(entries=entries)
     return results
@@ -982,26 +1011,43 @@ def _execution_apply(
     entries: list[AuditEntry],
     contexts: _Contexts | None = None,
     defer: bool = False,
+    book: Any = None,
 ) -> Execution | None:
     """execution_apply inside the caller's transaction; its audit entries go to `entries`.
 
     `defer`: the next report applied is a fill of the same ClOrdIDs (with the same
     `contexts`), so an acknowledgement may leave its writes to it (`_Context.defer_save`);
-    whatever is still unsaved after a report that was not told so is written then."""
+    whatever is still unsaved after a report that was not told so is written then.
+
+    `book`: the batch's held booking writes (`allocations.services.BookBuffer`), sent before
+    any report that is not a fill, before a fill's locking read of a row they write (its
+    placement, block or orders) and before a big fill. A small fill's read of what its orders
+    booked and of its accounts' positions goes out without them, and what they hold of those
+    rows is laid over its answer (`BookBuffer.booked_over`, `BookBuffer.positions_over`)."""
     ids = [i for i in (report.cl_ord_id, report.orig_cl_ord_id) if i]
     key = tuple(ids)
+    if book is not None and not report.is_fill:
+        book.flush()
     ctx = contexts.get(key) if contexts is not None else None
     held = contexts is not None and contexts.positions_held
     early = None
     if ctx is None:
         early = _EarlyFill(session_key, report, raw_message_id, held) if report.is_fill else None
         ctx = _lock(ids, entries, early)
+        if book is not None and ctx is not None and _touched(book, ctx):
+            # Its rows were read as they were before the held writes: read again once they
+            # are sent (locked by this transaction already). A big fill's early read flushed
+            # them before it was sent, and no held write is of a big block's rows.
+            if early is not None and early.execution is not None:
+                raise RuntimeError("a big fill's rows read before the writes held for them")
+            book.flush()
+            ctx = _lock(ids, entries, early)
         if contexts is not None and ctx is not None:
             contexts.forget(ctx)
     else:
         ctx.begin(entries)
     execution = _execution_book(
-        session_key, report, raw_message_id, entries, ctx, defer, early, held
+        session_key, report, raw_message_id, entries, ctx, defer, early, held, book
     )
     if ctx is not None and not defer:
         ctx.save_unsaved()
@@ -1019,6 +1065,7 @@ def _execution_book(
     defer: bool = False,
     early: _EarlyFill | None = None,
     held: bool = False,
+    book: Any = None,
 ) -> Execution | None:
     placement = ctx.placement if ctx else None
     if early is not None and early.execution is not None and ctx is not None:
@@ -1044,10 +1091,14 @@ def _execution_book(
         if fill and ctx is not None and ctx.orders and ctx.fill_read is None:
             # A small fill (a big block's was sent early above): its Execution row is written
             # by its fill's read, one statement.
+            if book is not None and len(ctx.orders) >= PIPELINE_MIN_ORDERS:
+                book.flush()  # a big fill reads and writes after the held writes
             read = _insert_execution_and_read(execution, ctx, held)
             inserted = read is not None
             ctx.fill_read = read
         else:
+            if book is not None:
+                book.flush()
             inserted = _insert_execution(execution)
     if not inserted:
         return None  # this (session, ExecID) is already in the book
@@ -1072,6 +1123,17 @@ def _execution_book(
         return execution
     _apply(ctx, execution, report, fill=fill, defer=defer)
     return execution
+
+
+def _touched(book: Any, ctx: _Context) -> bool:
+    """Whether the batch's held writes are of a row `ctx` was read from."""
+    return bool(
+        book.touches(
+            placement_id=ctx.placement.pk,
+            block_id=ctx.block.pk if ctx.block is not None else None,
+            order_ids=[o.pk for o in ctx.orders],
+        )
+    )
 
 
 def _without_policy(block: Block) -> bool:
