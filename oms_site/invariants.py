@@ -11,7 +11,9 @@ What is checked, and why it proves "nothing lost, nothing doubled":
   rejected); the status agrees with the quantities (filled ⇔ cum = quantity, partially filled ⇒
   0 < cum < quantity, nothing filled before the broker acknowledged); an order's cum equals the
   sum of its allocation rows, a lone order's cum the sum of its placements' fills, a block's cum
-  the sum of its orders' cum and of its fills; once quiet, no order is left in a transient state.
+  the sum of its orders' cum and of its fills, and the fills' notional a block or lone order
+  keeps (``filled_notional``, which each fill prices from) the exact sum of its fills' last_qty *
+  last_px; once quiet, no order is left in a transient state.
 * fills: no (session, ExecID) twice; each placement's booked quantity equals the CumQty the
   venue itself last reported for it (a lost fill leaves ours below the venue's, a doubled one
   above); no fill was booked against an unknown order.
@@ -100,29 +102,36 @@ def check_orders(*, quiesced: bool) -> InvariantResult:
     """Quantities and status of every order agree with each other and with its fills."""
     orders = list(
         Order.objects.values_list(
-            "pk", "status", "quantity", "cum_qty", "leaves_qty", "block_id"
+            "pk", "status", "quantity", "cum_qty", "leaves_qty", "block_id", "filled_notional"
         ).order_by("pk")
     )
+    notional = Sum(F("last_qty") * F("last_px"))
     allocated = dict(
         Allocation.objects.values("order_id")
         .annotate(q=Sum("quantity"))
         .values_list("order_id", "q")
     )
-    single_fills = dict(
+    single_fills: dict[int, Decimal] = {}
+    single_notional: dict[int, Decimal] = {}
+    for pk, q, n in (
         Execution.objects.filter(block_id__isnull=True, order_id__isnull=False)
         .values("order_id")
-        .annotate(q=Sum("last_qty"))
-        .values_list("order_id", "q")
-    )
-    block_fills = dict(
+        .annotate(q=Sum("last_qty"), n=notional)
+        .values_list("order_id", "q", "n")
+    ):
+        single_fills[pk], single_notional[pk] = q, n
+    block_fills: dict[int, Decimal] = {}
+    block_notional: dict[int, Decimal] = {}
+    for pk, q, n in (
         Execution.objects.filter(block_id__isnull=False)
         .values("block_id")
-        .annotate(q=Sum("last_qty"))
-        .values_list("block_id", "q")
-    )
+        .annotate(q=Sum("last_qty"), n=notional)
+        .values_list("block_id", "q", "n")
+    ):
+        block_fills[pk], block_notional[pk] = q, n
     block_order_cum: dict[int, Decimal] = defaultdict(Decimal)
     bad: list[str] = []
-    for pk, status, qty, cum, leaves, block_id in orders:
+    for pk, status, qty, cum, leaves, block_id, filled_notional in orders:
         expected_leaves = ZERO if status in CLOSED else qty - cum
         if leaves != expected_leaves:
             bad.append(f"order {pk} {status}: leaves {leaves} != {expected_leaves}")
@@ -139,14 +148,23 @@ def check_orders(*, quiesced: bool) -> InvariantResult:
         if block_id is None:
             if single_fills.get(pk, ZERO) != cum:
                 bad.append(f"order {pk}: cum {cum} != fills {single_fills.get(pk, ZERO)}")
+            if single_notional.get(pk, ZERO) != filled_notional:
+                bad.append(
+                    f"order {pk}: notional {filled_notional} != fills "
+                    f"{single_notional.get(pk, ZERO)}"
+                )
         else:
             block_order_cum[block_id] += cum
-    blocks = Block.objects.values_list("pk", "cum_qty", "quantity")
-    for pk, cum, _qty in blocks:
+    blocks = Block.objects.values_list("pk", "cum_qty", "quantity", "filled_notional")
+    for pk, cum, _qty, filled_notional in blocks:
         if block_fills.get(pk, ZERO) != cum or block_order_cum.get(pk, ZERO) != cum:
             bad.append(
                 f"block {pk}: cum {cum}, fills {block_fills.get(pk, ZERO)}, "
                 f"orders {block_order_cum.get(pk, ZERO)}"
+            )
+        if block_notional.get(pk, ZERO) != filled_notional:
+            bad.append(
+                f"block {pk}: notional {filled_notional} != fills {block_notional.get(pk, ZERO)}"
             )
     return _result("orders consistent", len(orders), bad, "inconsistent orders/blocks")
 

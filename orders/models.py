@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
-from oms_site.fields import MoneyField, PriceField, QtyField
+from oms_site.fields import MoneyField, NotionalField, PriceField, QtyField
 from orders.enums import (
     AssetClass,
     BlockStatus,
@@ -194,6 +196,13 @@ class Block(models.Model):
     quantity = QtyField()
     cum_qty = QtyField(default=0)
     avg_px = PriceField(default=0)
+    # With cum_qty, the block's fills' totals: the exact sum of last_qty * last_px of its
+    # placements' executions with last_qty > 0 (cum_qty is the sum of their last_qty). Each fill
+    # adds its own to the values it reads from the block's locked row and writes both in the
+    # statement that moves the block, so a fill never sums the block's earlier executions
+    # (that grew by about 0.2 ms of PostgreSQL CPU per 100 earlier fills of the block).
+    # A database default, so that rows inserted by SQL naming only the other columns get 0.
+    filled_notional = NotionalField(default=Decimal(0), db_default=Decimal(0))
     status = models.CharField(max_length=20, choices=BlockStatus.choices, default=BlockStatus.OPEN)
     version = models.PositiveIntegerField(default=1)
     created_by = models.ForeignKey(
@@ -207,6 +216,11 @@ class Block(models.Model):
             models.CheckConstraint(condition=Q(quantity__gt=0), name="block_quantity_positive"),
             models.CheckConstraint(
                 condition=Q(cum_qty__gte=0) & Q(cum_qty__lte=F("quantity")), name="block_cum_le_qty"
+            ),
+            # No notional without a filled quantity (a fill's last_qty is > 0).
+            models.CheckConstraint(
+                condition=Q(cum_qty__gt=0) | Q(filled_notional=0),
+                name="block_notional_only_filled",
             ),
         ]
 
@@ -235,6 +249,10 @@ class Order(models.Model):
     cum_qty = QtyField(default=0)
     leaves_qty = QtyField(default=0)
     avg_px = PriceField(default=0)
+    # An order outside a block: with cum_qty, its fills' totals, as Block.filled_notional (the
+    # exact sum of last_qty * last_px of its own placements' fills). 0 for an order of a block
+    # (the block holds its fills' totals; the order's cum_qty is its allocated share).
+    filled_notional = NotionalField(default=Decimal(0), db_default=Decimal(0))
     compliance_outcome = models.CharField(
         max_length=8, choices=ComplianceOutcome.choices, null=True, blank=True
     )
@@ -277,6 +295,11 @@ class Order(models.Model):
             models.CheckConstraint(condition=Q(leaves_qty__gte=0), name="order_leaves_qty_nonneg"),
             models.CheckConstraint(
                 condition=Q(cum_qty__lte=F("quantity")), name="order_cum_le_qty"
+            ),
+            # No notional without a filled quantity (a fill's last_qty is > 0).
+            models.CheckConstraint(
+                condition=Q(cum_qty__gt=0) | Q(filled_notional=0),
+                name="order_notional_only_filled",
             ),
             models.CheckConstraint(
                 condition=~Q(order_type__in=["limit", "stop_limit"]) | Q(limit_price__gt=0),

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
+from django.db.models.fields import NOT_PROVIDED
 from django.utils import timezone
 
 from allocations.models import Account
@@ -953,7 +954,8 @@ def _existing_by_client_id(*, user: Any, client_ids: Sequence[str]) -> dict[str,
 
 # The columns of a new order, as Django's bulk_create would write them; one statement with
 # array parameters (binary format: no per-element quoting) costs a fraction of the ORM's
-# per-field preparation.
+# per-field preparation. A column whose database default is its value for a new order
+# (filled_notional: 0) is left to that default.
 _INSERT_COLUMNS = (
     "account_id",
     "instrument_id",
@@ -1020,7 +1022,8 @@ _columns_checked: tuple[Any, bool] | None = None
 
 
 def _insert_orders_supported() -> bool:
-    """Whether _INSERT_COLUMNS still lists the model's columns (else the ORM inserts).
+    """Whether _INSERT_COLUMNS still lists the model's columns but those with a database
+    default (else the ORM inserts).
 
     Compared again only when the model's field list is another object (Django builds a new
     one when its options' caches are expired): computed three times per order, the set
@@ -1030,7 +1033,9 @@ def _insert_orders_supported() -> bool:
     fields = Order._meta.concrete_fields
     checked = _columns_checked
     if checked is None or checked[0] is not fields:
-        columns = {f.column for f in fields if not f.primary_key}
+        columns = {
+            f.column for f in fields if not (f.primary_key or f.db_default is not NOT_PROVIDED)
+        }
         checked = _columns_checked = (fields, columns == set(_INSERT_COLUMNS))
     return checked[1]
 

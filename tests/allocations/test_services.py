@@ -352,7 +352,7 @@ def test_overfill_is_a_conflict(three_accounts, instrument, broker, trader):
         user=trader,
         broker=broker,
     )
-    new_execution(placement, 3, "1")
+    fill(placement, 3, "1")
     with pytest.raises(ConflictError):
         fill(placement, 1, "1")
 

@@ -70,6 +70,24 @@ def test_tampered_quantities_positions_and_cash_are_caught(filled_book: dict[str
 
 
 @pytest.mark.django_db
+def test_a_fills_notional_other_than_the_fills_sum_is_caught(filled_book: dict[str, Any]) -> None:
+    # given the filled order's notional as its one fill left it (40 at 10), then a cent more
+    order = filled_book["order"]
+    assert Order.objects.get(pk=order.pk).filled_notional == 400
+    Order.objects.filter(pk=order.pk).update(filled_notional="400.01")
+    # then only the orders' invariant fails, naming the order's notional and its fills'
+    (result,) = [
+        r
+        for r in invariants_check(baseline=filled_book["baseline"], quiesced=False)
+        if not r.passed and r.name != "outbox drained"
+    ]
+    assert result.name == "orders consistent"
+    assert result.examples == [
+        f"order {order.pk}: notional 400.0100000000000000 != fills 400.0000000000000000"
+    ]
+
+
+@pytest.mark.django_db
 def test_a_fill_the_venue_reported_but_the_book_missed_is_caught(
     filled_book: dict[str, Any],
 ) -> None:
