@@ -1092,6 +1092,19 @@ def _matrix_literal(rows: Iterable[Sequence[Any]]) -> str:
     return "{" + ",".join(map(array_literal, rows)) + "}"
 
 
+def _held_arrays(
+    prefix: str, held: Mapping[int, Sequence[Any]], names: Sequence[str]
+) -> dict[str, str]:
+    """`held` rows (by id) as one array per column, in id order: `<prefix>_id`, then
+    `<prefix>_<name>` for each of the rows' columns, in `names` order."""
+    ids = sorted(held)
+    rows = [held[pk] for pk in ids]
+    arrays = {f"{prefix}_id": _array(ids)}
+    for i, name in enumerate(names):
+        arrays[f"{prefix}_{name}"] = _array(row[i] for row in rows)
+    return arrays
+
+
 class BookBuffer:
     """The booking writes of a batch's small fills, held to be sent as one statement
     (`_BOOK_MERGED_SQL`): see `book_merged`."""
@@ -1274,15 +1287,8 @@ class BookBuffer:
         for name, column_texts in zip(_ALLOCATION_ROW_COLUMNS, columns[1:], strict=False):
             params[name] = _array_of_texts(column_texts)
         params["row_fill"] = _array_of_texts(columns[-1])
-        positions = self.positions
-        pos = [positions[pk] for pk in sorted(positions)]
         params.update(
-            pos_id=_array(sorted(positions)),
-            pos_quantity=_array(p[0] for p in pos),
-            pos_avg_cost=_array(p[1] for p in pos),
-            pos_pnl=_array(p[2] for p in pos),
-            pos_version=_array(p[3] for p in pos),
-            pos_fill=_array(p[4] for p in pos),
+            _held_arrays("pos", self.positions, ("quantity", "avg_cost", "pnl", "version", "fill"))
         )
         keys = sorted(self.cash)
         cash = [self.cash[k] for k in keys]
@@ -1294,27 +1300,14 @@ class BookBuffer:
             cash_fill=_array(c[2] for c in cash),
         )
         orders = self.orders
-        ords = [orders[pk] for pk in sorted(orders)]
         params.update(
-            ord_id=_array(sorted(orders)),
-            ord_status=_array(o[0] for o in ords),
-            ord_cum=_array(o[1] for o in ords),
-            ord_leaves=_array(o[2] for o in ords),
-            ord_avg=_array(o[3] for o in ords),
+            _held_arrays("ord", orders, ("status", "cum", "leaves", "avg", "version", "fill")),
             ord_notional=_array(map(self.notionals.get, sorted(orders))),
-            ord_version=_array(o[4] for o in ords),
-            ord_fill=_array(o[5] for o in ords),
         )
-        blocks = self.blocks
-        blks = [blocks[pk] for pk in sorted(blocks)]
         params.update(
-            blk_id=_array(sorted(blocks)),
-            blk_status=_array(b[0] for b in blks),
-            blk_cum=_array(b[1] for b in blks),
-            blk_avg=_array(b[2] for b in blks),
-            blk_notional=_array(b[5] for b in blks),
-            blk_version=_array(b[3] for b in blks),
-            blk_fill=_array(b[4] for b in blks),
+            _held_arrays(
+                "blk", self.blocks, ("status", "cum", "avg", "version", "fill", "notional")
+            )
         )
         placements = self.placements
         params["plc_id"] = _array(sorted(placements))
