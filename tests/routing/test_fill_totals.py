@@ -7,7 +7,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 
 from allocations import services as allocation_services
 from allocations.services import allocation_reallocate
@@ -15,21 +14,11 @@ from oms_site.errors import ConflictError
 from orders.models import Block, Order
 from orders.services import executions
 from orders.services.executions import execution_apply, executions_apply
+from tests.allocations.test_fill_totals import _sums
 from tests.routing.test_executions_batch import KEY, World
 
 pytestmark = pytest.mark.django_db
 D = Decimal
-
-
-def _sums(column: str, key: int) -> tuple[Decimal, Decimal]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            'SELECT COALESCE(sum(e."last_qty"), 0), COALESCE(sum(e."last_qty" * e."last_px"), 0) '
-            'FROM "orders_execution" AS e JOIN "orders_placement" AS p ON p."id" = e."placement_id" '
-            f'WHERE p."{column}" = %s AND e."last_qty" > 0',
-            [key],
-        )
-        return cursor.fetchone()
 
 
 def _totals_kept(world: World) -> tuple[tuple[Decimal, Decimal], tuple[Decimal, Decimal]]:
